@@ -58,7 +58,8 @@ def check_scale(value: Any, name: str, *, allow_zero: bool) -> float | Tensor:
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or v < 0 or (not allow_zero and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {v}")
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {v}")
     return v
 
 

@@ -3,7 +3,8 @@ r"""Matrix-function kernels for spectral maps, batched over ``[..., m, n]``.
 A spectral map applies a scalar function to the singular values and keeps the singular
 vectors:
 
-.. math::  \Phi(G) = U \,\mathrm{diag}(g(\sigma))\, V^\top, \qquad G = U \,\mathrm{diag}(\sigma)\, V^\top .
+.. math::
+    \Phi(G) = U \,\mathrm{diag}(g(\sigma))\, V^\top, \qquad G = U \,\mathrm{diag}(\sigma)\, V^\top .
 
 The regularized Muon map is the case :math:`g(\sigma) = \sigma/\sqrt{\sigma^2+\varepsilon^2}`,
 
@@ -17,7 +18,8 @@ Two exact paths are provided (both batched, wide matrices handled by transpositi
 ``"eigh"``
     Eigendecomposition of the small Gram matrix :math:`A = X^\top X` (:math:`X` the tall
     orientation, :math:`r = \min(m, n)` columns), then
-    :math:`\Phi(G) = X\, V \mathrm{diag}(w(\lambda)) V^\top` with :math:`w(\lambda) = g(\sigma)/\sigma`.
+    :math:`\Phi(G) = X\, V \mathrm{diag}(w(\lambda)) V^\top` with
+    :math:`w(\lambda) = g(\sigma)/\sigma`.
     Cost :math:`\approx 2 m r^2 + 9 r^3 + 2 m r^2` flops per matrix (two GEMMs plus the
     eigensolver). Accuracy: an eigensolver's absolute eigenvalue error is about
     :math:`u\|A\|`, so the error of a singular direction of :math:`\Phi` is bounded by about
