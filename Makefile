@@ -6,7 +6,10 @@ VENV ?= .venv
 PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint bench clean
+PROFILE ?= quick
+OUT ?= results
+
+.PHONY: setup test reproduce lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+reproduce: setup
+	$(BIN)/muonflow reproduce --profile $(PROFILE) --out $(OUT)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
