@@ -3,6 +3,14 @@
 Public names only; see the README for a tour.
 """
 
+from .dynamics import (
+    INTEGRATORS,
+    HamiltonianFlow,
+    NonFiniteStateError,
+    Objective,
+    Trajectory,
+    integrate,
+)
 from .polar import POLAR_METHODS, polar, regularized_polar
 from .spectral import (
     POTENTIALS,
@@ -17,14 +25,20 @@ from .spectral import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "INTEGRATORS",
     "POLAR_METHODS",
     "POTENTIALS",
+    "HamiltonianFlow",
     "Huber",
+    "NonFiniteStateError",
     "Nuclear",
+    "Objective",
     "Quadratic",
     "Relativistic",
     "SpectralPotential",
+    "Trajectory",
     "__version__",
+    "integrate",
     "polar",
     "potential",
     "regularized_polar",
