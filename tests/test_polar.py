@@ -81,6 +81,19 @@ def test_extreme_scales(scale, dtype, gen):
     assert _rel_err(out, ref) <= (1e-5 if dtype == torch.float32 else 1e-12)
 
 
+def test_rank_deficient_with_eps_far_below_norm():
+    # ‖P‖/ε = 2e16 on a rank-1 P: the Gram path's explicit V diag(w) Vᵀ would lose the weight
+    # 1/‖P‖ of the range next to the weight 1/ε of the null direction and return 0. No float
+    # method resolves singular values below u‖P‖ ≈ 2 > ε, so the image of the null direction
+    # is undetermined; what must hold is the image of the range: u₁ᵀ ∇K(P) v₁ = σ/√(σ²+ε²) = 1.
+    P = 1e16 * torch.ones(2, 2, dtype=torch.float64)
+    v1 = torch.full((2,), 2**-0.5, dtype=torch.float64)
+    for Y in (mf.Relativistic(1.0).grad(P), mf.regularized_polar(torch.stack([P, P]), 1.0)[1]):
+        assert torch.isfinite(Y).all()
+        assert abs(float(v1 @ Y @ v1) - 1.0) <= 1e-12
+        assert float(torch.linalg.matrix_norm(Y, ord=2)) <= 1 + 1e-12
+
+
 def test_eps_zero_gives_polar_factor(gen):
     G = torch.randn(7, 4, generator=gen, dtype=torch.float64)
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
@@ -155,5 +168,6 @@ def test_bad_eps_tensor():
 
 
 def test_unknown_method_lists_valid():
-    with pytest.raises(ValueError, match="unknown method 'qr'; valid: 'auto', 'eigh', 'svd'"):
+    msg = "unknown method 'qr'; valid: 'auto', 'eigh', 'poly', 'svd'"
+    with pytest.raises(ValueError, match=msg):
         mf.regularized_polar(torch.ones(2, 2), 0.1, method="qr")
