@@ -25,3 +25,34 @@ def relativistic_map_ref(P: Tensor, eps: float) -> Tensor:
 def polar_ref(P: Tensor) -> Tensor:
     """The polar factor ``U Vᵀ`` (full-rank inputs)."""
     return svd_spectral_map(P, torch.ones_like)
+
+
+def torch_muon_rule_ref(
+    W: Tensor,
+    B: Tensor,
+    g: Tensor,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    adjust_lr_fn: str | None,
+) -> tuple[Tensor, Tensor]:
+    """One step of ``torch.optim.Muon``'s update rule with the exact polar factor.
+
+    Newton–Schulz is replaced by ``U Vᵀ`` from a float64 SVD; everything else follows
+    ``torch.optim._muon``: EMA momentum ``B ← βB + (1−β)g``, Nesterov input ``(1−β)g + βB``,
+    decoupled decay ``W ← (1 − lr·λ)W`` with the unadjusted lr, then ``W ← W − lr·ρ(m, n)·UVᵀ``.
+    Returns the new ``(W, B)``.
+    """
+    B = momentum * B + (1 - momentum) * g
+    X = (1 - momentum) * g + momentum * B if nesterov else B
+    m, n = W.shape
+    if adjust_lr_fn in (None, "original"):
+        ratio = max(1.0, m / n) ** 0.5
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * max(m, n) ** 0.5
+    else:
+        ratio = 1.0
+    W = W * (1 - lr * weight_decay) - lr * ratio * polar_ref(X).to(W.dtype)
+    return W, B

@@ -11,6 +11,7 @@ from .dynamics import (
     Trajectory,
     integrate,
 )
+from .optim import RegMuon
 from .polar import POLAR_METHODS, polar, regularized_polar
 from .spectral import (
     POTENTIALS,
@@ -34,6 +35,7 @@ __all__ = [
     "Nuclear",
     "Objective",
     "Quadratic",
+    "RegMuon",
     "Relativistic",
     "SpectralPotential",
     "Trajectory",
