@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# One intra-op thread: the tests' matrices are small, and results are then independent of the
+# machine's core count and of other processes competing for the cores.
+torch.set_num_threads(1)
+
 
 def unit_roundoff(dtype: torch.dtype) -> float:
     """``u = eps_machine / 2``: the basis of every dtype-keyed tolerance in the tests."""
