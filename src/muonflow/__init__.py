@@ -11,6 +11,7 @@ from .dynamics import (
     Trajectory,
     integrate,
 )
+from .meanfield import ProbabilityObjective
 from .optim import RegMuon
 from .polar import POLAR_METHODS, polar, regularized_polar
 from .spectral import (
@@ -34,6 +35,7 @@ __all__ = [
     "NonFiniteStateError",
     "Nuclear",
     "Objective",
+    "ProbabilityObjective",
     "Quadratic",
     "RegMuon",
     "Relativistic",
