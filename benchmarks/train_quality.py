@@ -1,27 +1,15 @@
 """Training quality: RegMuon (ε sweep) vs torch.optim.Muon vs torch.optim.AdamW.
 
-Tasks (no downloads)
-    ``digits``  an MLP 64-128-128-10 (ReLU) on scikit-learn's bundled digits, minibatch 128;
-                tuning on a validation split (20% of train), reported: test cross-entropy and
-                accuracy (25% test split).
-    ``chars``   a character-level transformer (d_model 64, 4 heads, 2 layers, MLP 256, block 64,
-                batch 32) on Python standard-library source text; cross-entropy in nats/char
-                on 8 fixed batches from the held-out tail: its first half tunes, its second
-                half is reported.
+Tasks (``digits`` MLP, ``chars`` transformer), optimizers and the training loop (same initial
+weights and minibatches per seed, linear lr decay to 0, no weight decay, wall time of the
+training steps only) are :mod:`muonflow.training`'s; this script adds the tuning protocol:
 
-Protocol (same for every optimizer; all runs of one seed see the same initial weights and
-the same minibatches)
-    * Linear decay of every learning rate to 0 (``LambdaLR``), no weight decay anywhere.
-    * Hidden matrices: torch.optim.Muon (its defaults: EMA momentum 0.95, Nesterov, 5
-      bf16 Newton–Schulz steps, lr adjustment "original") or RegMuon (momentum 0.95,
-      Nesterov, relative ε, default ``tol=1e-3``); everything else (embeddings, head, biases,
-      norms) AdamW at ``--adamw-lr`` for both. The AdamW baseline uses AdamW everywhere.
     * lr tuning on seed 0 by the validation loss over a grid (AdamW: ``--lrs-adamw``; Muon and
       RegMuon at ε = ``--eps-tune``: ``--lrs-muon``, default :data:`LRS_MUON` per task); the
       relative-ε sweep ``--eps`` runs at RegMuon's tuned lr and picks the best ε on seed 0.
       The tuned AdamW, Muon, RegMuon at ``--eps-tune`` and RegMuon at the best ε then run on
       all ``--seeds``; tables show the test metric, mean ± std over seeds.
-    * Wall time: the training loop only (no evaluation), median over the seeds.
+    * Wall time: median over the seeds.
 
 Writes ``results.json``, ``table.md`` and ``train_quality.png`` to ``--out``. Sizes and
 steps are configurable; the defaults take a few minutes on 1 CPU thread.
@@ -31,156 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 import muonflow
-from muonflow.data import digits, stdlib_corpus
-from muonflow.models import MLP, Transformer, TransformerConfig
-from muonflow.optim import RegMuon, default_adamw_rule
+from muonflow.training import Task, make_task, train
 
 #: lr grids of Muon and RegMuon per task (centred on the best lr of a wider pilot sweep).
 LRS_MUON = {"digits": [0.003, 0.01, 0.03], "chars": [0.02, 0.05, 0.1]}
-
-
-@dataclass
-class Task:
-    name: str
-    make_model: Callable[[], nn.Module]
-    train_loss: Callable[[nn.Module, int, torch.Generator], Tensor]
-    evaluate: Callable[[nn.Module], dict[str, float]]
-    metric: str = "val_loss"  # tunes lr and ε (lower is better); "test_*" is reported
-    report: str = "test_loss"
-
-
-def digits_task(batch: int = 128) -> Task:
-    data = digits()  # 75% train / 25% test; the last 20% of train is the tuning split
-    n_fit = round(0.8 * len(data.y_train))
-    X_fit, y_fit = data.X_train[:n_fit], data.y_train[:n_fit]
-    X_val, y_val = data.X_train[n_fit:], data.y_train[n_fit:]
-
-    def train_loss(model: nn.Module, step: int, gen: torch.Generator) -> Tensor:
-        idx = torch.randint(0, n_fit, (batch,), generator=gen)
-        return nn.functional.cross_entropy(model(X_fit[idx]), y_fit[idx])
-
-    @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        out = {}
-        for split, X, y in (("val", X_val, y_val), ("test", data.X_test, data.y_test)):
-            logits = model(X)
-            out[f"{split}_loss"] = float(nn.functional.cross_entropy(logits, y))
-            out[f"{split}_acc"] = float((logits.argmax(1) == y).float().mean())
-        return out
-
-    return Task("digits", lambda: MLP(64, 128, 10, depth=2), train_loss, evaluate)
-
-
-def chars_task(batch: int = 32, block: int = 64) -> Task:
-    corpus = stdlib_corpus()
-    cfg = TransformerConfig(
-        vocab_size=128, block_size=block, d_model=64, n_heads=4, n_layers=2, d_mlp=256
-    )
-    # The held-out tail of the corpus: its first half tunes, its second half is the test.
-    half = len(corpus.val) // 2
-    gen = torch.Generator().manual_seed(12345)
-    held = {}
-    for split, text in (("val", corpus.val[:half]), ("test", corpus.val[half:])):
-        starts = torch.randint(0, len(text) - block - 1, (8 * batch,), generator=gen)
-        windows = text[starts[:, None] + torch.arange(block + 1)].long()
-        held[split] = windows.split(batch)
-
-    def train_loss(model: nn.Module, step: int, gen: torch.Generator) -> Tensor:
-        x, y = corpus.batch("train", batch, block, gen)
-        return model.loss(x, y)
-
-    @torch.no_grad()
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        return {
-            f"{split}_loss": statistics.fmean(float(model.loss(w[:, :-1], w[:, 1:])) for w in ws)
-            for split, ws in held.items()
-        }
-
-    return Task("chars", lambda: Transformer(cfg), train_loss, evaluate)
-
-
-def hidden(name: str, p: Tensor) -> bool:
-    """The matrices Muon/RegMuon handle (the same rule for both)."""
-    return p.ndim == 2 and not default_adamw_rule(name, p)
-
-
-def make_optimizers(
-    kind: str, model: nn.Module, lr: float, eps: float | None, adamw_lr: float
-) -> list[torch.optim.Optimizer]:
-    named = list(model.named_parameters())
-    if kind == "AdamW":
-        return [torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=0.0)]
-    if kind == "Muon":
-        mats = [p for n, p in named if hidden(n, p)]
-        rest = [p for n, p in named if not hidden(n, p)]
-        return [
-            torch.optim.Muon(mats, lr=lr, weight_decay=0.0),
-            torch.optim.AdamW(rest, lr=adamw_lr, weight_decay=0.0),
-        ]
-    if kind == "RegMuon":
-        return [
-            RegMuon(
-                named,
-                lr=lr,
-                momentum=0.95,
-                eps=eps,
-                nesterov=True,
-                weight_decay=0.0,
-                adamw_lr=adamw_lr,
-                adamw_betas=(0.9, 0.999),
-            )
-        ]
-    raise ValueError(f"unknown optimizer {kind!r}")
-
-
-def train(
-    task: Task,
-    kind: str,
-    lr: float,
-    eps: float | None,
-    seed: int,
-    steps: int,
-    adamw_lr: float,
-    evals: int = 10,
-) -> dict[str, Any]:
-    torch.manual_seed(seed)
-    model = task.make_model()
-    opts = make_optimizers(kind, model, lr, eps, adamw_lr)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1 - t / steps) for o in opts]
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    curve = [(0, task.evaluate(model)[task.metric])]
-    wall = 0.0
-    every = max(1, steps // evals)
-    for step in range(steps):
-        t0 = time.perf_counter()
-        loss = task.train_loss(model, step, gen)
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-        for s in scheds:
-            s.step()
-        wall += time.perf_counter() - t0
-        if not math.isfinite(float(loss.detach())):
-            nan = {k: math.inf for k in task.evaluate(model)}
-            return {"diverged": True, "wall_s": wall, "curve": curve, **nan}
-        if (step + 1) % every == 0 or step + 1 == steps:
-            curve.append((step + 1, task.evaluate(model)[task.metric]))
-    return {"diverged": False, "wall_s": wall, "curve": curve, **task.evaluate(model)}
 
 
 def label(kind: str, eps: float | None) -> str:
@@ -193,7 +44,15 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
 
     def go(kind: str, lr: float, eps: float | None, seed: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        r = train(task, kind, lr, eps, seed, steps, args.adamw_lr)
+        r = train(
+            task,
+            kind.lower(),
+            lr=lr,
+            steps=steps,
+            seed=seed,
+            eps=0.03 if eps is None else eps,
+            adamw_lr=args.adamw_lr,
+        )
         print(
             f"  {task.name:7s} {label(kind, eps):16s} lr={lr:<7g} seed={seed} "
             f"val={r['val_loss']:.4f} test={r['test_loss']:.4f} "
@@ -364,10 +223,9 @@ def main() -> None:
         },
         "tasks": {},
     }
-    makers = {"digits": digits_task, "chars": chars_task}
     t0 = time.perf_counter()
     for name in args.tasks:
-        results["tasks"][name] = run_task(makers[name](), args)
+        results["tasks"][name] = run_task(make_task(name), args)
     results["total_s"] = time.perf_counter() - t0
     tables = "\n\n".join(summarize(n, r) for n, r in results["tasks"].items())
     print("\n" + tables + f"\n\n(total {results['total_s']:.0f} s)")
