@@ -1,0 +1,49 @@
+"""The reproduction experiments of the damped Hamiltonian dynamics, on their smoke profiles.
+
+Each experiment runs through the runner (as ``muonflow reproduce`` does) into a temporary
+folder: it must finish, pass every check and write its figures and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from muonflow.experiments import REGISTRY
+from muonflow.experiments.runner import METRICS, run_experiment
+
+DYNAMICS_EXPERIMENTS = [
+    "dissipation",
+    "discrete_monotonicity",
+    "continuous_limit",
+    "exponential_convergence",
+    "no_gradient_dominance",
+    "eps_sweep",
+    "energy_ledger",
+]
+
+
+def test_registered_in_claim_order():
+    names = list(REGISTRY)
+    assert all(n in names for n in DYNAMICS_EXPERIMENTS)
+    positions = [names.index(n) for n in DYNAMICS_EXPERIMENTS]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("name", DYNAMICS_EXPERIMENTS)
+def test_smoke_profile_passes(name, tmp_path):
+    metrics = run_experiment(REGISTRY[name], tmp_path, profile="smoke", show_progress=False)
+    assert metrics["status"] == "ok", metrics["error"]
+    failed = {k: c for k, c in metrics["checks"].items() if not c["passed"]}
+    assert not failed, failed
+    assert metrics["checks"], "an experiment without checks proves nothing"
+    for check in metrics["checks"].values():
+        assert check["why"] and check["relation"] in ("<=", ">=", "in")
+    assert metrics["figures"]
+    for fig in metrics["figures"]:
+        path = tmp_path / name / fig
+        assert path.suffix == ".png" and path.stat().st_size > 10_000
+    saved = json.loads((tmp_path / name / METRICS).read_text())
+    assert saved["checks"] == json.loads(json.dumps(metrics["checks"]))
+    assert saved["config"]["seed"] == 0 and saved["profile"] == "smoke"
