@@ -14,6 +14,10 @@ from . import exponential_convergence  # noqa: F401  (registers)
 from . import no_gradient_dominance  # noqa: F401  (registers)
 from . import eps_sweep  # noqa: F401  (registers)
 from . import energy_ledger  # noqa: F401  (registers)
+from . import chaos  # noqa: F401  (registers)
+from . import stability  # noqa: F401  (registers)
+from . import particles_vs_pde  # noqa: F401  (registers)
+from . import teacher_student  # noqa: F401  (registers)
 from . import practical_training  # noqa: F401  (registers)
 # isort: on
 from .base import PROFILES, REGISTRY, Check, Context, Experiment, Result, experiment
