@@ -399,20 +399,15 @@ def test_batched_equals_per_parameter_loop_and_one_map_call(monkeypatch):
     batched = [nn.Parameter(w.clone()) for w in W0]
     run_quad(batched, RegMuon(batched, max_batch_bytes=None, **kw), targets, N)
     assert calls == [(9, 5, 4), (2, 4, 5)] * N  # one call per shape per step
-    # max_batch_bytes -> matrices per call; "auto": ceil(B / AUTO_CHUNKS) (1 here: B < 32).
-    for cap, rows in [(5 * 4 * 8 * 4, 4), (1, 1), ("auto", 1)]:
+    # max_batch_bytes -> matrices per call: an int caps the bytes of one map input (5x4 float64
+    # matrices: 4 per call, or 1 for a cap below one matrix); "auto" maps these small stacks whole.
+    for cap, rows in [(5 * 4 * 8 * 4, 4), (1, 1), ("auto", 9)]:
         calls.clear()
         chunked = [nn.Parameter(w.clone()) for w in W0]
         run_quad(chunked, RegMuon(chunked, max_batch_bytes=cap, **kw), targets, N)
         assert max(c[0] for c in calls) == rows
         for a, b in zip(chunked, batched, strict=True):
             assert amax(a - b) <= N * 64 * 8 * U64 * amax(b)
-    calls.clear()
-    many = [nn.Parameter(torch.randn(3, 2, dtype=F64)) for _ in range(70)]
-    for p in many:
-        p.grad = torch.randn(3, 2, dtype=F64)
-    RegMuon(many).step()  # auto: 70 matrices in chunks of ceil(70 / 32) = 3, 24 calls
-    assert mf_optim.AUTO_CHUNKS == 32 and [c[0] for c in calls] == [3] * 23 + [1]
     loop = [nn.Parameter(w.clone()) for w in W0]
     opts = [RegMuon([p], **kw) for p in loop]
     for k in range(N):
@@ -423,6 +418,83 @@ def test_batched_equals_per_parameter_loop_and_one_map_call(monkeypatch):
             o.step()
     for a, b in zip(loop, batched, strict=True):
         assert amax(a - b) <= N * 64 * 8 * U64 * amax(b)
+
+
+def test_auto_chunking_splits_only_stacks_over_the_workspace_cap(monkeypatch):
+    """``max_batch_bytes="auto"``: one call per stack unless the workspace estimate exceeds the cap.
+
+    The cap is patched down so that the rule can be exercised on a 70-matrix stack of 3x2
+    matrices (estimate ``map_workspace_bytes(3, 2)`` bytes each).
+    """
+    calls = []
+    real = mf_optim.regularized_polar
+
+    def counting(G, eps, **kw):
+        calls.append(G.shape[0])
+        return real(G, eps, **kw)
+
+    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    per = mf_optim.map_workspace_bytes(3, 2)
+    assert mf_optim.auto_chunk_rows(70, 3, 2) is None  # the real cap: 70 tiny matrices fit
+    g = torch.Generator().manual_seed(9)
+    many = [nn.Parameter(torch.randn(3, 2, generator=g, dtype=F64)) for _ in range(70)]
+    for cap, want in [(70 * per, [70]), (70 * per - 1, [69, 1]), (24 * per + 5, [24, 24, 22]),
+                      (per - 1, [1] * 70)]:  # fmt: skip
+        monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_BYTES", cap)
+        for p in many:
+            p.grad = torch.randn(3, 2, generator=g, dtype=F64)
+        calls.clear()
+        RegMuon(many).step()
+        assert calls == want, (cap, calls)
+
+
+class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of the tensor storages that aten ops return while the mode is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[object, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        for t in torch.utils._pytree.tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                if st.data_ptr() and st.data_ptr() not in self.live:
+                    self.live[st.data_ptr()] = (StorageWeakRef(st), st.nbytes())
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+@pytest.mark.parametrize(
+    "shape", [(6, 64, 64), (6, 96, 32), (6, 32, 96), (12, 8, 64), (12, 1, 64), (8, 2, 2)]
+)
+@pytest.mark.parametrize("path", ["poly32", "poly64", "eigh"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
+    """The measured peak of the map's temporaries is within ``map_workspace_bytes`` per matrix.
+
+    Paths: the fast map in float32 (well-conditioned momentum), forced to float64 by a strong
+    rank-one component (κ² above float32's reach), and the exact ``eigh`` map (``tol=None``);
+    float32 and float64 inputs. The estimate is what ``max_batch_bytes="auto"`` relies on; the
+    float64 matmul-only path on square float32 matrices reaches 0.95 of it (tiny matrices: 0.8),
+    so a kernel that grows its workspace by more than ~5% fails here.
+    """
+    g = torch.Generator().manual_seed(10)
+    B, m, n = shape
+    X = torch.randn(shape, generator=g, dtype=dtype)
+    if path == "poly64":
+        u = torch.randn(B, m, 1, generator=g, dtype=dtype)
+        X = X + 30 * u @ torch.randn(B, 1, n, generator=g, dtype=dtype)
+    kw = dict(potential="relativistic", eps=0.03, eps_mode="relative", method="auto")
+    tracker = _LiveBytes()
+    with tracker:
+        mf_optim.orthogonalize(X, tol=None if path == "eigh" else 1e-3, **kw)
+    assert 0 < tracker.peak <= B * mf_optim.map_workspace_bytes(m, n)
 
 
 def test_state_buffers_are_views_of_one_stack():

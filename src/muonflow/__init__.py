@@ -12,6 +12,8 @@ from .dynamics import (
     integrate,
 )
 from .meanfield import ProbabilityObjective
+from .meanfield.moe import moe_objective
+from .models.moe import MoEFeedForward
 from .optim import RegMuon
 from .polar import POLAR_METHODS, polar, regularized_polar
 from .spectral import (
@@ -32,6 +34,7 @@ __all__ = [
     "POTENTIALS",
     "HamiltonianFlow",
     "Huber",
+    "MoEFeedForward",
     "NonFiniteStateError",
     "Nuclear",
     "Objective",
@@ -43,6 +46,7 @@ __all__ = [
     "Trajectory",
     "__version__",
     "integrate",
+    "moe_objective",
     "polar",
     "potential",
     "regularized_polar",

@@ -40,10 +40,13 @@ from .spectral import POTENTIALS, Huber, potential
 
 __all__ = [
     "ADJUST_LR",
-    "AUTO_CHUNKS",
+    "AUTO_WORKSPACE_BYTES",
+    "MAP_WORKSPACE_FACTOR",
     "RegMuon",
     "adamw",
+    "auto_chunk_rows",
     "default_adamw_rule",
+    "map_workspace_bytes",
     "matrix_shape",
     "orthogonalize",
     "regmuon",
@@ -65,12 +68,20 @@ MATRIX_VIEWS = ("auto", "conv", "batch")
 ALGORITHMS = ("regmuon", "adamw")
 NONFINITE_POLICIES = ("raise", "skip")
 
-#: ``max_batch_bytes="auto"`` maps a stack of ``B`` same-shape matrices in at most this many
-#: batched calls. Memory: the optimizer holds 3 copies of the stack (weights, gradients,
-#: momentum); a batched map call holds up to ~9 chunk-sized temporaries (the matmul-only
-#: polynomial path on square matrices: Gram-sized workspaces; measured). With 32 chunks the
-#: temporaries are ≤ 9/32 of one copy, i.e. ≤ ~10% on top of what a per-matrix loop needs.
-AUTO_CHUNKS = 32
+#: ``max_batch_bytes="auto"``: a stack of same-shape matrices is mapped in one batched call
+#: unless that call's estimated workspace exceeds this many bytes; then in the fewest chunks
+#: whose workspace fits (at least one matrix per call). 256 MiB: far below any machine this
+#: trains on, and far above the stacks of small/medium models (a stack of 128 x 128 matrices
+#: chunks only beyond 204 of them), whose map then costs one call per shape.
+AUTO_WORKSPACE_BYTES = 256 * 2**20
+
+#: Workspace of one map call, in float64 copies of its input ``[B, m, n]`` (the working dtype
+#: may be float64 whatever the input's): the measured peak of live temporaries of
+#: :func:`orthogonalize` (output included) is 9 on square matrices (matmul-only path in
+#: float64; 9.5 for a float32 input, whose float64 copy adds half) and less elsewhere (``eigh``
+#: path: 5; tall/wide matrices: the Gram-sized ``r x r`` workspaces shrink). Kernel-internal
+#: workspaces (LAPACK's) are not counted. See :func:`map_workspace_bytes`.
+MAP_WORKSPACE_FACTOR = 10
 
 #: Name components routed to AdamW by :func:`default_adamw_rule` (besides anything containing
 #: ``"embed"`` or ending in ``"_head"``): GPT-2 style token/position embeddings and output heads.
@@ -127,6 +138,29 @@ def matrix_shape(shape: Sequence[int], view: str = "auto") -> tuple[int, int, in
     if view == "conv" or (view == "auto" and len(shape) >= 4):
         return 1, shape[0], math.prod(shape[1:])
     return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def map_workspace_bytes(m: int, n: int) -> int:
+    """Estimated peak bytes of the temporaries of one map call, per ``m x n`` matrix.
+
+    ``8 · (MAP_WORKSPACE_FACTOR · m · n + 32)``: :data:`MAP_WORKSPACE_FACTOR` float64 copies of
+    the matrix plus 32 float64 per-matrix scalars (scales, ε, κ² estimates), which dominate only
+    for tiny matrices (measured: ≤ 0.8 of this estimate for ``m·n <= 16``, ≤ 0.95 beyond).
+    """
+    return 8 * (MAP_WORKSPACE_FACTOR * m * n + 32)
+
+
+def auto_chunk_rows(count: int, m: int, n: int) -> int | None:
+    """Matrices per map call under ``max_batch_bytes="auto"``; ``None``: the whole stack at once.
+
+    With ``w = map_workspace_bytes(m, n)`` (:func:`map_workspace_bytes`), a stack of ``count``
+    matrices is split only when ``count · w > AUTO_WORKSPACE_BYTES``, into chunks of
+    ``max(1, AUTO_WORKSPACE_BYTES // w)`` matrices.
+    """
+    per_matrix = map_workspace_bytes(m, n)
+    if count * per_matrix <= AUTO_WORKSPACE_BYTES:
+        return None
+    return max(1, AUTO_WORKSPACE_BYTES // per_matrix)
 
 
 # -- functional kernels -------------------------------------------------------------------------
@@ -398,10 +432,11 @@ class RegMuon(Optimizer):
 
     **Batched execution.** Matrices of the same shape, dtype and device within a group share
     one stacked momentum storage ``[B, m, n]`` (each parameter's ``state["momentum_buffer"]``
-    is a view of it) and are mapped in batched calls over chunks of that stack: by default
-    (``max_batch_bytes="auto"``) at most :data:`AUTO_CHUNKS` calls per stack, which bounds
-    the map's temporaries to a small fraction of the optimizer's memory (see
-    :data:`AUTO_CHUNKS`); ``None`` maps each stack in one call (fastest, most memory).
+    is a view of it) and is mapped in one batched call, or in chunks of it: by default
+    (``max_batch_bytes="auto"``, :func:`auto_chunk_rows`) a stack is split only when the
+    estimated workspace of one call exceeds :data:`AUTO_WORKSPACE_BYTES` (256 MiB), so small
+    and medium models pay one call per shape (per-call overhead dominates their map) and large
+    ones a bounded workspace; ``None`` always maps each stack in one call.
 
     Args:
         params: parameters, ``(name, parameter)`` pairs, or dicts defining parameter groups;
@@ -437,9 +472,11 @@ class RegMuon(Optimizer):
         on_nonfinite: ``"raise"`` (default): a NaN/Inf gradient raises ``ValueError`` naming the
             parameter, with every parameter and all optimizer state unchanged; ``"skip"``: the
             step is skipped (nothing changes) and counted in :attr:`skipped_steps`.
-        max_batch_bytes: ``"auto"`` (default; ``ceil(B / AUTO_CHUNKS)`` matrices per call),
-            an int (cap on the bytes of one batched map input) or ``None`` (one call per
-            stack). Results do not depend on it beyond round-off.
+        max_batch_bytes: ``"auto"`` (default; one call per stack unless its workspace
+            estimate exceeds :data:`AUTO_WORKSPACE_BYTES`, see :func:`auto_chunk_rows`), an int
+            (cap on the bytes of one batched map input: ``max(1, cap // (m·n·itemsize))``
+            matrices per call) or ``None`` (one call per stack). Results do not depend on it
+            beyond round-off.
 
     Example:
         >>> # xdoctest: +SKIP
@@ -806,7 +843,7 @@ class RegMuon(Optimizer):
             rows_m, rows_n = (n, m) if group["layout"] == "in_out" else (m, n)
             chunk = None
             if self.max_batch_bytes == "auto":
-                chunk = -(-sum(counts) // AUTO_CHUNKS)  # ceil(B / AUTO_CHUNKS)
+                chunk = auto_chunk_rows(sum(counts), m, n)
             elif self.max_batch_bytes is not None:
                 chunk = self.max_batch_bytes // (m * n * dtype.itemsize)
             regmuon(

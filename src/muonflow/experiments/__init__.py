@@ -18,6 +18,7 @@ from . import chaos  # noqa: F401  (registers)
 from . import stability  # noqa: F401  (registers)
 from . import particles_vs_pde  # noqa: F401  (registers)
 from . import teacher_student  # noqa: F401  (registers)
+from . import moe_flow  # noqa: F401  (registers)
 from . import practical_training  # noqa: F401  (registers)
 # isort: on
 from .base import PROFILES, REGISTRY, Check, Context, Experiment, Result, experiment
