@@ -19,3 +19,19 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 def gen() -> torch.Generator:
     """A seeded CPU generator; tests draw all randomness from it."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def map_calls(monkeypatch) -> list[tuple[int, ...]]:
+    """The input shapes of every batched map call that ``muonflow.optim`` makes, in order."""
+    from muonflow import optim as mf_optim
+
+    calls: list[tuple[int, ...]] = []
+    real = mf_optim.regularized_polar
+
+    def counting(G, eps, **kw):
+        calls.append(tuple(G.shape))
+        return real(G, eps, **kw)
+
+    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    return calls

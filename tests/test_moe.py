@@ -261,20 +261,9 @@ def test_dense_layout_is_the_same_layer_with_one_matrix_per_block():
 
 
 @pytest.mark.parametrize("n_experts", [4, 16])
-def test_regmuon_maps_each_shape_once_per_step_whatever_the_number_of_experts(
-    monkeypatch, n_experts
-):
+def test_regmuon_maps_each_shape_once_per_step_whatever_the_number_of_experts(map_calls, n_experts):
     """No Python loop over experts: one batched map call per distinct matrix shape."""
-    from muonflow import optim as mf_optim
-
-    calls = []
-    real = mf_optim.regularized_polar
-
-    def counting(G, eps, **kw):
-        calls.append(tuple(G.shape))
-        return real(G, eps, **kw)
-
-    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    calls = map_calls
     torch.manual_seed(5)
     cfg = TransformerConfig(
         vocab_size=16, block_size=8, d_model=16, n_heads=2, n_layers=2, d_mlp=64

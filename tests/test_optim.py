@@ -375,21 +375,14 @@ def test_relative_eps_is_scale_free():
 
 
 # -- batching --------------------------------------------------------------------------------------
-def test_batched_equals_per_parameter_loop_and_one_map_call(monkeypatch):
+def test_batched_equals_per_parameter_loop_and_one_map_call(map_calls):
     """Same-shape matrices are mapped in one call per step; results equal a per-matrix loop.
 
     The loop reference uses one optimizer per parameter. float64, tol=None: batched and
     single LAPACK/BLAS calls can round differently (≤ a few u per entry per step, amplified
     by κ = √r/ε ≈ 7 through the map), so N · 64 u · 8 · max|W|.
     """
-    calls = []
-    real = mf_optim.regularized_polar
-
-    def counting(G, eps, **kw):
-        calls.append(tuple(G.shape))
-        return real(G, eps, **kw)
-
-    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    calls = map_calls
     g = torch.Generator().manual_seed(8)
     shapes = [(5, 4)] * 6 + [(4, 5)] * 2 + [(3, 5, 4)]  # plus a 3-stack of 5x4 experts
     targets = [torch.randn(s, generator=g, dtype=F64) for s in shapes]
@@ -420,32 +413,40 @@ def test_batched_equals_per_parameter_loop_and_one_map_call(monkeypatch):
         assert amax(a - b) <= N * 64 * 8 * U64 * amax(b)
 
 
-def test_auto_chunking_splits_only_stacks_over_the_workspace_cap(monkeypatch):
-    """``max_batch_bytes="auto"``: one call per stack unless the workspace estimate exceeds the cap.
+def test_auto_chunking_caps_a_call_at_the_largest_matrix_workspace(monkeypatch, map_calls):
+    """``max_batch_bytes="auto"``: a call's workspace estimate may reach ``max(floor, largest)``.
 
-    The cap is patched down so that the rule can be exercised on a 70-matrix stack of 3x2
-    matrices (estimate ``map_workspace_bytes(3, 2)`` bytes each).
+    ``largest`` is the estimate for mapping the optimizer's largest matrix alone (the peak of a
+    per-matrix loop); the floor is patched so the rule can be exercised on a 70-matrix stack of
+    3x2 matrices (``map_workspace_bytes(3, 2)`` bytes each), then a 20x20 matrix joins and its
+    own workspace becomes the cap.
     """
-    calls = []
-    real = mf_optim.regularized_polar
-
-    def counting(G, eps, **kw):
-        calls.append(G.shape[0])
-        return real(G, eps, **kw)
-
-    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    calls = map_calls
     per = mf_optim.map_workspace_bytes(3, 2)
-    assert mf_optim.auto_chunk_rows(70, 3, 2) is None  # the real cap: 70 tiny matrices fit
+    big = mf_optim.map_workspace_bytes(20, 20)
+    assert mf_optim.auto_workspace_cap([(3, 2)] * 70) == mf_optim.AUTO_WORKSPACE_FLOOR
+    floor = mf_optim.AUTO_WORKSPACE_FLOOR
+    assert mf_optim.auto_workspace_cap([(3, 2), (20, 20)]) == max(big, floor)
+    assert mf_optim.auto_chunk_rows(70, 3, 2, mf_optim.AUTO_WORKSPACE_FLOOR) is None
     g = torch.Generator().manual_seed(9)
     many = [nn.Parameter(torch.randn(3, 2, generator=g, dtype=F64)) for _ in range(70)]
-    for cap, want in [(70 * per, [70]), (70 * per - 1, [69, 1]), (24 * per + 5, [24, 24, 22]),
-                      (per - 1, [1] * 70)]:  # fmt: skip
-        monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_BYTES", cap)
-        for p in many:
-            p.grad = torch.randn(3, 2, generator=g, dtype=F64)
+    large = nn.Parameter(torch.randn(20, 20, generator=g, dtype=F64))
+
+    def step(params):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=F64)
         calls.clear()
-        RegMuon(many).step()
-        assert calls == want, (cap, calls)
+        RegMuon(params).step()
+        return [c[0] for c in calls if c[1:] == (3, 2)], [c for c in calls if c[1:] == (20, 20)]
+
+    for floor, want in [(70 * per, [70]), (70 * per - 1, [69, 1]), (24 * per + 5, [24, 24, 22]),
+                        (per - 1, [1] * 70)]:  # fmt: skip
+        monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_FLOOR", floor)
+        assert step(many) == (want, []), floor
+    monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_FLOOR", 0)
+    k = big // per  # 3x2 matrices per call once the 20x20 matrix sets the cap
+    assert 1 < k < 70
+    assert step([*many, large]) == ([k] * (70 // k) + [70 % k] * (70 % k > 0), [(1, 20, 20)])
 
 
 class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
@@ -471,7 +472,8 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "shape", [(6, 64, 64), (6, 96, 32), (6, 32, 96), (12, 8, 64), (12, 1, 64), (8, 2, 2)]
+    "shape",
+    [(6, 64, 64), (6, 96, 32), (6, 32, 96), (12, 8, 64), (12, 1, 64), (8, 2, 2), (1, 512, 128)],
 )
 @pytest.mark.parametrize("path", ["poly32", "poly64", "eigh"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -480,9 +482,10 @@ def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
 
     Paths: the fast map in float32 (well-conditioned momentum), forced to float64 by a strong
     rank-one component (κ² above float32's reach), and the exact ``eigh`` map (``tol=None``);
-    float32 and float64 inputs. The estimate is what ``max_batch_bytes="auto"`` relies on; the
-    float64 matmul-only path on square float32 matrices reaches 0.95 of it (tiny matrices: 0.8),
-    so a kernel that grows its workspace by more than ~5% fails here.
+    float32 and float64 inputs; square, tall and wide. The estimate is what
+    ``max_batch_bytes="auto"`` relies on; the float64 matmul-only path on square float32
+    matrices reaches 0.95 of it, so a kernel that grows its workspace by more than ~5% fails
+    here.
     """
     g = torch.Generator().manual_seed(10)
     B, m, n = shape

@@ -40,11 +40,13 @@ from .spectral import POTENTIALS, Huber, potential
 
 __all__ = [
     "ADJUST_LR",
-    "AUTO_WORKSPACE_BYTES",
-    "MAP_WORKSPACE_FACTOR",
+    "AUTO_WORKSPACE_FLOOR",
+    "MAP_WORKSPACE_MN",
+    "MAP_WORKSPACE_RR",
     "RegMuon",
     "adamw",
     "auto_chunk_rows",
+    "auto_workspace_cap",
     "default_adamw_rule",
     "map_workspace_bytes",
     "matrix_shape",
@@ -68,20 +70,24 @@ MATRIX_VIEWS = ("auto", "conv", "batch")
 ALGORITHMS = ("regmuon", "adamw")
 NONFINITE_POLICIES = ("raise", "skip")
 
-#: ``max_batch_bytes="auto"``: a stack of same-shape matrices is mapped in one batched call
-#: unless that call's estimated workspace exceeds this many bytes; then in the fewest chunks
-#: whose workspace fits (at least one matrix per call). 256 MiB: far below any machine this
-#: trains on, and far above the stacks of small/medium models (a stack of 128 x 128 matrices
-#: chunks only beyond 204 of them), whose map then costs one call per shape.
-AUTO_WORKSPACE_BYTES = 256 * 2**20
+#: ``max_batch_bytes="auto"``: the workspace a map call may use is that of mapping the
+#: optimizer's largest matrix alone (what any per-matrix method pays anyway, so batching adds
+#: no memory at the peak), or this many bytes if more: a stack of same-shape matrices is mapped
+#: in one call unless its estimated workspace exceeds that cap, and then in the fewest chunks
+#: that fit. 1 MiB lets stacks of small matrices (MoE experts, heads) share a call: below
+#: ~100 KiB of workspace per matrix the map's fixed cost per call (~1 ms on a CPU core) dominates.
+AUTO_WORKSPACE_FLOOR = 2**20
 
-#: Workspace of one map call, in float64 copies of its input ``[B, m, n]`` (the working dtype
-#: may be float64 whatever the input's): the measured peak of live temporaries of
-#: :func:`orthogonalize` (output included) is 9 on square matrices (matmul-only path in
-#: float64; 9.5 for a float32 input, whose float64 copy adds half) and less elsewhere (``eigh``
-#: path: 5; tall/wide matrices: the Gram-sized ``r x r`` workspaces shrink). Kernel-internal
+#: Workspace of one map call on an ``m x n`` matrix with ``r = min(m, n)``: about
+#: ``MAP_WORKSPACE_MN · m·n + MAP_WORKSPACE_RR · r²`` float64 numbers (the working dtype may be
+#: float64 whatever the input's; the matmul-only and ``eigh`` paths both keep a few copies of
+#: the matrix and several Gram-sized ``r x r`` workspaces). Fitted as an upper bound to the
+#: measured peak of live temporaries of :func:`orthogonalize` (output included) over square,
+#: tall and wide shapes, float32/float64 inputs, float32 and float64 matmul-only and ``eigh``
+#: paths: the largest measured peak is 0.95 of it (square, float64 path). Kernel-internal
 #: workspaces (LAPACK's) are not counted. See :func:`map_workspace_bytes`.
-MAP_WORKSPACE_FACTOR = 10
+MAP_WORKSPACE_MN = 3
+MAP_WORKSPACE_RR = 7  # see MAP_WORKSPACE_MN
 
 #: Name components routed to AdamW by :func:`default_adamw_rule` (besides anything containing
 #: ``"embed"`` or ending in ``"_head"``): GPT-2 style token/position embeddings and output heads.
@@ -143,24 +149,35 @@ def matrix_shape(shape: Sequence[int], view: str = "auto") -> tuple[int, int, in
 def map_workspace_bytes(m: int, n: int) -> int:
     """Estimated peak bytes of the temporaries of one map call, per ``m x n`` matrix.
 
-    ``8 · (MAP_WORKSPACE_FACTOR · m · n + 32)``: :data:`MAP_WORKSPACE_FACTOR` float64 copies of
-    the matrix plus 32 float64 per-matrix scalars (scales, ε, κ² estimates), which dominate only
-    for tiny matrices (measured: ≤ 0.8 of this estimate for ``m·n <= 16``, ≤ 0.95 beyond).
+    ``8 · (MAP_WORKSPACE_MN · m·n + MAP_WORKSPACE_RR · min(m, n)² + 32)``: float64 copies of
+    the matrix and of its Gram matrix (see :data:`MAP_WORKSPACE_MN`) plus 32 float64 per-matrix
+    scalars (scales, ε, κ² estimates), which dominate only for tiny matrices.
     """
-    return 8 * (MAP_WORKSPACE_FACTOR * m * n + 32)
+    r = min(m, n)
+    return 8 * (MAP_WORKSPACE_MN * m * n + MAP_WORKSPACE_RR * r * r + 32)
 
 
-def auto_chunk_rows(count: int, m: int, n: int) -> int | None:
-    """Matrices per map call under ``max_batch_bytes="auto"``; ``None``: the whole stack at once.
+def auto_chunk_rows(count: int, m: int, n: int, cap: int) -> int | None:
+    """Matrices per map call when a call's workspace may reach ``cap`` bytes; ``None``: all.
 
     With ``w = map_workspace_bytes(m, n)`` (:func:`map_workspace_bytes`), a stack of ``count``
-    matrices is split only when ``count · w > AUTO_WORKSPACE_BYTES``, into chunks of
-    ``max(1, AUTO_WORKSPACE_BYTES // w)`` matrices.
+    matrices is split only when ``count · w > cap``, into chunks of ``max(1, cap // w)``
+    matrices. ``RegMuon`` with ``max_batch_bytes="auto"`` uses ``cap`` =
+    :func:`auto_workspace_cap` of its matrices.
     """
     per_matrix = map_workspace_bytes(m, n)
-    if count * per_matrix <= AUTO_WORKSPACE_BYTES:
+    if count * per_matrix <= cap:
         return None
-    return max(1, AUTO_WORKSPACE_BYTES // per_matrix)
+    return max(1, cap // per_matrix)
+
+
+def auto_workspace_cap(shapes: Iterable[tuple[int, int]]) -> int:
+    """The workspace cap of ``max_batch_bytes="auto"`` for matrices of the ``(m, n)`` shapes.
+
+    ``max(AUTO_WORKSPACE_FLOOR, max map_workspace_bytes(m, n))``: the peak of a per-matrix
+    loop (see :data:`AUTO_WORKSPACE_FLOOR`).
+    """
+    return max([AUTO_WORKSPACE_FLOOR, *(map_workspace_bytes(m, n) for m, n in shapes)])
 
 
 # -- functional kernels -------------------------------------------------------------------------
@@ -433,10 +450,10 @@ class RegMuon(Optimizer):
     **Batched execution.** Matrices of the same shape, dtype and device within a group share
     one stacked momentum storage ``[B, m, n]`` (each parameter's ``state["momentum_buffer"]``
     is a view of it) and is mapped in one batched call, or in chunks of it: by default
-    (``max_batch_bytes="auto"``, :func:`auto_chunk_rows`) a stack is split only when the
-    estimated workspace of one call exceeds :data:`AUTO_WORKSPACE_BYTES` (256 MiB), so small
-    and medium models pay one call per shape (per-call overhead dominates their map) and large
-    ones a bounded workspace; ``None`` always maps each stack in one call.
+    (``max_batch_bytes="auto"``, :func:`auto_workspace_cap`) a call's workspace may reach that
+    of mapping the largest matrix alone (or 1 MiB), so the step's peak memory is that of a
+    per-matrix loop while stacks of small matrices (experts, heads) share a call;
+    ``None`` always maps each stack in one call (fewest calls, most memory).
 
     Args:
         params: parameters, ``(name, parameter)`` pairs, or dicts defining parameter groups;
@@ -472,8 +489,8 @@ class RegMuon(Optimizer):
         on_nonfinite: ``"raise"`` (default): a NaN/Inf gradient raises ``ValueError`` naming the
             parameter, with every parameter and all optimizer state unchanged; ``"skip"``: the
             step is skipped (nothing changes) and counted in :attr:`skipped_steps`.
-        max_batch_bytes: ``"auto"`` (default; one call per stack unless its workspace
-            estimate exceeds :data:`AUTO_WORKSPACE_BYTES`, see :func:`auto_chunk_rows`), an int
+        max_batch_bytes: ``"auto"`` (default; chunks whose workspace estimate is at most
+            that of the largest matrix alone, see :func:`auto_workspace_cap`), an int
             (cap on the bytes of one batched map input: ``max(1, cap // (m·n·itemsize))``
             matrices per call) or ``None`` (one call per stack). Results do not depend on it
             beyond round-off.
@@ -785,13 +802,21 @@ class RegMuon(Optimizer):
         if work is None:
             self.skipped_steps += 1
             return loss
+        cap = None
+        if self.max_batch_bytes == "auto":
+            cap = auto_workspace_cap(
+                matrix_shape(p.shape, group["matrix_view"])[1:]
+                for group, items in zip(self.param_groups, work, strict=True)
+                if group["algorithm"] != "adamw"
+                for p, _ in items
+            )
         for gi, (group, items) in enumerate(zip(self.param_groups, work, strict=True)):
             if not items:
                 continue
             if group["algorithm"] == "adamw":
                 self._adamw_group(group, items)
             else:
-                self._regmuon_group(gi, group, items)
+                self._regmuon_group(gi, group, items, cap)
         return loss
 
     def _adamw_group(self, group: dict[str, Any], items: list[tuple[Tensor, Tensor]]) -> None:
@@ -821,7 +846,7 @@ class RegMuon(Optimizer):
         )
 
     def _regmuon_group(
-        self, gi: int, group: dict[str, Any], items: list[tuple[Tensor, Tensor]]
+        self, gi: int, group: dict[str, Any], items: list[tuple[Tensor, Tensor]], cap: int | None
     ) -> None:
         buckets: dict[tuple[Any, ...], list[tuple[Tensor, Tensor, int]]] = {}
         for p, g in items:
@@ -842,8 +867,8 @@ class RegMuon(Optimizer):
             grads = [g.reshape(k, m, n) for (_, g, k) in members]
             rows_m, rows_n = (n, m) if group["layout"] == "in_out" else (m, n)
             chunk = None
-            if self.max_batch_bytes == "auto":
-                chunk = auto_chunk_rows(sum(counts), m, n)
+            if cap is not None:  # max_batch_bytes="auto"
+                chunk = auto_chunk_rows(sum(counts), m, n, cap)
             elif self.max_batch_bytes is not None:
                 chunk = self.max_batch_bytes // (m * n * dtype.itemsize)
             regmuon(
