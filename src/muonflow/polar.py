@@ -832,9 +832,13 @@ def _front(G: Tensor, eps: float | Tensor, dtype: torch.dtype) -> _Front:
     return _with_gram(X, s, e / s)
 
 
-def _with_gram(X: Tensor, s: Tensor, e: Tensor) -> _Front:
+def _with_gram(X: Tensor, s: Tensor, e: Tensor, estimates: _Front | None = None) -> _Front:
+    """The front of ``(X, s, e)``; ``estimates``: take κ² and θ from that front (converted)
+    instead of power-iterating again."""
     A = _gram(X).mul_(s.square().reciprocal())  # A = (XᵀX)/s², exact power-of-two scaling
     A = _add_identity_batched(A, e.square())  # A += e² I
+    if estimates is not None:
+        return _Front(X, s, e, A, estimates.kappa2.to(A.dtype), estimates.theta.to(A.dtype))
     theta, est = lmax_estimate(A)
     tiny = torch.finfo(A.dtype).tiny
     return _Front(X, s, e, A, est / e.square().clamp_min(tiny), theta)
@@ -846,9 +850,12 @@ def _add_identity_batched(M: Tensor, c: Tensor) -> Tensor:
 
 
 def _promote(f: _Front, dtype: torch.dtype) -> _Front:
+    """``f`` in ``dtype``, keeping its κ² and θ: estimates of the same matrix, already used
+    for the decision to promote (a second power iteration would cost ~a third of a small
+    ``eigh``, and no consumer after a promotion reads them)."""
     if f.X.dtype == dtype:
         return f
-    return _with_gram(f.X.to(dtype), f.s.to(dtype), f.e.to(dtype))
+    return _with_gram(f.X.to(dtype), f.s.to(dtype), f.e.to(dtype), estimates=f)
 
 
 def _apply(f: _Front, M: Tensor) -> Tensor:

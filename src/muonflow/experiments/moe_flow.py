@@ -489,6 +489,8 @@ def _figure(
                     fmt="o-", capsize=3, label=arm)  # fmt: skip
     a1.set(xscale="log", xlabel="experts E (fixed E·m)", ylabel="train loss (mean ± std)",
            title=f"MoE transformer, {cfg.train_steps} steps")  # fmt: skip
+    a1.set_xticks(Es, [str(e) for e in Es])
+    a1.minorticks_off()
     a1.legend(fontsize=8)
     for kind, H in curves.items():
         a2.plot(np.arange(len(H)) * cfg.flow_hs[-1], H, label=kind)
