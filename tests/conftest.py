@@ -10,6 +10,16 @@ import torch
 torch.set_num_threads(1)
 
 
+def assert_checks_pass(metrics: dict) -> None:
+    """Content of an experiment's ``metrics.json``: ran, has checks, all pass and say why."""
+    assert metrics["status"] == "ok", metrics["error"]
+    failed = {k: c for k, c in metrics["checks"].items() if not c["passed"]}
+    assert not failed, failed
+    assert metrics["checks"], "an experiment without checks proves nothing"
+    for check in metrics["checks"].values():
+        assert check["why"] and check["relation"] in ("<=", ">=", "in")
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """``u = eps_machine / 2``: the basis of every dtype-keyed tolerance in the tests."""
     return torch.finfo(dtype).eps / 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import assert_checks_pass
 
 from muonflow.experiments import REGISTRY
 from muonflow.experiments.runner import METRICS, run_experiment
@@ -34,12 +35,7 @@ def test_registered_in_claim_order():
 @pytest.mark.parametrize("name", DYNAMICS_EXPERIMENTS)
 def test_smoke_profile_passes(name, tmp_path):
     metrics = run_experiment(REGISTRY[name], tmp_path, profile="smoke", show_progress=False)
-    assert metrics["status"] == "ok", metrics["error"]
-    failed = {k: c for k, c in metrics["checks"].items() if not c["passed"]}
-    assert not failed, failed
-    assert metrics["checks"], "an experiment without checks proves nothing"
-    for check in metrics["checks"].values():
-        assert check["why"] and check["relation"] in ("<=", ">=", "in")
+    assert_checks_pass(metrics)
     assert metrics["figures"]
     for fig in metrics["figures"]:
         path = tmp_path / name / fig
