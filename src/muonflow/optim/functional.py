@@ -283,19 +283,21 @@ def _check_like(i: int, p: Any, others: dict[str, Any]) -> None:
 def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor with a NaN/Inf entry, or ``None``: one fused norm per device.
 
-    ``max|t|`` is finite iff every entry is (NaN propagates; a max never overflows), so one
-    foreach kernel and one host sync per device decide; only a failure looks further.
+    The 2-norm is NaN or Inf if any entry is, so one foreach kernel and one host sync per
+    device decide (on CPU ``_foreach_norm(·, 2)`` is ~25x faster than the ∞-norm). It can also
+    overflow for finite entries beyond ~1e19 (float32): only then, or on a real failure, each
+    tensor is checked exactly.
     """
-    tensors = [t for t in tensors if t.numel()]
-    if not tensors:
+    live = [i for i, t in enumerate(tensors) if t.numel()]
+    if not live:
         return None
-    norms = torch._foreach_norm(tensors, math.inf)
+    norms = torch._foreach_norm([tensors[i] for i in live], 2)
     by_device: dict[torch.device, list[Tensor]] = {}
     for t in norms:
         by_device.setdefault(t.device, []).append(t.float())
     if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values()):
         return None
-    return next(i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all()))
+    return next((i for i in live if not bool(torch.isfinite(tensors[i]).all())), None)
 
 
 # -- the map --------------------------------------------------------------------------------------
@@ -525,11 +527,11 @@ def regmuon(
         shapes.append(matrix_shape(params[i].shape, views[i]))
     live = [i for i in range(n_params) if params[i].numel()]
     if check_finite:
-        bad = first_nonfinite([grads[i] for i in live] + [momentum_buffers[i] for i in live])
+        bad = first_nonfinite([*grads, *momentum_buffers])
         if bad is not None:
-            what = "grads" if bad < len(live) else "momentum_buffers"
+            what = "grads" if bad < n_params else "momentum_buffers"
             raise ValueError(
-                f"{what}[{live[bad % len(live)]}] has NaN or Inf entries; nothing was changed"
+                f"{what}[{bad % n_params}] has NaN or Inf entries; nothing was changed"
             )
     if map_fn is None:
         map_fn = functools.partial(
