@@ -753,11 +753,12 @@ def test_old_state_dict_loads_with_defaults():
     toy_step(model, opt, 0)
     sd = copy.deepcopy(opt.state_dict())
     for group in sd["param_groups"]:  # a checkpoint written before these options existed
-        del group["tol"], group["layout"]
+        del group["tol"], group["layout"], group["algorithm"]
     del sd["regmuon"]
     opt2 = RegMuon(Toy().named_parameters(), tol=1e-2)
     opt2.load_state_dict(sd)
     assert all(g["tol"] == 1e-2 and g["layout"] == "out_in" for g in opt2.param_groups)
+    assert [g["algorithm"] for g in opt2.param_groups] == ["regmuon", "adamw"]
     assert opt2.skipped_steps == 0
     model2 = Toy()
     opt3 = RegMuon(model2.named_parameters(), tol=1e-2)

@@ -95,43 +95,29 @@ class RegMuon(Optimizer):
     :math:`W \leftarrow W + h \nabla K_{\varepsilon_{dyn}}(P)` with :math:`P = -hM`
     (:meth:`from_dynamics`).
 
-    **Routing.** ``RegMuon(model)`` routes by structure (:mod:`muonflow.optim.routing`):
-    embeddings and parameters tied to them, the output layer, parameters a module holds
-    directly without declaring them weight matrices, and vectors go to the built-in AdamW;
+    **Routing** (:mod:`muonflow.optim.routing`, ``docs/optimizer.md``). ``RegMuon(model)``
+    routes by structure: embeddings and parameters tied to them, the output layer, vectors and
+    parameters a module holds without declaring them weight matrices go to the built-in AdamW;
     the declared weight matrices of known layers (``Linear``, HF ``Conv1D``, conv kernels,
-    ``MultiheadAttention``, RNNs, stacked experts) to RegMuon, each with its own matrix view
-    and layout. It gives two groups, ``param_groups[0]`` RegMuon and ``param_groups[1]`` AdamW
-    (either may be empty). The **output layer** is ``output`` if given, else the model's
-    ``get_output_embeddings()`` (Hugging Face), else the last module in registration order that
-    holds a weight matrix and is not inside a repeated block (see
-    :func:`~muonflow.optim.routing.output_layers`). ``named_parameters()``, plain tensors and
-    dict groups work too: each group is split into a RegMuon and an AdamW group by
-    ``param_groups[i]["algorithm"]``, names are routed by ``adamw`` (default
-    :func:`~muonflow.optim.default_adamw_rule`), and matrices without a name or a module go to
-    RegMuon with one :class:`~muonflow.optim.RoutingWarning`. ``print(opt.routing)`` shows every
-    decision. Tied parameters are updated once; parameters whose ``.grad`` is ``None`` or with no
-    elements are skipped.
+    attention, RNNs, stacked experts) to RegMuon, each with its matrix view and layout. It
+    gives two groups, ``[RegMuon, AdamW]``. Named parameters, tensors and dict groups work too:
+    each group is split by ``param_groups[i]["algorithm"]``, names are routed by ``adamw``, and
+    matrices with neither a name nor a module go to RegMuon with one ``RoutingWarning``.
+    ``print(opt.routing)`` shows every decision. Tied parameters are updated once; parameters
+    without ``.grad`` or without elements are skipped.
 
     **ε and the momentum form.** ``eps_mode="absolute"`` uses ε as is, in the units of the
-    momentum's singular values: exact Hamiltonian dynamics, the kinetic energy of
+    momentum's singular values: exact Hamiltonian dynamics, and the kinetic energy of
     :meth:`kinetic_energy` is the paper's. With EMA momentum the buffer is
     :math:`B = (1-\beta) M`, so EMA with ``eps = ε_B`` equals sum form with
-    ``eps = ε_B / (1-β)``. ``eps_mode="relative"`` (scale-free, practical) uses ε times the RMS
-    singular value of each map input: the update is then invariant under rescaling the loss,
-    and sum and EMA forms give the same iterates.
+    ``eps = ε_B / (1-β)``. ``eps_mode="relative"`` uses ε times the RMS singular value of each
+    map input: the update is invariant under rescaling the loss, and sum and EMA forms agree.
 
-    **Batched execution.** Matrices of the same shape, dtype, device and ``ρ`` within a group
-    share one stacked momentum storage ``[B, m, n]`` (each parameter's
-    ``state["momentum_buffer"]`` is a view of it) and are mapped in one batched call, or in
-    chunks of it: by default (``max_batch_bytes="auto"``,
-    :func:`~muonflow.optim.auto_workspace_cap`) a call's workspace may reach that of mapping the
-    largest matrix alone (or 1 MiB), so the step's peak memory is that of a per-matrix loop
-    while stacks of small matrices share a call; ``None`` always maps each stack in one call.
-
-    **All or nothing.** :meth:`step`, :meth:`add_param_group` and :meth:`load_state_dict`
-    check everything first (gradients, state, options, shapes) and raise a clear error with
-    nothing changed. Options, ``on_nonfinite``, ``max_batch_bytes``, the AdamW defaults and the
-    routing survive ``copy.deepcopy`` and pickling.
+    **Batched, all or nothing.** Same-shape matrices of a group share one packed momentum
+    tensor (each ``state["momentum_buffer"]`` is a view of it) and one batched map call, or a
+    few chunks under ``max_batch_bytes``. :meth:`step`, :meth:`add_param_group` and
+    :meth:`load_state_dict` check everything before changing anything; options and routing
+    survive ``copy.deepcopy`` and pickling.
 
     Args:
         params: an ``nn.Module`` (routed by structure), ``(name, parameter)`` pairs, tensors,
@@ -406,7 +392,12 @@ class RegMuon(Optimizer):
         and values, step counts): a bad checkpoint raises with nothing changed."""
         check_state_dict(state_dict, self.param_groups, self._specs, self.defaults)
         extra = state_dict.get("regmuon", {})
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "regmuon"})
+        sd = {k: v for k, v in state_dict.items() if k != "regmuon"}
+        sd["param_groups"] = [  # old checkpoints without "algorithm": this optimizer's
+            {"algorithm": g["algorithm"], **saved}
+            for g, saved in zip(self.param_groups, state_dict["param_groups"], strict=True)
+        ]
+        super().load_state_dict(sd)
         for st in self.state.values():
             if "step" in st:
                 st["step"] = int(st["step"])

@@ -176,7 +176,7 @@ def default_adamw_rule(name: str | None, param: Tensor) -> bool:
     """Route a matrix parameter given by name only to AdamW if its name marks an embedding or
     an output layer.
 
-    A dotted-name component marks it if it contains ``"embed"``, starts with ``"emb"``, ends
+    A dotted-name component marks it if it contains ``"emb"`` (``embed``, ``tok_emb``), ends
     with ``"_head"`` or is one of ``wte``, ``wpe``, ``head``, ``lm_head``, ``classifier``,
     ``unembed``; or, before any integer component (that is, outside a repeated block such as
     ``layers.3``), if it is ``out``, ``output``, ``pos``, ``logits``, ``readout`` or starts
@@ -191,7 +191,7 @@ def default_adamw_rule(name: str | None, param: Tensor) -> bool:
         if part.isdigit():
             in_block = True
             continue
-        if "embed" in part or part.startswith("emb") or part.endswith("_head"):
+        if "emb" in part or part.endswith("_head"):
             return True
         if part in _STRONG_EXACT:
             return True
