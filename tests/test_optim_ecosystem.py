@@ -126,6 +126,9 @@ def test_gradient_accumulation_equals_the_big_batch():
         runs.append([p.detach() for p in model.parameters()])
     for a, b in zip(*runs, strict=True):
         assert float((a - b).abs().max()) <= 3 * 64 * 16 * U64 * max(1.0, float(a.abs().max()))
+    init = [w.detach() for w in mlp(F64).parameters()]
+    moved = [float((a - w).abs().max()) for a, w in zip(runs[0], init, strict=True)]
+    assert min(moved) > 1e-3  # every parameter was updated: not two frozen runs that agree
 
 
 # -- bf16 autocast ---------------------------------------------------------------------------------

@@ -344,3 +344,13 @@ def test_model_groups_and_training():
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses  # memorizing one batch (a frozen step: 1.0)
     assert mf.RegMuon is RegMuon
+
+
+def test_adamw_rule_adds_to_the_structure_of_a_model():
+    """With a model, ``adamw=`` sends further declared matrices to AdamW (by qualified name);
+    it never takes anything away from AdamW."""
+    r = routes(RegMuon(SortNet(), adamw=[r"\.linear1\."]))
+    assert r["enc.layers.0.linear1.weight"] == ("adamw", "adamw rule")
+    assert r["enc.layers.0.linear2.weight"] == ("regmuon", "hidden matrix")
+    assert r["head.weight"] == ("adamw", "output layer")
+    assert r["emb.weight"] == ("adamw", "embedding")
