@@ -3,10 +3,12 @@ needs torch and numpy only (the figures: ``python benchmarks/bench_import.py``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 
 import muonflow
@@ -54,6 +56,8 @@ def test_public_names_resolve_lazily():
         assert getattr(muonflow, name) is not None, name
     assert set(muonflow.__all__) <= set(dir(muonflow))
     assert muonflow.models.moe.ExpertParticles  # submodules too
+    importlib.import_module("muonflow.polar")  # the submodule, named like the function
+    assert not isinstance(muonflow.polar, types.ModuleType) and callable(muonflow.polar)
 
 
 def test_core_requirements_are_torch_and_numpy():

@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Eager, unlike the rest: `polar` names both a submodule and a function, and importing the
+# submodule (which the optimizer and the potentials do) would rebind `muonflow.polar` to the
+# module. Importing it here binds the function last. It costs a few ms (torch and numpy only).
+from .polar import POLAR_METHODS, polar, regularized_polar
+
 # public name -> the module that defines it
 _LAZY = {
     "INTEGRATORS": ".dynamics",
@@ -24,9 +29,6 @@ _LAZY = {
     "moe_objective": ".meanfield.moe",
     "MoEFeedForward": ".models.moe",
     "RegMuon": ".optim",
-    "POLAR_METHODS": ".polar",
-    "polar": ".polar",
-    "regularized_polar": ".polar",
     "POTENTIALS": ".spectral",
     "Huber": ".spectral",
     "Nuclear": ".spectral",
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
     from .meanfield.moe import moe_objective
     from .models.moe import MoEFeedForward
     from .optim import RegMuon
-    from .polar import POLAR_METHODS, polar, regularized_polar
     from .spectral import (
         POTENTIALS,
         Huber,
