@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import muonflow as mf
 
 P = importlib.import_module("muonflow.polar")
+S = importlib.import_module("muonflow.polar.schedules")
 
 EPS_RELS = [1.0, 1e-1, 1e-2, 1e-3, 1e-4]
 SHAPES = [(96, 24), (24, 96), (40, 40), (3, 40, 16)]
@@ -356,9 +357,9 @@ def test_cost_model_pieces():
     assert P.eigh_cost(64, "cuda") == math.inf
     assert P.float32_gemm_roundoff("cpu") == unit_roundoff(torch.float32)
     # the poly cost model: first step with Y² given, middle and last steps of each degree
-    assert [P._step_matmuls(d, True, False) for d in (1, 2, 4)] == [2, 3, 4]
-    assert [P._step_matmuls(d, False, False) for d in (1, 2, 4)] == [3, 4, 5]
-    assert [P._step_matmuls(d, False, True) for d in (1, 2, 4)] == [1, 2, 3]
+    assert [S._step_matmuls(d, True, False) for d in (1, 2, 4)] == [2, 3, 4]
+    assert [S._step_matmuls(d, False, False) for d in (1, 2, 4)] == [3, 4, 5]
+    assert [S._step_matmuls(d, False, True) for d in (1, 2, 4)] == [1, 2, 3]
 
 
 def test_auto_follows_its_plan(gen):

@@ -1,0 +1,197 @@
+r"""The matmul-only inverse square root: a coupled minimax polynomial iteration.
+
+On the normalized shifted Gram matrix :math:`Y_0 = A/L` (spectrum in :math:`[\rho^2, 1]`):
+
+.. math::
+    h_k = h_k(Y_k), \qquad Q_{k+1} = Q_k h_k, \qquad Y_{k+1} = Y_k h_k^2, \qquad
+    A^{-1/2} \approx Q_K / \sqrt{L},
+
+where :math:`p_k(\sigma) = \sigma h_k(\sigma^2)` are the steps of a
+:class:`~muonflow.polar.schedules.PolySchedule`. Every iterate is a polynomial in ``Y_0``, so all
+commute, and every eigen-direction of :math:`Q_K Y_0^{1/2}` ends within the schedule's error
+of 1. Cost and rounding analysis: ``docs/polar.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .front import GramFront, unit_roundoff
+from .schedules import PolySchedule
+
+__all__ = ["gram_poly_inv_sqrt", "poly_inv_sqrt", "step_dtypes"]
+
+
+@functools.lru_cache(maxsize=32)
+def _eye(r: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.eye(r, dtype=dtype, device=device)
+
+
+def _add_diag(M: Tensor, c: float, inplace: bool) -> Tensor:
+    if inplace:
+        M.diagonal(dim1=-2, dim2=-1).add_(c)  # M += c I
+        return M
+    return M + c * _eye(M.shape[-1], M.dtype, M.device)
+
+
+class _Pool:
+    """Recycled ``[B, r, r]`` work buffers (CPU: a fresh large tensor is page-faulted in,
+    which costs about as much as the elementwise work on it)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.free: list[Tensor] = []
+
+    def get(self, like: Tensor) -> Tensor | None:
+        if not self.enabled:
+            return None
+        for i, b in enumerate(self.free):
+            if b.dtype == like.dtype:
+                return self.free.pop(i)
+        return torch.empty_like(like)
+
+    def put(self, *ts: Tensor | None) -> None:
+        if self.enabled:
+            self.free.extend(t for t in ts if t is not None)
+
+
+def _leading(c: tuple[float, ...]) -> float:
+    """The factor ``β`` the step's ``h`` is divided by (its leading coefficient, unless that
+    is tiny; then 1)."""
+    lead = c[-1]
+    return lead if 1e-4 <= abs(lead) <= 1e4 else 1.0
+
+
+def _poly_kernel(
+    Y: Tensor,
+    Y2: Tensor | None,
+    schedule: PolySchedule,
+    dtypes: tuple[torch.dtype, ...] | None,
+    *,
+    consume: bool,
+) -> tuple[Tensor, float]:
+    r"""``(Q̂, δ)`` with :math:`\delta\,\hat Q \approx Y^{-1/2}`.
+
+    Scalars are kept out of the tensors: the true iterate is :math:`\gamma \hat Y` and the true
+    step polynomial :math:`h = \beta \hat H` with ``β`` its leading coefficient, so that
+    ``Ĥ`` is monic and each step needs only one or two elementwise passes (the scalars fold into
+    the next step's coefficients ``ĉ_j = c_j γ^j``). ``consume``: ``Y``/``Y2`` may be
+    overwritten (and no autograd graph is being recorded).
+    """
+    work = Y.dtype
+    inplace = consume and not (torch.is_grad_enabled() and Y.requires_grad)
+    pool = _Pool(inplace)
+    K = len(schedule.steps)
+    gamma, delta = 1.0, 1.0
+    Q: Tensor | None = None
+    own_y = own_y2 = inplace  # whether Y / Y2 may be recycled
+    for k, step in enumerate(schedule.steps):
+        last = k == K - 1
+        dt = work if dtypes is None else dtypes[k]
+        if Y.dtype != dt:  # restore the true scale before rounding to another dtype
+            Y2 = None if Y2 is None else (Y2 * gamma**2).to(dt)
+            Y, gamma, own_y, own_y2 = (Y * gamma).to(dt), 1.0, False, False
+        d = step.degree
+        c = [cj * gamma**j for j, cj in enumerate(step.coeffs)]  # h in terms of Ŷ
+        beta = _leading(c)
+        a = [cj / beta for cj in c]  # ĥ = h / β
+        if Y2 is None and (d >= 2 or not last):
+            Y2, own_y2 = torch.bmm(Y, Y, out=pool.get(Y)), inplace  # Ŷ²
+        if d == 1:  # ĥ = a1 Ŷ + a0 I
+            H = _add_diag(torch.mul(Y, a[1], out=pool.get(Y)), a[0], inplace)
+        elif d == 2:  # ĥ = a2 Ŷ² + a1 Ŷ + a0 I
+            assert Y2 is not None
+            H = torch.mul(Y2, a[2], out=pool.get(Y)).add_(Y, alpha=a[1])
+            H = _add_diag(H, a[0], inplace)
+        else:  # d = 4: ĥ = (a2 Ŷ² + a1 Ŷ + a0 I) + Ŷ² (a4 Ŷ² + a3 Ŷ)  (Paterson–Stockmeyer)
+            assert Y2 is not None
+            T = torch.mul(Y2, a[4], out=pool.get(Y)).add_(Y, alpha=a[3])
+            H = torch.mul(Y2, a[2], out=pool.get(Y)).add_(Y, alpha=a[1])
+            H = _add_diag(H, a[0], inplace).baddbmm_(Y2, T)
+            pool.put(T)
+        if not last:
+            assert Y2 is not None
+            if d == 1:  # Ŷĥ = a1 Ŷ² + a0 Ŷ  (Ŷ² known)
+                T = torch.mul(Y2, a[1], out=pool.get(Y)).add_(Y, alpha=a[0])
+            else:
+                T = torch.bmm(Y, H, out=pool.get(Y))  # Ŷ ĥ
+            Y_new = torch.bmm(T, H, out=pool.get(Y))  # Ŷ ĥ²
+            pool.put(T)
+            if own_y:
+                pool.put(Y)
+            if own_y2:
+                pool.put(Y2)
+            Y, Y2, own_y, own_y2 = Y_new, None, inplace, False
+            gamma *= beta * beta  # Y_true = γ Ŷ
+        Hw = H if H.dtype == work else H.to(work)
+        if Q is None:
+            Q = Hw
+        else:
+            Q_new = torch.bmm(Q, Hw, out=pool.get(Q))  # Q ← Q ĥ
+            pool.put(Q, Hw)
+            Q = Q_new
+        if Hw is not H:
+            pool.put(H)
+        delta *= beta  # Q_true = δ Q̂
+    assert Q is not None
+    return Q, delta
+
+
+def gram_poly_inv_sqrt(
+    Y: Tensor,
+    schedule: PolySchedule,
+    *,
+    Y2: Tensor | None = None,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+) -> Tensor:
+    r""":math:`Q \approx Y^{-1/2}` for symmetric ``Y: [B, r, r]``, spectrum in :math:`[\rho^2, 1]`.
+
+    The coupled iteration of the module docstring. In exact arithmetic every eigenvalue of
+    :math:`Q Y^{1/2}` lies in ``[1 - schedule.err, 1 + schedule.err]``. ``Y2`` is ``Y @ Y`` if
+    known; ``dtypes[k]`` the dtype step ``k`` runs in (``Q`` stays in ``Y``'s dtype). Inputs
+    are not modified. Cost: ``schedule.matmuls`` batched ``r x r`` products (one fewer when
+    ``Y2`` is given). Differentiable by autograd.
+    """
+    Q, delta = _poly_kernel(Y, Y2, schedule, dtypes, consume=False)
+    return Q * delta
+
+
+def poly_inv_sqrt(
+    front: GramFront, schedule: PolySchedule, dtypes: tuple[torch.dtype, ...] | None = None
+) -> Tensor:
+    r""":math:`A^{-1/2}` of the front's shifted Gram matrix (``front.A``/``A2`` are consumed).
+
+    ``Y = A/L``, ``Y² = A²/L²`` (:attr:`GramFront.A2` is computed if missing), then the
+    schedule, then :math:`A^{-1/2} = Q/\sqrt L`; ``schedule.rho`` must be ``<= front.rho``.
+    """
+    L = front.L
+    grad = torch.is_grad_enabled() and front.A.requires_grad
+    A2 = front.A2 if front.A2 is not None else torch.bmm(front.A, front.A)
+    if grad:
+        Y, Y2 = front.A / L, A2 / L.square()
+    else:
+        Y, Y2 = front.A.div_(L), A2.div_(L.square())  # Y = A/L, Y² = A²/L² (in place)
+    Q, delta = _poly_kernel(Y, Y2, schedule, dtypes, consume=True)
+    scale = L.rsqrt() * delta  # A^{-1/2} = δ Q̂ / √L
+    return Q * scale if grad else Q.mul_(scale)
+
+
+def step_dtypes(
+    schedule: PolySchedule, tol: float, work: torch.dtype, device_type: str
+) -> tuple[torch.dtype, ...]:
+    r"""Per-step dtypes: float16 where its rounding provably fits, else ``work``.
+
+    Step ``k`` may run in a dtype of unit roundoff ``u`` if
+    :math:`\tfrac12 u ((hi_k/lo_k)^2 + amp_k) \le tol/(4K)` (``docs/polar.md``), and only on
+    accelerators (CPU float16 GEMMs are far slower than float32).
+    """
+    K = len(schedule.steps)
+    out = []
+    for s in schedule.steps:
+        low_ok = device_type not in ("cpu", "meta") and work != torch.float16
+        bound = 0.5 * unit_roundoff(torch.float16) * ((s.hi / s.lo) ** 2 + s.amp)
+        out.append(torch.float16 if low_ok and bound <= tol / (4 * K) else work)
+    return tuple(out)
