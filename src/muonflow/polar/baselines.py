@@ -102,8 +102,8 @@ def gram_newton_schulz(
             Q = None
         Z = torch.baddbmm(R, R, R, beta=b, alpha=c)  # Z = bR + cR²; h = aI + Z
         if Q is None:
-            Q = Z
-            Q.diagonal(dim1=-2, dim2=-1).add_(a)  # Q = h
+            Q = Z.clone()
+            Q.diagonal(dim1=-2, dim2=-1).add_(a)  # Q = h = aI + Z
         else:
             Q = torch.baddbmm(Q, Q, Z, beta=a)  # Q ← Q h = aQ + QZ
         if i < steps - 1 and i + 1 not in restart:

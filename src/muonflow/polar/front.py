@@ -218,7 +218,8 @@ def _finish_front(
         L = torch.linalg.vector_norm(A, dim=(-2, -1), keepdim=True)  # ‖A‖_F
     L = L * (1 + BOUND_MARGIN)
     k2 = L / e2  # κ² per matrix (inf where ε = 0)
-    kappa2, d_max, d_min, l_min = torch.stack((k2.amax(), d.amax(), d.amin(), L.amin())).tolist()
+    stats = torch.stack((k2.amax(), d.amax(), d.amin(), L.amin())).detach()
+    kappa2, d_max, d_min, l_min = stats.tolist()  # one host synchronization
     if check:
         lim = 2.0 ** _safe_exponent(A.dtype)
         if not (d_max <= lim and (d_min >= 1 / lim or d_max == 0)) or kappa2 != kappa2:
@@ -236,7 +237,7 @@ def tighten(front: GramFront) -> GramFront:
     A2 = torch.bmm(front.A, front.A)  # A²
     L = torch.linalg.vector_norm(A2, dim=(-2, -1), keepdim=True).sqrt() * (1 + BOUND_MARGIN)
     L = torch.minimum(L, front.L)
-    kappa2 = float((L / front.e2).amax())
+    kappa2 = float((L / front.e2).amax().detach())
     rho = (1.0 / kappa2) ** 0.5 if kappa2 > 0 else 1.0
     return GramFront(front.X, front.wide, front.e2, front.A, A2, L, front.inv_s, kappa2, rho)
 

@@ -15,6 +15,7 @@ from .front import (
     GramFront,
     default_tol,
     front_from_gram,
+    gemm_roundoff,
     gram_floor,
     gram_front,
     lmax_estimate,
@@ -22,9 +23,17 @@ from .front import (
     unit_roundoff,
     work_dtype,
 )
-from .planning import AutoPlan, choose_method, fits, poly_cost, poly_target
-from .polynomial import poly_inv_sqrt, step_dtypes
-from .schedules import RHO_MIN, poly_schedule
+from .planning import (
+    ITER_ROUNDOFFS,
+    AutoPlan,
+    best_restart,
+    choose_method,
+    fits,
+    poly_rho,
+    poly_target,
+)
+from .polynomial import poly_inv_sqrt, poly_restart, step_dtypes
+from .schedules import RHO_MIN, PolySchedule, poly_schedule
 
 __all__ = [
     "POLAR_FLOOR",
@@ -46,12 +55,25 @@ def _finish(out: Tensor, G: Tensor) -> Tensor:
 
 
 # -- the two Gram inverse square roots, on a front -----------------------------------------------
+def _schedule(f: GramFront, tol: float) -> PolySchedule:
+    return poly_schedule(poly_rho(f.kappa2), poly_target(tol), f.dtype)
+
+
 def _poly(f: GramFront, tol: float) -> Tensor:
     """``A^{-1/2}`` by the schedule for the front's ``ρ`` and :func:`poly_target` of ``tol``."""
     f = tighten(f)
-    rho = min(max(f.rho, RHO_MIN), 1.0)
-    sched = poly_schedule(rho, poly_target(tol), f.dtype)
+    sched = _schedule(f, tol)
     return poly_inv_sqrt(f, sched, step_dtypes(sched, tol, f.dtype, f.A.device.type))
+
+
+def _poly_map(f: GramFront, tol: float, restart: int, phase2: torch.dtype | None = None) -> Tensor:
+    """The map ``[B, m, n]`` by the polynomial path, restarted after ``restart`` steps if > 0
+    (the restarted phase in ``phase2``)."""
+    if restart:
+        f = tighten(f)
+        sched = _schedule(f, tol)
+        return poly_restart(f, sched, restart, target=poly_target(tol), phase2=phase2)
+    return f.apply(_poly(f, tol))
 
 
 def _eigh(f: GramFront, tol: float) -> tuple[Tensor, Tensor | None]:
@@ -96,13 +118,21 @@ def _svd_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
 
 
 def _poly_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
-    """Matmul-only path; float32 work promoted to float64 when the Gram floor exceeds tol/2."""
+    """Matmul-only path: float32 work where its rounding fits ``tol`` (restarted if that is
+    what it takes, :func:`~muonflow.polar.planning.best_restart`), else float64."""
     tol = default_tol(G.dtype) if tol is None else tol
     work = work_dtype(G.dtype)
     f = gram_front(G, eps, work)
+    restart = 0
     if work == torch.float32 and not fits(f.kappa2, tol, work, G.device.type):
-        f = gram_front(G, eps, torch.float64)
-    return _finish(f.apply(_poly(f, tol)), G)
+        rs = None
+        if tol >= ITER_ROUNDOFFS * gemm_roundoff(work, G.device.type):
+            rs = best_restart(f.kappa2, tol, work, G.device.type)
+        if rs is None:
+            f = gram_front(G, eps, torch.float64)
+        else:
+            restart = rs[0]
+    return _finish(_poly_map(f, tol, restart), G)
 
 
 #: Registry of methods computing the relativistic map: name -> fn(G, eps, tol).
@@ -114,23 +144,30 @@ POLAR_METHODS: dict[str, Callable[[Tensor, float | Tensor, float | None], Tensor
 
 
 # -- auto ------------------------------------------------------------------------------------------
-def _plan_front(f: GramFront, r: int, dtype: torch.dtype, tol: float) -> tuple[AutoPlan, GramFront]:
-    """The plan for a ``bound="A"`` front, tightening its bound only where that can change the
-    decision (poly's schedule length or the working dtype)."""
+def _plan_front(
+    f: GramFront, r: int, dtype: torch.dtype, tol: float, aspect: float = 1.0
+) -> tuple[AutoPlan, GramFront]:
+    """The plan for a ``bound="A"`` front, tightening its bound (one ``r x r`` product) only
+    where the best bound ``‖A²‖_F^{1/2}`` can give (``κ²/r^{1/4}``) could change the plan."""
     device = f.A.device.type
 
-    def plan(front: GramFront) -> AutoPlan:
-        return choose_method(r=r, dtype=dtype, device_type=device, tol=tol, kappa2=front.kappa2)
+    def plan(kappa2: float) -> AutoPlan:
+        return choose_method(
+            r=r,
+            dtype=dtype,
+            device_type=device,
+            tol=tol,
+            kappa2=kappa2,
+            aspect=aspect,
+            restart=f.X is not None,
+        )
 
-    p = plan(f)
-    if f.A2 is None and (p.method != "eigh" or p.dtype != f.dtype):
-        f = tighten(f)  # poly needs A² anyway; a tighter κ² may keep float32
-        p = plan(f)
-    elif f.A2 is None and p.dtype == torch.float32 and math.isfinite(p.cost_eigh):
-        # eigh chosen: would poly win with the best bound ‖A²‖_F^{1/2} can give (κ² / r^{1/4})?
-        if poly_cost(f.kappa2 / r**0.25, tol, p.dtype) < p.cost_eigh:
+    p = plan(f.kappa2)
+    if f.A2 is None:
+        q = plan(f.kappa2 / r**0.25)
+        if p.method == "poly" or (q.method, q.dtype, q.restart) != (p.method, p.dtype, p.restart):
             f = tighten(f)
-            p = plan(f)
+            p = plan(f.kappa2)
     return p, f
 
 
@@ -142,7 +179,8 @@ def plan_auto(G: Tensor, eps: float | Tensor, tol: float | None = None) -> AutoP
         return choose_method(
             r=r, dtype=G.dtype, device_type=G.device.type, tol=None, kappa2=math.nan
         )
-    return _plan_front(gram_front(G, eps, work_dtype(G.dtype), bound="A"), r, G.dtype, tol)[0]
+    f = gram_front(G, eps, work_dtype(G.dtype), bound="A")
+    return _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)[0]
 
 
 def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
@@ -150,13 +188,13 @@ def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
         return _eigh_method(G, eps, None)
     r = min(G.shape[-2:])
     f = gram_front(G, eps, work_dtype(G.dtype), bound="A")
-    plan, f = _plan_front(f, r, G.dtype, tol)
+    plan, f = _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)
     if plan.method == "svd":
         return _svd_method(G, eps, tol)
     if plan.dtype != f.dtype:
         f = gram_front(G, eps, plan.dtype, bound="A2" if plan.method == "poly" else "A")
     if plan.method == "poly":
-        return _finish(f.apply(_poly(f, tol)), G)
+        return _finish(_poly_map(f, tol, plan.restart, plan.phase2), G)
     try:
         M, bad = _eigh(f, tol)
     except torch.linalg.LinAlgError:  # eigensolver failed to converge: exact SVD path
@@ -198,7 +236,10 @@ def regularized_polar(
     lo, hi = torch.aminmax(G.detach())  # one pass; NaN and ±inf propagate
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         check_finite(G, "G")  # raises, counting the bad entries
-    eps = check_scale(eps, "eps", allow_zero=not isinstance(eps, Tensor))
+    if isinstance(eps, Tensor):
+        check_scale(eps.detach(), "eps", allow_zero=False)
+    else:
+        eps = check_scale(eps, "eps", allow_zero=True)
     method = check_choice(method, "method", {"auto", *POLAR_METHODS})
     if tol is not None:
         check_scale(tol, "tol", allow_zero=False)
@@ -233,8 +274,11 @@ def inv_sqrt_from_gram(
     A = check_matrix(A, "A", finite=False)
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must be square [..., r, r], got shape {tuple(A.shape)}")
-    check_finite(A, "A")
-    eps = check_scale(eps, "eps", allow_zero=False)
+    check_finite(A.detach(), "A")
+    if isinstance(eps, Tensor):
+        check_scale(eps.detach(), "eps", allow_zero=False)
+    else:
+        eps = check_scale(eps, "eps", allow_zero=False)
     method = check_choice(method, "method", {"auto", "eigh", "poly"})
     if tol is not None:
         check_scale(tol, "tol", allow_zero=False)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .front import GramFront, unit_roundoff
-from .schedules import PolySchedule
+from .schedules import PolySchedule, poly_schedule
 
 __all__ = ["gram_poly_inv_sqrt", "poly_inv_sqrt", "step_dtypes"]
 
@@ -72,6 +72,7 @@ def _poly_kernel(
     dtypes: tuple[torch.dtype, ...] | None,
     *,
     consume: bool,
+    gamma: float = 1.0,
 ) -> tuple[Tensor, float]:
     r"""``(Q̂, δ)`` with :math:`\delta\,\hat Q \approx Y^{-1/2}`.
 
@@ -79,13 +80,14 @@ def _poly_kernel(
     step polynomial :math:`h = \beta \hat H` with ``β`` its leading coefficient, so that
     ``Ĥ`` is monic and each step needs only one or two elementwise passes (the scalars fold into
     the next step's coefficients ``ĉ_j = c_j γ^j``). ``consume``: ``Y``/``Y2`` may be
-    overwritten (and no autograd graph is being recorded).
+    overwritten (and no autograd graph is being recorded). ``gamma``: the schedule's input is
+    ``gamma * Y`` (``Y2`` is then ``Y @ Y``).
     """
     work = Y.dtype
     inplace = consume and not (torch.is_grad_enabled() and Y.requires_grad)
     pool = _Pool(inplace)
     K = len(schedule.steps)
-    gamma, delta = 1.0, 1.0
+    delta = 1.0
     Q: Tensor | None = None
     own_y = own_y2 = inplace  # whether Y / Y2 may be recycled
     for k, step in enumerate(schedule.steps):
@@ -195,3 +197,129 @@ def step_dtypes(
         bound = 0.5 * unit_roundoff(torch.float16) * ((s.hi / s.lo) ** 2 + s.amp)
         out.append(torch.float16 if low_ok and bound <= tol / (4 * K) else work)
     return tuple(out)
+
+
+# -- restarted iteration ---------------------------------------------------------------------------
+#: Calibration of the first-order rounding model: with ``‖δY‖ ≈ u`` (normalized units) the
+#: plain Gram path's worst direction errs by ``6 u T_K ≈ ½ u κ²`` (``T`` of
+#: :func:`restart_profile` is ``≈ κ²/12`` for the full inverse square root), which makes the
+#: restarted bound :func:`restart_bound` the same model as ``½ u κ²`` at ``k = K``.
+_T_WEIGHT = 6.0
+
+
+@functools.lru_cache(maxsize=4096)
+def restart_profile(schedule: PolySchedule, k: int) -> tuple[float, float, float]:
+    r"""First-order rounding profile of restarting ``schedule`` after ``k`` steps.
+
+    The first ``k`` steps build :math:`W = f_k(Y)` with
+    :math:`f_k(y) = \prod_{j<k} h_j(y_j)`; from the rounded Gram matrix :math:`Y + \delta Y`
+    the restart sees :math:`Z f_k(Y + \delta Y)`, whose polar factor differs from the exact one
+    (first order, in the eigenbasis of ``Y``) by
+
+    .. math::  K_{ij} = \delta Y_{ij}\, f_k[y_i, y_j]\,
+               \frac{\sqrt{y_i} - \sqrt{y_j}}{\sqrt{y_i} f_k(y_i) + \sqrt{y_j} f_k(y_j)}
+
+    (``f[·,·]`` the divided difference): small where ``f_k`` is flat, i.e. early. Returns
+    ``(T_k, F_k, ratio_k)``: :math:`T_k = \max_{ij} |K_{ij}/\delta Y_{ij}|` over
+    :math:`y \in [\rho^2, 1]`, :math:`F_k = \max f_k` (a rounding ``δY`` moves the restarted
+    spectrum by about :math:`u F_k^2`), and ``hi/lo`` of the interval the remaining steps
+    start from (their Gram matrix costs ``½u·ratio²``). ``docs/polar.md`` has the derivation.
+    """
+    import numpy as np
+
+    y = np.geomspace(schedule.rho**2, 1.0, 400)
+    f = np.ones_like(y)
+    yj = y.copy()
+    for step in schedule.steps[:k]:
+        h = np.polyval(np.asarray(step.coeffs)[::-1], yj)
+        f *= h
+        yj = yj * h * h
+    dy = y[:, None] - y[None, :]
+    df = f[:, None] - f[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dd = np.where(dy != 0, df / np.where(dy != 0, dy, 1.0), 0.0)
+    dd[np.diag_indices_from(dd)] = np.gradient(f, y)
+    sy = np.sqrt(y)
+    K = dd * (sy[:, None] - sy[None, :]) / (sy[:, None] * f[:, None] + sy[None, :] * f[None, :])
+    nxt = schedule.steps[k] if k < len(schedule.steps) else schedule.steps[-1]
+    return float(np.abs(K).max()), float(np.abs(f).max()), nxt.hi / nxt.lo
+
+
+def restart_bound(
+    schedule: PolySchedule,
+    k: int,
+    u: float,
+    *,
+    u2: float | None = None,
+    second: PolySchedule | None = None,
+) -> float:
+    r"""First-order rounding error of ``schedule`` restarted after ``k`` steps.
+
+    :math:`6u\,T_k` (the first phase, in unit roundoff ``u``; :func:`restart_profile`) plus
+    the second phase in unit roundoff ``u2`` (default ``u``): its Gram matrix
+    :math:`\tfrac12 u_2 (hi_k/lo_k)^2`, its steps :math:`\tfrac12 u_2 \sum_j amp_j` if the
+    ``second`` schedule is given, and the final product and cast, :math:`2u_2`.
+    """
+    T, _, ratio = restart_profile(schedule, k)
+    u2 = u if u2 is None else u2
+    amp = 0.0 if second is None else sum(st.amp for st in second.steps)
+    return _T_WEIGHT * u * T + 0.5 * u2 * (ratio**2 + amp) + 2 * u2
+
+
+def restart_cushion(schedule: PolySchedule, k: int, u: float) -> float:
+    """Relative widening of the restarted interval's ends: the rounded first phase moves the
+    restarted spectrum by about ``u F_k²`` (:func:`restart_profile`), relative to its lower
+    end ``lo_k²``; twice that, and at least 1e-3."""
+    _, F, _ = restart_profile(schedule, k)
+    lo = schedule.steps[k].lo if k < len(schedule.steps) else schedule.steps[-1].out_lo
+    return max(2 * u * F * F / (lo * lo), 1e-3)
+
+
+def poly_restart(
+    front: GramFront,
+    schedule: PolySchedule,
+    k: int,
+    *,
+    target: float,
+    phase2: torch.dtype | None = None,
+) -> Tensor:
+    r"""The map ``[B, m, n]`` by the schedule's first ``k`` steps, a restart, and a second
+    schedule (``front.A``/``A2`` are consumed).
+
+    Phase 1 builds :math:`V \approx f_k(A)` (``A`` the front's scaled shifted Gram matrix);
+    the restart forms the iterate :math:`X_1 = X V/s` and its own Gram matrix
+    :math:`Y' = X_1^\top X_1 + \varepsilon^2 V^2` from ``X_1`` — whose spectrum is the
+    narrow interval ``[lo_k, hi_k]`` (widened by :func:`restart_cushion`), so its rounding
+    costs ``½u (hi_k/lo_k)²`` instead of ``½u κ²`` — then a schedule for that interval
+    (to ``target``) gives :math:`Y'^{-1/2}` and the map is :math:`X_1 Y'^{-1/2}`.
+    ``phase2``: dtype of the restarted Gram matrix, iteration and final product (default the
+    front's; float16/bfloat16 on accelerators, see :func:`restart_bound`).
+    """
+    assert front.X is not None
+    work = front.dtype
+    grad = torch.is_grad_enabled() and front.A.requires_grad
+    L = front.L
+    A2 = front.A2 if front.A2 is not None else torch.bmm(front.A, front.A)
+    if grad:
+        Y, Y2 = front.A / L, A2 / L.square()
+    else:
+        Y, Y2 = front.A.div_(L), A2.div_(L.square())
+    first = PolySchedule(schedule.rho, schedule.target, schedule.steps[:k])
+    Q, delta = _poly_kernel(Y, Y2, first, None, consume=True)
+    V = Q * (L.rsqrt() * delta)  # V ≈ f_k(A): V A V has spectrum in [lo_k², hi_k²]
+    W = V * front.inv_s  # the input is X s: X_1 = (X/s) V = X W
+    X1 = torch.bmm(W, front.X) if front.wide else torch.bmm(front.X, W)
+    u = unit_roundoff(work)
+    c = restart_cushion(schedule, k, u)
+    nxt = schedule.steps[k]
+    lo, hi = nxt.lo * (1 - c), nxt.hi * (1 + c)
+    dt = work if phase2 is None else phase2
+    X1 = X1.to(dt)
+    VV = torch.bmm(V, V).to(dt)
+    G1 = torch.bmm(X1, X1.mT) if front.wide else torch.bmm(X1.mT, X1)  # X_1ᵀX_1
+    G1 = G1.addcmul_(front.e2.to(dt), VV) if not grad else G1 + front.e2.to(dt) * VV
+    second = poly_schedule(lo / hi, target, dt)
+    Q2, delta2 = _poly_kernel(G1, None, second, None, consume=True, gamma=1.0 / hi**2)
+    M = Q2 * (delta2 / hi)  # Y'^{-1/2} = δ Q̂ / hi
+    out = torch.bmm(M, X1) if front.wide else torch.bmm(X1, M)
+    return out.to(work)
