@@ -23,6 +23,10 @@ Timed (warm-up call each, then ``--repeats`` rounds of A B C ... in turn, median
 - ``NS5 bf16``: the float32 baseline run in bfloat16 (secondary; fast only on CPUs with
   bfloat16 dot-product units).
 
+``--accuracy`` prints instead how the float32 paths fare beyond their Gram floor (singular
+values over six decades, ε down to 3e-4·‖G‖): the plain iteration, the restarted one, its
+first-order bound, and the plan ``auto`` takes.
+
 Targets (issue #16): map/best <= 0.8 on single matrices, <= 1.0 on stacks and batches of small
 matrices. ``rel err``: ``max_b ||out_b − ref_b||_F / ||ref_b||_F`` against a float64 SVD.
 
@@ -240,6 +244,68 @@ def bench_step(args: argparse.Namespace, tols: list[float], default_tol: float) 
     return lines
 
 
+def spread(shape: tuple[int, ...], gen: torch.Generator, decades: float = 6.0) -> Tensor:
+    """Random singular vectors, singular values log-spaced over ``decades`` below 1."""
+    G = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    S = torch.logspace(0, -decades, U.shape[-1], dtype=torch.float64)
+    return (U * S) @ Vh
+
+
+def bench_accuracy(tol: float) -> list[str]:
+    """Float32 Gram paths beyond their floor ½uκ²: plain iteration vs the restarted one."""
+    from muonflow.polar.front import gram_front, unit_roundoff
+    from muonflow.polar.planning import best_restart, poly_target
+    from muonflow.polar.polynomial import poly_inv_sqrt, poly_restart, restart_bound
+
+    u = unit_roundoff(torch.float32)
+    lines = [
+        "",
+        f"**accuracy**, float32, 4 x 96x48 with singular values over 6 decades, tol {tol:g} "
+        "(errors: Frobenius / spectral norm, relative to the exact map)",
+        "",
+        "| ε/‖G‖ | κ² | ½u₃₂κ² | plain poly | restarted (k) | restart bound | auto plan |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for eps_rel in (1e-2, 3e-3, 1e-3, 3e-4):
+        G = spread((4, 96, 48), gen).float()
+        eps = torch.full((4,), eps_rel)
+        ref = reference(G, eps)
+
+        def errs(out: Tensor, ref: Tensor = ref) -> str:
+            d = out.double().reshape(ref.shape) - ref
+            fro = float((torch.linalg.matrix_norm(d) / torch.linalg.matrix_norm(ref)).max())
+            return f"{fro:.1e} / {float(torch.linalg.matrix_norm(d, ord=2).max()):.1e}"
+
+        f = gram_front(G, eps, torch.float32)
+        sched = poly_schedule_for(f.rho, tol)
+        plain = errs(f.apply(poly_inv_sqrt(f, sched)))
+        rs = best_restart(f.kappa2, tol, torch.float32, "cpu")
+        if rs is None:
+            restarted, bound = "none fits", "-"
+        else:
+            f = gram_front(G, eps, torch.float32)
+            restarted = errs(poly_restart(f, sched, rs[0], target=poly_target(tol)))
+            restarted += f" ({rs[0]})"
+            bound = f"{restart_bound(sched, rs[0], u):.1e}"
+        p = plan_auto(G, eps, tol)
+        plan = f"{p.method} {str(p.dtype)[6:]}" + (f", restart {p.restart}" if p.restart else "")
+        lines.append(
+            f"| {eps_rel:g} | {f.kappa2:.1e} | {0.5 * u * f.kappa2:.1e} | {plain} | "
+            f"{restarted} | {bound} | {plan} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def poly_schedule_for(rho: float, tol: float):  # type: ignore[no-untyped-def]
+    from muonflow.polar import poly_schedule
+    from muonflow.polar.planning import poly_target
+
+    return poly_schedule(rho, poly_target(tol), torch.float32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -248,6 +314,7 @@ def main() -> None:
     ap.add_argument("--spectrum", default="gaussian", choices=["gaussian", "heavy", "both"])
     ap.add_argument("--shapes", default=None, help="e.g. 2048x512,48x128x128")
     ap.add_argument("--no-step", action="store_true", help="skip the optimizer-step table")
+    ap.add_argument("--accuracy", action="store_true", help="only the float32 accuracy table")
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -264,6 +331,12 @@ def main() -> None:
         f"{d['method']}; medians of {args.repeats} interleaved rounds"
     )
     print(header, flush=True)
+    if args.accuracy:
+        lines = [header, *bench_accuracy(default_tol)]
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return
     lines = [header, *bench_shapes(args, tols, eps_rel)]
     if not args.no_step:
         lines += bench_step(args, tols, default_tol)

@@ -171,6 +171,13 @@ def _plan_front(
     return p, f
 
 
+def _first_bound(r: int, device_type: str) -> str:
+    """``"A2"`` where the polynomial path is the likely plan (accelerators; ``r <= 64`` on CPU,
+    where ``eigh`` costs more than any float32 schedule), so its ``A²`` is formed with the
+    front's one synchronization; else the free ``"A"``, tightened only if it matters."""
+    return "A2" if device_type != "cpu" or r <= 64 else "A"
+
+
 def plan_auto(G: Tensor, eps: float | Tensor, tol: float | None = None) -> AutoPlan:
     """The :class:`AutoPlan` ``regularized_polar(G, eps, method="auto", tol=tol)`` follows."""
     G = check_matrix(G, "G")
@@ -179,7 +186,7 @@ def plan_auto(G: Tensor, eps: float | Tensor, tol: float | None = None) -> AutoP
         return choose_method(
             r=r, dtype=G.dtype, device_type=G.device.type, tol=None, kappa2=math.nan
         )
-    f = gram_front(G, eps, work_dtype(G.dtype), bound="A")
+    f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
     return _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)[0]
 
 
@@ -187,7 +194,7 @@ def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
     if tol is None:
         return _eigh_method(G, eps, None)
     r = min(G.shape[-2:])
-    f = gram_front(G, eps, work_dtype(G.dtype), bound="A")
+    f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
     plan, f = _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)
     if plan.method == "svd":
         return _svd_method(G, eps, tol)
@@ -233,14 +240,21 @@ def regularized_polar(
         every path (``docs/polar.md``).
     """
     G = check_matrix(G, "G", finite=False)
-    lo, hi = torch.aminmax(G.detach())  # one pass; NaN and ±inf propagate
-    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+    method = check_choice(method, "method", {"auto", *POLAR_METHODS})
+    # one host synchronization validates G (NaN and ±inf propagate) and a tensor ε
+    ext = [*torch.aminmax(G.detach())]
+    if isinstance(eps, Tensor):
+        if eps.is_complex() or not eps.is_floating_point():
+            raise TypeError(f"eps must be a real floating tensor, got {eps.dtype}")
+        ext += [*torch.aminmax(eps.detach())] if eps.numel() else []
+    vals = torch.stack([v.to(torch.float64) for v in ext]).tolist()
+    if not all(math.isfinite(v) for v in vals[:2]):
         check_finite(G, "G")  # raises, counting the bad entries
     if isinstance(eps, Tensor):
-        check_scale(eps.detach(), "eps", allow_zero=False)
+        if len(vals) < 4 or not (math.isfinite(vals[3]) and vals[2] > 0):
+            check_scale(eps.detach(), "eps", allow_zero=False)  # raises with the value
     else:
         eps = check_scale(eps, "eps", allow_zero=True)
-    method = check_choice(method, "method", {"auto", *POLAR_METHODS})
     if tol is not None:
         check_scale(tol, "tol", allow_zero=False)
     if isinstance(eps, Tensor) and eps.numel() not in (1, G[..., 0, 0].numel()):

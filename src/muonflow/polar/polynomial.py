@@ -37,6 +37,16 @@ def _add_diag(M: Tensor, c: float, inplace: bool) -> Tensor:
     return M + c * _eye(M.shape[-1], M.dtype, M.device)
 
 
+def _lin(X: Tensor, a: float, Y: Tensor | None, b: float, out: Tensor | None) -> Tensor:
+    """``a X + b Y`` (``Y`` optional) into ``out`` (new if ``None``), one pass when ``a = 1``."""
+    if Y is None:
+        return torch.mul(X, a, out=out) if out is not None else X * a
+    if a == 1.0:
+        return torch.add(X, Y, alpha=b, out=out) if out is not None else torch.add(X, Y, alpha=b)
+    R = torch.mul(X, a, out=out) if out is not None else X * a
+    return R.add_(Y, alpha=b)
+
+
 class _Pool:
     """Recycled ``[B, r, r]`` work buffers (CPU: a fresh large tensor is page-faulted in,
     which costs about as much as the elementwise work on it)."""
@@ -103,21 +113,24 @@ def _poly_kernel(
         if Y2 is None and (d >= 2 or not last):
             Y2, own_y2 = torch.bmm(Y, Y, out=pool.get(Y)), inplace  # Ŷ²
         if d == 1:  # ĥ = a1 Ŷ + a0 I
-            H = _add_diag(torch.mul(Y, a[1], out=pool.get(Y)), a[0], inplace)
+            H = _add_diag(_lin(Y, a[1], None, 0.0, pool.get(Y)), a[0], inplace)
         elif d == 2:  # ĥ = a2 Ŷ² + a1 Ŷ + a0 I
             assert Y2 is not None
-            H = torch.mul(Y2, a[2], out=pool.get(Y)).add_(Y, alpha=a[1])
-            H = _add_diag(H, a[0], inplace)
+            H = _add_diag(_lin(Y2, a[2], Y, a[1], pool.get(Y)), a[0], inplace)
         else:  # d = 4: ĥ = (a2 Ŷ² + a1 Ŷ + a0 I) + Ŷ² (a4 Ŷ² + a3 Ŷ)  (Paterson–Stockmeyer)
             assert Y2 is not None
-            T = torch.mul(Y2, a[4], out=pool.get(Y)).add_(Y, alpha=a[3])
-            H = torch.mul(Y2, a[2], out=pool.get(Y)).add_(Y, alpha=a[1])
-            H = _add_diag(H, a[0], inplace).baddbmm_(Y2, T)
+            T = _lin(Y2, a[4], Y, a[3], pool.get(Y))
+            if abs(a[1]) >= 1e-3 * max(abs(a[2]), 1.0):  # fold a1 into the product's beta
+                H = _add_diag(_lin(Y, 1.0, Y2, a[2] / a[1], pool.get(Y)), a[0] / a[1], inplace)
+                H = H.baddbmm_(Y2, T, beta=a[1])
+            else:
+                H = _add_diag(_lin(Y2, a[2], Y, a[1], pool.get(Y)), a[0], inplace)
+                H = H.baddbmm_(Y2, T)
             pool.put(T)
         if not last:
             assert Y2 is not None
             if d == 1:  # Ŷĥ = a1 Ŷ² + a0 Ŷ  (Ŷ² known)
-                T = torch.mul(Y2, a[1], out=pool.get(Y)).add_(Y, alpha=a[0])
+                T = _lin(Y2, a[1], Y, a[0], pool.get(Y))
             else:
                 T = torch.bmm(Y, H, out=pool.get(Y))  # Ŷ ĥ
             Y_new = torch.bmm(T, H, out=pool.get(Y))  # Ŷ ĥ²
