@@ -33,13 +33,14 @@ Coefficients = tuple[float, float, float] | Sequence[tuple[float, float, float]]
 
 
 def _per_step(coefficients: Coefficients, steps: int) -> list[tuple[float, float, float]]:
-    if len(coefficients) == 3 and all(isinstance(c, int | float) for c in coefficients):
-        a, b, c = coefficients  # type: ignore[misc]
-        return [(float(a), float(b), float(c))] * steps
-    triples = [tuple(float(x) for x in t) for t in coefficients]  # type: ignore[union-attr]
+    items: list = list(coefficients)
+    if len(items) == 3 and all(isinstance(c, int | float) for c in items):
+        a, b, c = (float(x) for x in items)
+        return [(a, b, c)] * steps
+    triples = [tuple(float(x) for x in t) for t in items]
     if len(triples) != steps or any(len(t) != 3 for t in triples):
         raise ValueError(f"coefficients must be one (a, b, c) or {steps} of them")
-    return triples  # type: ignore[return-value]
+    return [(t[0], t[1], t[2]) for t in triples]
 
 
 def _wide_normalized(G: Tensor, eps: float, dtype: torch.dtype | None) -> tuple[Tensor, bool]:

@@ -68,7 +68,7 @@ class _Pool:
             self.free.extend(t for t in ts if t is not None)
 
 
-def _leading(c: tuple[float, ...]) -> float:
+def _leading(c: list[float]) -> float:
     """The factor ``β`` the step's ``h`` is divided by (its leading coefficient, unless that
     is tiny; then 1)."""
     lead = c[-1]
