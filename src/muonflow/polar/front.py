@@ -156,9 +156,9 @@ def _eps(eps: float | Tensor, B: int, dtype: torch.dtype, device: torch.device) 
 
 
 def _pow2_at_least(a: Tensor) -> Tensor:
-    """A power of two ``>= a`` elementwise (1 where ``a = 0``)."""
-    p = torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)
-    return torch.where(a > 0, torch.where(torch.isfinite(p), p, a), 1.0)
+    """A power of two ``>= min(a, 2^100)`` elementwise (1 where ``a = 0``), ``a >= 0``."""
+    a = a.clamp_max(2.0**100)  # 2^101 stays finite in every floating dtype used here
+    return torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)  # 2^e >= m 2^e = a
 
 
 def gram_front(

@@ -194,6 +194,7 @@ def poly_inv_sqrt(
     return Q * scale if grad else Q.mul_(scale)
 
 
+@functools.lru_cache(maxsize=1024)
 def step_dtypes(
     schedule: PolySchedule, tol: float, work: torch.dtype, device_type: str
 ) -> tuple[torch.dtype, ...]:
