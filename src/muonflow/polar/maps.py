@@ -19,6 +19,7 @@ from .front import (
     gram_floor,
     gram_front,
     lmax_estimate,
+    quantize_up,
     tighten,
     unit_roundoff,
     work_dtype,
@@ -164,7 +165,7 @@ def _plan_front(
 
     p = plan(f.kappa2)
     if f.A2 is None:
-        q = plan(f.kappa2 / r**0.25)
+        q = plan(quantize_up(f.kappa2 / r**0.25))
         if p.method == "poly" or (q.method, q.dtype, q.restart) != (p.method, p.dtype, p.restart):
             f = tighten(f)
             p = plan(f.kappa2)
@@ -247,7 +248,9 @@ def regularized_polar(
         if eps.is_complex() or not eps.is_floating_point():
             raise TypeError(f"eps must be a real floating tensor, got {eps.dtype}")
         ext += [*torch.aminmax(eps.detach())] if eps.numel() else []
-    vals = torch.stack([v.to(torch.float64) for v in ext]).tolist()
+    if any(v.dtype != ext[0].dtype for v in ext):
+        ext = [v.to(torch.float64) for v in ext]
+    vals = torch.stack(ext).tolist()
     if not all(math.isfinite(v) for v in vals[:2]):
         check_finite(G, "G")  # raises, counting the bad entries
     if isinstance(eps, Tensor):

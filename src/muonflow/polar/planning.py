@@ -10,6 +10,7 @@ common to both Gram paths, are left out. The cost table and the measurements beh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -119,6 +120,7 @@ def best_restart(
     return best
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_method(
     *,
     r: int,
@@ -132,7 +134,8 @@ def choose_method(
     r"""The ``method="auto"`` policy, a pure function of shape, dtype, device, tol and κ².
 
     ``kappa2`` is :math:`L/\varepsilon^2` with :math:`L \ge \lambda_{max}(G^\top G +
-    \varepsilon^2 I)` (max over the batch); ``aspect`` is ``max(m, n)/r`` (the Gram matrix and
+    \varepsilon^2 I)` (max over the batch; the front rounds it up to a grid, so results are
+    cached); ``aspect`` is ``max(m, n)/r`` (the Gram matrix and
     the final product cost ``aspect`` r x r GEMMs each); ``restart``: whether a restarted
     iteration is possible (it needs the input matrix).
 
