@@ -128,7 +128,7 @@ class GramFront:
     A2: Tensor | None  #: ``A @ A`` when the spectral bound used it
     L: Tensor  #: ``[B, 1, 1]`` upper bound of ``λ_max(A)`` (:data:`BOUND_MARGIN` included)
     inv_s: Tensor  #: ``[B, 1, 1]`` ``1/s`` (a power of two)
-    kappa2: float  #: ``max_b L_b / e2_b`` rounded up (:func:`quantize_up`; ``inf`` if an ε is 0)
+    kappa2: float  #: ``max_b L_b / e2_b`` (``inf`` when some ``ε_b = 0``)
     rho: float  #: ``min_b sqrt(e2_b / L_b)``: normalized singular values lie in ``[rho, 1]``
 
     @property
@@ -226,21 +226,8 @@ def _finish_front(
             return None
     if l_min == 0:
         L = torch.where(L > 0, L, 1.0)  # L = 0 only for A = 0 (ε = 0 and G = 0)
-    kappa2 = quantize_up(kappa2)
     rho = (1.0 / kappa2) ** 0.5 if kappa2 > 0 else 1.0
     return GramFront(X, wide, e2, A, A2, L, inv_s, kappa2, rho)
-
-
-#: κ² is rounded up to a power of ``2^(1/16)`` (at most 4.4 %): plans and schedules are then
-#: shared across calls (cached), and rounding up only makes them more conservative.
-_KAPPA2_PER_OCTAVE = 16
-
-
-def quantize_up(kappa2: float) -> float:
-    """``kappa2`` rounded up to the grid ``2^(k/16)`` (``0`` and ``inf`` stay)."""
-    if not (0 < kappa2 < math.inf):
-        return kappa2
-    return 2.0 ** (math.ceil(_KAPPA2_PER_OCTAVE * math.log2(kappa2)) / _KAPPA2_PER_OCTAVE)
 
 
 def tighten(front: GramFront) -> GramFront:
@@ -250,7 +237,7 @@ def tighten(front: GramFront) -> GramFront:
     A2 = torch.bmm(front.A, front.A)  # A²
     L = torch.linalg.vector_norm(A2, dim=(-2, -1), keepdim=True).sqrt() * (1 + BOUND_MARGIN)
     L = torch.minimum(L, front.L)
-    kappa2 = quantize_up(float((L / front.e2).amax().detach()))
+    kappa2 = float((L / front.e2).amax().detach())
     rho = (1.0 / kappa2) ** 0.5 if kappa2 > 0 else 1.0
     return GramFront(front.X, front.wide, front.e2, front.A, A2, L, front.inv_s, kappa2, rho)
 

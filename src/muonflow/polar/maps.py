@@ -19,7 +19,6 @@ from .front import (
     gram_floor,
     gram_front,
     lmax_estimate,
-    quantize_up,
     tighten,
     unit_roundoff,
     work_dtype,
@@ -34,7 +33,7 @@ from .planning import (
     poly_target,
 )
 from .polynomial import poly_inv_sqrt, poly_restart, step_dtypes
-from .schedules import RHO_MIN, PolySchedule, poly_schedule
+from .schedules import RHO_MIN, PolySchedule, kappa2_on_grid, poly_schedule
 
 __all__ = [
     "POLAR_FLOOR",
@@ -56,8 +55,13 @@ def _finish(out: Tensor, G: Tensor) -> Tensor:
 
 
 # -- the two Gram inverse square roots, on a front -----------------------------------------------
+def _kappa2(f: GramFront) -> float:
+    """The front's κ² on the schedules' grid (what plans and schedules are built from)."""
+    return kappa2_on_grid(f.kappa2)
+
+
 def _schedule(f: GramFront, tol: float) -> PolySchedule:
-    return poly_schedule(poly_rho(f.kappa2), poly_target(tol), f.dtype)
+    return poly_schedule(poly_rho(_kappa2(f)), poly_target(tol), f.dtype)
 
 
 def _poly(f: GramFront, tol: float) -> Tensor:
@@ -149,7 +153,8 @@ def _plan_front(
     f: GramFront, r: int, dtype: torch.dtype, tol: float, aspect: float = 1.0
 ) -> tuple[AutoPlan, GramFront]:
     """The plan for a ``bound="A"`` front, tightening its bound (one ``r x r`` product) only
-    where the best bound ``‖A²‖_F^{1/2}`` can give (``κ²/r^{1/4}``) could change the plan."""
+    where the best bound ``‖A²‖_F^{1/2}`` can give (``κ²/r^{1/4}``) could change the plan —
+    except that float32 ``eigh`` is then tried directly, checked a posteriori."""
     device = f.A.device.type
 
     def plan(kappa2: float) -> AutoPlan:
@@ -163,12 +168,16 @@ def _plan_front(
             restart=f.X is not None,
         )
 
-    p = plan(f.kappa2)
+    p = plan(_kappa2(f))
     if f.A2 is None:
-        q = plan(quantize_up(f.kappa2 / r**0.25))
+        q = plan(kappa2_on_grid(f.kappa2 / r**0.25))
+        if (q.method, q.dtype) == ("eigh", torch.float32) and q.dtype == f.dtype:
+            # float32 eigh may do: try it and let its a-posteriori bound (the computed
+            # spectrum, tighter than any a-priori one) send failures to the SVD
+            return q, f
         if p.method == "poly" or (q.method, q.dtype, q.restart) != (p.method, p.dtype, p.restart):
             f = tighten(f)
-            p = plan(f.kappa2)
+            p = plan(_kappa2(f))
     return p, f
 
 

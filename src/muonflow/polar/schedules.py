@@ -28,6 +28,7 @@ __all__ = [
     "PolySchedule",
     "PolyStep",
     "amp_limit",
+    "kappa2_on_grid",
     "minimax_odd",
     "poly_schedule",
 ]
@@ -131,6 +132,15 @@ def _x_key(rho: float) -> int:
     """Grid index of ``x = -ln(rho)`` rounded up (the design ratio ``rho_k <= rho``)."""
     x = -math.log(min(max(rho, RHO_MIN), 1.0 - 1e-16))
     return math.ceil(_X_PER_OCTAVE * math.log2(x) - 1e-9)
+
+
+def kappa2_on_grid(kappa2: float) -> float:
+    """``κ²`` rounded up to the schedules' grid: ``1/ρ²`` for ``ρ = 1/√κ²`` rounded down the
+    way :func:`poly_schedule` rounds it (so plans built on it are cached and share schedules,
+    and no schedule gets longer for it)."""
+    if not (1.0 < kappa2 < math.inf):
+        return kappa2
+    return _rho_of(_x_key(kappa2**-0.5)) ** -2
 
 
 def _rho_of(key: int) -> float:
