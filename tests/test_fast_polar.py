@@ -346,8 +346,10 @@ def test_auto_with_default_tol_is_the_exact_eigh_path(gen):
         (1024, "cpu", torch.float32, 1e-3, 1e4, "eigh", torch.float32, False),  # big, ε=‖G‖/100
         (1024, "cpu", torch.float32, 1e-3, 2.0, "poly", torch.float32, False),  # ε = ‖G‖
         (1024, "cuda", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # no GPU eigh
-        # ½u₃₂κ² = 0.03 > tol/2: a restart keeps float32 (cheaper than float64)
-        (256, "cpu", torch.float32, 1e-3, 1e6, "poly", torch.float32, True),
+        # ½u₃₂κ² = 0.03 > tol/2: a restart keeps float32 (cheaper than float64 at r = 64;
+        # at r = 256 float64 eigh is cheaper)
+        (64, "cpu", torch.float32, 1e-3, 1e6, "poly", torch.float32, True),
+        (256, "cpu", torch.float32, 1e-3, 1e6, "eigh", torch.float64, False),
         (256, "cuda", torch.bfloat16, 1e-3, 1e6, "poly", torch.float32, True),
         (64, "cpu", torch.float64, 1e-6, 1e16, "svd", torch.float64, False),  # ½u₆₄κ² > tol/2
         (64, "cpu", torch.float32, None, 1e4, "eigh", torch.float32, False),  # default: exact
@@ -358,7 +360,7 @@ def test_choose_method_policy(r, device, dtype, tol, kappa2, method, work, resta
     assert (plan.method, plan.dtype, plan.restart > 0) == (method, work, restart)
     if method in ("poly", "eigh") and tol is not None:
         assert (plan.cost_poly < plan.cost_eigh) == (method == "poly")
-    if restart:  # without the input matrix (a given Gram matrix) float64 is the only way
+    if restart:  # without the input matrix (a given Gram matrix) float64 is the way
         plan = P.choose_method(
             r=r, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2, restart=False
         )

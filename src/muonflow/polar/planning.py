@@ -80,6 +80,10 @@ def poly_cost(kappa2: float, tol: float, dtype: torch.dtype) -> int:
     return poly_schedule(poly_rho(kappa2), poly_target(tol), dtype).matmuls
 
 
+#: Cost of one product of the polynomial path in GEMMs on CPU: each step's elementwise passes
+#: (one or two per step, each 10-15 % of a product at r = 128 where the batch leaves the
+#: caches) and its folded scalars; measured 1.15-1.3 for r = 64..256.
+POLY_PRODUCT_COST = 1.2
 #: Cost of a GEMM in float16/bfloat16 relative to float32 on accelerators (tensor cores;
 #: float32 there is IEEE, ``torch.get_float32_matmul_precision() == "highest"``).
 LOW_FACTOR = 0.25
@@ -143,8 +147,9 @@ def choose_method(
     2. Candidates meeting ``tol``: float32 (for every non-float64 input) ``"poly"`` and
        ``"eigh"`` if :func:`fits`; float32 ``"poly"`` restarted (:func:`best_restart`) if
        that bound fits; float64 ``"poly"``/``"eigh"`` if ``½u₆₄κ² <= tol/2``; else ``"svd"``.
-    3. The cheapest by the cost model (``docs/polar.md``): ``poly`` its product count (a
-       restart adds ``2·aspect`` for the restarted iterate and its Gram matrix), ``eigh``
+    3. The cheapest by the cost model (``docs/polar.md``): ``poly`` its product count (times
+       :data:`POLY_PRODUCT_COST` on CPU; a restart adds ``2·aspect`` for the restarted iterate
+       and its Gram matrix), ``eigh``
        ``1 + eigh_cost(r)``; float64 multiplies by :data:`FLOAT64_FACTOR` and adds the
        float64 Gram matrix and final product.
     """
@@ -152,16 +157,18 @@ def choose_method(
     if tol is None:
         return AutoPlan("eigh", work, kappa2, 0, math.nan, math.nan)
     eigh32 = 1.0 + eigh_cost(r, device_type)
+    pf = POLY_PRODUCT_COST if device_type == "cpu" else 1.0
     options: list[tuple[float, AutoPlan]] = []
     if work == torch.float32:
         if fits(kappa2, tol, work, device_type):
             n = poly_cost(kappa2, tol, work)
-            options.append((n, AutoPlan("poly", work, kappa2, n, n, eigh32)))
+            cp = pf * n
+            options.append((cp, AutoPlan("poly", work, kappa2, n, cp, eigh32)))
             options.append((eigh32, AutoPlan("eigh", work, kappa2, n, n, eigh32)))
         elif restart and tol >= ITER_ROUNDOFFS * gemm_roundoff(work, device_type):
             rs = best_restart(kappa2, tol, work, device_type)
             if rs is not None:
-                cost = rs[1] + 2 * aspect
+                cost = pf * rs[1] + 2 * aspect
                 options.append((cost, AutoPlan("poly", work, kappa2, rs[1], cost, eigh32, rs[0])))
         if restart and device_type not in ("cpu", "meta"):
             # accelerators: the restarted phase in half precision where its rounding fits
@@ -179,7 +186,7 @@ def choose_method(
         extra = (FLOAT64_FACTOR - 1) * 2 * aspect if work == torch.float32 else 0.0
         f64 = FLOAT64_FACTOR if work == torch.float32 else 1.0
         n = poly_cost(kappa2, tol, torch.float64)
-        cp, ce = f64 * n + extra, f64 * eigh32 + extra
+        cp, ce = f64 * pf * n + extra, f64 * eigh32 + extra
         options.append((cp, AutoPlan("poly", torch.float64, kappa2, n, cp, ce)))
         options.append((ce, AutoPlan("eigh", torch.float64, kappa2, n, cp, ce)))
     if not options:

@@ -69,10 +69,17 @@ class _Pool:
 
 
 def _leading(c: list[float]) -> float:
-    """The factor ``β`` the step's ``h`` is divided by (its leading coefficient, unless that
-    is tiny; then 1)."""
+    """The factor ``β`` the step's ``h`` is divided by: its leading coefficient (so the
+    computed ``ĥ = h/β`` is monic), unless that is tiny; then 1."""
     lead = c[-1]
-    return lead if 1e-4 <= abs(lead) <= 1e4 else 1.0
+    return lead if abs(lead) >= 1e-6 * max(abs(x) for x in c) else 1.0
+
+
+def _mm(A: Tensor, B: Tensor, alpha: float, out: Tensor | None) -> Tensor:
+    """``alpha · A @ B``, the scalar folded into the product (into ``out`` if given)."""
+    if out is not None:
+        return torch.baddbmm(out, A, B, beta=0.0, alpha=alpha, out=out)
+    return torch.bmm(A, B) if alpha == 1.0 else torch.bmm(A, B) * alpha
 
 
 def _poly_kernel(
@@ -86,12 +93,13 @@ def _poly_kernel(
 ) -> tuple[Tensor, float]:
     r"""``(Q̂, δ)`` with :math:`\delta\,\hat Q \approx Y^{-1/2}`.
 
-    Scalars are kept out of the tensors: the true iterate is :math:`\gamma \hat Y` and the true
-    step polynomial :math:`h = \beta \hat H` with ``β`` its leading coefficient, so that
-    ``Ĥ`` is monic and each step needs only one or two elementwise passes (the scalars fold into
-    the next step's coefficients ``ĉ_j = c_j γ^j``). ``consume``: ``Y``/``Y2`` may be
-    overwritten (and no autograd graph is being recorded). ``gamma``: the schedule's input is
-    ``gamma * Y`` (``Y2`` is then ``Y @ Y``).
+    Scalars are kept out of elementwise passes: each step's polynomial is computed monic,
+    :math:`h = \beta \hat h` (``β`` its leading coefficient), and ``β`` is folded into the
+    products that follow (``Y ← β² (Y ĥ) ĥ``, ``Q ← β Q ĥ`` as GEMM ``alpha``), so a step
+    costs its products plus one or two elementwise passes. ``gamma``: the schedule's input
+    is ``gamma * Y`` (``Y2`` then ``Y @ Y``); it is folded into the first step's coefficients
+    and product. ``consume``: ``Y``/``Y2`` may be overwritten (and no autograd graph is being
+    recorded).
     """
     work = Y.dtype
     inplace = consume and not (torch.is_grad_enabled() and Y.requires_grad)
@@ -107,9 +115,9 @@ def _poly_kernel(
             Y2 = None if Y2 is None else (Y2 * gamma**2).to(dt)
             Y, gamma, own_y, own_y2 = (Y * gamma).to(dt), 1.0, False, False
         d = step.degree
-        c = [cj * gamma**j for j, cj in enumerate(step.coeffs)]  # h in terms of Ŷ
+        c = [cj * gamma**j for j, cj in enumerate(step.coeffs)]  # h in terms of Ŷ = Y/γ
         beta = _leading(c)
-        a = [cj / beta for cj in c]  # ĥ = h / β
+        a = [cj / beta for cj in c]  # ĥ = h / β (monic: a[d] = 1 unless β = 1)
         if Y2 is None and (d >= 2 or not last):
             Y2, own_y2 = torch.bmm(Y, Y, out=pool.get(Y)), inplace  # Ŷ²
         if d == 1:  # ĥ = a1 Ŷ + a0 I
@@ -133,24 +141,22 @@ def _poly_kernel(
                 T = _lin(Y2, a[1], Y, a[0], pool.get(Y))
             else:
                 T = torch.bmm(Y, H, out=pool.get(Y))  # Ŷ ĥ
-            Y_new = torch.bmm(T, H, out=pool.get(Y))  # Ŷ ĥ²
+            Y_new = _mm(T, H, gamma * beta * beta, pool.get(Y))  # Y h² = γβ² Ŷ ĥ² (true)
             pool.put(T)
             if own_y:
                 pool.put(Y)
             if own_y2:
                 pool.put(Y2)
-            Y, Y2, own_y, own_y2 = Y_new, None, inplace, False
-            gamma *= beta * beta  # Y_true = γ Ŷ
+            Y, Y2, own_y, own_y2, gamma = Y_new, None, inplace, False, 1.0
         Hw = H if H.dtype == work else H.to(work)
         if Q is None:
-            Q = Hw
+            Q, delta = Hw, beta  # Q = β ĥ, β kept aside
         else:
-            Q_new = torch.bmm(Q, Hw, out=pool.get(Q))  # Q ← Q ĥ
+            Q_new = _mm(Q, Hw, beta, pool.get(Q))  # Q ← Q h = β Q ĥ
             pool.put(Q, Hw)
             Q = Q_new
         if Hw is not H:
             pool.put(H)
-        delta *= beta  # Q_true = δ Q̂
     assert Q is not None
     return Q, delta
 
