@@ -174,10 +174,10 @@ def bench_shapes(args: argparse.Namespace, tols: list[float], eps_rel: float) ->
                 err = rel_err(mf.regularized_polar(G, eps, tol=tol), ref)
                 ratio = t[f"map{i}"] / best
                 ok = "✓" if ratio <= target else "✗"
-                cells.append(
-                    f"{plan.method} {str(plan.dtype)[6:]} | {1e3 * t[f'map{i}']:.2f} | "
-                    f"{ratio:.2f} {ok} | {err:.1e}"
+                path = f"{plan.method} {str(plan.dtype)[6:]}" + (
+                    ", restart" if plan.restart else ""
                 )
+                cells.append(f"{path} | {1e3 * t[f'map{i}']:.2f} | {ratio:.2f} {ok} | {err:.1e}")
             ns_err = rel_err(newton_schulz(G), ref)
             lines.append(
                 f"| {name} | " + " | ".join(cells) + f" | {1e3 * t['ns5']:.2f} | "
