@@ -231,7 +231,7 @@ def bench_step(args: argparse.Namespace, tols: list[float], default_tol: float) 
 
         params = functools.partial(fresh_params, weights, grads)
         for tol in tols:
-            reg = mf.RegMuon(params(), tol=tol)
+            reg = mf.RegMuon(params(), tol=tol, adamw=())  # every matrix is a hidden weight
             muon = MuonF32(params(), lr=0.02)
             t = round_robin({"reg": reg.step, "muon": muon.step}, args.repeats)
             ratio = t["reg"] / t["muon"]
