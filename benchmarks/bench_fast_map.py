@@ -1,232 +1,345 @@
-"""Fast regularized map (issue #6): auto / matmul-only "poly" / eigh vs Muon's Newton–Schulz.
+"""The regularized map at RegMuon's accuracy vs float32 Newton–Schulz and Gram Newton–Schulz.
 
-Run: python benchmarks/bench_fast_map.py [--repeats 5] [--threads N] [--eps-rel 1e-2]
-     [--tol 1e-3] [--device cpu] [--markdown FILE]
+Run: python benchmarks/bench_fast_map.py [--repeats 9] [--tols default,1e-2]
+     [--spectrum gaussian|heavy|both] [--shapes 2048x512,48x128x128] [--no-step]
+     [--markdown FILE]
 
-One table. For every shape, ``G`` is Gaussian (float32, seeded) and ``ε = eps_rel·||G_b||_op``
-per matrix. Columns, all ratios measured in the same run (methods are timed round-robin, so
-load drifting on a shared machine affects them alike):
+One process, one torch thread, every number a ratio against baselines measured in the same run.
+For every shape, ``G`` is seeded; ``gaussian``: i.i.d. normal entries; ``heavy``: the same
+singular vectors with a power-law spectrum whose top singular value is 12x the RMS one (what
+transformer gradients look like: 8-13x measured on this repository's transformer). ``ε`` is
+RegMuon's: its default ``eps`` (read from :class:`muonflow.RegMuon` at run time) times the RMS
+singular value ``||G_b||_F / √min(m, n)`` of each matrix (``eps_mode="relative"``).
 
-- ``ms``: median wall time of ``regularized_polar(G, ε, method=..., tol=tol)``;
-- ``/NS``: ratio to ``torch.optim._muon._zeropower_via_newtonschulz`` (5 steps, the
-  coefficients ``torch.optim.Muon`` uses), called per matrix and looped over a batch as that
-  optimizer does; it casts to bfloat16 internally, which is what it costs on this device.
-  Calls slower than a second are timed once; when a call would exceed ``--ns-budget``
-  seconds, its time is extrapolated from a 1-step and a 2-step call (marked ``≈``; steps 2-5
-  are identical work);
-- ``/NS32``: ratio to the same Newton–Schulz iteration run in float32 (a stricter baseline on
-  CPUs without fast bfloat16 GEMMs; looped like ``/NS``);
-- ``/eigh``: ratio to the exact Gram-eigendecomposition path (``method="eigh"``, same tol);
-- ``/limit``: ratio to the two GEMMs any Gram method needs, ``A = GᵀG`` and ``G·A``, at the
-  same dtype (batched as one call);
-- ``rel err``: ``max_b ||out_b − ref_b||_F / ||ref_b||_F`` against a float64 SVD.
+Timed (warm-up call each, then ``--repeats`` rounds of A B C ... in turn, medians):
 
-Newton–Schulz is not an exact map (it leaves singular values in about [0.5, 1.2]); it is the
-speed baseline only. The goals of issue #6 are printed under the table.
+- ``map``: ``regularized_polar(G, ε, tol=tol)`` (``method="auto"``), at RegMuon's default
+  ``tol`` and at each other ``--tols`` value;
+- ``NS5``/``GNS5``: ``muonflow.polar.newton_schulz`` / ``gram_newton_schulz`` (5 steps of
+  Muon's quintic; Gram NS with its restart at step 2), batched over the stack, in float32 —
+  the baselines; ``best`` = the faster of the two;
+- ``torch NS``: ``torch.optim._muon._zeropower_via_newtonschulz`` looped over the matrices as
+  ``torch.optim.Muon`` does (bfloat16 inside; secondary column);
+- ``NS5 bf16``: the float32 baseline run in bfloat16 (secondary; fast only on CPUs with
+  bfloat16 dot-product units).
+
+``--accuracy`` prints instead how the float32 paths fare beyond their Gram floor (singular
+values over six decades, ε down to 3e-4·‖G‖): the plain iteration, the restarted one, its
+first-order bound, and the plan ``auto`` takes.
+
+Targets (issue #16): map/best <= 0.8 on single matrices, <= 1.0 on stacks and batches of small
+matrices. ``rel err``: ``max_b ||out_b − ref_b||_F / ||ref_b||_F`` against a float64 SVD.
+
+The optimizer step (``--no-step`` skips it): a transformer-like parameter set (24 x 256x256
+plus 8 x 512x128 matrices, Gaussian or heavy gradients) stepped by ``RegMuon`` (defaults)
+and by ``torch.optim.Muon`` whose Newton–Schulz runs in float32 (the library baseline), the
+two interleaved, medians; target RegMuon/Muon <= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
+import inspect
+import math
+import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 from torch.optim._muon import _zeropower_via_newtonschulz
 
 import muonflow as mf
+from muonflow.polar import NS_COEFFICIENTS, gram_newton_schulz, newton_schulz, plan_auto
 
-polar_mod = importlib.import_module("muonflow.polar")
-
-NS_COEFFS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults (Keller Jordan's quintic)
-NS_STEPS = 5
-SHAPES = [(1024, 256), (2048, 512), (4096, 1024), (1024, 1024), (4096, 16, 8), (256, 64, 64)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
+SHAPES = {
+    "tall 2048x512": (2048, 512),
+    "wide 384x1536": (384, 1536),
+    "square 1024²": (1024, 1024),
+    "stack 48x128²": (48, 128, 128),
+    "stack 16x256x64": (16, 256, 64),
+    "batch 3000x20x10": (3000, 20, 10),
+    "stack 24x256²": (24, 256, 256),
+    "stack 8x512x128": (8, 512, 128),
+}
+#: top singular value over the RMS one for ``--spectrum heavy``
+HEAVY_RATIO = 12.0
 
 
-def round_robin(
-    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Median times, interleaving the functions so that load drift hits them alike."""
-    for fn in fns.values():  # warm-up: allocations, thread pools, cached schedules
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(timed(fn, device))
-    return {k: statistics.median(v) for k, v in times.items()}
+def regmuon_defaults() -> dict[str, object]:
+    """RegMuon's defaults, read from its signature (another part of the code owns them)."""
+    sig = inspect.signature(mf.RegMuon.__init__)
+    return {k: sig.parameters[k].default for k in ("eps", "eps_mode", "tol", "method")}
 
 
-def ns_time(
-    G: torch.Tensor, repeats: int, budget: float, device: torch.device
-) -> tuple[float, str]:
-    """Median time of Muon's Newton–Schulz looped over the matrices of ``G``.
-
-    When a 5-step call would exceed ``budget`` seconds (judged from a 1-step call), its time
-    is extrapolated as ``t1 + 4 (t2 - t1)`` from one 1-step and one 2-step call (marked ``≈``):
-    steps 2-5 are identical work, while the first differs (it runs on the transposed bfloat16
-    view of the input, and CPU bfloat16 GEMM speed depends strongly on the layout).
-    """
-
-    def run(steps: int) -> Callable[[], None]:
-        return per_matrix(lambda g: _zeropower_via_newtonschulz(g, NS_COEFFS, steps, 1e-7), G)
-
-    t1 = timed(run(1), device)
-    if t1 * NS_STEPS > budget:
-        t2 = timed(run(2), device)
-        return t1 + (NS_STEPS - 1) * max(t2 - t1, 0.0), "≈"
-    full = run(NS_STEPS)
-    first = timed(full, device)
-    if first > 1.0:
-        return first, ""
-    return statistics.median(timed(full, device) for _ in range(repeats)), ""
+def relative_eps(G: Tensor, eps: float) -> Tensor:
+    """RegMuon's relative ε: ``eps · ||G_b||_F / √min(m, n)`` per matrix."""
+    r = min(G.shape[-2:])
+    return eps * torch.linalg.vector_norm(G.double(), dim=(-2, -1)).float() / math.sqrt(r)
 
 
-def ns_float32(G: torch.Tensor) -> torch.Tensor:
-    """``_zeropower_via_newtonschulz`` step for step, in float32 instead of bfloat16."""
-    a, b, c = NS_COEFFS
-    X = G.float()
-    if G.size(0) > G.size(1):
-        X = X.T
-    X = X / X.norm().clamp(min=1e-7)
-    for _ in range(NS_STEPS):
-        A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)
-        X = torch.addmm(X, B, X, beta=a)
-    return X.T if G.size(0) > G.size(1) else X
+def make_input(shape: tuple[int, ...], spectrum: str, gen: torch.Generator) -> Tensor:
+    G = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    if spectrum == "heavy":
+        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+        i = torch.arange(1, U.shape[-1] + 1, dtype=torch.float64)
+        lo, hi = 0.0, 4.0
+        for _ in range(60):  # power α with σ_1/rms(σ) = HEAVY_RATIO
+            alpha = (lo + hi) / 2
+            S = i**-alpha
+            lo, hi = (alpha, hi) if S[0] / S.square().mean().sqrt() < HEAVY_RATIO else (lo, alpha)
+        G = (U * S) @ Vh
+    return G.float()
 
 
-def per_matrix(fn: Callable[[torch.Tensor], torch.Tensor], G: torch.Tensor) -> Callable[[], None]:
-    flat = G.reshape(-1, *G.shape[-2:])
-
-    def run() -> None:
-        for g in flat:  # the optimizer's loop over parameters
-            fn(g)
-
-    return run
-
-
-def the_map(G: torch.Tensor, eps: torch.Tensor, method: str, tol: float) -> Callable[[], object]:
-    return lambda: mf.regularized_polar(G, eps, method=method, tol=tol)
-
-
-def limit_gemms(G: torch.Tensor) -> Callable[[], None]:
-    tall = G.shape[-2] >= G.shape[-1]
-
-    def run() -> None:
-        if tall:
-            A = G.mT @ G  # A = GᵀG, r x r
-            G @ A  # the final product G·M
-        else:
-            A = G @ G.mT
-            A @ G
-
-    return run
-
-
-def reference(G: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def reference(G: Tensor, eps: Tensor) -> Tensor:
     U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
     e = eps.double().reshape(*eps.shape, 1)
     return (U * (S / torch.sqrt(S * S + e * e)).unsqueeze(-2)) @ Vh
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+def rel_err(out: Tensor, ref: Tensor) -> float:
     d = torch.linalg.matrix_norm(out.double() - ref) / torch.linalg.matrix_norm(ref)
     return float(d.max())
 
 
+def round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, calling them in turn so load drift hits them alike."""
+    for fn in fns.values():  # warm-up: allocations, cached schedules
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def torch_muon_ns(G: Tensor) -> Callable[[], None]:
+    flat = G.reshape(-1, *G.shape[-2:])
+
+    def run() -> None:
+        for g in flat:  # torch.optim.Muon's loop over parameters
+            _zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7)
+
+    return run
+
+
+def timed_calls(G: Tensor, eps: Tensor, tols: list[float]) -> dict[str, Callable[[], object]]:
+    fns: dict[str, Callable[[], object]] = {
+        f"map{i}": functools.partial(mf.regularized_polar, G, eps, tol=t)
+        for i, t in enumerate(tols)
+    }
+    fns["ns5"] = functools.partial(newton_schulz, G)
+    fns["gns5"] = functools.partial(gram_newton_schulz, G)
+    fns["bf16"] = functools.partial(newton_schulz, G, dtype=torch.bfloat16)
+    return fns
+
+
+def bench_shapes(args: argparse.Namespace, tols: list[float], eps_rel: float) -> list[str]:
+    lines = []
+    for spectrum in ["gaussian", "heavy"] if args.spectrum == "both" else [args.spectrum]:
+        gen = torch.Generator().manual_seed(0)
+        head = "| shape | " + " | ".join(
+            f"map tol {t:g}: path | ms | /best | rel err" for t in tols
+        )
+        lines += [
+            "",
+            f"**{spectrum} spectrum**, ε = {eps_rel:g}·RMS singular value",
+            "",
+            head + " | NS5 ms | GNS5 ms | NS5 rel err | torch NS ms | NS5 bf16 ms | target |",
+            "|---|" + "---|---:|---:|---:|" * len(tols) + "---:|---:|---:|---:|---:|---|",
+        ]
+        print("\n".join(lines[-5:]), flush=True)
+        for name, shape in SHAPES.items():
+            if args.shapes and "x".join(map(str, shape)) not in args.shapes.split(","):
+                continue
+            G = make_input(shape, spectrum, gen)
+            eps = relative_eps(G, eps_rel)
+            fns = timed_calls(G, eps, tols)
+            t = round_robin(fns, args.repeats)
+            t["torch"] = round_robin({"torch": torch_muon_ns(G)}, max(1, args.repeats // 3))[
+                "torch"
+            ]
+            ref = reference(G, eps)
+            best = min(t["ns5"], t["gns5"])
+            single = len(shape) == 2
+            target = 0.8 if single else 1.0
+            cells = []
+            for i, tol in enumerate(tols):
+                plan = plan_auto(G, eps, tol)
+                err = rel_err(mf.regularized_polar(G, eps, tol=tol), ref)
+                ratio = t[f"map{i}"] / best
+                ok = "✓" if ratio <= target else "✗"
+                path = f"{plan.method} {str(plan.dtype)[6:]}" + (
+                    ", restart" if plan.restart else ""
+                )
+                cells.append(f"{path} | {1e3 * t[f'map{i}']:.2f} | {ratio:.2f} {ok} | {err:.1e}")
+            ns_err = rel_err(newton_schulz(G), ref)
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {1e3 * t['ns5']:.2f} | "
+                f"{1e3 * t['gns5']:.2f} | {ns_err:.2f} | {1e3 * t['torch']:.1f} | "
+                f"{1e3 * t['bf16']:.2f} | ≤ {target} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+class MuonF32(torch.optim.Muon):
+    """torch.optim.Muon whose Newton–Schulz is the library's float32 baseline."""
+
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        import torch.optim._muon as muon_module
+
+        orig = muon_module._zeropower_via_newtonschulz
+        muon_module._zeropower_via_newtonschulz = lambda g, c, s, e: newton_schulz(
+            g, s, c, eps=e, dtype=torch.float32
+        )
+        try:
+            return super().step(closure)
+        finally:
+            muon_module._zeropower_via_newtonschulz = orig
+
+
+def fresh_params(weights: list[Tensor], grads: list[Tensor]) -> list[torch.nn.Parameter]:
+    """New parameters with the given values and gradients (each optimizer gets its own)."""
+    ps = []
+    for w, g in zip(weights, grads, strict=True):
+        p = torch.nn.Parameter(w.clone())
+        p.grad = g.clone()
+        ps.append(p)
+    return ps
+
+
+def bench_step(args: argparse.Namespace, tols: list[float], default_tol: float) -> list[str]:
+    lines = [
+        "",
+        "**optimizer step**, 24 x 256x256 + 8 x 512x128 (one step, gradients fixed)",
+        "",
+        "| gradients | tol | RegMuon ms | Muon (float32 NS5) ms | RegMuon / Muon | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for spectrum in ["gaussian", "heavy"] if args.spectrum == "both" else [args.spectrum]:
+        gen = torch.Generator().manual_seed(1)
+        grads = list(make_input((24, 256, 256), spectrum, gen).unbind())
+        grads += list(make_input((8, 512, 128), spectrum, gen).unbind())
+        weights = [torch.randn(g.shape, generator=gen) / g.shape[1] ** 0.5 for g in grads]
+
+        params = functools.partial(fresh_params, weights, grads)
+        for tol in tols:
+            reg = mf.RegMuon(params(), tol=tol, adamw=())  # every matrix is a hidden weight
+            muon = MuonF32(params(), lr=0.02)
+            t = round_robin({"reg": reg.step, "muon": muon.step}, args.repeats)
+            ratio = t["reg"] / t["muon"]
+            label = f"{tol:g}" + (" (default)" if tol == default_tol else "")
+            lines.append(
+                f"| {spectrum} | {label} | {1e3 * t['reg']:.1f} | {1e3 * t['muon']:.1f} | "
+                f"{ratio:.2f} {'✓' if ratio <= 1.0 else '✗'} | ≤ 1.0 |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def spread(shape: tuple[int, ...], gen: torch.Generator, decades: float = 6.0) -> Tensor:
+    """Random singular vectors, singular values log-spaced over ``decades`` below 1."""
+    G = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    S = torch.logspace(0, -decades, U.shape[-1], dtype=torch.float64)
+    return (U * S) @ Vh
+
+
+def bench_accuracy(tol: float) -> list[str]:
+    """Float32 Gram paths beyond their floor ½uκ²: plain iteration vs the restarted one."""
+    from muonflow.polar.front import gram_front, unit_roundoff
+    from muonflow.polar.planning import best_restart, poly_target
+    from muonflow.polar.polynomial import poly_inv_sqrt, poly_restart, restart_bound
+
+    u = unit_roundoff(torch.float32)
+    lines = [
+        "",
+        f"**accuracy**, float32, 4 x 96x48 with singular values over 6 decades, tol {tol:g} "
+        "(errors: Frobenius / spectral norm, relative to the exact map)",
+        "",
+        "| ε/‖G‖ | κ² | ½u₃₂κ² | plain poly | restarted (k) | restart bound | auto plan |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for eps_rel in (1e-2, 3e-3, 1e-3, 3e-4):
+        G = spread((4, 96, 48), gen).float()
+        eps = torch.full((4,), eps_rel)
+        ref = reference(G, eps)
+
+        def errs(out: Tensor, ref: Tensor = ref) -> str:
+            d = out.double().reshape(ref.shape) - ref
+            fro = float((torch.linalg.matrix_norm(d) / torch.linalg.matrix_norm(ref)).max())
+            return f"{fro:.1e} / {float(torch.linalg.matrix_norm(d, ord=2).max()):.1e}"
+
+        f = gram_front(G, eps, torch.float32)
+        sched = poly_schedule_for(f.rho, tol)
+        plain = errs(f.apply(poly_inv_sqrt(f, sched)))
+        rs = best_restart(f.kappa2, tol, torch.float32, "cpu")
+        if rs is None:
+            restarted, bound = "none fits", "-"
+        else:
+            f = gram_front(G, eps, torch.float32)
+            restarted = errs(poly_restart(f, sched, rs[0], target=poly_target(tol)))
+            restarted += f" ({rs[0]})"
+            bound = f"{restart_bound(sched, rs[0], u):.1e}"
+        p = plan_auto(G, eps, tol)
+        plan = f"{p.method} {str(p.dtype)[6:]}" + (f", restart {p.restart}" if p.restart else "")
+        lines.append(
+            f"| {eps_rel:g} | {f.kappa2:.1e} | {0.5 * u * f.kappa2:.1e} | {plain} | "
+            f"{restarted} | {bound} | {plan} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def poly_schedule_for(rho: float, tol: float):  # type: ignore[no-untyped-def]
+    from muonflow.polar import poly_schedule
+    from muonflow.polar.planning import poly_target
+
+    return poly_schedule(rho, poly_target(tol), torch.float32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--ns-repeats", type=int, default=3, help="repeats of the bf16 NS baseline")
-    ap.add_argument(
-        "--ns-budget", type=float, default=5.0, help="seconds above which NS is extrapolated"
-    )
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--eps-rel", type=float, default=1e-2, help="ε / ||G||_op")
-    ap.add_argument("--tol", type=float, default=1e-3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--shapes", default=None, help="e.g. 1024x256,4096x16x8")
-    ap.add_argument("--markdown", default=None, help="also write the table to this file")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tols", default="default,1e-2", help="'default' = RegMuon's tol")
+    ap.add_argument("--spectrum", default="gaussian", choices=["gaussian", "heavy", "both"])
+    ap.add_argument("--shapes", default=None, help="e.g. 2048x512,48x128x128")
+    ap.add_argument("--no-step", action="store_true", help="skip the optimizer-step table")
+    ap.add_argument("--accuracy", action="store_true", help="only the float32 accuracy table")
+    ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    shapes = SHAPES
-    if args.shapes:
-        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    gen = torch.Generator().manual_seed(0)
-
-    lines = [
-        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-        f"ε = {args.eps_rel:g}·||G||_op, tol = {args.tol:g}, medians of {args.repeats}",
-        "",
-        "| shape | method | ms | /NS | /NS32 | /eigh | /limit | rel err |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    goals = []
-    print(lines[0], flush=True)
-    for shape in shapes:
-        G = torch.randn(*shape, generator=gen).to(device)
-        eps = args.eps_rel * torch.linalg.matrix_norm(G.double(), ord=2).float()
-        ref = reference(G, eps)
-        tol = args.tol
-        plan = polar_mod.plan_auto(G, eps, tol)
-        maps = {k: the_map(G, eps, k, tol) for k in ("auto", "poly", "eigh")}
-        t = round_robin(
-            {**maps, "limit": limit_gemms(G), "ns32": per_matrix(ns_float32, G)},
-            args.repeats,
-            device,
-        )
-        t["ns"], mark = ns_time(G, args.ns_repeats, args.ns_budget, device)
-        name = "x".join(map(str, shape))
-        errs = {k: rel_err(fn(), ref) for k, fn in maps.items()}
-        for k in maps:
-            label = f"auto ({plan.method}, {str(plan.dtype)[6:]})" if k == "auto" else k
-            lines.append(
-                f"| {name} | {label} | {1e3 * t[k]:.2f} | {t[k] / t['ns']:.3f} | "
-                f"{t[k] / t['ns32']:.2f} | {t[k] / t['eigh']:.2f} | {t[k] / t['limit']:.2f} | "
-                f"{errs[k]:.1e} |"
-            )
-        for k, label in [("ns", "Muon NS (bf16)"), ("ns32", "NS float32"), ("limit", "limit")]:
-            ms = f"{mark}{1e3 * t[k]:.2f}" if k == "ns" else f"{1e3 * t[k]:.2f}"
-            lines.append(
-                f"| {name} | {label} | {ms} | {t[k] / t['ns']:.3f} | "
-                f"{t[k] / t['ns32']:.2f} | {t[k] / t['eigh']:.2f} | {t[k] / t['limit']:.2f} | |"
-            )
-        print("\n".join(lines[-6:]), flush=True)
-        batched = len(shape) > 2
-        tall = not batched and max(shape) >= 4 * min(shape)
-        ok_err = errs["auto"] <= tol
-        if batched:
-            goal = t["ns"] / t["auto"] >= 10
-            goals.append(f"{name}: auto ≥ 10x faster than looped NS: {t['ns'] / t['auto']:.0f}x")
-        else:
-            cap = 1.0 if tall else 1.5
-            goal = t["auto"] / t["ns"] <= cap and t["auto"] / t["limit"] <= 3
-            goals.append(
-                f"{name}: auto ≤ {cap}x NS: {t['auto'] / t['ns']:.3f}x, ≤ 3x limit: "
-                f"{t['auto'] / t['limit']:.2f}x (vs NS float32: {t['auto'] / t['ns32']:.2f}x)"
-            )
-        goals[-1] += f", rel err {errs['auto']:.1e} ≤ {tol:g}: " + (
-            "PASS" if goal and ok_err else "FAIL"
-        )
-    lines += ["", "Goals (issue #6):", *goals]
-    print("\n" + "\n".join(lines), flush=True)
+    torch.set_num_threads(args.threads)
+    d = regmuon_defaults()
+    if d["eps_mode"] != "relative":
+        raise SystemExit(f"RegMuon's default eps_mode is {d['eps_mode']!r}; update this script")
+    default_tol = float(d["tol"])  # type: ignore[arg-type]
+    tols = [default_tol if x == "default" else float(x) for x in args.tols.split(",")]
+    tols = list(dict.fromkeys(tols))
+    eps_rel = float(d["eps"])  # type: ignore[arg-type]
+    header = (
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s); "
+        f"RegMuon defaults: eps {eps_rel:g} ({d['eps_mode']}), tol {default_tol:g}, method "
+        f"{d['method']}; medians of {args.repeats} interleaved rounds"
+    )
+    print(header, flush=True)
+    if args.accuracy:
+        lines = [header, *bench_accuracy(default_tol)]
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return
+    lines = [header, *bench_shapes(args, tols, eps_rel)]
+    if not args.no_step:
+        lines += bench_step(args, tols, default_tol)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -46,24 +46,14 @@ from torch.utils._pytree import tree_flatten
 
 from muonflow.models import Transformer, TransformerConfig
 from muonflow.optim import RegMuon, default_adamw_rule
+from muonflow.polar import newton_schulz
 
 
 def newton_schulz_f32(
     grad: Tensor, coeffs: tuple[float, float, float], steps: int, eps: float
 ) -> Tensor:
-    """torch.optim._muon._zeropower_via_newtonschulz with float32 instead of bfloat16."""
-    a, b, c = coeffs
-    X = grad.float()
-    if grad.size(0) > grad.size(1):
-        X = X.T
-    X = X / X.norm().clamp(min=eps)
-    for _ in range(steps):
-        A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)
-        X = torch.addmm(X, B, X, beta=a)
-    if grad.size(0) > grad.size(1):
-        X = X.T
-    return X
+    """torch.optim.Muon's Newton–Schulz signature, run in float32 by the library's baseline."""
+    return newton_schulz(grad, steps, coeffs, eps=eps, dtype=torch.float32)
 
 
 class MuonF32(torch.optim.Muon):

@@ -27,6 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import muonflow as mf
 
 P = importlib.import_module("muonflow.polar")
+S = importlib.import_module("muonflow.polar.schedules")
+PN = importlib.import_module("muonflow.polar.polynomial")
+PL = importlib.import_module("muonflow.polar.planning")
 
 EPS_RELS = [1.0, 1e-1, 1e-2, 1e-3, 1e-4]
 SHAPES = [(96, 24), (24, 96), (40, 40), (3, 40, 16)]
@@ -288,7 +291,7 @@ def test_eps_far_above_norm(method, gen):
     assert rel_err(tiny, polar_ref(G.double())) <= 1e-3 + unit_roundoff(torch.float32)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     m=st.integers(1, 24),
     n=st.integers(1, 24),
@@ -296,13 +299,19 @@ def test_eps_far_above_norm(method, gen):
     log_scale=st.floats(-20, 20),
     eps_rel=st.sampled_from([1e-4, 1e-2, 1e-1, 1.0, 100.0]),
     rank_cut=st.integers(0, 3),
-    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
     tol=st.sampled_from([1e-2, 1e-3, 1e-5]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_property_never_nan_and_within_tol(
     m, n, batch, log_scale, eps_rel, rank_cut, dtype, tol, seed
 ):
+    # Shapes tall/wide/square/stacks/1 x n, inputs in every dtype, scales 1e-20..1e20 (float16:
+    # 1e-3..1e3, its normal range for N(0, 1) entries), ranks cut, ε from 1e-4 to 100 ‖G‖.
+    # Bound: tol before the final cast (module contract) + one roundoff of the output dtype;
+    # the reference is the float64 SVD of the input as rounded to its dtype.
+    if dtype == torch.float16:
+        log_scale = max(-3.0, min(3.0, log_scale))
     gen = torch.Generator().manual_seed(seed)
     G = torch.randn(*batch, m, n, generator=gen, dtype=torch.float64)
     r = min(m, n)
@@ -318,6 +327,7 @@ def test_property_never_nan_and_within_tol(
     ref = relativistic_map_ref(G, eps)
     for method in ("poly", "auto"):
         out = mf.regularized_polar(G, eps, method=method, tol=tol)
+        assert out.dtype == dtype and out.shape == G.shape
         assert torch.isfinite(out).all()
         assert rel_err(out, ref) <= tol + unit_roundoff(dtype)
 
@@ -330,23 +340,40 @@ def test_auto_with_default_tol_is_the_exact_eigh_path(gen):
 
 
 @pytest.mark.parametrize(
-    ("r", "device", "dtype", "tol", "kappa2", "method", "work"),
+    ("r", "device", "dtype", "tol", "kappa2", "method", "work", "restart"),
     [
-        (8, "cpu", torch.float32, 1e-3, 1e4, "poly", torch.float32),  # tiny batched matrices
-        (1024, "cpu", torch.float32, 1e-3, 1e4, "eigh", torch.float32),  # ε = ||G||/100, big
-        (1024, "cpu", torch.float32, 1e-3, 2.0, "poly", torch.float32),  # ε = ||G||: 2 products
-        (1024, "cuda", torch.float32, 1e-3, 1e4, "poly", torch.float32),  # no eigh on GPUs
-        (256, "cpu", torch.float32, 1e-3, 1e6, "eigh", torch.float64),  # ½u₃₂κ² = 0.03 > tol/2
-        (256, "cuda", torch.bfloat16, 1e-3, 1e6, "poly", torch.float64),
-        (64, "cpu", torch.float64, 1e-6, 1e16, "svd", torch.float64),  # ½u₆₄κ² = 0.55 > tol/2
-        (64, "cpu", torch.float32, None, 1e4, "eigh", torch.float32),  # default tol: exact
+        (8, "cpu", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # tiny matrices
+        (1024, "cpu", torch.float32, 1e-3, 1e4, "eigh", torch.float32, False),  # big, ε=‖G‖/100
+        (1024, "cpu", torch.float32, 1e-3, 2.0, "poly", torch.float32, False),  # ε = ‖G‖
+        (1024, "cuda", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # no GPU eigh
+        # ½u₃₂κ² = 0.03 > tol/2: a restart keeps float32 (cheaper than float64 at r = 64;
+        # at r = 256 float64 eigh is cheaper)
+        (64, "cpu", torch.float32, 1e-3, 1e6, "poly", torch.float32, True),
+        (256, "cpu", torch.float32, 1e-3, 1e6, "eigh", torch.float64, False),
+        (256, "cuda", torch.bfloat16, 1e-3, 1e6, "poly", torch.float32, True),
+        (64, "cpu", torch.float64, 1e-6, 1e16, "svd", torch.float64, False),  # ½u₆₄κ² > tol/2
+        (64, "cpu", torch.float32, None, 1e4, "eigh", torch.float32, False),  # default: exact
     ],
 )
-def test_choose_method_policy(r, device, dtype, tol, kappa2, method, work):
+def test_choose_method_policy(r, device, dtype, tol, kappa2, method, work, restart):
     plan = P.choose_method(r=r, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2)
-    assert (plan.method, plan.dtype) == (method, work)
+    assert (plan.method, plan.dtype, plan.restart > 0) == (method, work, restart)
     if method in ("poly", "eigh") and tol is not None:
         assert (plan.cost_poly < plan.cost_eigh) == (method == "poly")
+    if restart:  # without the input matrix (a given Gram matrix) float64 is the way
+        plan = P.choose_method(
+            r=r, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2, restart=False
+        )
+        assert (plan.dtype, plan.restart) == (torch.float64, 0)
+
+
+def test_accelerator_policy_uses_half_precision_only_where_it_fits():
+    # float16 (u = 4.9e-4) for the restarted phase at tol 1e-2; never at tol 1e-3, never on CPU
+    plan = P.choose_method(r=64, dtype=torch.float32, device_type="cuda", tol=1e-2, kappa2=1e4)
+    assert plan.restart > 0 and plan.phase2 == torch.float16
+    for device, tol in [("cuda", 1e-3), ("cpu", 1e-2)]:
+        plan = P.choose_method(r=64, dtype=torch.float32, device_type=device, tol=tol, kappa2=1e4)
+        assert plan.phase2 is None
 
 
 def test_cost_model_pieces():
@@ -356,9 +383,9 @@ def test_cost_model_pieces():
     assert P.eigh_cost(64, "cuda") == math.inf
     assert P.float32_gemm_roundoff("cpu") == unit_roundoff(torch.float32)
     # the poly cost model: first step with Y² given, middle and last steps of each degree
-    assert [P._step_matmuls(d, True, False) for d in (1, 2, 4)] == [2, 3, 4]
-    assert [P._step_matmuls(d, False, False) for d in (1, 2, 4)] == [3, 4, 5]
-    assert [P._step_matmuls(d, False, True) for d in (1, 2, 4)] == [1, 2, 3]
+    assert [S._step_matmuls(d, True, False) for d in (1, 2, 4)] == [2, 3, 4]
+    assert [S._step_matmuls(d, False, False) for d in (1, 2, 4)] == [3, 4, 5]
+    assert [S._step_matmuls(d, False, True) for d in (1, 2, 4)] == [1, 2, 3]
 
 
 def test_auto_follows_its_plan(gen):
@@ -457,3 +484,91 @@ def test_bad_arguments():
         P.poly_schedule(0.0, 1e-3)
     with pytest.raises(ValueError, match="k must be"):
         P.poly_schedule(0.1, 1e-3).truncated(0)
+
+
+# -- restarted iteration: float32 beyond the Gram floor --------------------------------------------
+@pytest.mark.parametrize("eps_rel", [3e-3, 1e-3])
+def test_restart_keeps_float32_accurate_beyond_gram_floor(eps_rel, gen):
+    # κ² = 1.1e5..1.1e6: the plain float32 Gram path's first-order error ½u₃₂κ² = 3.4e-3..3.4e-2
+    # misses tol = 1e-3 (measured 4.9e-4..3.9e-3 on these spectra); the restarted iteration's
+    # bound (restart_bound <= tol/2) is what lets "poly"/"auto" stay in float32. Six decades of
+    # singular values put directions at every scale around ε.
+    tol = 1e-3
+    G = spread_matrix((3, 96, 48), gen).float()
+    eps = eps_rel * op_norm(G)
+    ref = relativistic_map_ref(G, eps)
+    plan = P.plan_auto(G, eps, tol)
+    assert (plan.method, plan.dtype) == ("poly", torch.float32) and plan.restart > 0
+    for method in ("poly", "auto"):
+        out = mf.regularized_polar(G, eps, method=method, tol=tol)
+        assert out.dtype == torch.float32
+        assert rel_err(out, ref) <= tol + unit_roundoff(torch.float32)
+
+
+def test_restart_model_matches_plain_gram_floor_and_orders_restarts(gen):
+    # restart_bound after all K steps is the plain path's model ½uκ² (same calibration; a
+    # wrong divided difference or missing √y factor moves it by orders of magnitude), and an
+    # early restart is what beats it.
+    u = unit_roundoff(torch.float32)
+    for kappa2 in (1e4, 1e5, 1e6):
+        sch = P.poly_schedule(kappa2**-0.5, 5e-4, torch.float32)
+        K = len(sch.steps)
+        plain = PN.restart_bound(sch, K, u) - 2.5 * u  # minus the restarted phase's own terms
+        assert 0.5 <= plain / (0.5 * u * kappa2) <= 2.0
+        assert min(PN.restart_bound(sch, k, u) for k in range(1, K)) < plain / 4
+
+
+def test_restart_error_within_its_bound(gen):
+    # The measured error of each restart point is below its first-order bound (the model is
+    # conservative: it takes ‖δY‖ = u in every pair of directions).
+    G = spread_matrix((2, 64, 40), gen).float()
+    eps = 1e-3 * op_norm(G)
+    ref = relativistic_map_ref(G, eps)
+    f0 = P.gram_front(G, eps, torch.float32)
+    sch = P.poly_schedule(f0.rho, 2.5e-4, torch.float32)
+    for k in range(1, len(sch.steps)):
+        f = P.gram_front(G, eps, torch.float32)
+        out = PN.poly_restart(f, sch, k, target=2.5e-4).reshape(G.shape)
+        spec = float(torch.linalg.matrix_norm(out.double() - ref, ord=2).max())
+        bound = PN.restart_bound(sch, k, unit_roundoff(torch.float32)) + sch.err
+        assert spec <= bound
+
+
+@pytest.mark.parametrize(
+    ("low", "tol"), [(torch.float16, 1e-2), (torch.float16, 3e-2), (torch.bfloat16, 0.15)]
+)
+def test_half_precision_restarted_phase_on_cpu(low, tol, gen):
+    # The accelerator path: float32 first phase, restarted phase in float16/bfloat16 where
+    # the policy's bound fits (run here on CPU at a small size; the rounding is the same).
+    G = spread_matrix((2, 64, 32), gen, decades=4).float()
+    eps = 1e-2 * op_norm(G)
+    ref = relativistic_map_ref(G, eps)
+    f = P.gram_front(G, eps, torch.float32)
+    rs = PL.best_restart(f.kappa2, tol, torch.float32, "cuda", phase2=low)
+    assert rs is not None
+    sch = P.poly_schedule(f.rho, tol / 2, torch.float32)
+    out = PN.poly_restart(f, sch, rs[0], target=tol / 2, phase2=low).reshape(G.shape)
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref) <= tol
+    # bfloat16 (u = 3.9e-3) fits only Muon-like tolerances (>= 0.15); float16 not at 1e-3
+    assert PL.best_restart(f.kappa2, 0.1, torch.float32, "cuda", torch.bfloat16) is None
+    assert PL.best_restart(f.kappa2, 1e-3, torch.float32, "cuda", torch.float16) is None
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (3, 20, 20)])
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_error_per_singular_direction_float64(shape, tol, gen):
+    # The contract per singular direction: |u_iᵀ Φ v_i / g(σ_i) − 1| <= tol (the schedule's
+    # share tol/2, exactly, in float64 where ½u₆₄κ² <= 6e-9 here), and the off-diagonal part
+    # of Uᵀ Φ V (directions mixed) is as small.
+    G = spread_matrix(shape, gen, decades=4)
+    eps = 1e-3 * op_norm(G)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    g = S / torch.sqrt(S * S + eps * eps)
+    for method in ("poly", "auto"):
+        out = mf.regularized_polar(G, eps, method=method, tol=tol)
+        C = U.mT @ out @ Vh.mT  # = diag(g) exactly
+        diag = torch.diagonal(C, dim1=-2, dim2=-1)
+        assert float(((diag - g).abs() / g).max()) <= tol / 2 + 1e-7
+        off = C - torch.diag_embed(diag)
+        assert float(off.abs().max()) <= 1e-7

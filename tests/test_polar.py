@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from reference import relativistic_map_ref
 
 import muonflow as mf
+from muonflow.polar import NS_COEFFICIENTS, gram_newton_schulz, inv_sqrt_from_gram, newton_schulz
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -171,3 +173,129 @@ def test_unknown_method_lists_valid():
     msg = "unknown method 'qr'; valid: 'auto', 'eigh', 'poly', 'svd'"
     with pytest.raises(ValueError, match=msg):
         mf.regularized_polar(torch.ones(2, 2), 0.1, method="qr")
+
+
+# -- gradients ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (2, 3, 3), (1, 5)])
+@pytest.mark.parametrize(
+    ("method", "tol"), [("eigh", None), ("svd", None), ("poly", 1e-8), ("auto", 1e-3)]
+)
+def test_gradcheck_every_path(shape, method, tol, gen):
+    # Autograd through the computed map (float64): eigh/svd by torch's decompositions, the
+    # polynomial path through its products (the schedule is fixed for a given input).
+    G = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda X: mf.regularized_polar(X, 0.3, method=method, tol=tol), (G,), eps=1e-6, atol=1e-6
+    )
+
+
+def test_gradcheck_eps_tensor_and_restart_and_gram(gen):
+    G = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    e = torch.tensor([0.2, 0.5], dtype=torch.float64, requires_grad=True)
+    for method, tol in [("eigh", None), ("poly", 1e-8)]:
+        assert torch.autograd.gradcheck(
+            lambda X, e, method=method, tol=tol: mf.regularized_polar(X, e, method=method, tol=tol),
+            (G, e),
+            eps=1e-6,
+            atol=1e-6,
+        )
+    X = torch.randn(7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    front = importlib.import_module("muonflow.polar.front")
+    maps = importlib.import_module("muonflow.polar.maps")
+
+    def restarted(X):
+        return maps._poly_map(front.gram_front(X, 0.01, torch.float64), 1e-6, 2).reshape(X.shape)
+
+    assert torch.autograd.gradcheck(restarted, (X,), eps=1e-6, atol=1e-5)
+    for method in ("eigh", "poly"):  # through A = XᵀX (a symmetric input must stay symmetric)
+        assert torch.autograd.gradcheck(
+            lambda X, method=method: inv_sqrt_from_gram(X.mT @ X, 0.3, method=method, tol=1e-8),
+            (X,),
+            eps=1e-6,
+            atol=1e-6,
+        )
+
+
+# -- the map from a given Gram matrix ------------------------------------------------------------
+@pytest.mark.parametrize("method", ["auto", "eigh", "poly"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, None), (torch.float32, 1e-3)])
+def test_inv_sqrt_from_gram_against_reference(method, dtype, tol, gen):
+    # (A + ε²I)^{-1/2} for A = XᵀX, against a float64 eigendecomposition; float32 A at
+    # tol 1e-3: ≤ tol per eigen-direction relative to the A given (its rounding excluded:
+    # the reference uses the float32 A itself); float64: default tol, 100 u₆₄ κ² ≈ 1e-10.
+    X = torch.randn(4, 40, 12, generator=gen, dtype=torch.float64)
+    eps = 0.05 * torch.linalg.matrix_norm(X, ord=2)
+    A = (X.mT @ X).to(dtype)
+    lam, V = torch.linalg.eigh(A.double())
+    ref = (V * torch.rsqrt(lam + eps.reshape(-1, 1) ** 2).unsqueeze(-2)) @ V.mT
+    out = inv_sqrt_from_gram(A, eps.to(dtype), method=method, tol=tol)
+    assert out.dtype == dtype and out.shape == A.shape
+    bound = 1e-10 if dtype == torch.float64 else tol + unit_roundoff(dtype)
+    assert _rel_err(out, ref) <= bound
+
+
+def test_inv_sqrt_from_gram_sharded_rows_equal_regularized_polar(gen):
+    # The sharded recipe: all-reduce Σ_k X_kᵀX_k over row shards, then X_k @ M per shard.
+    X = torch.randn(96, 24, generator=gen, dtype=torch.float64)
+    shards = X.split([40, 30, 26])
+    A = sum(x.mT @ x for x in shards)
+    M = inv_sqrt_from_gram(A, 0.1)
+    out = torch.cat([x @ M for x in shards])
+    assert _rel_err(out, relativistic_map_ref(X, 0.1)) <= 1e-12
+    # extreme scales: (sA, √s ε) gives M/√s
+    for s in (1e-30, 1e30):
+        Ms = inv_sqrt_from_gram(A * s, 0.1 * s**0.5)
+        assert _rel_err(Ms * s**0.5, M) <= 1e-12
+
+
+def test_inv_sqrt_from_gram_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        inv_sqrt_from_gram(torch.ones(3, 2), 0.1)
+    with pytest.raises(ValueError, match="non-finite"):
+        inv_sqrt_from_gram(torch.tensor([[1.0, math.nan], [math.nan, 1.0]]), 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        inv_sqrt_from_gram(torch.eye(2), 0.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        inv_sqrt_from_gram(torch.eye(2), 0.1, method="svd")
+
+
+# -- baselines ------------------------------------------------------------------------------------
+def test_newton_schulz_is_the_scalar_quintic_on_singular_values(gen):
+    # Independent check: NS acts on the singular values of G/||G||_F by the scalar map
+    # s ← a s + b s³ + c s⁵, five times, keeping the singular vectors (float64).
+    G = torch.randn(3, 12, 7, generator=gen, dtype=torch.float64)
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    s = S / torch.linalg.vector_norm(G, dim=(-2, -1)).unsqueeze(-1)
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(5):
+        s = a * s + b * s**3 + c * s**5
+    ref = (U * s.unsqueeze(-2)) @ Vh
+    for X in (G, G.mT.contiguous()):
+        out = newton_schulz(X)
+        want = ref if X is G else ref.mT
+        assert float((out - want).abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize("restarts", [(), (2,), (1, 3)])
+def test_gram_newton_schulz_equals_newton_schulz(restarts, gen):
+    # Mathematically equal iterates (float64): a wrong R update, a misplaced restart or a
+    # missing a·Q term shows up at 1e-2, far above round-off.
+    for shape in [(2, 20, 8), (2, 8, 20), (16, 16)]:
+        G = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        coeffs = [(3.4445, -4.7750, 2.0315), (3.0, -3.2, 1.2), (2.5, -2.0, 0.6)] * 2
+        for steps, c in [(5, NS_COEFFICIENTS), (6, coeffs)]:
+            ns = newton_schulz(G, steps, c)
+            gns = gram_newton_schulz(G, steps, c, restarts=restarts)
+            assert float((ns - gns).abs().max()) <= 1e-10
+
+
+def test_newton_schulz_float32_and_dtype_option(gen):
+    G = torch.randn(4, 30, 10, generator=gen)
+    ref = newton_schulz(G.double())
+    for f in (newton_schulz, gram_newton_schulz):
+        out = f(G)
+        assert out.dtype == torch.float32 and out.shape == G.shape
+        assert float((out.double() - ref).abs().max()) <= 1e-4  # float32 round-off, 5 steps
+        assert f(G, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="coefficients"):
+        newton_schulz(G, 3, [(1.0, 0.0, 0.0)] * 2)

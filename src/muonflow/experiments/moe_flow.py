@@ -44,15 +44,12 @@ from ..dynamics import HamiltonianFlow, integrate
 from ..meanfield.moe import moe_objective, softmax_moe_output
 from ..models.moe import ExpertParticles, moe_transformer
 from ..models.transformer import TransformerConfig
+from ..polar import newton_schulz
 from ..spectral import Relativistic
 from ..training import make_optimizers
 from . import _plot
 from ._dynamics_problems import single_thread
 from .base import Context, Result, at_most, experiment
-
-#: the classic Muon Newton–Schulz quintic (coefficients and step count of ``torch.optim.Muon``)
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
 
 #: Transformer arms: label -> (optimizer of :func:`muonflow.training.make_optimizers`, expert
 #: layout of :func:`~muonflow.models.moe.moe_transformer`, the :class:`Config` field of its lr).
@@ -109,19 +106,6 @@ class Config:
     seed: int = 0
 
 
-def _ns_quintic(P: Tensor) -> Tensor:
-    """Muon's Newton–Schulz quintic on each matrix of ``[..., m, n]`` (float32/64)."""
-    X = P / (torch.linalg.matrix_norm(P, keepdim=True) + 1e-7)
-    tall = X.shape[-2] > X.shape[-1]
-    if tall:
-        X = X.mT
-    a, b, c = NS_COEFFS
-    for _ in range(NS_STEPS):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.mT if tall else X
-
-
 class _MapPotential:
     """The energy of ``Relativistic(eps)`` with an approximate velocity map ``grad``."""
 
@@ -136,7 +120,7 @@ class _MapPotential:
             return self.base.grad(P)
         if self.kind == "fast":
             return self.base.grad(P, method="auto", tol=1e-3)
-        return _ns_quintic(P)
+        return newton_schulz(P)  # Muon's quintic, 5 steps
 
     def __repr__(self) -> str:
         return f"{self.kind}-map({self.base!r})"

@@ -1,0 +1,88 @@
+r"""Matrix-function kernels for spectral maps, batched over ``[..., m, n]``.
+
+A spectral map keeps the singular vectors and maps the singular values; the regularized Muon
+map is
+
+.. math::  \nabla K_\varepsilon(G) = G\,(G^\top G + \varepsilon^2 I)^{-1/2}
+           = U \,\mathrm{diag}\big(\sigma/\sqrt{\sigma^2+\varepsilon^2}\big)\, V^\top ,
+
+which tends to the Muon polar factor :math:`U V^\top` as :math:`\varepsilon \to 0`. Every path
+starts from one Gram front (:mod:`.front`: scaling, :math:`A = X^\top X + \varepsilon^2 I` of
+the short side, a spectral bound, the rounding bound) and computes :math:`A^{-1/2}` by
+``"eigh"`` (:mod:`.exact`), ``"svd"`` (the reference) or ``"poly"``, a matmul-only minimax
+polynomial iteration (:mod:`.polynomial`, :mod:`.schedules`); ``"auto"`` (:mod:`.planning`)
+picks the cheapest one meeting ``tol``. :mod:`.baselines` holds Newton–Schulz and Gram
+Newton–Schulz. Design, cost model and precision analysis: ``docs/polar.md``.
+"""
+
+from .baselines import NS_COEFFICIENTS, gram_newton_schulz, newton_schulz
+from .exact import WeightFn, gram_eigh_map, spectral_map, svd_map
+from .front import (
+    GramFront,
+    default_tol,
+    float32_gemm_roundoff,
+    gram_floor,
+    gram_front,
+    gram_rounding_bound,
+    lmax_estimate,
+    unit_roundoff,
+    work_dtype,
+)
+from .maps import (
+    POLAR_FLOOR,
+    POLAR_METHODS,
+    inv_sqrt_from_gram,
+    plan_auto,
+    polar,
+    regularized_polar,
+)
+from .planning import AutoPlan, choose_method, eigh_cost
+from .polynomial import gram_poly_inv_sqrt, step_dtypes
+from .schedules import (
+    POLY_DEGREES,
+    RHO_MIN,
+    TARGET_MIN,
+    PolySchedule,
+    PolyStep,
+    amp_limit,
+    minimax_odd,
+    poly_schedule,
+)
+
+__all__ = [
+    "NS_COEFFICIENTS",
+    "POLAR_FLOOR",
+    "POLAR_METHODS",
+    "POLY_DEGREES",
+    "RHO_MIN",
+    "TARGET_MIN",
+    "AutoPlan",
+    "GramFront",
+    "PolySchedule",
+    "PolyStep",
+    "WeightFn",
+    "amp_limit",
+    "choose_method",
+    "default_tol",
+    "eigh_cost",
+    "float32_gemm_roundoff",
+    "gram_eigh_map",
+    "gram_floor",
+    "gram_front",
+    "gram_newton_schulz",
+    "gram_poly_inv_sqrt",
+    "gram_rounding_bound",
+    "inv_sqrt_from_gram",
+    "lmax_estimate",
+    "minimax_odd",
+    "newton_schulz",
+    "plan_auto",
+    "polar",
+    "poly_schedule",
+    "regularized_polar",
+    "spectral_map",
+    "step_dtypes",
+    "svd_map",
+    "unit_roundoff",
+    "work_dtype",
+]

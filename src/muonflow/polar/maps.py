@@ -1,0 +1,389 @@
+r"""Entry points: the regularized Muon map, the polar factor, and the map from a given Gram
+matrix. Every path starts from the same Gram front (:mod:`muonflow.polar.front`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_finite, check_matrix, check_scale
+from .exact import eigh_bad, eigh_inv_sqrt, spectral_map, svd_map
+from .front import (
+    GramFront,
+    default_tol,
+    front_from_gram,
+    gemm_roundoff,
+    gram_floor,
+    gram_front,
+    lmax_estimate,
+    tighten,
+    unit_roundoff,
+    work_dtype,
+)
+from .planning import (
+    ITER_ROUNDOFFS,
+    AutoPlan,
+    best_restart,
+    choose_method,
+    fits,
+    poly_rho,
+    poly_target,
+)
+from .polynomial import poly_inv_sqrt, poly_restart, step_dtypes
+from .schedules import RHO_MIN, PolySchedule, kappa2_on_grid, poly_schedule
+
+__all__ = [
+    "POLAR_FLOOR",
+    "POLAR_METHODS",
+    "inv_sqrt_from_gram",
+    "plan_auto",
+    "polar",
+    "regularized_polar",
+]
+
+
+def _relativistic_weight(lam: Tensor, eps: Tensor) -> Tensor:
+    # g(σ)/σ = 1/√(σ² + ε²)
+    return torch.rsqrt(lam + eps.square())
+
+
+def _finish(out: Tensor, G: Tensor) -> Tensor:
+    return out.reshape(G.shape).to(G.dtype)
+
+
+# -- the two Gram inverse square roots, on a front -----------------------------------------------
+def _kappa2(f: GramFront) -> float:
+    """The front's κ² on the schedules' grid (what plans and schedules are built from)."""
+    return kappa2_on_grid(f.kappa2)
+
+
+def _schedule(f: GramFront, tol: float) -> PolySchedule:
+    return poly_schedule(poly_rho(_kappa2(f)), poly_target(tol), f.dtype)
+
+
+def _poly(f: GramFront, tol: float) -> Tensor:
+    """``A^{-1/2}`` by the schedule for the front's ``ρ`` and :func:`poly_target` of ``tol``."""
+    f = tighten(f)
+    sched = _schedule(f, tol)
+    return poly_inv_sqrt(f, sched, step_dtypes(sched, tol, f.dtype, f.A.device.type))
+
+
+def _poly_map(f: GramFront, tol: float, restart: int, phase2: torch.dtype | None = None) -> Tensor:
+    """The map ``[B, m, n]`` by the polynomial path, restarted after ``restart`` steps if > 0
+    (the restarted phase in ``phase2``)."""
+    if restart:
+        f = tighten(f)
+        sched = _schedule(f, tol)
+        return poly_restart(f, sched, restart, target=poly_target(tol), phase2=phase2)
+    return f.apply(_poly(f, tol))
+
+
+def _eigh(f: GramFront, tol: float) -> tuple[Tensor, Tensor | None]:
+    """``(A^{-1/2}, bad)``: eigh, and the matrices the a-posteriori bound rejects (``None``
+    when the a-priori bound already guarantees ``tol``)."""
+    M, lam = eigh_inv_sqrt(f)
+    if gram_floor(f.kappa2, f.dtype) <= tol:  # a priori: ½u L/ε² >= the computed ratio
+        return M, None
+    return M, eigh_bad(f, lam, tol)
+
+
+def _svd_redo(out: Tensor, f: GramFront, bad: Tensor | None) -> Tensor:
+    """Recompute the ``bad`` matrices of ``out`` by SVD of the front's (scaled) input."""
+    if bad is None or not bool(bad.any()):
+        return out
+    assert f.X is not None
+    e2 = f.e2[bad].reshape(-1, 1)  # (ε/s)², with the input divided by s too (exact)
+    redo = svd_map(f.X[bad] * f.inv_s[bad], lambda S: S * torch.rsqrt(S.square() + e2))
+    out = out.clone()
+    out[bad] = redo.to(out.dtype)
+    return out
+
+
+# -- methods ---------------------------------------------------------------------------------------
+def _eigh_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+    tol = default_tol(G.dtype) if tol is None else tol
+    work = work_dtype(G.dtype)
+    f = gram_front(G, eps, work, bound="A")
+    if work == torch.float32 and gram_floor(f.kappa2, work) > tol:
+        f = tighten(f)  # one r x r product for a tighter κ² before paying for float64
+        if gram_floor(f.kappa2, work) > tol:
+            f = gram_front(G, eps, torch.float64, bound="A")
+    try:
+        M, bad = _eigh(f, tol)
+    except torch.linalg.LinAlgError:  # eigensolver failed to converge: exact SVD path
+        return _svd_method(G, eps, tol)
+    return _finish(_svd_redo(f.apply(M), f, bad), G)
+
+
+def _svd_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+    return spectral_map(G, eps, _relativistic_weight, method="svd", tol=tol)
+
+
+def _poly_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+    """Matmul-only path: float32 work where its rounding fits ``tol`` (restarted if that is
+    what it takes, :func:`~muonflow.polar.planning.best_restart`), else float64."""
+    tol = default_tol(G.dtype) if tol is None else tol
+    work = work_dtype(G.dtype)
+    f = gram_front(G, eps, work)
+    restart = 0
+    if work == torch.float32 and not fits(f.kappa2, tol, work, G.device.type):
+        rs = None
+        if tol >= ITER_ROUNDOFFS * gemm_roundoff(work, G.device.type):
+            rs = best_restart(f.kappa2, tol, work, G.device.type)
+        if rs is None:
+            f = gram_front(G, eps, torch.float64)
+        else:
+            restart = rs[0]
+    return _finish(_poly_map(f, tol, restart), G)
+
+
+#: Registry of methods computing the relativistic map: name -> fn(G, eps, tol).
+POLAR_METHODS: dict[str, Callable[[Tensor, float | Tensor, float | None], Tensor]] = {
+    "eigh": _eigh_method,
+    "svd": _svd_method,
+    "poly": _poly_method,
+}
+
+
+# -- auto ------------------------------------------------------------------------------------------
+def _plan_front(
+    f: GramFront, r: int, dtype: torch.dtype, tol: float, aspect: float = 1.0
+) -> tuple[AutoPlan, GramFront]:
+    """The plan for a ``bound="A"`` front, tightening its bound (one ``r x r`` product) only
+    where the best bound ``‖A²‖_F^{1/2}`` can give (``κ²/r^{1/4}``) could change the plan —
+    except that float32 ``eigh`` is then tried directly, checked a posteriori."""
+    device = f.A.device.type
+
+    def plan(kappa2: float) -> AutoPlan:
+        return choose_method(
+            r=r,
+            dtype=dtype,
+            device_type=device,
+            tol=tol,
+            kappa2=kappa2,
+            aspect=aspect,
+            restart=f.X is not None,
+        )
+
+    p = plan(_kappa2(f))
+    if f.A2 is None:
+        q = plan(kappa2_on_grid(f.kappa2 / r**0.25))
+        if (q.method, q.dtype) == ("eigh", torch.float32) and q.dtype == f.dtype:
+            # float32 eigh may do: try it and let its a-posteriori bound (the computed
+            # spectrum, tighter than any a-priori one) send failures to the SVD
+            return q, f
+        if p.method == "poly" or (q.method, q.dtype, q.restart) != (p.method, p.dtype, p.restart):
+            f = tighten(f)
+            p = plan(_kappa2(f))
+    return p, f
+
+
+def _first_bound(r: int, device_type: str) -> str:
+    """``"A2"`` where the polynomial path is the likely plan (accelerators; ``r <= 64`` on CPU,
+    where ``eigh`` costs more than any float32 schedule), so its ``A²`` is formed with the
+    front's one synchronization; else the free ``"A"``, tightened only if it matters."""
+    return "A2" if device_type != "cpu" or r <= 64 else "A"
+
+
+def plan_auto(G: Tensor, eps: float | Tensor, tol: float | None = None) -> AutoPlan:
+    """The :class:`AutoPlan` ``regularized_polar(G, eps, method="auto", tol=tol)`` follows."""
+    G = check_matrix(G, "G")
+    r = min(G.shape[-2:])
+    if tol is None:
+        return choose_method(
+            r=r, dtype=G.dtype, device_type=G.device.type, tol=None, kappa2=math.nan
+        )
+    f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
+    return _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)[0]
+
+
+def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+    if tol is None:
+        return _eigh_method(G, eps, None)
+    r = min(G.shape[-2:])
+    f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
+    plan, f = _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)
+    if plan.method == "svd":
+        return _svd_method(G, eps, tol)
+    if plan.dtype != f.dtype:
+        f = gram_front(G, eps, plan.dtype, bound="A2" if plan.method == "poly" else "A")
+    if plan.method == "poly":
+        return _finish(_poly_map(f, tol, plan.restart, plan.phase2), G)
+    try:
+        M, bad = _eigh(f, tol)
+    except torch.linalg.LinAlgError:  # eigensolver failed to converge: exact SVD path
+        return _svd_method(G, eps, tol)
+    return _finish(_svd_redo(f.apply(M), f, bad), G)
+
+
+# -- public entry points ---------------------------------------------------------------------------
+def regularized_polar(
+    G: Tensor, eps: float | Tensor, *, method: str = "auto", tol: float | None = None
+) -> Tensor:
+    r"""The regularized Muon map :math:`G (G^\top G + \varepsilon^2 I)^{-1/2}`, batched.
+
+    This is :math:`\nabla K_\varepsilon` of the relativistic potential
+    :math:`K_\varepsilon(P) = \sum_i \sqrt{\sigma_i^2 + \varepsilon^2} - \varepsilon`:
+    singular values are mapped by :math:`\sigma \mapsto \sigma/\sqrt{\sigma^2+\varepsilon^2} < 1`.
+
+    Args:
+        G: ``[..., m, n]`` real floating tensor; leading dims are a batch.
+        eps: the regularization scale ``ε >= 0`` in singular-value units (a float, or a
+            tensor of shape ``[...]`` with one ``ε > 0`` per matrix). ``eps == 0`` gives the
+            polar factor ``U V^T`` (zero singular directions map to 0). Texts that write
+            ``(GᵀG + εI)^{-1/2}`` use ``ε_theirs = ε**2``.
+        method: ``"auto"`` (:func:`~muonflow.polar.planning.choose_method`: exact ``"eigh"``
+            for ``tol=None``, else the cheapest path meeting ``tol``) or a key of
+            :data:`POLAR_METHODS`.
+        tol: requested relative accuracy per singular direction (hence also in the Frobenius
+            norm); default :func:`~muonflow.polar.front.default_tol` of ``G.dtype``.
+            ``"poly"``/``"auto"`` split it: ``<= tol/2`` from the polynomial schedule (exact
+            arithmetic) and a first-order rounding term ``½ u κ² <= tol/2`` by the choice of
+            working dtype, ``κ² = L/ε² >= (||G||² + ε²)/ε²``; ``"poly"`` cannot beat float64's
+            ``½ u₆₄ κ²`` (``"auto"`` takes the SVD there).
+
+    Returns:
+        ``[..., m, n]`` tensor of ``G``'s dtype and device. Differentiable by autograd on
+        every path (``docs/polar.md``).
+    """
+    G = check_matrix(G, "G", finite=False)
+    method = check_choice(method, "method", {"auto", *POLAR_METHODS})
+    # one host synchronization validates G (NaN and ±inf propagate) and a tensor ε
+    ext = [*torch.aminmax(G.detach())]
+    if isinstance(eps, Tensor):
+        if eps.is_complex() or not eps.is_floating_point():
+            raise TypeError(f"eps must be a real floating tensor, got {eps.dtype}")
+        ext += [*torch.aminmax(eps.detach())] if eps.numel() else []
+    if any(v.dtype != ext[0].dtype for v in ext):
+        ext = [v.to(torch.float64) for v in ext]
+    vals = torch.stack(ext).tolist()
+    if not all(math.isfinite(v) for v in vals[:2]):
+        check_finite(G, "G")  # raises, counting the bad entries
+    if isinstance(eps, Tensor):
+        if len(vals) < 4 or not (math.isfinite(vals[3]) and vals[2] > 0):
+            check_scale(eps.detach(), "eps", allow_zero=False)  # raises with the value
+    else:
+        eps = check_scale(eps, "eps", allow_zero=True)
+    if tol is not None:
+        check_scale(tol, "tol", allow_zero=False)
+    if isinstance(eps, Tensor) and eps.numel() not in (1, G[..., 0, 0].numel()):
+        raise ValueError(
+            f"eps must be a float or hold one value per matrix ({G[..., 0, 0].numel()}), "
+            f"got shape {tuple(eps.shape)}"
+        )
+    if isinstance(eps, float) and eps == 0.0:
+        return polar(G, method="poly" if method == "poly" else "svd", tol=tol)
+    if method == "auto":
+        return _auto(G, eps, tol)
+    return POLAR_METHODS[method](G, eps, tol)
+
+
+def inv_sqrt_from_gram(
+    A: Tensor, eps: float | Tensor, *, tol: float | None = None, method: str = "auto"
+) -> Tensor:
+    r""":math:`(A + \varepsilon^2 I)^{-1/2}` of a precomputed Gram matrix ``A = XᵀX``, batched.
+
+    For a matrix ``X`` whose Gram matrix is assembled elsewhere (e.g. all-reduced over the row
+    shards of a tall ``X``), the regularized map is then ``X_local @ inv_sqrt_from_gram(A, ε)``
+    on each shard. Same front, policy and accuracy control as :func:`regularized_polar`:
+    ``A: [..., r, r]`` symmetric positive semi-definite; ``eps > 0`` a float or one value per
+    matrix; ``tol`` the relative accuracy per eigen-direction (default
+    :func:`~muonflow.polar.front.default_tol` of ``A.dtype``); ``method`` ``"auto"``, ``"eigh"``
+    or ``"poly"``. The working dtype is promoted to float64 where ``½u κ²`` misses ``tol``, and
+    ``"eigh"`` results the a-posteriori bound rejects are recomputed in float64. Accuracy is
+    relative to the ``A`` given: the rounding committed when ``A`` was formed (about
+    ``½ u_A κ²``) is the caller's. Returns ``[..., r, r]`` in ``A``'s dtype; differentiable.
+    """
+    A = check_matrix(A, "A", finite=False)
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A must be square [..., r, r], got shape {tuple(A.shape)}")
+    check_finite(A.detach(), "A")
+    if isinstance(eps, Tensor):
+        check_scale(eps.detach(), "eps", allow_zero=False)
+    else:
+        eps = check_scale(eps, "eps", allow_zero=False)
+    method = check_choice(method, "method", {"auto", "eigh", "poly"})
+    if tol is not None:
+        check_scale(tol, "tol", allow_zero=False)
+    want = default_tol(A.dtype) if tol is None else float(tol)
+    r = A.shape[-1]
+    flat = A.reshape(-1, r, r)
+    e = eps.reshape(-1) if isinstance(eps, Tensor) else eps
+    f = front_from_gram(flat, e, work_dtype(A.dtype), bound="A")
+    if method == "auto":
+        plan, f = _plan_front(f, r, A.dtype, want)
+        choice, dtype = ("eigh" if plan.method == "svd" else plan.method), plan.dtype
+    else:
+        choice, dtype = method, f.dtype
+        if dtype == torch.float32:
+            f = tighten(f)
+            if not fits(f.kappa2, want, dtype, A.device.type):
+                dtype = torch.float64
+    if dtype != f.dtype:
+        f = front_from_gram(flat, e, dtype, bound="A")
+    if choice == "poly":
+        M = _unscale(_poly(f, want), f)
+    else:
+        M, bad = _eigh(f, want)
+        M = _unscale(M, f)
+        if bad is not None and bool(bad.any()) and f.dtype != torch.float64:
+            e_bad = e[bad] if isinstance(e, Tensor) else e
+            sub = front_from_gram(flat[bad], e_bad, torch.float64, bound="A")
+            M = M.clone()
+            M[bad] = _unscale(eigh_inv_sqrt(sub)[0], sub).to(M.dtype)
+    return M.reshape(A.shape).to(A.dtype)
+
+
+def _unscale(M: Tensor, f: GramFront) -> Tensor:
+    """Undo the front's scaling: ``(A + ε²I)^{-1/2} = (A/s² + (ε/s)² I)^{-1/2} / s``."""
+    return M * f.inv_s
+
+
+#: Default spectral floor of the matmul-only polar factor: singular values ``>= 1e-3 σ_max``
+#: are mapped to within ``tol`` of 1 (the interval Polar Express designs for).
+POLAR_FLOOR = 1e-3
+
+
+def polar(
+    G: Tensor, *, method: str = "svd", tol: float | None = None, floor: float = POLAR_FLOOR
+) -> Tensor:
+    r"""The polar factor :math:`U V^\top` of ``G: [..., m, n]`` (idealized Muon, ``ε = 0``).
+
+    ``method="svd"`` (default): singular directions with :math:`\sigma \le r\,u\,\sigma_{max}`
+    (numerically zero) map to 0, so a rank-deficient input gives a partial isometry and
+    ``0 -> 0``.
+
+    ``method="poly"`` (matmul-only): the schedule of
+    :func:`~muonflow.polar.schedules.poly_schedule` on :math:`A = X^\top X` with design interval
+    :math:`[\mathrm{floor}\,\sigma_{max}, \sigma_{max}]`: singular values :math:`\ge`
+    ``floor``·σ_max map to within ``tol`` of 1 (promoted to float64 when
+    :math:`\tfrac12 u_{32} / \mathrm{floor}^2 > tol/2`), smaller ones to values in
+    :math:`[0, 1]` increasing with σ, and 0 to 0.
+    """
+    G = check_matrix(G, "G")
+    check_choice(method, "method", {"svd", "poly"})
+    out_dtype = G.dtype
+    if method == "poly":
+        check_scale(floor, "floor", allow_zero=False)
+        if tol is not None:
+            check_scale(tol, "tol", allow_zero=False)
+        want = default_tol(out_dtype) if tol is None else float(tol)
+        work = work_dtype(out_dtype)
+        if work == torch.float32 and not fits(1 / floor**2, want, work, G.device.type):
+            work = torch.float64
+        f = gram_front(G, 0.0, work)
+        theta, _ = lmax_estimate(f.A)  # θ <= λ_max: singular values >= floor·σ_max are
+        rho = float((floor * (theta / f.L).sqrt()).min())  # >= floor·√θ
+        sched = poly_schedule(min(max(rho, RHO_MIN), 1.0), poly_target(want), work)
+        M = poly_inv_sqrt(f, sched, step_dtypes(sched, want, work, G.device.type))
+        return _finish(f.apply(M), G)
+    X = G.to(work_dtype(G.dtype))
+    s = torch.linalg.vector_norm(X, float("inf"), dim=(-2, -1), keepdim=True)
+    X = X / torch.where(s > 0, s, 1.0)
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    cutoff = S[..., :1] * (min(X.shape[-2:]) * unit_roundoff(X.dtype))
+    keep = (S > cutoff).to(X.dtype)
+    return ((U * keep.unsqueeze(-2)) @ Vh).to(out_dtype)
