@@ -25,8 +25,10 @@ embeddings and heads); :class:`RegMuon` only routes parameters, state and option
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -251,6 +253,7 @@ def regmuon(
     tol: float | None = None,
     method: str = "auto",
     chunk_rows: int | None = None,
+    layout: Any = None,
 ) -> None:
     r"""Functional RegMuon update of a stack of same-shape matrices (in place).
 
@@ -273,6 +276,9 @@ def regmuon(
         lr_ratio: the shape factor ``ρ`` (see :data:`ADJUST_LR`).
         chunk_rows: at most this many matrices per batched map call (``None``: all at once).
             Peak extra memory is a few chunks; the result does not depend on it.
+        layout: ``None``, or the :class:`muonflow.distributed.MatrixLayout` of DTensor
+            parameters whose local shards these are: the map is then that of the full matrices
+            (:func:`muonflow.distributed.map_sharded`; collective).
     """
     counts = [p.shape[0] for p in params]
     bufs = list(momentum_buffer.split(counts))
@@ -286,6 +292,9 @@ def regmuon(
         torch._foreach_mul_(params, 1 - lr * weight_decay)  # W = (1-ηλ)W (decoupled)
     total = momentum_buffer.shape[0]
     rows = total if chunk_rows is None else max(1, chunk_rows)
+    opts: dict[str, Any] = {
+        "potential": potential, "eps": eps, "eps_mode": eps_mode, "tol": tol, "method": method
+    }  # fmt: skip
     for a in range(0, total, rows):  # one batched map per chunk; the chunks split the stack
         b = min(total, a + rows)
         segs = _segments(counts, a, b)
@@ -297,9 +306,10 @@ def regmuon(
             torch._foreach_add_(pieces, g_pieces, alpha=alpha)  # X = βM + g  (or (1-β)g)
         else:
             X = momentum_buffer[a:b]
-        D = orthogonalize(
-            X, potential=potential, eps=eps, eps_mode=eps_mode, tol=tol, method=method
-        )  # D = ∇K(X)
+        if layout is None:
+            D = orthogonalize(X, **opts)  # D = ∇K(X)
+        else:  # DTensor shards: the shards of ∇K of the full matrices
+            D = layout.map(X, functools.partial(orthogonalize, **opts), **opts)
         torch._foreach_add_(
             [params[i][lo:hi] for i, lo, hi, _, _ in segs],
             [D[c0:c1] for _, _, _, c0, c1 in segs],
@@ -396,6 +406,55 @@ def _param_label(group: dict[str, Any], gi: int, j: int) -> str:
     if names:
         return repr(names[j])
     return f"param_groups[{gi}]['params'][{j}]"
+
+
+# -- DTensor parameters (torch.distributed FSDP2; muonflow.distributed) ------------------------
+def _dtensor_layout(p: Tensor, view: str) -> Any:
+    """``None`` for a plain tensor; a DTensor's :class:`muonflow.distributed.MatrixLayout`."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor can exist; import nothing
+        return None
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(p, DTensor):
+        return None
+    from .distributed.dtensor import matrix_layout
+
+    return matrix_layout(p, view)
+
+
+def _local_matrices(
+    t: Tensor, layout: Any, k: int, m: int, n: int
+) -> tuple[Tensor, tuple[int, int, int]]:
+    """``(t, (k, m, n))``, or for a DTensor its local shard and the shard's matrix shape."""
+    if layout is None:
+        return t, (k, m, n)
+    local = t.to_local()  # type: ignore[attr-defined]
+    return local, layout.local_shape(local)
+
+
+def _first_nonfinite(grads: list[Tensor]) -> int | None:
+    """Index of the first gradient with a NaN/Inf entry, or ``None``.
+
+    max|g| is finite iff every entry is (NaN propagates; a max never overflows): one fused
+    foreach kernel and one host sync per device. DTensor gradients: every rank must agree
+    (:func:`muonflow.distributed.dtensor.first_nonfinite`, one small all-reduce).
+    """
+    if not grads:
+        return None
+    if "torch.distributed.tensor" in sys.modules:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(g, DTensor) for g in grads):
+            from .distributed.dtensor import first_nonfinite
+
+            return first_nonfinite(grads)
+    norms = torch._foreach_norm(grads, math.inf)
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for n in norms:
+        by_device.setdefault(n.device, []).append(n.float())
+    if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values()):
+        return None
+    return next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
 
 
 # -- the optimizer ------------------------------------------------------------------------------
@@ -768,10 +827,10 @@ class RegMuon(Optimizer):
                 where.append((gi, j))
             work.append(items)
         grads = [g for items in work for _, g in items]
-        if grads and not self._all_finite(grads):
+        bad = _first_nonfinite(grads)
+        if bad is not None:
             if self.on_nonfinite == "skip":
                 return None
-            bad = next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
             gi, j = where[bad]
             raise ValueError(
                 f"non-finite gradient (NaN or Inf) in parameter "
@@ -781,15 +840,6 @@ class RegMuon(Optimizer):
             )
         return work
 
-    @staticmethod
-    def _all_finite(grads: list[Tensor]) -> bool:
-        # max|g| is finite iff every entry is (NaN propagates; a max never overflows): one
-        # fused foreach kernel and one host sync per device.
-        norms = torch._foreach_norm(grads, math.inf)
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for n in norms:
-            by_device.setdefault(n.device, []).append(n.float())
-        return all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -851,20 +901,24 @@ class RegMuon(Optimizer):
         buckets: dict[tuple[Any, ...], list[tuple[Tensor, Tensor, int]]] = {}
         for p, g in items:
             k, m, n = matrix_shape(p.shape, group["matrix_view"])
-            buckets.setdefault((m, n, p.dtype, p.device), []).append((p, g, k))
+            layout = _dtensor_layout(p, group["matrix_view"])  # None unless p is a DTensor
+            buckets.setdefault((m, n, p.dtype, p.device, layout), []).append((p, g, k))
         for key, members in buckets.items():
-            m, n, dtype, _ = key
+            m, n, dtype, _, layout = key
             params = [p for p, _, _ in members]
-            counts = [k for _, _, k in members]
-            buf = self._packed_buffer(gi, key, params, counts)
+            # plain tensors [k, m, n]; DTensors: their local shards, [k_local, rows, cols]
+            local = [_local_matrices(p, layout, k, m, n) for p, _, k in members]
+            counts = [shape[0] for _, shape in local]
+            buf = self._packed_buffer(gi, key, params, [shape for _, shape in local])
             mats, copies = [], []
-            for p, k in zip(params, counts, strict=True):
+            for t, shape in local:
                 try:
-                    mats.append(p.view(k, m, n))
+                    mats.append(t.view(shape))
                 except RuntimeError:  # non-viewable strides: update a copy and write it back
-                    mats.append(p.reshape(k, m, n).clone())
-                    copies.append((p, mats[-1]))
-            grads = [g.reshape(k, m, n) for (_, g, k) in members]
+                    mats.append(t.reshape(shape).clone())
+                    copies.append((t, mats[-1]))
+            grads = [_local_matrices(g, layout, k, m, n)[0].reshape(shape)
+                     for (_, g, k), (_, shape) in zip(members, local, strict=True)]  # fmt: skip
             rows_m, rows_n = (n, m) if group["layout"] == "in_out" else (m, n)
             chunk = None
             if cap is not None:  # max_batch_bytes="auto"
@@ -887,14 +941,22 @@ class RegMuon(Optimizer):
                 tol=group["tol"],
                 method=group["method"],
                 chunk_rows=chunk,
+                layout=layout,
             )
-            for p, mat in copies:
-                p.copy_(mat.view(p.shape))
+            for t, mat in copies:
+                t.copy_(mat.view(t.shape))
 
     def _packed_buffer(
-        self, gi: int, key: tuple[Any, ...], params: list[Tensor], counts: list[int]
+        self,
+        gi: int,
+        key: tuple[Any, ...],
+        params: list[Tensor],
+        shapes: list[tuple[int, int, int]],
     ) -> Tensor:
         """The stacked momentum ``[sum k_i, m, n]`` of ``params``; their state buffers are views.
+
+        ``shapes``: each parameter's ``(k_i, m, n)``; for DTensor parameters those of the local
+        shards, and the state buffers are DTensors (placed as the parameters) viewing the stack.
 
         Reused while the members and their buffers are unchanged; otherwise (first step, after
         ``load_state_dict``, a member without gradient) repacked, copying existing buffers.
@@ -907,12 +969,14 @@ class RegMuon(Optimizer):
                 for a, b, v in zip(c_params, params, views, strict=True)
             ):
                 return stacked
-        m, n, dtype, device = key
-        stacked = torch.zeros(sum(counts), m, n, dtype=dtype, device=device)
+        _, _, dtype, device, layout = key
+        a, b = shapes[0][1:]
+        stacked = torch.zeros(sum(k for k, _, _ in shapes), a, b, dtype=dtype, device=device)
         views = []
         off = 0
-        for p, k in zip(params, counts, strict=True):
-            view = stacked[off : off + k].view(p.shape)
+        for p, (k, _, _) in zip(params, shapes, strict=True):
+            piece = stacked[off : off + k]
+            view = piece.view(p.shape) if layout is None else layout.wrap(piece, p)
             old = self.state[p].get("momentum_buffer")
             if old is not None:
                 view.copy_(old)
@@ -950,6 +1014,8 @@ class RegMuon(Optimizer):
             for p in group["params"]:
                 buf = self.state.get(p, {}).get("momentum_buffer")
                 if buf is not None:
+                    if hasattr(buf, "full_tensor"):  # a DTensor: whole matrices (collective)
+                        buf = buf.full_tensor()
                     k, m, n = matrix_shape(p.shape, group["matrix_view"])
                     stacks.setdefault((m, n), []).append(buf.reshape(k, m, n).double())
             for (m, n), bufs in stacks.items():
