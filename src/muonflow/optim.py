@@ -292,6 +292,8 @@ def regmuon(
         torch._foreach_mul_(params, 1 - lr * weight_decay)  # W = (1-ηλ)W (decoupled)
     total = momentum_buffer.shape[0]
     rows = total if chunk_rows is None else max(1, chunk_rows)
+    if layout is not None:  # shards: each rank maps (about) rows / world whole matrices
+        rows *= layout.world
     opts: dict[str, Any] = {
         "potential": potential, "eps": eps, "eps_mode": eps_mode, "tol": tol, "method": method
     }  # fmt: skip

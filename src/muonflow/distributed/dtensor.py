@@ -29,21 +29,23 @@ results: :math:`\Phi(X)_q = \big[\Phi([X_1; \dots; X_W])\big]_q`.
     \Phi(X)_q = X_q \Big(\sum_p X_p^\top X_p + \varepsilon^2 I\Big)^{-1/2},
 
 and relative ε needs only :math:`\|X\|_F^2 = \mathrm{tr}(X^\top X)`. The local ``r x r``
-Gram matrices (float64, upper triangles) are reduce-scattered to their owners, each owner
-computes the inverse square roots of its block of the stack, and one all-gather returns the
-``r x r`` factors; every rank then multiplies its own rows. A ring all-reduce *is* this
-reduce-scatter + all-gather, so the bytes are those of all-reducing the Grams, without
-computing every inverse square root on every rank. Only the relativistic potential (the
-default) has this form; ``method="svd"`` and matrices whose Gram path cannot meet ``tol``
-(the same a-posteriori tests as :mod:`muonflow.polar`) are gathered instead.
+Gram matrices (upper triangles) are reduce-scattered to their owners, each owner computes the
+inverse square roots of its block of the stack, and one all-gather returns the ``r x r``
+factors; every rank then multiplies its own rows. A ring all-reduce *is* this reduce-scatter +
+all-gather, so the bytes are those of all-reducing the Grams, without computing every inverse
+square root on every rank. The Grams are formed in the map's working dtype, as
+:mod:`muonflow.polar` forms them, and the owner takes ``polar``'s decisions from them (dtype,
+path, schedule); where ``polar`` would promote to float64, those matrices are redone with
+float64 Grams, and where the Gram path cannot meet ``tol`` (``polar``'s a-posteriori tests)
+they are gathered. Only the relativistic potential (the default) has this form.
 
 **Which** (``scheme="auto"``, :func:`choose_scheme`): the one that sends fewer bytes per rank,
 counted exactly as issued: gather :math:`2\,c\,mn\,s\,(W-1)/W^2` (``s`` bytes per entry),
-gram :math:`2\,c_W\,(r(r+1)/2 + 1)\cdot 8\,(W-1)/W` (``c_W`` = ``c`` rounded up to a multiple
-of ``W``). For float32 the Gram scheme wins when the long side exceeds about
-``(r + 1)·W`` (float64: half that). Both schemes take two collectives and the same
-per-matrix work; measured times and the cost table are in ``docs/distributed.md``
-(``benchmarks/bench_fsdp.py``).
+gram :math:`2\,c_W\,(r(r+1)/2 + 1)\,s_G\,(W-1)/W` (``c_W`` = ``c`` rounded up to a multiple
+of ``W``; ``s_G`` = 4 for float32 at a given ``tol``, 8 for exact maps and float64). With
+``s_G = s`` the Gram scheme wins when the long side exceeds about ``(r + 1)·W/2``. Both
+schemes take two collectives and the same flops per matrix, spread over the ranks; measured
+times and the cost table are in ``docs/distributed.md`` (``benchmarks/bench_fsdp.py``).
 
 Optimizer state. Momentum buffers are DTensors with the parameter's placements, views of one
 local stacked storage per bucket (``RegMuon``'s packing), so optimizer memory per rank is
@@ -245,21 +247,23 @@ def matrix_layout(p: Any, view: str = "auto") -> MatrixLayout:
 
 
 # -- the scheme ------------------------------------------------------------------------------------
-def scheme_bytes(layout: MatrixLayout, count: int, itemsize: int) -> dict[str, float]:
+def scheme_bytes(
+    layout: MatrixLayout, count: int, itemsize: int, gram_itemsize: int = 8
+) -> dict[str, float]:
     """Bytes each rank sends, on average, to map ``count`` matrices of ``layout`` per scheme.
 
     ``gather``: :math:`2\\,c\\,mn\\,s\\,(W-1)/W^2` (two all-to-alls, each moving the blocks
-    not already on their destination); ``gram``: :math:`2\\,c_W\\,(r(r+1)/2+1)\\cdot 8\\,(W-1)/W`
-    (reduce-scatter + all-gather of packed float64 ``r x r`` matrices and one flag each,
-    ``c_W = W·ceil(c/W)``). The exact per-rank figures of uneven shards are in
-    :func:`comm_stats`.
+    not already on their destination; ``s = itemsize``); ``gram``:
+    :math:`2\\,c_W\\,(r(r+1)/2+1)\\,s_G\\,(W-1)/W` (reduce-scatter + all-gather of packed
+    ``r x r`` matrices and one flag each, ``c_W = W·ceil(c/W)``, ``s_G = gram_itemsize``).
+    Exact per-rank figures, uneven shards included, are in :func:`comm_stats`.
     """
     W, m, n = layout.world, layout.m, layout.n
     r = min(m, n)
     c_pad = W * -(-count // W)
     return {
         "gather": 2 * count * m * n * itemsize * (W - 1) / W**2,
-        "gram": 2 * c_pad * (r * (r + 1) // 2 + 1) * 8 * (W - 1) / W,
+        "gram": 2 * c_pad * (r * (r + 1) // 2 + 1) * gram_itemsize * (W - 1) / W,
     }
 
 
@@ -270,14 +274,21 @@ def _gram_applies(layout: MatrixLayout, potential: str, method: str) -> bool:
 
 
 def choose_scheme(
-    layout: MatrixLayout, count: int, itemsize: int, *, potential: str, method: str
+    layout: MatrixLayout,
+    count: int,
+    itemsize: int,
+    *,
+    potential: str,
+    method: str,
+    gram_itemsize: int = 8,
 ) -> str:
-    """``"gram"`` or ``"gather"`` for ``count`` matrices of ``layout`` (see the module doc)."""
+    """``"gram"`` or ``"gather"`` for ``count`` matrices of ``layout``: where the Gram scheme
+    applies, the one of fewer bytes by :func:`scheme_bytes` (see the module docstring)."""
     if not _gram_applies(layout, potential, method) or _SCHEME[0] == "gather":
         return "gather"
     if _SCHEME[0] == "gram":
         return "gram"
-    b = scheme_bytes(layout, count, itemsize)
+    b = scheme_bytes(layout, count, itemsize, gram_itemsize)
     return "gram" if b["gram"] < b["gather"] else "gather"
 
 
@@ -321,7 +332,9 @@ def map_sharded(
     if layout is None or layout.kind == "local" or layout.world == 1 or potential == "quadratic":
         return map_fn(X)  # whole matrices here, or the identity map (pointwise)
     c = X.shape[0]
-    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method)
+    gram_itemsize = torch.finfo(_gram_dtype(X, tol, method)).bits // 8
+    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method,
+                          gram_itemsize=gram_itemsize)  # fmt: skip
     if which == "gram":
         return _gram_map(X, layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol, method=method)
     return _gather_map(X, layout, map_fn)
@@ -379,6 +392,15 @@ def _rs_ag(layout: MatrixLayout) -> tuple[Callable[..., Any], Callable[..., Any]
     return rs, ag
 
 
+def _gram_dtype(X: Tensor, tol: float | None, method: str) -> torch.dtype:
+    """The Gram matrices' dtype: the map's working dtype (float32 below float64) when ``tol``
+    lets the auto/poly paths decide the precision from them; float64 for the exact paths
+    (as :mod:`muonflow.polar`, which promotes those to float64 in all but trivial cases)."""
+    if X.dtype == torch.float64 or tol is None or method == "eigh":
+        return torch.float64
+    return torch.float32
+
+
 def _gram_map(
     X: Tensor,
     layout: MatrixLayout,
@@ -388,26 +410,34 @@ def _gram_map(
     eps_mode: str,
     tol: float | None,
     method: str,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Gram scheme: reduce-scatter the local Grams to owners, inverse square roots there,
-    all-gather the factors, multiply the local rows (see the module docstring)."""
+    all-gather the factors, multiply the local rows (see the module docstring).
+
+    ``dtype``: of the Gram matrices (default :func:`_gram_dtype`). Matrices whose float32
+    Gram is too coarse for ``tol`` (the owner's plan asks for float64, as ``polar`` would
+    promote) are redone with float64 Grams; those the Gram path cannot do are gathered.
+    """
     W, q, group = layout.world, layout.rank, layout.group
+    gd = _gram_dtype(X, tol, method) if dtype is None else dtype
+    size = torch.finfo(gd).bits // 8
     rows = layout.kind == "rows"
     Xt = X if rows else X.mT  # [c, a, r]: the cut axis is the long one
     c, r = X.shape[0], Xt.shape[-1]
     per = -(-c // W)
     iu = torch.triu_indices(r, r, device=X.device)
     P = iu.shape[1]
-    Xd = Xt.to(torch.float64)
-    G = Xd.mT @ Xd  # local Gram X_qᵀ X_q, [c, r, r]
+    Xg = Xt.to(gd)
+    G = Xg.mT @ Xg  # local Gram X_qᵀ X_q, [c, r, r]
     packed = G.new_zeros(W * per, P)
     packed[:c] = G[:, iu[0], iu[1]]
     off = _owner_offset(layout, -(-c // per) if c else 0)  # rotate by the blocks in use
     order = [(d - off) % W for d in range(W)]  # rank d owns block order[d] of the stack
     send = packed.view(W, per, P)[order].reshape(-1)
-    mine = X.new_empty(per * P, dtype=torch.float64)
+    mine = send.new_empty(per * P)
     rs, ag = _rs_ag(layout)
-    _count("reduce_scatter", send.numel() * 8 * (W - 1) / W)
+    _count("reduce_scatter", send.numel() * size * (W - 1) / W)
     collective(lambda: rs(mine, send, op=dist.ReduceOp.SUM, group=group), group=group,
                what="the reduce-scatter of the Gram matrices")  # fmt: skip
     b = order[q]
@@ -417,15 +447,15 @@ def _gram_map(
         rms = A.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt() / math.sqrt(r)
         e = torch.where(rms > 0, eps * rms, torch.full_like(rms, eps))
     else:
-        e = torch.full((cnt,), float(eps), dtype=torch.float64, device=X.device)
-    out = X.new_zeros(per, P + 1, dtype=torch.float64)
+        e = torch.full((cnt,), float(eps), dtype=gd, device=X.device)
+    out = send.new_zeros(per, P + 1)  # packed factors and one flag each
     if cnt:
         M, flag = _inv_sqrt_from_gram(A, e, tol=tol, method=method, dtype=X.dtype,
                                       device_type=X.device.type)  # fmt: skip
         out[:cnt, :P] = M[:, iu[0], iu[1]]
         out[:cnt, P] = flag
-    gathered = X.new_empty(W * per, P + 1, dtype=torch.float64)
-    _count("all_gather", gathered.numel() * 8 * (W - 1) / W)
+    gathered = send.new_empty(W * per, P + 1)
+    _count("all_gather", gathered.numel() * size * (W - 1) / W)
     collective(lambda: ag(gathered, out, group=group), group=group,
                what="the all-gather of the inverse square roots")  # fmt: skip
     inv = [0] * W
@@ -441,10 +471,15 @@ def _gram_map(
         elif bool(sel.any()):
             Dt[sel] = (Xt[sel].to(dt) @ Mall[sel].to(dt)).to(X.dtype)
     D = Dt if rows else Dt.mT
-    bad = flags == 2
-    if bool(bad.any()):  # the Gram path cannot meet tol there: gather these matrices
+    if bool((flags >= 2).any()):
         D = D.clone()
-        D[bad] = _gather_map(X[bad], layout, map_fn)
+        redo = flags == 3  # float32 Grams too coarse for tol: again with float64 Grams
+        if bool(redo.any()):
+            D[redo] = _gram_map(X[redo], layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol,
+                                method=method, dtype=torch.float64)  # fmt: skip
+        bad = flags == 2  # the Gram path cannot meet tol there: gather these matrices
+        if bool(bad.any()):
+            D[bad] = _gather_map(X[bad], layout, map_fn)
     return D
 
 
@@ -463,13 +498,15 @@ def _inv_sqrt_from_gram(
     precomputed Gram matrix, with the decisions ``regularized_polar(X, ε, method, tol)`` takes
     for an input of ``dtype`` whose Gram is ``A``.
 
-    ``A: [B, r, r]`` float64 (``XᵀX``, tall orientation), ``e: [B]`` float64. Returns
-    ``(M, flag)``: ``M [B, r, r]`` float64; ``flag`` per matrix ``0``: apply ``X M`` in float32,
-    ``1``: in float64, ``2``: the Gram path cannot meet ``tol`` (the caller maps it whole).
+    ``A: [B, r, r]`` (``XᵀX``, tall orientation; float64, or float32 formed as ``polar``'s
+    float32 front forms it), ``e: [B]``. Returns ``(M, flag)``, ``M [B, r, r]`` in ``A``'s dtype
+    and per matrix ``flag`` ``0``: apply ``X M`` in float32; ``1``: in float64; ``2``: the Gram
+    path cannot meet ``tol`` (map the matrix whole); ``3``: ``A`` is float32 and the plan needs
+    float64 (``polar`` would promote: form the Gram in float64 and call again).
 
-    ``tol=None`` / ``"eigh"``: eigendecomposition (float64) with the a-posteriori test of
-    :func:`muonflow.polar._svd_where_eigh_inaccurate`; ``"poly"``/``"auto"``: the working
-    dtype, path and schedule of :func:`muonflow.polar.choose_method` from the same κ² estimate.
+    ``tol=None`` / ``"eigh"``: eigendecomposition (float64 ``A``) with the a-posteriori test of
+    ``polar``'s ``_svd_where_eigh_inaccurate``; ``"poly"``/``"auto"``: the working dtype, path
+    and schedule of :func:`muonflow.polar.choose_method` from ``polar``'s κ² estimate.
     """
     from ..polar import (
         _eigh_inv_sqrt,
@@ -482,40 +519,40 @@ def _inv_sqrt_from_gram(
         work_dtype,
     )
 
-    f64 = torch.float64
+    gd = A.dtype
+    B, r = A.shape[0], A.shape[-1]
     # s: a power of two >= max(√max_i A_ii, ε) (exact scaling, as polar's front)
     a = torch.maximum(A.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(0).sqrt(), e)
     s = torch.where(a > 0, torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent), 1.0)
     As = A / s.square()[:, None, None]
     es = (e / s)[:, None, None]  # [B, 1, 1]
-    B = A.shape[0]
-    if tol is None or method == "eigh":  # spectral_map(method="eigh"), in float64
+    if tol is None or method == "eigh":  # spectral_map(method="eigh") on the float64 Gram
         want = default_tol(dtype) if tol is None else tol
         lam, V = torch.linalg.eigh(As)
         lam = lam.clamp_min(0)
         w = torch.rsqrt(lam + es.squeeze(-1).square())  # g(σ)/σ = 1/√(λ + ε²)
         M = (V * w.unsqueeze(-2)) @ V.mT
-        u = unit_roundoff(f64)
+        u = unit_roundoff(gd)
         bound = 0.5 * u * lam[:, -1] / (lam[:, 0] + es.view(-1).square())
-        flag = torch.where(bound > max(want, u**0.5), 2.0, 1.0).to(f64)
+        flag = torch.where(bound > max(want, u**0.5), 2.0, 1.0).to(gd)
         return M / s[:, None, None], flag
     A1 = As.clone()
     A1.diagonal(dim1=-2, dim2=-1).add_(es.view(-1, 1).square())  # A + ε² I (scaled)
     _, est = lmax_estimate(A1)
     kappa2 = float((est / es.square()).max())
-    r = A.shape[-1]
     if method == "poly":
         work = work_dtype(dtype)
         if work == torch.float32 and not _fits_float32(kappa2, tol, device_type):
-            work = f64
+            work = torch.float64
         plan_method = "poly"
     else:
         plan = choose_method(r=r, dtype=dtype, device_type=device_type, tol=tol,
-                               kappa2=kappa2)  # fmt: skip
+                             kappa2=kappa2)  # fmt: skip
         plan_method, work = plan.method, plan.dtype
-    code = 0.0 if work == torch.float32 else 1.0
     if plan_method == "svd":
         return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
+    if work == torch.float64 and gd == torch.float32:
+        return A.new_zeros(B, r, r), A.new_full((B,), 3.0)
     try:
         if plan_method == "poly":
             M = _poly_inv_sqrt(A1.to(work), es.to(work), tol / 2)
@@ -523,7 +560,8 @@ def _inv_sqrt_from_gram(
             M = _eigh_inv_sqrt(A1.to(work), es.to(work))
     except torch.linalg.LinAlgError:  # the eigensolver failed: map these matrices whole
         return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
-    return M.to(f64) / s[:, None, None], A.new_full((B,), code)
+    code = 0.0 if work == torch.float32 else 1.0
+    return M.to(gd) / s[:, None, None], A.new_full((B,), code)
 
 
 # -- agreement on non-finite gradients -------------------------------------------------------------
