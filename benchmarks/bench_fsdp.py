@@ -163,9 +163,8 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
                 row[which + "_bytes"] = sum(v for k, v in st.items() if k.endswith("_bytes"))
         for which, ts in times.items():
             row[which + "_ms"] = statistics.median(ts) * 1e3
-        row["predicted"] = mfd.scheme_bytes(layout, c, 4, 4)  # float32 entries and Grams
-        row["auto"] = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto",
-                                        gram_itemsize=4)  # fmt: skip
+        row["predicted"] = mfd.scheme_bytes(layout, c, 4)  # float32 entries, float64 Grams
+        row["auto"] = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto")
         row["gram_applies"] = m >= n  # rows cut: the Gram scheme needs the long side cut
         row["single_map_ms"] = statistics.median(
             [_timed(lambda G=G: mf.optim.orthogonalize(G, **opts)) for _ in range(reps)]) * 1e3
@@ -294,11 +293,10 @@ def _min_bytes(model: torch.nn.Module, world: int) -> float:
     total = 0.0
     for (m, n), c in buckets.items():
         layout = mfd.MatrixLayout("rows", m, n, splits=mfd.shard_sizes(m, world))
-        which = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto",
-                                  gram_itemsize=4)  # fmt: skip
+        which = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto")
         r = min(m, n)
         if which == "gram":
-            total += 2 * (world - 1) / world * c * r * (r + 1) / 2 * 4
+            total += 2 * (world - 1) / world * c * r * (r + 1) / 2 * 8
         else:
             sizes = layout.splits  # Σ over matrices of 2·(mn - owner's block)·4, per rank
             total += sum(2 * (m - sizes[j % world]) * n * 4 for j in range(c)) / world
@@ -414,9 +412,8 @@ def project(alpha_us: float, beta_GBps: float, world: int, d: int, layers: int, 
     flops = 0.0
     for (m, n), c in _proj_buckets(d, layers).items():
         layout = mfd.MatrixLayout("rows", m, n, splits=mfd.shard_sizes(m, world))
-        which = mfd.choose_scheme(layout, c, itemsize, potential="relativistic", method="auto",
-                                  gram_itemsize=itemsize)  # fmt: skip
-        sent = mfd.scheme_bytes(layout, c, itemsize, itemsize)[which]
+        which = mfd.choose_scheme(layout, c, itemsize, potential="relativistic", method="auto")
+        sent = mfd.scheme_bytes(layout, c, itemsize)[which]
         bytes_ += sent
         comm_s += 2 * (world - 1) * a + sent / b  # two collectives of W-1 steps each
         r, M = min(m, n), max(m, n)

@@ -33,19 +33,18 @@ Gram matrices (upper triangles) are reduce-scattered to their owners, each owner
 inverse square roots of its block of the stack, and one all-gather returns the ``r x r``
 factors; every rank then multiplies its own rows. A ring all-reduce *is* this reduce-scatter +
 all-gather, so the bytes are those of all-reducing the Grams, without computing every inverse
-square root on every rank. The Grams are formed in the map's working dtype, as
-:mod:`muonflow.polar` forms them, and the owner takes ``polar``'s decisions from them (dtype,
-path, schedule); where ``polar`` would promote to float64, those matrices are redone with
-float64 Grams, and where the Gram path cannot meet ``tol`` (``polar``'s a-posteriori tests)
-they are gathered. Only the relativistic potential (the default) has this form.
+square root on every rank. The Grams are float64 (what :mod:`muonflow.polar` promotes to
+whenever float32 would miss ``tol``), and the owner takes ``polar``'s decisions from them
+(working dtype, path, schedule); matrices the Gram path cannot do (``polar``'s a-posteriori
+tests) are gathered. Only the relativistic potential (the default) has this form.
 
 **Which** (``scheme="auto"``, :func:`choose_scheme`): the one that sends fewer bytes per rank,
 counted exactly as issued: gather :math:`2\,c\,mn\,s\,(W-1)/W^2` (``s`` bytes per entry),
-gram :math:`2\,c_W\,(r(r+1)/2 + 1)\,s_G\,(W-1)/W` (``c_W`` = ``c`` rounded up to a multiple
-of ``W``; ``s_G`` = 4 for float32 at a given ``tol``, 8 for exact maps and float64). With
-``s_G = s`` the Gram scheme wins when the long side exceeds about ``(r + 1)·W/2``. Both
-schemes take two collectives and the same flops per matrix, spread over the ranks; measured
-times and the cost table are in ``docs/distributed.md`` (``benchmarks/bench_fsdp.py``).
+gram :math:`2\,c_W\,(r(r+1)/2 + 1)\cdot 8\,(W-1)/W` (``c_W`` = ``c`` rounded up to a
+multiple of ``W``). The Gram scheme thus wins when the long side exceeds about ``(r + 1)·W``
+(float32 entries; ``(r + 1)·W/2`` for float64). Both schemes take two collectives and the
+same flops per matrix, spread over the ranks; measured times and the cost table are in
+``docs/distributed.md`` (``benchmarks/bench_fsdp.py``).
 
 Optimizer state. Momentum buffers are DTensors with the parameter's placements, views of one
 local stacked storage per bucket (``RegMuon``'s packing), so optimizer memory per rank is
@@ -247,15 +246,13 @@ def matrix_layout(p: Any, view: str = "auto") -> MatrixLayout:
 
 
 # -- the scheme ------------------------------------------------------------------------------------
-def scheme_bytes(
-    layout: MatrixLayout, count: int, itemsize: int, gram_itemsize: int = 8
-) -> dict[str, float]:
+def scheme_bytes(layout: MatrixLayout, count: int, itemsize: int) -> dict[str, float]:
     """Bytes each rank sends, on average, to map ``count`` matrices of ``layout`` per scheme.
 
     ``gather``: :math:`2\\,c\\,mn\\,s\\,(W-1)/W^2` (two all-to-alls, each moving the blocks
     not already on their destination; ``s = itemsize``); ``gram``:
-    :math:`2\\,c_W\\,(r(r+1)/2+1)\\,s_G\\,(W-1)/W` (reduce-scatter + all-gather of packed
-    ``r x r`` matrices and one flag each, ``c_W = W·ceil(c/W)``, ``s_G = gram_itemsize``).
+    :math:`2\\,c_W\\,(r(r+1)/2+1)\\cdot 8\\,(W-1)/W` (reduce-scatter + all-gather of packed
+    float64 ``r x r`` matrices and one flag each, ``c_W = W·ceil(c/W)``).
     Exact per-rank figures, uneven shards included, are in :func:`comm_stats`.
     """
     W, m, n = layout.world, layout.m, layout.n
@@ -263,7 +260,7 @@ def scheme_bytes(
     c_pad = W * -(-count // W)
     return {
         "gather": 2 * count * m * n * itemsize * (W - 1) / W**2,
-        "gram": 2 * c_pad * (r * (r + 1) // 2 + 1) * gram_itemsize * (W - 1) / W,
+        "gram": 2 * c_pad * (r * (r + 1) // 2 + 1) * 8 * (W - 1) / W,
     }
 
 
@@ -280,7 +277,6 @@ def choose_scheme(
     *,
     potential: str,
     method: str,
-    gram_itemsize: int = 8,
 ) -> str:
     """``"gram"`` or ``"gather"`` for ``count`` matrices of ``layout``: where the Gram scheme
     applies, the one of fewer bytes by :func:`scheme_bytes` (see the module docstring)."""
@@ -288,7 +284,7 @@ def choose_scheme(
         return "gather"
     if _SCHEME[0] == "gram":
         return "gram"
-    b = scheme_bytes(layout, count, itemsize, gram_itemsize)
+    b = scheme_bytes(layout, count, itemsize)
     return "gram" if b["gram"] < b["gather"] else "gather"
 
 
@@ -332,9 +328,7 @@ def map_sharded(
     if layout is None or layout.kind == "local" or layout.world == 1 or potential == "quadratic":
         return map_fn(X)  # whole matrices here, or the identity map (pointwise)
     c = X.shape[0]
-    gram_itemsize = torch.finfo(_gram_dtype(X, tol, method)).bits // 8
-    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method,
-                          gram_itemsize=gram_itemsize)  # fmt: skip
+    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method)
     if which == "gram":
         return _gram_map(X, layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol, method=method)
     return _gather_map(X, layout, map_fn)
@@ -392,15 +386,6 @@ def _rs_ag(layout: MatrixLayout) -> tuple[Callable[..., Any], Callable[..., Any]
     return rs, ag
 
 
-def _gram_dtype(X: Tensor, tol: float | None, method: str) -> torch.dtype:
-    """The Gram matrices' dtype: the map's working dtype (float32 below float64) when ``tol``
-    lets the auto/poly paths decide the precision from them; float64 for the exact paths
-    (as :mod:`muonflow.polar`, which promotes those to float64 in all but trivial cases)."""
-    if X.dtype == torch.float64 or tol is None or method == "eigh":
-        return torch.float64
-    return torch.float32
-
-
 def _gram_map(
     X: Tensor,
     layout: MatrixLayout,
@@ -410,28 +395,28 @@ def _gram_map(
     eps_mode: str,
     tol: float | None,
     method: str,
-    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Gram scheme: reduce-scatter the local Grams to owners, inverse square roots there,
     all-gather the factors, multiply the local rows (see the module docstring).
 
-    ``dtype``: of the Gram matrices (default :func:`_gram_dtype`). Matrices whose float32
-    Gram is too coarse for ``tol`` (the owner's plan asks for float64, as ``polar`` would
-    promote) are redone with float64 Grams; those the Gram path cannot do are gathered.
+    The Grams are float64 (formed from the exact float64 image of the input): what
+    ``polar`` promotes to whenever float32 would miss ``tol``, which for the momenta of
+    training is common (stable rank below ``r/15`` at ``tol = 1e-3``, ε = 0.03 relative);
+    a float32 first round would then cost 4 + 8 bytes per entry and a second round.
+    Matrices the Gram path cannot do (``polar``'s a-posteriori tests) are gathered.
     """
     W, q, group = layout.world, layout.rank, layout.group
-    gd = _gram_dtype(X, tol, method) if dtype is None else dtype
-    size = torch.finfo(gd).bits // 8
+    gd, size = torch.float64, 8
     rows = layout.kind == "rows"
     Xt = X if rows else X.mT  # [c, a, r]: the cut axis is the long one
     c, r = X.shape[0], Xt.shape[-1]
     per = -(-c // W)
-    iu = torch.triu_indices(r, r, device=X.device)
-    P = iu.shape[1]
+    iu = _triu_flat(r, X.device)  # flat indices of the upper triangle
+    P = iu.numel()
     Xg = Xt.to(gd)
     G = Xg.mT @ Xg  # local Gram X_qᵀ X_q, [c, r, r]
     packed = G.new_zeros(W * per, P)
-    packed[:c] = G[:, iu[0], iu[1]]
+    packed[:c] = G.reshape(c, r * r).index_select(1, iu)
     off = _owner_offset(layout, -(-c // per) if c else 0)  # rotate by the blocks in use
     order = [(d - off) % W for d in range(W)]  # rank d owns block order[d] of the stack
     send = packed.view(W, per, P)[order].reshape(-1)
@@ -452,7 +437,7 @@ def _gram_map(
     if cnt:
         M, flag = _inv_sqrt_from_gram(A, e, tol=tol, method=method, dtype=X.dtype,
                                       device_type=X.device.type)  # fmt: skip
-        out[:cnt, :P] = M[:, iu[0], iu[1]]
+        out[:cnt, :P] = M.reshape(cnt, r * r).index_select(1, iu)
         out[:cnt, P] = flag
     gathered = send.new_empty(W * per, P + 1)
     _count("all_gather", gathered.numel() * size * (W - 1) / W)
@@ -471,24 +456,28 @@ def _gram_map(
         elif bool(sel.any()):
             Dt[sel] = (Xt[sel].to(dt) @ Mall[sel].to(dt)).to(X.dtype)
     D = Dt if rows else Dt.mT
-    if bool((flags >= 2).any()):
+    bad = flags == 2
+    if bool(bad.any()):  # the Gram path cannot meet tol there: gather these matrices
         D = D.clone()
-        redo = flags == 3  # float32 Grams too coarse for tol: again with float64 Grams
-        if bool(redo.any()):
-            D[redo] = _gram_map(X[redo], layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol,
-                                method=method, dtype=torch.float64)  # fmt: skip
-        bad = flags == 2  # the Gram path cannot meet tol there: gather these matrices
-        if bool(bad.any()):
-            D[bad] = _gather_map(X[bad], layout, map_fn)
+        D[bad] = _gather_map(X[bad], layout, map_fn)
     return D
+
+
+@functools.lru_cache(maxsize=64)
+def _triu_flat_cpu(r: int) -> Tensor:
+    i, j = torch.triu_indices(r, r)
+    return i * r + j
+
+
+def _triu_flat(r: int, device: torch.device) -> Tensor:
+    """Flat indices ``i·r + j`` (``i <= j``) of the upper triangle of an ``r x r`` matrix."""
+    return _triu_flat_cpu(r).to(device)
 
 
 def _unpack(v: Tensor, iu: Tensor, r: int) -> Tensor:
     """Symmetric ``[B, r, r]`` from packed upper triangles ``[B, r(r+1)/2]``."""
-    A = v.new_zeros(v.shape[0], r, r)
-    A[:, iu[0], iu[1]] = v
-    A[:, iu[1], iu[0]] = v
-    return A
+    U = v.new_zeros(v.shape[0], r * r).index_copy_(1, iu, v).view(-1, r, r)
+    return U + U.triu(1).mT  # upper triangle + its mirror below the diagonal
 
 
 def _inv_sqrt_from_gram(
@@ -498,11 +487,10 @@ def _inv_sqrt_from_gram(
     precomputed Gram matrix, with the decisions ``regularized_polar(X, ε, method, tol)`` takes
     for an input of ``dtype`` whose Gram is ``A``.
 
-    ``A: [B, r, r]`` (``XᵀX``, tall orientation; float64, or float32 formed as ``polar``'s
-    float32 front forms it), ``e: [B]``. Returns ``(M, flag)``, ``M [B, r, r]`` in ``A``'s dtype
-    and per matrix ``flag`` ``0``: apply ``X M`` in float32; ``1``: in float64; ``2``: the Gram
-    path cannot meet ``tol`` (map the matrix whole); ``3``: ``A`` is float32 and the plan needs
-    float64 (``polar`` would promote: form the Gram in float64 and call again).
+    ``A: [B, r, r]`` float64 (``XᵀX``, tall orientation), ``e: [B]``. Returns ``(M, flag)``,
+    ``M [B, r, r]`` float64 and per matrix ``flag`` ``0``: apply ``X M`` in float32 (the plan's
+    working dtype); ``1``: in float64; ``2``: the Gram path cannot meet ``tol`` (map the matrix
+    whole).
 
     ``tol=None`` / ``"eigh"``: eigendecomposition (float64 ``A``) with the a-posteriori test of
     ``polar``'s ``_svd_where_eigh_inaccurate``; ``"poly"``/``"auto"``: the working dtype, path
@@ -551,8 +539,6 @@ def _inv_sqrt_from_gram(
         plan_method, work = plan.method, plan.dtype
     if plan_method == "svd":
         return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
-    if work == torch.float64 and gd == torch.float32:
-        return A.new_zeros(B, r, r), A.new_full((B,), 3.0)
     try:
         if plan_method == "poly":
             M = _poly_inv_sqrt(A1.to(work), es.to(work), tol / 2)
