@@ -70,6 +70,11 @@ def _run(fn: Any, world: int, *args: Any) -> list[Any]:
                 for r in range(world)]  # fmt: skip
 
 
+def _sent(stats: dict[str, float]) -> float:
+    """Bytes this rank sent, from :func:`muonflow.distributed.comm_stats`."""
+    return sum(v for k, v in stats.items() if k.endswith("_bytes") and k != "minimum_bytes")
+
+
 def _timed(fn: Any) -> float:
     dist.barrier()
     t0 = time.perf_counter()
@@ -133,7 +138,22 @@ def links(worlds: list[int], reps: int) -> dict[str, Any]:
 
 
 # -- 2. schemes per shape ------------------------------------------------------------------------
-SHAPES = [(4, 2048, 256), (4, 1024, 256), (4, 512, 256), (4, 512, 512), (4, 256, 1024)]
+SHAPES = [(4, 2048, 256), (4, 1024, 256), (4, 512, 512), (4, 256, 1024)]
+#: Input spectra: "gaussian" (flat: polar's float32 path suffices at tol 1e-3) and "decaying"
+#: (σ_i ∝ 1/i, low stable rank like training momenta: polar promotes to float64).
+SPECTRA = ("gaussian", "decaying")
+
+
+def _matrices(c: int, m: int, n: int, spectrum: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(m * n)
+    G = torch.randn(c, m, n, generator=gen)
+    if spectrum == "decaying":
+        U = torch.linalg.qr(G).Q if m >= n else torch.linalg.qr(G.mT).Q.mT  # orthonormal
+        r = min(m, n)
+        V = torch.linalg.qr(torch.randn(c, r, r, generator=gen)).Q
+        s = 1.0 / torch.arange(1, r + 1, dtype=G.dtype)
+        G = (U * s.unsqueeze(-2)) @ V.mT if m >= n else (V * s.unsqueeze(-2)) @ U
+    return G
 
 
 def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> None:
@@ -144,12 +164,15 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
     opts = {"potential": "relativistic", "eps": 0.03, "eps_mode": "relative", "tol": 1e-3,
             "method": "auto"}  # fmt: skip
     rows = []
-    for c, m, n in SHAPES:
-        G = torch.randn(c, m, n, generator=torch.Generator().manual_seed(m * n))
+    for (c, m, n), spectrum in [(s, sp) for s in SHAPES for sp in SPECTRA]:
+        G = _matrices(c, m, n, spectrum)
         P = distribute_tensor(G, mesh, [Shard(1)], src_data_rank=None)
         layout = mfd.matrix_layout(P, "batch")
         X = P.to_local()
-        row: dict[str, Any] = {"shape": [c, m, n]}
+        e = 0.03 * torch.linalg.vector_norm(G, dim=(-2, -1)) / math.sqrt(min(m, n))
+        plan = mf.polar.plan_auto(G, e, 1e-3)
+        row: dict[str, Any] = {"shape": [c, m, n], "spectrum": spectrum,
+                               "polar_dtype": str(plan.dtype).removeprefix("torch.")}
         times: dict[str, list[float]] = {"gather": [], "gram": []}
         for i in range(reps + 1):
             for which in ("gather", "gram"):  # interleaved
@@ -160,7 +183,7 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
                 if i:  # the first round warms up
                     times[which].append(t)
                 st = mfd.comm_stats()
-                row[which + "_bytes"] = sum(v for k, v in st.items() if k.endswith("_bytes"))
+                row[which + "_bytes"] = _sent(st)
         for which, ts in times.items():
             row[which + "_ms"] = statistics.median(ts) * 1e3
         row["predicted"] = mfd.scheme_bytes(layout, c, 4)  # float32 entries, float64 Grams
@@ -274,35 +297,6 @@ def _unwrap(log: dict[str, Any]) -> None:
         setattr(dist, name, fn)
 
 
-def _min_bytes(model: torch.nn.Module, world: int) -> float:
-    """The chosen schemes' minimum bytes per rank and step (averaged over ranks): gather, the
-    blocks not on their owner, there and back; Gram, a ring all-reduce of the ``r(r+1)/2``
-    float64 Gram entries (no padding, no flags)."""
-    if world == 1:
-        return 0.0
-    from muonflow.optim import matrix_shape
-
-    buckets: dict[Any, int] = {}
-    for name, p in model.named_parameters():
-        if p.ndim < 2 or "embed" in name:
-            continue
-        k, m, n = matrix_shape(p.shape)
-        if p.ndim == 3:  # experts, sharded by expert: local
-            continue
-        buckets[(m, n)] = buckets.get((m, n), 0) + k
-    total = 0.0
-    for (m, n), c in buckets.items():
-        layout = mfd.MatrixLayout("rows", m, n, splits=mfd.shard_sizes(m, world))
-        which = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto")
-        r = min(m, n)
-        if which == "gram":
-            total += 2 * (world - 1) / world * c * r * (r + 1) / 2 * 8
-        else:
-            sizes = layout.splits  # Σ over matrices of 2·(mn - owner's block)·4, per rank
-            total += sum(2 * (m - sizes[j % world]) * n * 4 for j in range(c)) / world
-    return total
-
-
 def _model_worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import init_device_mesh
@@ -325,7 +319,7 @@ def _model_worker(rank: int, world: int, port: int, out: str, steps: int) -> Non
     rows = mfd.shard_range(BATCH * world, rank, world)
     sync = _timed if world > 1 else (lambda f: (lambda t0: (f(), time.perf_counter() - t0)[1])(
         time.perf_counter()))  # fmt: skip
-    step_s, train_s, comm = [], [], []
+    step_s, cpu_s, train_s, comm = [], [], [], []
     for i in range(steps + 2):
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(X[rows, :-1]).flatten(0, 1),
@@ -334,10 +328,13 @@ def _model_worker(rank: int, world: int, port: int, out: str, steps: int) -> Non
         loss.backward()
         mfd.reset_comm_stats()
         log = _wrap_comm()
+        cpu0 = time.process_time()
         t_opt = sync(opt.step)
+        cpu = time.process_time() - cpu0  # this rank's CPU time (all its threads)
         _unwrap(log)
         if i >= 2:  # two warm-up steps
             step_s.append(t_opt)
+            cpu_s.append(cpu)
             train_s.append(time.perf_counter() - t0)
             comm.append((mfd.comm_stats(), log))
     state = sum(
@@ -349,14 +346,15 @@ def _model_worker(rank: int, world: int, port: int, out: str, steps: int) -> Non
     stats, log = comm[-1]
     res = {
         "opt_step_ms": statistics.median(step_s) * 1e3,
+        "opt_cpu_ms": statistics.median(cpu_s) * 1e3,
         "train_step_ms": statistics.median(train_s) * 1e3,
-        "opt_bytes": sum(v for k, v in stats.items() if k.endswith("_bytes")),
+        "opt_bytes": _sent(stats),
         "opt_calls": sum(v for k, v in stats.items() if k.endswith("_calls")),
         "logged_bytes": log["bytes"],
         "logged_calls": log["calls"],
         "state_bytes": state,
         "param_bytes": params,
-        "min_bytes": _min_bytes(model, world),
+        "min_bytes": stats.get("minimum_bytes", 0.0),
         "stats": stats,
     }
     torch.save(res, os.path.join(out, f"r{rank}.pt"))
@@ -375,11 +373,12 @@ def model_part(worlds: list[int], steps: int) -> dict[str, Any]:
             per_rank = _run(_model_worker, w, steps)
         out[str(w)] = {
             "opt_step_ms": max(r["opt_step_ms"] for r in per_rank),
+            "opt_cpu_ms_per_rank": [r["opt_cpu_ms"] for r in per_rank],
             "train_step_ms": max(r["train_step_ms"] for r in per_rank),
             "opt_bytes_per_rank": [r["opt_bytes"] for r in per_rank],
             "logged_bytes_per_rank": [r["logged_bytes"] for r in per_rank],
             "opt_calls": per_rank[0]["opt_calls"],
-            "min_bytes_mean": per_rank[0]["min_bytes"],
+            "min_bytes_mean": statistics.mean(r["min_bytes"] for r in per_rank),
             "state_bytes_per_rank": [r["state_bytes"] for r in per_rank],
             "param_bytes_per_rank": [r["param_bytes"] for r in per_rank],
         }
@@ -468,7 +467,8 @@ def main() -> None:
                 pred = r["predicted"]
                 gram = (f"gram {r['gram_ms']:.1f} ms {r['gram_bytes'] / 1e3:.0f} kB (pred "
                         f"{pred['gram'] / 1e3:.0f})" if r["gram_applies"] else "gram n/a")
-                print(f"schemes W={w} {tuple(r['shape'])}: gather {r['gather_ms']:.1f} ms "
+                print(f"schemes W={w} {tuple(r['shape'])} {r['spectrum']} ({r['polar_dtype']}): "
+                      f"gather {r['gather_ms']:.1f} ms "
                       f"{r['gather_bytes'] / 1e3:.0f} kB (pred {pred['gather'] / 1e3:.0f}) | "
                       f"{gram} | auto={r['auto']} | one process {r['single_map_ms']:.1f} ms")
     if "model" in parts:
@@ -476,8 +476,10 @@ def main() -> None:
         base = result["model"]["1"]
         for w, r in result["model"].items():
             mean_b = statistics.mean(r["opt_bytes_per_rank"])
+            cpu = max(r["opt_cpu_ms_per_rank"])
             print(f"model W={w}: opt step {r['opt_step_ms']:.1f} ms "
-                  f"({r['opt_step_ms'] / base['opt_step_ms']:.2f}x world 1), train step "
+                  f"({r['opt_step_ms'] / base['opt_step_ms']:.2f}x world 1), CPU/rank {cpu:.1f} "
+                  f"ms ({cpu / max(base['opt_cpu_ms_per_rank']):.2f}x), train step "
                   f"{r['train_step_ms']:.1f} ms; opt bytes/rank {mean_b / 1e3:.1f} kB "
                   f"(logged {statistics.mean(r['logged_bytes_per_rank']) / 1e3:.1f} kB, min "
                   f"{r['min_bytes_mean'] / 1e3:.1f} kB) in {r['opt_calls']} collectives; "

@@ -123,6 +123,9 @@ def comm_stats() -> dict[str, float]:
     Counted from the collectives :func:`map_sharded` issues: all-to-all, the bytes to other
     ranks; reduce-scatter and all-gather, ``(W-1)/W`` of the full buffer (a ring: what each
     rank sends); the non-finite agreement's all-reduce, ``2(W-1)/W`` of its flags.
+    ``minimum_bytes``: the least each rank must send, on average, for the schemes chosen:
+    gather, the blocks of each matrix not on the rank holding its largest block, there and
+    back; Gram, a ring all-reduce of the ``r(r+1)/2`` float64 Gram entries.
     """
     return dict(_STATS)
 
@@ -329,6 +332,14 @@ def map_sharded(
         return map_fn(X)  # whole matrices here, or the identity map (pointwise)
     c = X.shape[0]
     which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method)
+    W, m, n = layout.world, layout.m, layout.n
+    if which == "gram":
+        r = min(m, n)
+        least = 2 * (W - 1) / W * c * r * (r + 1) / 2 * 8
+    else:  # the rank with the largest block would own each matrix
+        block = max(layout.splits) * (n if layout.kind == "rows" else m)
+        least = 2 * c * (m * n - block) * X.element_size() / W
+    _STATS["minimum_bytes"] = _STATS.get("minimum_bytes", 0) + least
     if which == "gram":
         return _gram_map(X, layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol, method=method)
     return _gather_map(X, layout, map_fn)
