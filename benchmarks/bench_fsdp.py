@@ -48,6 +48,7 @@ import torch.multiprocessing as mp
 
 import muonflow as mf
 from muonflow import distributed as mfd
+from muonflow.polar import plan_auto
 
 
 def _free_port() -> int:
@@ -170,7 +171,7 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
         layout = mfd.matrix_layout(P, "batch")
         X = P.to_local()
         e = 0.03 * torch.linalg.vector_norm(G, dim=(-2, -1)) / math.sqrt(min(m, n))
-        plan = mf.polar.plan_auto(G, e, 1e-3)
+        plan = plan_auto(G, e, 1e-3)
         row: dict[str, Any] = {"shape": [c, m, n], "spectrum": spectrum,
                                "polar_dtype": str(plan.dtype).removeprefix("torch.")}
         times: dict[str, list[float]] = {"gather": [], "gram": []}

@@ -253,7 +253,8 @@ def _fsdp_run(rank: int, world: int, mesh: Any, ckpt: str) -> dict[str, Any]:
     _train(model, opt, X[rows], Y[rows], 1)
     comm_one_step = mfd.comm_stats()
     _train(model, opt, X[rows], Y[rows], STEPS - 1)
-    res: dict[str, Any] = {"params": _full(model), "comm_one_step": comm_one_step}
+    res: dict[str, Any] = {"params": _full(model), "comm_one_step": comm_one_step,
+                           "kinetic": float(opt.kinetic_energy())}  # collective  # fmt: skip
     res["state_bytes"] = _state_bytes(opt)
     res["layouts"] = {n: mf.optim._dtensor_layout(p, "auto").kind
                       for n, p in model.named_parameters() if p.ndim >= 2}  # fmt: skip
@@ -432,6 +433,15 @@ def test_fully_sharded_training_equals_one_process(runs: Any, world: int) -> Non
     assert layouts["experts.w"] == "local" and layouts["blocks.0.qkv.weight"] == "rows"
     stats = runs[world][0]["fsdp"]["comm_one_step"]
     assert stats["all_to_all_calls"] > 0 and stats["reduce_scatter_calls"] > 0
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_kinetic_energy_of_sharded_momenta_equals_one_process(runs: Any, world: int) -> None:
+    _, _, opt = _single(STEPS)
+    K = float(opt.kinetic_energy())
+    assert K > 0
+    for res in runs[world]:  # the same sums over the same full matrices, to round-off
+        assert abs(res["fsdp"]["kinetic"] - K) <= _tol(STEPS) * K
 
 
 @pytest.mark.parametrize("world", [2, 3])
