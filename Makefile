@@ -1,6 +1,7 @@
 # The README's two commands. `make reproduce`: set up and run the main job; `make test`: set up and test.
-# A virtual environment in .venv, dependencies pinned by constraints.txt (CPU torch where the
-# machine's index provides it; set PIP_ARGS to point pip at another torch index if needed).
+# A virtual environment in .venv with the core, the research extra (repro) and the dev tools,
+# pinned by constraints.txt (CPU torch where the machine's index provides it; set PIP_ARGS to
+# point pip at another torch index if needed).
 PYTHON ?= python3
 VENV ?= .venv
 PIP_ARGS ?=
@@ -16,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(PIP_ARGS) -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q $(PIP_ARGS) -c constraints.txt -e '.[repro,dev]'
 	touch $@
 
 test: setup

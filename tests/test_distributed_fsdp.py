@@ -41,6 +41,7 @@ import torch.multiprocessing as mp
 import muonflow as mf
 from muonflow import distributed as mfd
 from muonflow.optim import orthogonalize
+from muonflow.optim.functional import _as_stack, dtensor_layout, first_nonfinite
 
 U64 = torch.finfo(torch.float64).eps / 2
 C_GROWTH = 16.0
@@ -256,7 +257,12 @@ def _fsdp_run(rank: int, world: int, mesh: Any, ckpt: str) -> dict[str, Any]:
     res: dict[str, Any] = {"params": _full(model), "comm_one_step": comm_one_step,
                            "kinetic": float(opt.kinetic_energy())}  # collective  # fmt: skip
     res["state_bytes"] = _state_bytes(opt)
-    res["layouts"] = {n: mf.optim._dtensor_layout(p, "auto").kind
+    # the momenta of one stack ([24, 8]: qkv and up of both blocks) are consecutive views of one
+    # local storage, so the kernel updates them in place (no stacked copy)
+    stack = [getattr(b, name).weight for b in model.blocks for name in ("qkv", "up")]
+    local = [opt.state[p]["momentum_buffer"].to_local() for p in stack]
+    res["packed_in_place"] = _as_stack(local, len(local), *local[0].shape) is not None
+    res["layouts"] = {n: dtensor_layout(p).kind
                       for n, p in model.named_parameters() if p.ndim >= 2}  # fmt: skip
     msd, osd = get_state_dict(model, opt)
     res["packed_state_is_dtensor"] = all(
@@ -296,8 +302,12 @@ def _nan_on_one_rank(rank: int, mesh: Any) -> dict[str, Any]:
     loss = torch.nn.functional.cross_entropy(model(X).flatten(0, 1), Y.flatten())
     opt.zero_grad()
     loss.backward()
+    up = model.blocks[1].up
+    pair = [up.bias.grad, up.weight.grad]  # a vector first: no matrix layout needed to check
+    clean = first_nonfinite(pair)
     if rank == 1:
-        model.blocks[1].up.weight.grad.to_local()[0, 0] = math.nan
+        up.weight.grad.to_local()[0, 0] = math.nan
+    agreed = first_nonfinite(pair)  # rank 0's shards are finite: it must still say 1
     try:
         opt.step()
         outcome = ("finished", "")
@@ -305,7 +315,7 @@ def _nan_on_one_rank(rank: int, mesh: Any) -> dict[str, Any]:
         outcome = (type(e).__name__, str(e))
     after = _full(model)
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
-    return {"outcome": outcome, "unchanged": unchanged}
+    return {"outcome": outcome, "unchanged": unchanged, "clean": clean, "agreed": agreed}
 
 
 def _failing_rank(rank: int, mesh: Any) -> dict[str, Any]:
@@ -320,7 +330,7 @@ def _failing_rank(rank: int, mesh: Any) -> dict[str, Any]:
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("injected failure in this rank's map")
 
-        mf.optim.orthogonalize = broken  # type: ignore[assignment]
+        mf.optim.regularized_polar = broken  # the optimizer's map, looked up at each call
     t0 = time.perf_counter()
     try:
         opt.step()
@@ -461,6 +471,7 @@ def test_optimizer_state_is_sharded_like_the_parameters(runs: Any, world: int) -
     )  # fmt: skip
     assert max(s for s, _ in per_rank) <= bound < 0.75 * single
     assert runs[world][0]["fsdp"]["packed_state_is_dtensor"]
+    assert all(res["fsdp"]["packed_in_place"] for res in runs[world])
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -532,6 +543,7 @@ def test_a_nan_on_one_rank_raises_on_every_rank_and_changes_nothing(runs: Any) -
         kind, msg = res["nan"]["outcome"]
         assert kind == "ValueError" and "'blocks.1.up.weight'" in msg and "non-finite" in msg
         assert res["nan"]["unchanged"]
+        assert res["nan"]["clean"] is None and res["nan"]["agreed"] == 1
 
 
 def test_an_exception_on_one_rank_is_a_clear_error_on_every_rank(runs: Any) -> None:

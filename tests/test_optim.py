@@ -21,6 +21,7 @@ import muonflow as mf
 from muonflow import optim as mf_optim
 from muonflow.dynamics import HamiltonianFlow, integrate
 from muonflow.optim import RegMuon, default_adamw_rule, matrix_shape
+from muonflow.optim import functional as mf_functional
 
 F64 = torch.float64
 U64 = unit_roundoff(F64)
@@ -198,6 +199,7 @@ def test_ema_absolute_eps_mapping_and_relative_invariance():
             ps = [nn.Parameter(w.clone()) for w in W0]
             opt = RegMuon(
                 ps,
+                adamw=(),
                 lr=0.03,
                 momentum=beta,
                 eps=eps,
@@ -285,6 +287,7 @@ def test_nuclear_matches_torch_optim_muon_with_exact_polar(monkeypatch):
     b = [nn.Parameter(w.clone()) for w in W0]
     ours = RegMuon(
         a,
+        adamw=(),
         lr=0.05,
         momentum=0.95,
         potential="nuclear",
@@ -319,8 +322,9 @@ def test_relativistic_tends_to_nuclear():
         for pot in ("relativistic", "nuclear"):
             p = nn.Parameter(W0.clone())
             opt = RegMuon(
-                [p], lr=1.0, eps=eps, eps_mode="absolute", potential=pot, adjust_lr="none", tol=None
-            )
+                [p], adamw=(), lr=1.0, eps=eps, eps_mode="absolute", potential=pot,
+                adjust_lr="none", tol=None,
+            )  # fmt: skip
             p.grad = grad.clone()
             opt.step()
             outs.append(p.detach())
@@ -341,7 +345,7 @@ def test_one_step_matches_svd_reference():
     grad = torch.randn(8, 3, generator=g, dtype=F64)
     eps_rel = 0.3
     p = nn.Parameter(W0.clone())
-    opt = RegMuon([p], lr=0.1, eps=eps_rel, tol=None)  # relative ε, adjust "original"
+    opt = RegMuon([p], adamw=(), lr=0.1, eps=eps_rel, tol=None)  # relative ε, adjust "original"
     p.grad = grad.clone()
     opt.step()
     eps = eps_rel * float(torch.linalg.matrix_norm(grad)) / math.sqrt(3)
@@ -363,7 +367,7 @@ def test_relative_eps_is_scale_free():
     outs = []
     for c in (1e-6, 1.0, 1e6):
         p = nn.Parameter(W0.clone())
-        opt = RegMuon([p], lr=0.05, eps=0.25)
+        opt = RegMuon([p], adamw=(), lr=0.05, eps=0.25)
         for gk in grads:
             p.grad = gk * c
             opt.step()
@@ -390,19 +394,19 @@ def test_batched_equals_per_parameter_loop_and_one_map_call(map_calls):
     N = 6
     kw = dict(lr=0.05, momentum=0.9, eps=0.3, nesterov=True, weight_decay=0.01, tol=None)
     batched = [nn.Parameter(w.clone()) for w in W0]
-    run_quad(batched, RegMuon(batched, max_batch_bytes=None, **kw), targets, N)
+    run_quad(batched, RegMuon(batched, adamw=(), max_batch_bytes=None, **kw), targets, N)
     assert calls == [(9, 5, 4), (2, 4, 5)] * N  # one call per shape per step
     # max_batch_bytes -> matrices per call: an int caps the bytes of one map input (5x4 float64
     # matrices: 4 per call, or 1 for a cap below one matrix); "auto" maps these small stacks whole.
     for cap, rows in [(5 * 4 * 8 * 4, 4), (1, 1), ("auto", 9)]:
         calls.clear()
         chunked = [nn.Parameter(w.clone()) for w in W0]
-        run_quad(chunked, RegMuon(chunked, max_batch_bytes=cap, **kw), targets, N)
+        run_quad(chunked, RegMuon(chunked, adamw=(), max_batch_bytes=cap, **kw), targets, N)
         assert max(c[0] for c in calls) == rows
         for a, b in zip(chunked, batched, strict=True):
             assert amax(a - b) <= N * 64 * 8 * U64 * amax(b)
     loop = [nn.Parameter(w.clone()) for w in W0]
-    opts = [RegMuon([p], **kw) for p in loop]
+    opts = [RegMuon([p], adamw=(), **kw) for p in loop]
     for k in range(N):
         for o in opts:
             o.zero_grad()
@@ -436,14 +440,14 @@ def test_auto_chunking_caps_a_call_at_the_largest_matrix_workspace(monkeypatch, 
         for p in params:
             p.grad = torch.randn(p.shape, generator=g, dtype=F64)
         calls.clear()
-        RegMuon(params).step()
+        RegMuon(params, adamw=()).step()
         return [c[0] for c in calls if c[1:] == (3, 2)], [c for c in calls if c[1:] == (20, 20)]
 
     for floor, want in [(70 * per, [70]), (70 * per - 1, [69, 1]), (24 * per + 5, [24, 24, 22]),
                         (per - 1, [1] * 70)]:  # fmt: skip
-        monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_FLOOR", floor)
+        monkeypatch.setattr(mf_functional, "AUTO_WORKSPACE_FLOOR", floor)
         assert step(many) == (want, []), floor
-    monkeypatch.setattr(mf_optim, "AUTO_WORKSPACE_FLOOR", 0)
+    monkeypatch.setattr(mf_functional, "AUTO_WORKSPACE_FLOOR", 0)
     k = big // per  # 3x2 matrices per call once the 20x20 matrix sets the cap
     assert 1 < k < 70
     assert step([*many, large]) == ([k] * (70 // k) + [70 % k] * (70 % k > 0), [(1, 20, 20)])
@@ -502,7 +506,7 @@ def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
 
 def test_state_buffers_are_views_of_one_stack():
     ps = [nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
-    opt = RegMuon(ps)
+    opt = RegMuon(ps, adamw=())
     for p in ps:
         p.grad = torch.randn(4, 3)
     opt.step()
@@ -613,7 +617,7 @@ def test_non_viewable_parameters_are_updated_in_place():
     a = nn.Parameter(w.clone())
     b = nn.Parameter(w.clone().to(memory_format=torch.channels_last))
     assert not b.is_contiguous()
-    oa, ob = RegMuon([a]), RegMuon([b])
+    oa, ob = RegMuon([a], adamw=()), RegMuon([b], adamw=())
     for _ in range(2):
         a.grad, b.grad = grad.clone(), grad.clone().to(memory_format=torch.channels_last)
         oa.step()
@@ -629,8 +633,8 @@ def test_tied_frozen_and_gradless_parameters():
     frozen = nn.Parameter(torch.randn(4, 4, generator=g), requires_grad=False)
     unused = nn.Parameter(torch.randn(4, 4, generator=g))
     ref_tied, ref_other = nn.Parameter(tied.detach().clone()), nn.Parameter(other.detach().clone())
-    opt = RegMuon([tied, other, tied, frozen, unused])  # tied listed twice: one entry
-    ref = RegMuon([ref_tied, ref_other])
+    opt = RegMuon([tied, other, tied, frozen, unused], adamw=())  # tied listed twice: one entry
+    ref = RegMuon([ref_tied, ref_other], adamw=())
     assert len(opt.param_groups[0]["params"]) == 4
     frozen0, unused0 = frozen.detach().clone(), unused.detach().clone()
     for k in range(3):
@@ -687,7 +691,7 @@ def test_bf16_parameters():
     W0 = torch.randn(16, 8, generator=g).bfloat16()
     grad = torch.randn(16, 8, generator=g).bfloat16()
     p = nn.Parameter(W0.clone())
-    opt = RegMuon([p], lr=0.1, eps=0.1)
+    opt = RegMuon([p], adamw=(), lr=0.1, eps=0.1)
     p.grad = grad.clone()
     opt.step()
     buf = opt.state[p]["momentum_buffer"]
@@ -749,11 +753,12 @@ def test_old_state_dict_loads_with_defaults():
     toy_step(model, opt, 0)
     sd = copy.deepcopy(opt.state_dict())
     for group in sd["param_groups"]:  # a checkpoint written before these options existed
-        del group["tol"], group["layout"]
+        del group["tol"], group["layout"], group["algorithm"]
     del sd["regmuon"]
     opt2 = RegMuon(Toy().named_parameters(), tol=1e-2)
     opt2.load_state_dict(sd)
     assert all(g["tol"] == 1e-2 and g["layout"] == "out_in" for g in opt2.param_groups)
+    assert [g["algorithm"] for g in opt2.param_groups] == ["regmuon", "adamw"]
     assert opt2.skipped_steps == 0
     model2 = Toy()
     opt3 = RegMuon(model2.named_parameters(), tol=1e-2)
@@ -791,11 +796,11 @@ def test_param_group_overrides():
     grads = [[torch.randn(6, 4, generator=g) for _ in range(2)] for _ in range(4)]
     over = {"lr": 0.1, "eps": 0.5, "potential": "huber", "momentum": 0.5, "nesterov": True}
     a = [nn.Parameter(w.clone()) for w in W]
-    opt = RegMuon([{"params": [a[0]]}, {"params": [a[1]], **over}], lr=0.03)
+    opt = RegMuon([{"params": [a[0]]}, {"params": [a[1]], **over}], adamw=(), lr=0.03)
     assert opt.param_groups[1]["potential"] == "huber" and opt.param_groups[0]["eps"] == 0.03
     b0, b1 = nn.Parameter(W[0].clone()), nn.Parameter(W[1].clone())
-    ref0 = RegMuon([b0], lr=0.03)
-    ref1 = RegMuon([b1], **{**over, "lr": 0.1})
+    ref0 = RegMuon([b0], adamw=(), lr=0.03)
+    ref1 = RegMuon([b1], adamw=(), **{**over, "lr": 0.1})
     for gk in grads:
         a[0].grad, a[1].grad, b0.grad, b1.grad = gk[0], gk[1], gk[0].clone(), gk[1].clone()
         opt.step()

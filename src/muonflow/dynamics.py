@@ -108,11 +108,10 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
-from tqdm import tqdm
 
 from ._checks import check_choice, check_matrix, check_scale
+from ._deps import progress_bar, require
 
 __all__ = [
     "INTEGRATORS",
@@ -905,7 +904,7 @@ def _integrate_fixed(
     except _NonFinite as e:
         raise _nonfinite_error(str(e), scheme.name, 0, 0.0, (0, 0.0, math.nan), None) from None
     x = _Point(W0, P0, J0, F0)
-    with tqdm(total=n, desc=f"integrate[{scheme.name}]", disable=not progress, leave=False) as bar:
+    with progress_bar(progress, total=n, desc=f"integrate[{scheme.name}]", leave=False) as bar:
         for k in range(n):
             hk = h if k < n - 1 else h_last
             tk1 = (k + 1) * h if k < n - 1 else t_end
@@ -957,7 +956,8 @@ def _integrate_reference(
 
     # DOP853 may evaluate the field at trial states; the last finite one is kept for the error.
     last: dict[str, Any] = {"t": 0.0, "y": y0, "nfev": 0, "t_try": 0.0}
-    bar = tqdm(total=t_end, desc="integrate[reference]", disable=not progress, leave=False)
+    bar = progress_bar(progress, total=t_end, desc="integrate[reference]", leave=False)
+    solve_ivp = require("scipy.integrate", "the reference ODE solver").solve_ivp
 
     def fun(t: float, y_np: np.ndarray) -> np.ndarray:
         last["t_try"] = t

@@ -29,11 +29,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_scale
+from .._deps import require
 from ..dynamics import HamiltonianFlow, integrate
 from ._state import State, as_blocks, flatten, from_blocks
 from .objective import ProbabilityObjective
@@ -90,6 +90,7 @@ def wasserstein2(
         )
     if method == "auto":
         method = "exact" if max(len(x), len(y)) <= exact_max else "sliced"
+    ot = require("ot", "the Wasserstein distance")
     a = np.full(len(x), 1.0 / len(x))
     b = np.full(len(y), 1.0 / len(y))
     if method == "exact":

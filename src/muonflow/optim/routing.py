@@ -1,0 +1,576 @@
+"""Which parameter gets which update: routing by module structure, or by name.
+
+``RegMuon(model)`` routes by structure (:func:`route_module`):
+
+- **AdamW**: parameters of embedding modules (:data:`EMBEDDINGS`: ``nn.Embedding``,
+  ``nn.EmbeddingBag``) and any parameter tied to one (the same tensor object, e.g. a tied LM
+  head); the parameters of the *output layer* (:func:`output_layers`); parameters a module holds
+  directly that are not one of its declared weight matrices (a raw positional
+  ``nn.Parameter``, ``bias_k``); scalars and vectors (biases, norm gains).
+- **RegMuon**: the declared weight matrices of known layers (:data:`MATRIX_PARAMETERS`:
+  ``nn.Linear``, HF ``Conv1D``, ``nn.Conv1d/2d/3d`` and transposed convs,
+  ``nn.MultiheadAttention``, ``nn.RNN/LSTM/GRU``, :class:`~muonflow.models.moe.MoEFeedForward`),
+  each with its matrix view and layout. :func:`register_matrices` declares more.
+
+Parameters given without a module (``named_parameters()``, plain tensors) are routed by
+:func:`default_adamw_rule` on their names; unnamed matrices go to RegMuon with a
+:class:`RoutingWarning`. Every decision is recorded in a :class:`Routing`
+(``print(opt.routing)``). The rules are explained in ``docs/optimizer.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .functional import check_matrix_view, matrix_shape
+
+__all__ = [
+    "EMBEDDINGS",
+    "MATRIX_PARAMETERS",
+    "MatrixSpec",
+    "NamePatterns",
+    "Route",
+    "Routing",
+    "RoutingWarning",
+    "default_adamw_rule",
+    "last_executed_layer",
+    "output_layers",
+    "register_matrices",
+    "route_module",
+]
+
+
+class RoutingWarning(UserWarning):
+    """RegMuon could not route some matrices by structure or name (see the message)."""
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """How a layer's weight is seen as matrices: ``view`` (:func:`~muonflow.optim.matrix_shape`)
+    and ``layout`` (``"out_in"``: rows are outputs, as ``nn.Linear``; ``"in_out"``: HF
+    ``Conv1D``)."""
+
+    view: str = "batch"
+    layout: str = "out_in"
+
+    def __post_init__(self) -> None:
+        check_matrix_view(self.view)
+        if self.layout not in ("out_in", "in_out"):
+            raise ValueError(f"unknown layout {self.layout!r}; valid: 'in_out', 'out_in'")
+
+
+Specs = Mapping[str, MatrixSpec]
+
+_LINEAR = MatrixSpec()
+_CONV = MatrixSpec("conv")
+_CONV_T = MatrixSpec("conv", "in_out")  # [in, out/groups, *k]: rows are the inputs
+
+
+def _mha(module: nn.Module) -> Specs:
+    # in_proj_weight = [W_q; W_k; W_v] ([3d, d]): three maps packed for speed, so a [3, d, d]
+    # stack, the same update as three separate projections (q/k/v_proj_weight, used when kdim or
+    # vdim != d). out_proj is an nn.Linear child.
+    return {
+        "in_proj_weight": MatrixSpec("split:3"),
+        "q_proj_weight": _LINEAR,
+        "k_proj_weight": _LINEAR,
+        "v_proj_weight": _LINEAR,
+    }
+
+
+def _rnn(module: nn.Module) -> Specs:
+    # weight_ih_l{k}[_reverse] / weight_hh_l{k}: the gates' matrices stacked by rows
+    # (LSTM 4, GRU 3, RNN 1); weight_hr_l{k}: the LSTM projection.
+    gates = {"LSTM": 4, "GRU": 3}.get(getattr(module, "mode", ""), 1)
+    out: dict[str, MatrixSpec] = {}
+    for name in getattr(module, "_flat_weights_names", []):
+        if name.startswith(("weight_ih", "weight_hh")):
+            out[name] = MatrixSpec(f"split:{gates}")
+        elif name.startswith("weight_hr"):
+            out[name] = _LINEAR
+    return out
+
+
+#: Declared weight matrices per layer type: ``type`` (or ``"module.QualName"``, for types not
+#: to be imported) -> ``{parameter name: MatrixSpec}`` or a function of the module giving it.
+#: Looked up along the type's MRO, so subclasses inherit. Extend with :func:`register_matrices`.
+MATRIX_PARAMETERS: dict[type | str, Specs | Callable[[nn.Module], Specs]] = {
+    nn.Linear: {"weight": _LINEAR},
+    nn.Bilinear: {},  # [out, in1, in2]: not a matrix map; its weight goes to AdamW
+    nn.Conv1d: {"weight": _CONV},
+    nn.Conv2d: {"weight": _CONV},
+    nn.Conv3d: {"weight": _CONV},
+    nn.ConvTranspose1d: {"weight": _CONV_T},
+    nn.ConvTranspose2d: {"weight": _CONV_T},
+    nn.ConvTranspose3d: {"weight": _CONV_T},
+    nn.MultiheadAttention: _mha,
+    nn.RNNBase: _rnn,
+    # Hugging Face GPT-2 style Conv1D: y = x W + b with W: [in, out].
+    "transformers.pytorch_utils.Conv1D": {"weight": MatrixSpec("batch", "in_out")},
+    # Stacked experts [E, m, n] (dense layout: [E·m, d] / [d, E·m] matrices): batches.
+    "muonflow.models.moe.MoEFeedForward": {"router": _LINEAR, "w1": _LINEAR, "w2": _LINEAR},
+}
+
+#: Embedding layer types (or ``"module.QualName"``): their parameters, and any parameter tied to
+#: them, go to AdamW.
+EMBEDDINGS: set[type | str] = {nn.Embedding, nn.EmbeddingBag}
+
+
+def register_matrices(cls: Any = None, /, **params: MatrixSpec | str) -> Any:
+    """Declare the weight matrices of a module type: ``register_matrices(Cls, w="batch")``.
+
+    ``params`` maps a parameter name (held directly by the module) to a :class:`MatrixSpec` or
+    a view string. Usable as a class decorator, ``@register_matrices(experts="batch")``. ``cls``
+    may be a ``"module.QualName"`` string for a type you do not want to import.
+    """
+    specs = {k: v if isinstance(v, MatrixSpec) else MatrixSpec(v) for k, v in params.items()}
+
+    def add(target: Any) -> Any:
+        if not (
+            isinstance(target, str) or (isinstance(target, type) and issubclass(target, nn.Module))
+        ):
+            raise TypeError(f"register_matrices needs an nn.Module subclass, got {target!r}")
+        MATRIX_PARAMETERS[target] = specs
+        return target
+
+    return add if cls is None else add(cls)
+
+
+def _lookup(registry: Mapping[Any, Any] | set[Any], module: nn.Module) -> Any:
+    for cls in type(module).__mro__:
+        for key in (cls, f"{cls.__module__}.{cls.__qualname__}"):
+            if key in registry:
+                return registry[key] if isinstance(registry, Mapping) else True
+    return None
+
+
+def declared_matrices(module: nn.Module) -> dict[str, MatrixSpec]:
+    """``{name: MatrixSpec}`` of the matrices ``module`` declares and holds (ndim >= 2)."""
+    specs = _lookup(MATRIX_PARAMETERS, module)
+    if specs is None:
+        return {}
+    if callable(specs):
+        specs = specs(module)
+    own = dict(module.named_parameters(recurse=False))
+    return {k: s for k, s in specs.items() if k in own and own[k].ndim >= 2}
+
+
+def is_embedding(module: nn.Module) -> bool:
+    return bool(_lookup(EMBEDDINGS, module))
+
+
+# -- names -----------------------------------------------------------------------------------------
+_STRONG_EXACT = frozenset({"wte", "wpe", "head", "lm_head", "classifier", "unembed"})
+_WEAK_EXACT = frozenset({"out", "output", "pos", "logits", "readout"})
+_WEAK_PREFIX = ("out_", "output_", "pos_", "position")
+
+
+def default_adamw_rule(name: str | None, param: Tensor) -> bool:
+    """Route a matrix parameter given by name only to AdamW if its name marks an embedding or
+    an output layer.
+
+    A dotted-name component marks it if it contains ``"emb"`` (``embed``, ``tok_emb``), ends
+    with ``"_head"`` or is one of ``wte``, ``wpe``, ``head``, ``lm_head``, ``classifier``,
+    ``unembed``; or, before any integer component (that is, outside a repeated block such as
+    ``layers.3``), if it is ``out``, ``output``, ``pos``, ``logits``, ``readout`` or starts
+    with ``out_``, ``output_``, ``pos_``, ``position``. So ``pos``, ``out.weight`` and
+    ``tok_emb.weight`` go to AdamW while ``layers.3.attn.out_proj.weight`` does not. Unnamed
+    parameters are never selected. Pass the model, ``RegMuon(model)``, to route by structure.
+    """
+    if name is None:
+        return False
+    in_block = False
+    for part in name.split("."):
+        if part.isdigit():
+            in_block = True
+            continue
+        if "emb" in part or part.endswith("_head"):
+            return True
+        if part in _STRONG_EXACT:
+            return True
+        if not in_block and (part in _WEAK_EXACT or part.startswith(_WEAK_PREFIX)):
+            return True
+    return False
+
+
+class NamePatterns:
+    """``(name, param) -> bool``: some regular expression is found in the name (picklable)."""
+
+    def __init__(self, patterns: Iterable[Any]) -> None:
+        self.patterns: list[re.Pattern[str]] = []
+        for p in patterns:
+            if not isinstance(p, str):
+                raise TypeError(f"adamw patterns must be strings, got {type(p).__name__} {p!r}")
+            try:
+                self.patterns.append(re.compile(p))
+            except re.error as e:
+                raise ValueError(f"adamw: {p!r} is not a valid regular expression ({e})") from e
+
+    def __call__(self, name: str | None, param: Tensor) -> bool:
+        return name is not None and any(p.search(name) for p in self.patterns)
+
+    def __repr__(self) -> str:
+        return f"NamePatterns({[p.pattern for p in self.patterns]!r})"
+
+
+def make_rule(adamw: Any) -> tuple[Callable[[str | None, Tensor], bool], bool]:
+    """``(rule, explicit)`` from RegMuon's ``adamw`` argument (``None``: the default rule)."""
+    if adamw is None:
+        return default_adamw_rule, False
+    if callable(adamw):
+        return adamw, True
+    if isinstance(adamw, str | bytes) or not isinstance(adamw, Iterable):
+        raise TypeError(f"adamw must be a predicate or an iterable of patterns, got {adamw!r}")
+    return NamePatterns(adamw), True
+
+
+# -- the record ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Route:
+    """Where one parameter went and why."""
+
+    name: str  # qualified name, or "param_groups[i][j]" for an unnamed parameter
+    shape: tuple[int, ...]
+    algorithm: str  # "regmuon" | "adamw"
+    reason: str  # see Routing.REASONS
+    detail: str = ""  # layer type, tied names, the rule, ...
+    view: str | None = None  # regmuon: matrix view and layout
+    layout: str | None = None
+
+    @property
+    def matrices(self) -> tuple[int, int, int] | None:
+        """``(k, m, n)``: how RegMuon sees it (``None`` for AdamW)."""
+        return None if self.view is None else matrix_shape(self.shape, self.view)
+
+
+@dataclass
+class Routing:
+    """Every routing decision of an optimizer, in parameter order; ``print()`` summarizes."""
+
+    routes: list[Route] = field(default_factory=list)
+    source: str = ""  # "module Foo", "named parameters", ...
+    output: str = ""  # the output layer(s) and how they were found
+
+    REASONS = (
+        "hidden matrix",  # a declared weight matrix of a known layer -> RegMuon
+        "embedding",  # a parameter of an embedding layer -> AdamW
+        "tied to embedding",  # the same tensor as an embedding's parameter -> AdamW
+        "output layer",  # a parameter of the output layer -> AdamW
+        "direct parameter",  # held by a module that does not declare it a matrix -> AdamW
+        "vector",  # ndim 1 -> AdamW
+        "scalar",  # ndim 0 -> AdamW
+        "name rule",  # default_adamw_rule matched the name -> AdamW
+        "adamw rule",  # the user's adamw= predicate/patterns matched -> AdamW
+        "matrix by name",  # named, not matched by the rule -> RegMuon
+        "unrouted matrix",  # no name, no module: RegMuon, with a RoutingWarning
+        "group algorithm",  # the group named its algorithm
+    )
+
+    def by_name(self) -> dict[str, Route]:
+        return {r.name: r for r in self.routes}
+
+    def summary(self, max_rows: int = 40) -> str:
+        """A compact table: rows grouped by (algorithm, reason, name pattern, shape).
+
+        Integer name components become ``*``, so the layers of a deep model share rows.
+        """
+        rows: dict[tuple[Any, ...], list[Route]] = {}
+        for r in self.routes:
+            pattern = ".".join("*" if s.isdigit() else s for s in r.name.split("."))
+            key = (r.algorithm, r.reason, pattern, r.shape, r.detail, r.view, r.layout)
+            rows.setdefault(key, []).append(r)
+        n_el = {a: 0 for a in ("regmuon", "adamw")}
+        n_t = {a: 0 for a in ("regmuon", "adamw")}
+        for r in self.routes:
+            n_el[r.algorithm] += _numel(r.shape)
+            n_t[r.algorithm] += 1
+        lines = [
+            f"RegMuon routing of {self.source or 'parameters'}: "
+            + ", ".join(f"{a} {n_t[a]} tensors ({_human(n_el[a])})" for a in n_t)
+        ]
+        if self.output:
+            lines.append(f"output layer: {self.output}")
+        table: list[tuple[str, str, str, str]] = []
+        for algo in ("regmuon", "adamw"):
+            for key, members in rows.items():
+                if key[0] != algo:
+                    continue
+                r = members[0]
+                where = _compress([m.name for m in members])
+                if r.view is not None:
+                    k, m, n = matrix_shape(r.shape, r.view)
+                    shape = f"{k} × {m} × {n}" if k > 1 else f"{m} × {n}"
+                    if r.layout == "in_out":
+                        shape += " [in, out]"
+                else:
+                    shape = " × ".join(map(str, r.shape)) or "scalar"
+                reason = r.reason + (f" ({r.detail})" if r.detail else "")
+                table.append((algo, reason, where, shape))
+        if len(table) > max_rows:
+            hidden = len(table) - max_rows
+            table = [*table[:max_rows], ("…", f"{hidden} more rows", "", "")]
+        widths = [max(len(row[i]) for row in table) for i in range(3)] if table else [0, 0, 0]
+        for row in table:
+            lines.append(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
+                + "  " + row[3]
+            )  # fmt: skip
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _compress(names: list[str]) -> str:
+    """Names that differ only in integer components, as one: ``h.{0..11}.attn.weight``."""
+    if len(names) == 1:
+        return names[0]
+    parts = [n.split(".") for n in names]
+    out = []
+    for i, first in enumerate(parts[0]):
+        values = sorted({int(p[i]) for p in parts}) if first.isdigit() else []
+        if len(values) <= 1:
+            out.append(first)
+        elif values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+            out.append(f"{{{values[0]}..{values[-1]}}}")
+        else:
+            out.append("{" + ",".join(map(str, values)) + "}")
+    return ".".join(out) + f" (×{len(names)})"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit} elements"
+    return f"{n} elements"
+
+
+# -- the output layer ------------------------------------------------------------------------------
+def _signature(module: nn.Module) -> tuple[Any, ...]:
+    return (type(module), tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
+
+
+def _repeated_blocks(model: nn.Module) -> list[str]:
+    """Names of composite modules (with children) that have a sibling of the same type and
+    parameter shapes: the layers of a repeated stack (``blocks.3``)."""
+    out = []
+    for name, parent in model.named_modules():
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for child_name, child in parent.named_children():
+            if next(child.children(), None) is None:
+                continue  # a leaf layer: not a block
+            groups.setdefault(_signature(child), []).append(child_name)
+        for members in groups.values():
+            if len(members) > 1:
+                out += [f"{name}.{c}" if name else c for c in members]
+    return out
+
+
+def _resolve(model: nn.Module, output: Any) -> list[str]:
+    modules = dict(model.named_modules())
+    names = {id(m): n for n, m in modules.items()}
+    items = [output] if isinstance(output, str | nn.Module) else list(output)
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            if item not in modules:
+                close = [n for n in modules if n and item.split(".")[-1] in n][:5]
+                raise ValueError(
+                    f"output={item!r} is not the name of a submodule of the model"
+                    + (f"; similar names: {close}" if close else "")
+                )
+            out.append(item)
+        elif isinstance(item, nn.Module):
+            if id(item) not in names:
+                raise ValueError(
+                    f"output={type(item).__name__}(...) is not a submodule of the model"
+                )
+            out.append(names[id(item)])
+        else:
+            raise TypeError(
+                f"output must be a module, a module name or a list of them, got {item!r}"
+            )
+    return out
+
+
+def output_layers(model: nn.Module, output: Any = None) -> tuple[list[str], str]:
+    """The output layer(s) of ``model`` as module names, and how they were found.
+
+    **Definition.** ``output`` (a module, its qualified name, or a list of them; ``()`` for
+    none) if given. Otherwise, if the model has a Hugging Face ``get_output_embeddings()``
+    that returns one of its modules, that module. Otherwise the *last* module, in registration
+    order (``model.named_modules()``), that holds a declared weight matrix
+    (:data:`MATRIX_PARAMETERS`), is not the model itself and does not lie inside a *repeated
+    block* — a composite module with a sibling of the same type and parameter shapes, such as
+    ``layers.3`` of a transformer. So a head registered before a stack of identical blocks is
+    still found, and a model whose logits reuse the embedding (``x @ wte.weight.T``, no head
+    module) has no output layer (the tied embedding already goes to AdamW). A head registered
+    before a non-repeated body is missed: pass ``output=``, e.g. from
+    :func:`last_executed_layer`.
+    """
+    if output is not None:
+        names = _resolve(model, output)
+        return names, "given by output="
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        try:
+            head = get()
+        except (NotImplementedError, AttributeError):
+            head = None
+        if isinstance(head, nn.Module):
+            names = _resolve(model, head)
+            return names, "from get_output_embeddings()"
+    blocks = _repeated_blocks(model)
+    last = None
+    for name, module in model.named_modules():
+        if not name or not declared_matrices(module):
+            continue  # the model itself is never its own output layer
+        if any(name == b or name.startswith(b + ".") for b in blocks):
+            continue
+        last = name
+    if last is None:
+        return [], "no matrix layer outside repeated blocks"
+    return [last], "the last matrix layer outside repeated blocks, in registration order"
+
+
+def last_executed_layer(model: nn.Module, *args: Any, **kwargs: Any) -> str:
+    """Name of the last module with a declared weight matrix that runs in ``model(*args)``.
+
+    Runs one forward pass in eval mode without gradients (training flags restored), for use as
+    ``RegMuon(model, output=last_executed_layer(model, x))`` when registration order does not
+    match execution order. A head computed functionally (``x @ emb.weight.T``) is no module
+    call and is not seen.
+    """
+    order: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if declared_matrices(module):
+            hooks.append(module.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes:
+            m.train(mode)
+    if not order:
+        raise ValueError("no module holding a declared weight matrix ran in the forward pass")
+    return order[-1]
+
+
+# -- routing ---------------------------------------------------------------------------------------
+def _qual(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def route_module(
+    model: nn.Module,
+    *,
+    output: Any = None,
+    extra_adamw: Callable[[str | None, Tensor], bool] | None = None,
+) -> tuple[Routing, list[tuple[str, Tensor]]]:
+    """Route every parameter of ``model`` by structure (module docstring; precedence: embedding
+    or tied > output layer > declared matrix > vector/scalar > direct parameter).
+
+    ``extra_adamw(name, param)`` may send further declared matrices to AdamW. Returns the
+    :class:`Routing` and the ``(name, parameter)`` pairs in the same order.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"route_module needs an nn.Module, got {type(model).__name__}")
+    owners: dict[Tensor, list[tuple[str, nn.Module, str]]] = {}
+    for mname, module in model.named_modules():
+        for attr, p in module.named_parameters(recurse=False):
+            owners.setdefault(p, []).append((mname, module, attr))
+    outputs, how = output_layers(model, output)
+    out_set = set(outputs)
+    routing = Routing(source=f"module {type(model).__name__}",
+                      output=(", ".join(outputs) or "none") + f" ({how})")  # fmt: skip
+    pairs: list[tuple[str, Tensor]] = []
+    for name, p in model.named_parameters():
+        own = owners[p]
+        others = [_qual(m, a) for m, _, a in own if _qual(m, a) != name]
+        tied = f"tied: {', '.join(others)}" if others else ""
+        shape = tuple(p.shape)
+        emb = [(m, a) for m, mod, a in own if is_embedding(mod)]
+        spec = next(
+            (s for _, mod, a in own if (s := declared_matrices(mod).get(a)) is not None), None
+        )
+        if emb:
+            m, a = emb[0]
+            if _qual(m, a) == name:
+                route = Route(name, shape, "adamw", "embedding", tied)
+            else:
+                route = Route(name, shape, "adamw", "tied to embedding", _qual(m, a))
+        elif any(m in out_set for m, _, _ in own):
+            route = Route(name, shape, "adamw", "output layer", type(own[0][1]).__name__)
+        elif spec is not None:
+            if extra_adamw is not None and extra_adamw(name, p):
+                route = Route(name, shape, "adamw", "adamw rule")
+            else:
+                matrix_shape(shape, spec.view)  # the view must fit: raises otherwise
+                layer = type(next(mod for _, mod, a in own if a in declared_matrices(mod))).__name__
+                route = Route(
+                    name, shape, "regmuon", "hidden matrix", layer, spec.view, spec.layout
+                )
+        elif p.ndim <= 1:
+            route = Route(name, shape, "adamw", "vector" if p.ndim == 1 else "scalar")
+        else:
+            route = Route(name, shape, "adamw", "direct parameter",
+                          f"of {type(own[0][1]).__name__}")  # fmt: skip
+        routing.routes.append(route)
+        pairs.append((name, p))
+    return routing, pairs
+
+
+def route_params(
+    items: list[tuple[str | None, Any]],
+    rule: Callable[[str | None, Tensor], bool],
+    explicit: bool,
+    view: str,
+    layout: str,
+) -> list[Route]:
+    """Route parameters given without a module (by name): one :class:`Route` each."""
+    out = []
+    for i, (name, p) in enumerate(items):
+        label = name if name is not None else f"params[{i}]"
+        shape = tuple(p.shape)
+        if p.ndim <= 1:
+            out.append(Route(label, shape, "adamw", "vector" if p.ndim == 1 else "scalar"))
+        elif rule(name, p):
+            reason = "adamw rule" if explicit else "name rule"
+            out.append(Route(label, shape, "adamw", reason))
+        else:
+            reason = "matrix by name" if (name is not None or explicit) else "unrouted matrix"
+            out.append(Route(label, shape, "regmuon", reason, "", view, layout))
+    return out
+
+
+def warn_unrouted(count: int, stacklevel: int) -> None:
+    """The one warning for matrices that could be routed neither by structure nor by name."""
+    if count:
+        warnings.warn(
+            f"RegMuon got {count} matrix parameter{'s' if count > 1 else ''} without names or a "
+            "module, so it cannot tell hidden weights from embeddings or the output layer: "
+            f"{'they all go' if count > 1 else 'it goes'} to RegMuon. Pass the model, "
+            "RegMuon(model), to route by structure (or model.named_parameters(), or adamw=() "
+            "to confirm that every matrix is a hidden weight).",
+            RoutingWarning,
+            stacklevel=stacklevel,
+        )

@@ -1,0 +1,356 @@
+"""RegMuon(model): routing by structure (embeddings, tied heads, the output layer, direct
+parameters, declared weight matrices), the name rule, the warning, and the record."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from conftest import unit_roundoff
+from torch import nn
+
+import muonflow as mf
+from muonflow.optim import (
+    MATRIX_PARAMETERS,
+    RegMuon,
+    RoutingWarning,
+    default_adamw_rule,
+    last_executed_layer,
+    register_matrices,
+)
+
+F64 = torch.float64
+U64 = unit_roundoff(F64)
+
+
+def routes(opt):
+    return {r.name: (r.algorithm, r.reason) for r in opt.routing.routes}
+
+
+def svd_map(X, eps):
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    return (U * (S / torch.sqrt(S**2 + eps**2))) @ Vh
+
+
+# -- Hugging Face GPT-2 --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_cls():
+    transformers = pytest.importorskip("transformers")
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def tiny_gpt2(transformers, dtype=torch.float32):
+    cfg = transformers.GPT2Config(vocab_size=48, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).to(dtype)
+
+
+def test_hf_gpt2_routing(gpt2_cls):
+    """Conv1D weights [in, out] -> RegMuon with layout in_out; the tied wte/lm_head and wpe ->
+    AdamW as embeddings; the output layer found by get_output_embeddings(); vectors -> AdamW."""
+    model = tiny_gpt2(gpt2_cls)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    opt = RegMuon(model)
+    r = routes(opt)
+    by = opt.routing.by_name()
+    hidden = [n for n, (a, _) in r.items() if a == "regmuon"]
+    assert sorted(hidden) == sorted(
+        f"transformer.h.{i}.{m}.weight" for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )  # fmt: skip
+    assert all(by[n].layout == "in_out" and by[n].detail == "Conv1D" for n in hidden)
+    assert r["transformer.wte.weight"] == ("adamw", "embedding")
+    assert "lm_head.weight" in by["transformer.wte.weight"].detail  # tied, said so
+    assert r["transformer.wpe.weight"] == ("adamw", "embedding")
+    assert all(a == "adamw" for n, (a, _) in r.items() if n.endswith(".bias"))
+    assert opt.routing.output.startswith("lm_head (from get_output_embeddings())")
+    assert [g["algorithm"] for g in opt.param_groups] == ["regmuon", "adamw"]
+    assert len([p for g in opt.param_groups for p in g["params"]]) == len(list(model.parameters()))
+
+
+def test_hf_conv1d_layout_sets_the_lr_factor(gpt2_cls):
+    """One step on GPT-2's c_fc ([in 16, out 64]): W - η√(64/16) ∇K(G), float64 SVD reference.
+
+    The factor comes from the fan-out (columns of a Conv1D weight): with the wrong layout it
+    would be 1, a 2x smaller step. Exact map (tol=None), so 64 u relative.
+    """
+    model = tiny_gpt2(gpt2_cls, F64)
+    W = model.transformer.h[0].mlp.c_fc.weight
+    W0 = W.detach().clone()
+    opt = RegMuon(model, lr=0.1, eps=0.3, tol=None, nesterov=False)
+    idx = torch.randint(0, 48, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(idx, labels=idx).loss.backward()
+    G = W.grad.detach().clone()
+    opt.step()
+    eps = 0.3 * float(torch.linalg.matrix_norm(G)) / math.sqrt(16)
+    expect = W0 - 0.1 * math.sqrt(64 / 16) * svd_map(G, eps)
+    assert torch.allclose(W.detach(), expect, rtol=0, atol=64 * U64)
+
+
+# -- nn.TransformerEncoder with an embedding, a raw positional parameter, a Linear head ----------
+class SortNet(nn.Module):
+    def __init__(self, vocab=10, d=16, T=12, head_first=False) -> None:
+        super().__init__()
+        if head_first:
+            self.head = nn.Linear(d, vocab)
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(0.02 * torch.randn(T, d))
+        layer = nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        if not head_first:
+            self.head = nn.Linear(d, vocab)
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(x) + self.pos[: x.shape[1]]))
+
+
+@pytest.mark.parametrize("head_first", [False, True])
+def test_transformer_encoder_routing(head_first):
+    """Also with the head registered before the blocks: the encoder layers are a repeated
+    block, so the head is still the last matrix layer outside repeated blocks."""
+    opt = RegMuon(SortNet(head_first=head_first))
+    r = routes(opt)
+    assert r["emb.weight"] == ("adamw", "embedding")
+    assert r["pos"] == ("adamw", "direct parameter")
+    assert r["head.weight"] == ("adamw", "output layer")
+    assert r["head.bias"] == ("adamw", "output layer")
+    for i in range(2):
+        for m in ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight",
+                  "linear2.weight"):  # fmt: skip
+            assert r[f"enc.layers.{i}.{m}"] == ("regmuon", "hidden matrix")
+        assert r[f"enc.layers.{i}.norm1.weight"] == ("adamw", "vector")
+    assert opt.routing.by_name()["enc.layers.0.self_attn.in_proj_weight"].matrices == (3, 16, 16)
+
+
+def test_attention_in_proj_is_three_matrices():
+    """in_proj_weight = [W_q; W_k; W_v] is mapped as a [3, d, d] stack: one step equals the
+    three projections mapped separately (float64 SVD reference), not the 3d x d matrix."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, dtype=F64)
+    net = nn.Sequential()  # a container so that the MHA is not the model itself
+    net.add_module("attn", mha)
+    net.add_module("head", nn.Linear(8, 3, dtype=F64))
+    W0 = mha.in_proj_weight.detach().clone()
+    opt = RegMuon(net, lr=0.1, eps=0.3, tol=None)
+    x = torch.randn(5, 2, 8, dtype=F64)
+    net.head(mha(x, x, x)[0]).square().sum().backward()
+    G = mha.in_proj_weight.grad.detach().clone()
+    opt.step()
+    blocks = []
+    for Gb in G.split(8):
+        e = 0.3 * float(torch.linalg.matrix_norm(Gb)) / math.sqrt(8)
+        blocks.append(svd_map(Gb, e))
+    expect = W0 - 0.1 * torch.cat(blocks)
+    assert torch.allclose(mha.in_proj_weight.detach(), expect, rtol=0, atol=64 * U64)
+    e = 0.3 * float(torch.linalg.matrix_norm(G)) / math.sqrt(8)
+    one = W0 - 0.1 * math.sqrt(3) * svd_map(G, e)
+    assert float((one - expect).abs().max()) > 1e-2  # the other choice is visibly different
+
+
+# -- CNNs ------------------------------------------------------------------------------------------
+def test_cnn_routing_and_conv_views():
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+    )  # fmt: skip
+    opt = RegMuon(cnn)
+    by = opt.routing.by_name()
+    assert (by["0.weight"].algorithm, by["0.weight"].matrices) == ("regmuon", (1, 8, 9))
+    assert (by["3.weight"].algorithm, by["3.weight"].matrices) == ("regmuon", (1, 8, 72))
+    assert by["6.weight"].reason == "output layer" and by["6.weight"].algorithm == "adamw"
+    assert by["1.weight"].reason == "vector"
+    # Conv1d [out, in, k] is one out x (in·k) matrix (the "auto" view would see k experts)
+    net1d = nn.Sequential(nn.Conv1d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 5, 2))
+    assert RegMuon(net1d).routing.by_name()["0.weight"].matrices == (1, 6, 12)
+    x = torch.randn(2, 1, 8, 8)
+    cnn(x).sum().backward()
+    opt.step()  # and it steps
+
+
+# -- the output layer: what the definition misses, and the fixes ----------------------------------
+class HeadFirst(nn.Module):
+    """A head registered before a non-repeated body: registration order is not execution order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_head_registered_before_a_non_repeated_body_needs_output():
+    model = HeadFirst()
+    auto = routes(RegMuon(model))
+    assert auto["body.2.weight"] == ("adamw", "output layer")  # the documented miss
+    assert auto["head.weight"] == ("regmuon", "hidden matrix")
+    assert last_executed_layer(model, torch.randn(2, 4)) == "head"
+    assert model.training  # the helper restores the training flags
+    for output in (model.head, "head", [last_executed_layer(model, torch.randn(2, 4))]):
+        fixed = routes(RegMuon(model, output=output))
+        assert fixed["head.weight"] == ("adamw", "output layer")
+        assert fixed["body.2.weight"] == ("regmuon", "hidden matrix")
+    assert routes(RegMuon(model, output=()))["head.weight"] == ("regmuon", "hidden matrix")
+    with pytest.raises(ValueError, match="'heads' is not the name of a submodule"):
+        RegMuon(model, output="heads")
+    with pytest.raises(ValueError, match="not a submodule"):
+        RegMuon(model, output=nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="output= needs a model"):
+        RegMuon(model.parameters(), output="head")
+
+
+class TiedFunctional(nn.Module):
+    """Logits from the embedding matrix (no head module) after a stack of identical blocks;
+    a tied Linear registered before the embedding elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj_out = nn.Linear(8, 11, bias=False)
+        self.emb = nn.Embedding(11, 8)
+        self.proj_out.weight = self.emb.weight  # tied, registered first
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(3))
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        for b in self.blocks:
+            h = h + b(h)
+        return h @ self.emb.weight.T
+
+
+def test_tied_parameters_and_no_head_module():
+    r = routes(RegMuon(TiedFunctional()))
+    assert r["proj_out.weight"] == ("adamw", "tied to embedding")  # first name of the tensor
+    assert all(r[f"blocks.{i}.0.weight"] == ("regmuon", "hidden matrix") for i in range(3))
+    assert len(r) == 1 + 3 * 2
+
+
+# -- declared matrices: stacked experts ------------------------------------------------------------
+class Experts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.Parameter(torch.randn(4, 6, 5))
+        self.scale = nn.Parameter(torch.ones(4, 1, 1))
+
+    def forward(self, x):
+        return torch.einsum("bn,emn->bem", x, self.experts * self.scale).sum(1)
+
+
+def test_direct_parameters_go_to_adamw_until_declared(monkeypatch):
+    monkeypatch.setattr("muonflow.optim.routing.MATRIX_PARAMETERS", dict(MATRIX_PARAMETERS))
+    model = nn.Sequential(Experts(), nn.Linear(6, 2))
+    r = routes(RegMuon(model))
+    assert r["0.experts"] == ("adamw", "direct parameter")
+    assert r["0.scale"] == ("adamw", "direct parameter")  # 3-D, but a gain
+    assert register_matrices(experts="batch")(Experts) is Experts  # decorator form
+    opt = RegMuon(model)
+    assert routes(opt)["0.experts"] == ("regmuon", "hidden matrix")
+    assert routes(opt)["0.scale"] == ("adamw", "direct parameter")
+    assert opt.routing.by_name()["0.experts"].matrices == (4, 6, 5)
+
+
+def test_moe_transformer_routing():
+    from muonflow.models import TransformerConfig
+    from muonflow.models.moe import moe_transformer
+
+    cfg = TransformerConfig(vocab_size=16, block_size=8, d_model=16, n_heads=2, n_layers=2,
+                            d_mlp=32)  # fmt: skip
+    by = RegMuon(moe_transformer(cfg, 4)).routing.by_name()
+    assert by["blocks.0.mlp.w1"].matrices == (4, 8, 16)
+    assert by["blocks.1.mlp.w2"].algorithm == "regmuon"
+    assert by["embed.weight"].algorithm == by["pos_embed.weight"].algorithm == "adamw"
+    assert by["head.weight"].reason == "output layer"
+
+
+# -- names and the warning -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "adamw"),
+    [
+        ("transformer.wte.weight", True),
+        ("model.embed_tokens.weight", True),
+        ("tok_emb.weight", True),
+        ("emb", True),
+        ("pos", True),
+        ("pos_enc", True),
+        ("out.weight", True),
+        ("output.weight", True),
+        ("lm_head.weight", True),
+        ("cls_head.weight", True),
+        ("layers.3.attn.out_proj.weight", False),
+        ("bert.encoder.layer.0.output.dense.weight", False),
+        ("blocks.0.attn.heads.weight", False),
+        ("blocks.1.mlp.fc.weight", False),
+        (None, False),
+    ],
+)
+def test_name_rule(name, adamw):
+    assert default_adamw_rule(name, torch.zeros(2, 2)) is adamw
+
+
+def test_unroutable_matrices_warn_once_and_are_counted():
+    mats = [nn.Parameter(torch.randn(3, 3)) for _ in range(3)]
+    vec = nn.Parameter(torch.ones(3))
+    with pytest.warns(RoutingWarning, match=r"3 matrix parameters without names.*RegMuon\(model\)"):
+        opt = RegMuon([*mats, vec])
+    assert sum(r.reason == "unrouted matrix" for r in opt.routing.routes) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RegMuon([("a", mats[0]), ("b", mats[1])])  # names: the name rule decides
+        RegMuon(mats, adamw=())  # the user said: all hidden matrices
+        RegMuon([vec])  # nothing to route
+        RegMuon(nn.Linear(3, 3))  # a model
+    with pytest.warns(RoutingWarning, match="1 matrix parameter without"):
+        RegMuon([vec]).add_param_group({"params": [mats[0]]})
+
+
+def test_routing_summary_is_compact_for_deep_models():
+    """24 identical layers print as one row per parameter kind; every parameter is counted."""
+    layers = [nn.Sequential(nn.Linear(32, 32), nn.LayerNorm(32)) for _ in range(24)]
+    model = nn.Sequential(nn.Embedding(50, 32), *layers, nn.Linear(32, 50))
+    opt = RegMuon(model)
+    text = str(opt.routing)
+    lines = text.splitlines()
+    assert len(lines) <= 10, text
+    assert "{1..24}.0.weight (×24)" in text and "hidden matrix (Linear)" in text
+    assert "output layer: 25" in text
+    assert "regmuon 24 tensors" in lines[0] and f"adamw {1 + 24 * 3 + 2} tensors" in lines[0]
+
+
+def test_a_model_that_is_one_layer_is_not_its_own_output_layer():
+    assert routes(RegMuon(nn.Linear(4, 4)))["weight"] == ("regmuon", "hidden matrix")
+    lstm = RegMuon(nn.LSTM(3, 5)).routing.by_name()
+    assert lstm["weight_hh_l0"].matrices == (4, 5, 5)  # the four gates, separately
+
+
+def test_model_groups_and_training():
+    """Two groups (RegMuon, then AdamW with the AdamW lr); a step trains the model."""
+    torch.manual_seed(0)
+    model = SortNet()
+    opt = RegMuon(model, lr=0.02, adamw_lr=3e-3)
+    assert [(g["algorithm"], g["lr"]) for g in opt.param_groups] == [("regmuon", 0.02),
+                                                                      ("adamw", 3e-3)]  # fmt: skip
+    x = torch.randint(0, 10, (16, 12))
+    y = x.sort(dim=1).values
+    losses = []
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses  # memorizing one batch (a frozen step: 1.0)
+    assert mf.RegMuon is RegMuon
+
+
+def test_adamw_rule_adds_to_the_structure_of_a_model():
+    """With a model, ``adamw=`` sends further declared matrices to AdamW (by qualified name);
+    it never takes anything away from AdamW."""
+    r = routes(RegMuon(SortNet(), adamw=[r"\.linear1\."]))
+    assert r["enc.layers.0.linear1.weight"] == ("adamw", "adamw rule")
+    assert r["enc.layers.0.linear2.weight"] == ("regmuon", "hidden matrix")
+    assert r["head.weight"] == ("adamw", "output layer")
+    assert r["emb.weight"] == ("adamw", "embedding")
