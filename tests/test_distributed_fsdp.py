@@ -292,6 +292,28 @@ def _resume(rank: int, world: int, mesh: Any, ckpt: str) -> dict[str, torch.Tens
     return _full(model)
 
 
+def _from_one_process(rank: int, world: int, mesh: Any, path: str) -> dict[str, Any]:
+    """A single-process run's state into a sharded model: refused by ``load_state_dict`` (plain
+    tensors for DTensor parameters), loaded by DCP's ``set_state_dict(full_state_dict=True)``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    X, Y = _data()
+    rows = mfd.shard_range(BATCH, rank, world)
+    model = _shard(_model(), mesh)
+    opt = _optimizer(model)
+    one = torch.load(path, weights_only=False)
+    try:
+        opt.load_state_dict(one["plain_optim"])
+        refused = ("loaded", "")
+    except ValueError as e:
+        refused = ("ValueError", str(e))
+    untouched = len(opt.state) == 0  # a fresh optimizer: the refused load left nothing
+    set_state_dict(model, opt, model_state_dict=one["model"], optim_state_dict=one["optim"],
+                   options=StateDictOptions(full_state_dict=True))  # fmt: skip
+    _train(model, opt, X[rows], Y[rows], MORE)
+    return {"refused": refused, "untouched": untouched, "params": _full(model)}
+
+
 def _nan_on_one_rank(rank: int, mesh: Any) -> dict[str, Any]:
     """Rank 1 has a NaN in its shard of one gradient: every rank must raise, nothing changes."""
     X, Y = _data()
@@ -356,6 +378,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             res[2]["fsdp"] = _fsdp_run(rank, 2, mesh2, ckpt2)
             res[2]["resumed"] = _resume(rank, 2, mesh2, ckpt2)
             res[2]["nan"] = _nan_on_one_rank(rank, mesh2)
+            res[2]["from_one"] = _from_one_process(rank, 2, mesh2,
+                                                   os.path.join(out_dir, "one_process.pt"))
         dist.barrier()  # the world-2 checkpoint is written
         res[3]["fsdp"] = _fsdp_run(rank, 3, mesh3, ckpt3)
         res[3]["resumed"] = _resume(rank, 3, mesh3, ckpt2)
@@ -387,8 +411,14 @@ def _spawn(out_dir: str) -> float:
 
 @pytest.fixture(scope="module")
 def runs() -> Any:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     d = tempfile.mkdtemp()
     try:
+        _, model, opt = _single(STEPS)  # a single-process run's state, for _from_one_process
+        msd, osd = get_state_dict(model, opt)
+        torch.save({"model": msd, "optim": osd, "plain_optim": opt.state_dict()},
+                   os.path.join(d, "one_process.pt"))  # fmt: skip
         wall = _spawn(d)
 
         def load(name: str) -> Any:
@@ -536,6 +566,15 @@ def test_dcp_checkpoint_loads_at_world_3_and_at_world_1(runs: Any) -> None:
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     _train(model, opt, X, Y, MORE)
     _assert_close(_full(model), ref, tol, "world 1")
+
+
+def test_a_single_process_state_loads_into_the_sharded_model_through_dcp(runs: Any) -> None:
+    ref, _, _ = _single(STEPS + MORE)
+    for rank, res in enumerate(runs[2]):
+        kind, msg = res["from_one"]["refused"]  # plain tensors for DTensor parameters
+        assert kind == "ValueError" and "is a plain tensor but the parameter is a DTensor" in msg
+        assert res["from_one"]["untouched"]  # the refused load left no state behind
+        _assert_close(res["from_one"]["params"], ref, _tol(STEPS + MORE), f"rank {rank}")
 
 
 def test_a_nan_on_one_rank_raises_on_every_rank_and_changes_nothing(runs: Any) -> None:

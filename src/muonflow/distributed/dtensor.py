@@ -189,16 +189,6 @@ class MatrixLayout:
         """The local shard of DTensor ``t`` (a view: updating it updates ``t``)."""
         return t.to_local()
 
-    def local_of(self, t: Tensor, like: Any) -> Tensor:
-        """This rank's shard of ``t``, laid out as ``like``: ``t.to_local()`` for a DTensor, the
-        local slice for a full tensor (e.g. a buffer from a single-process checkpoint)."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        if isinstance(t, DTensor):
-            return t.to_local()
-        return distribute_tensor(t, like.device_mesh, like.placements,
-                                 src_data_rank=None).to_local()  # fmt: skip
-
     def map(self, X: Tensor, map_fn: Callable[[Tensor], Tensor], **options: Any) -> Tensor:
         """:func:`map_sharded` of ``X`` under this layout."""
         return map_sharded(X, self, map_fn, **options)

@@ -62,9 +62,7 @@ class MomentumPacks:
             piece = stacked[off : off + k]
             view = piece.view(p.shape) if dlayout is None else dlayout.wrap(piece, p)
             old = state[p].get("momentum_buffer")
-            if old is not None and dlayout is not None:  # a DTensor, or a full tensor
-                piece.view(dlayout.local(p).shape).copy_(dlayout.local_of(old, p))
-            elif old is not None:
+            if old is not None:
                 view.copy_(old)
             state[p]["momentum_buffer"] = view
             views.append(view)
