@@ -1,7 +1,7 @@
 """Sharded particle flow and data-parallel RegMuon vs single-process runs (gloo, 2 CPU processes).
 
 One spawned 2-process group serves every distributed check (spawning costs seconds): it runs
-the particle flows, the DDP and sharded-map training, the configuration checks and, last, in
+the particle flows, the DDP training, the configuration checks and, last, in
 groups of their own with short timeouts, a stuck rank and a failing rank. The workers write their
 results to files; the comparisons are asserted here, in the parent.
 
@@ -143,30 +143,6 @@ def _ddp_run(rank: int, out_dir: str) -> dict[str, Any]:
     return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 
-def _sharded_optimizer(model: torch.nn.Module) -> mfd.ShardedRegMuon:
-    return mfd.ShardedRegMuon(model.named_parameters(), lr=0.05, momentum=0.9, eps=EPS_OPT,
-                              adamw=(), tol=None)  # fmt: skip
-
-
-def _sharded_run(rank: int, out_dir: str) -> dict[str, Any]:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    model = _model()
-    opt = _sharded_optimizer(model)
-    X, Y = _batch()
-    rows = mfd.shard_range(GLOBAL_BATCH, rank, WORLD)
-    _train(DDP(model), opt, X[rows], Y[rows], STEPS)  # type: ignore[arg-type]
-    local_state, _ = opt._local_by_name()
-    ckpt = opt.state_dict()  # collective
-    if rank == 0:
-        torch.save(ckpt, os.path.join(out_dir, "sharded_ckpt_world2.pt"))
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "owner": dict(opt.owner),
-        "local_state_names": sorted(local_state),
-    }
-
-
 # -- workers ------------------------------------------------------------------------------------
 def _init(rank: int, port: int, timeout_s: float) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -187,7 +163,6 @@ def _main_worker(rank: int, port: int, out_dir: str) -> None:
         res[method] = _particle_run(rank, method)
     res["muon_chunked"] = _particle_run(rank, "muon", chunk_size=4)
     res["ddp"] = _ddp_run(rank, out_dir)
-    res["sharded"] = _sharded_run(rank, out_dir)
     # mismatched configurations: every rank must raise, naming the difference
     errors = {}
     try:
@@ -280,7 +255,6 @@ def main_results() -> Any:
         yield {
             "ranks": [load(f"rank{r}.pt") for r in range(WORLD)],
             "ckpt": load("ckpt_world2.pt"),
-            "sharded_ckpt": load("sharded_ckpt_world2.pt"),
             "fail": [load(f"fail{r}.pt") for r in range(WORLD)],
             "stuck": load("stuck0.pt"),
             "wall": wall,
@@ -419,38 +393,3 @@ def test_init_from_env_explains_a_missing_launcher(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValueError, match="timeout must be"):
         mfd.init_from_env(timeout=0)
     assert not dist.is_initialized()
-
-
-def test_sharded_map_regmuon_equals_single_process_and_resumes_at_world_1(
-    main_results: Any,
-) -> None:
-    ranks, ckpt = main_results["ranks"], main_results["sharded_ckpt"]
-    # the map work is split: each matrix has one owner, which alone holds its momentum
-    owners = ranks[0]["sharded"]["owner"]
-    assert owners == ranks[1]["sharded"]["owner"] == {"0.weight": 0, "2.weight": 1}
-    for rank, res in enumerate(ranks):
-        assert res["sharded"]["local_state_names"] == [n for n, r in owners.items() if r == rank]
-    assert sorted(ckpt["state"]) == ["0.weight", "2.weight"]  # consolidated on save
-    X, Y = _batch()
-    model = _model()
-    opt = _optimizer(model)
-    _train(model, opt, X, Y, STEPS)
-    tol = C_GROWTH * STEPS * GLOBAL_BATCH * U64 / EPS_OPT  # as for DDP above
-    for name, p in model.state_dict().items():
-        for rank, res in enumerate(ranks):
-            err = float((res["sharded"]["params"][name] - p).abs().max())
-            assert err <= tol * float(p.abs().max()), f"rank {rank} {name}: {err:.3g}"
-    # world size 1 (no process group): load the world-2 checkpoint and continue
-    assert not dist.is_initialized()
-    resumed = _model()
-    resumed.load_state_dict(ranks[0]["sharded"]["params"])
-    opt1 = _sharded_optimizer(resumed)
-    opt1.load_state_dict(ckpt)
-    _train(resumed, opt1, X, Y, MORE_STEPS)
-    _train(model, opt, X, Y, MORE_STEPS)
-    tol_all = tol * (STEPS + MORE_STEPS) / STEPS
-    for name, p in model.state_dict().items():
-        err = float((resumed.state_dict()[name] - p).abs().max())
-        assert err <= tol_all * float(p.abs().max()), f"resumed {name}: {err:.3g}"
-    with pytest.raises(ValueError, match=r"not a muonflow\.sharded_regmuon/1 checkpoint"):
-        opt1.load_state_dict(main_results["ckpt"])

@@ -30,9 +30,14 @@ class MomentumPacks:
         params: Sequence[Tensor],
         counts: Sequence[int],
         shape: tuple[int, int],
+        dlayout: Any = None,
     ) -> Tensor:
         """The stacked momentum ``[sum k_i, m, n]`` of ``params``; ``state[p]["momentum_buffer"]``
         become views of it.
+
+        ``dlayout``: the :class:`muonflow.distributed.MatrixLayout` of DTensor ``params``: the
+        stack holds their local shards and the state buffers are DTensors, placed as the
+        parameters, viewing it.
 
         Reused while the members and their buffers are unchanged; otherwise (first step, after
         ``load_state_dict``, a member without gradient, a buffer replaced from outside) repacked,
@@ -47,11 +52,15 @@ class MomentumPacks:
             ):
                 return stacked
         first = params[0]
+        if dlayout is not None:  # the local shards' matrices [k_local, rows, cols]
+            k_mn = [dlayout.local_shape(dlayout.local(p)) for p in params]
+            counts, shape = [k for k, _, _ in k_mn], k_mn[0][1:]
         stacked = torch.zeros(sum(counts), *shape, dtype=first.dtype, device=first.device)
         views = []
         off = 0
         for p, k in zip(params, counts, strict=True):
-            view = stacked[off : off + k].view(p.shape)
+            piece = stacked[off : off + k]
+            view = piece.view(p.shape) if dlayout is None else dlayout.wrap(piece, p)
             old = state[p].get("momentum_buffer")
             if old is not None:
                 view.copy_(old)

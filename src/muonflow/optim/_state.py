@@ -13,6 +13,7 @@ from .functional import (
     LAYOUTS,
     check_matrix_view,
     first_nonfinite,
+    is_dtensor,
     matrix_shape,
     validate_adamw_options,
     validate_regmuon_options,
@@ -76,6 +77,13 @@ def _check_tensor_like(value: Any, p: Tensor, what: str, *, exact: bool) -> None
         raise TypeError(f"{what} must be a real floating tensor, got {value.dtype}")
     if value.shape != p.shape:
         raise ValueError(f"{what} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
+    if is_dtensor(value) != is_dtensor(p):  # e.g. a single-process checkpoint into FSDP2
+        raise ValueError(
+            f"{what} is {'a DTensor' if is_dtensor(value) else 'a plain tensor'} but the "
+            f"parameter is {'a DTensor' if is_dtensor(p) else 'a plain tensor'}: load sharded "
+            "state with torch.distributed.checkpoint.state_dict.set_state_dict (a single-process "
+            "state dict with options=StateDictOptions(full_state_dict=True))"
+        )
     if value.is_sparse or value.layout != torch.strided:
         raise ValueError(f"{what} has a {value.layout} layout; only strided is supported")
     if exact and (value.dtype != p.dtype or value.device != p.device):

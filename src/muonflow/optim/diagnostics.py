@@ -71,6 +71,8 @@ def total_kinetic_energy(
         stacks: dict[tuple[int, int, float], list[Tensor]] = {}
         for p in group["params"]:
             buf = state.get(p, {}).get("momentum_buffer")
+            if hasattr(buf, "full_tensor"):  # a DTensor (FSDP2): whole matrices (collective)
+                buf = buf.full_tensor()
             if buf is None or buf.numel() == 0:
                 continue
             view, layout = spec(p, group)

@@ -280,17 +280,42 @@ def _check_like(i: int, p: Any, others: dict[str, Any]) -> None:
             raise RuntimeError(f"{name}[{i}] has a {t.layout} layout; only strided is supported")
 
 
+# -- DTensor parameters (FSDP2; muonflow.distributed) ---------------------------------------------
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (imports nothing unless DTensors can exist)."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def dtensor_layout(p: Tensor, view: str = "auto") -> Any:
+    """``None`` for a plain tensor; for a DTensor matrix (stack) its
+    :class:`muonflow.distributed.MatrixLayout`: how its matrices lie over the ranks."""
+    if not is_dtensor(p):
+        return None
+    from ..distributed.dtensor import matrix_layout
+
+    return matrix_layout(p, view)
+
+
 def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor with a NaN/Inf entry, or ``None``: one fused norm per device.
 
     The 2-norm is NaN or Inf if any entry is, so one foreach kernel and one host sync per
     device decide (on CPU ``_foreach_norm(·, 2)`` is ~25x faster than the ∞-norm). It can also
     overflow for finite entries beyond ~1e19 (float32): only then, or on a real failure, each
-    tensor is checked exactly.
+    tensor is checked exactly. With DTensors every rank gets the same answer (their local
+    shards are checked and the flags all-reduced: a NaN on one rank stops every rank).
     """
     live = [i for i, t in enumerate(tensors) if t.numel()]
     if not live:
         return None
+    if any(is_dtensor(t) for t in tensors):  # every rank must agree: one small all-reduce
+        from ..distributed.dtensor import first_nonfinite as agreed
+
+        return agreed(tensors)
     norms = torch._foreach_norm([tensors[i] for i in live], 2)
     by_device: dict[torch.device, list[Tensor]] = {}
     for t in norms:
@@ -398,8 +423,23 @@ def _regmuon_stack(
     lr_ratio: float,
     chunk: int | None,
     map_fn: Callable[[Tensor], Tensor],
+    dlayout: Any = None,
+    map_options: dict[str, Any] | None = None,
 ) -> None:
-    """One stack of same-shape matrices (parameter ``i`` holds ``counts[i]`` of them)."""
+    """One stack of same-shape matrices (parameter ``i`` holds ``counts[i]`` of them).
+
+    ``dlayout``: the :class:`muonflow.distributed.MatrixLayout` of DTensor parameters; the
+    elementwise work is then done on the local shards and the map is that of the full matrices
+    (:func:`muonflow.distributed.map_sharded`, with ``map_options`` = ``map_fn``'s options).
+    """
+    mapper = map_fn
+    if dlayout is not None:  # DTensors: their local shards, seen as [k_local, rows, cols]
+        params, grads, bufs = ([dlayout.local(t) for t in ts] for ts in (params, grads, bufs))
+        k_mn = [dlayout.local_shape(p) for p in params]
+        counts, (m, n) = [k for k, _, _ in k_mn], k_mn[0][1:]
+        mapper = functools.partial(dlayout.map, map_fn=map_fn, **(map_options or {}))
+        if chunk is not None:  # each rank maps about chunk / world whole matrices
+            chunk *= dlayout.world
     total = sum(counts)
     mats, copies = [], []
     for p, k in zip(params, counts, strict=True):
@@ -434,7 +474,7 @@ def _regmuon_stack(
             torch._foreach_add_(xs, g_pieces, alpha=alpha)  # X = βM + g  (or (1-β)g)
         else:
             X = M[a:b]
-        D = map_fn(X)  # D = ∇K(X)
+        D = mapper(X)  # D = ∇K(X)
         torch._foreach_add_(
             [mats[i][lo:hi] for i, lo, hi, _, _ in segs],
             [D[c0:c1] for _, _, _, c0, c1 in segs],
@@ -506,6 +546,9 @@ def regmuon(
         workspace_cap: with ``"auto"``, the cap on one call's workspace estimate (default
             :func:`auto_workspace_cap` of this call's matrices; the class passes its own).
         map_fn: ``X [B, m, n] -> ∇K(X)``; default :func:`orthogonalize` with these options.
+            With DTensor parameters (FSDP2) the kernel works on their local shards and maps the
+            full matrices through :func:`muonflow.distributed.map_sharded` (collective), whose
+            Gram scheme computes ``∇K`` from these options: ``map_fn`` must agree with them.
         check_finite: raise ``ValueError`` (nothing changed) on a NaN/Inf gradient or buffer.
     """
     n_params = len(params)
@@ -541,10 +584,13 @@ def regmuon(
     for i in live:
         _, m, n = shapes[i]
         rho = lr_factor(m, n, layouts[i], adjust_lr)
-        buckets.setdefault((m, n, params[i].dtype, params[i].device, rho), []).append(i)
+        dl = dtensor_layout(params[i], views[i])  # DTensors: how the matrices lie on the ranks
+        buckets.setdefault((m, n, params[i].dtype, params[i].device, rho, dl), []).append(i)
     if max_batch_bytes == "auto" and workspace_cap is None:
         workspace_cap = auto_workspace_cap(shapes[i][1:] for i in live)
-    for (m, n, dtype, _, rho), idx in buckets.items():
+    map_options = {"potential": potential, "eps": eps, "eps_mode": eps_mode, "tol": tol,
+                   "method": method}  # fmt: skip
+    for (m, n, dtype, _, rho, dl), idx in buckets.items():
         counts = [shapes[i][0] for i in idx]
         _regmuon_stack(
             [params[i] for i in idx],
@@ -561,6 +607,8 @@ def regmuon(
             lr_ratio=rho,
             chunk=chunk_rows(sum(counts), m, n, dtype.itemsize, max_batch_bytes, workspace_cap),
             map_fn=map_fn,
+            dlayout=dl,
+            map_options=map_options,
         )
 
 

@@ -36,6 +36,7 @@ from .functional import (
     auto_workspace_cap,
     check_max_batch_bytes,
     check_number,
+    dtensor_layout,
     lr_factor,
     matrix_shape,
     orthogonalize,
@@ -482,10 +483,11 @@ class RegMuon(Optimizer):
         for (p, _), (view, layout) in zip(items, specs, strict=True):
             k, m, n = matrix_shape(p.shape, view)
             rho = lr_factor(m, n, layout, group["adjust_lr"])
-            packs.setdefault((m, n, p.dtype, p.device, rho), []).append((p, k))
+            dl = dtensor_layout(p, view)  # None unless p is a DTensor (FSDP2)
+            packs.setdefault((m, n, p.dtype, p.device, rho, dl), []).append((p, k))
         for key, members in packs.items():
             params, counts = [p for p, _ in members], [k for _, k in members]
-            self._packs.pack(self.state, gi, key, params, counts, key[:2])
+            self._packs.pack(self.state, gi, key, params, counts, key[:2], dlayout=key[5])
         regmuon(
             [p for p, _ in items],
             [g for _, g in items],

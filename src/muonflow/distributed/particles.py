@@ -36,10 +36,6 @@ else at the timeout) with a :class:`DistributedError` that says so, on every ran
 Mismatched configurations (different ``N``, shapes, dtypes, seeds) are caught before the run by
 :func:`check_same_config`, which raises the same error naming the differing ranks on every rank.
 
-Data-parallel training: :class:`~muonflow.optim.RegMuon` runs unchanged under DDP (replicated
-state); :class:`ShardedRegMuon` splits the map work by parameter owner (state on the owner only,
-then one broadcast per owner) and saves world-size independent checkpoints.
-
 Out of scope: the adaptive ``"reference"`` integrator (SciPy DOP853 chooses its steps from the
 local error norm, which would differ per rank) and packed ``systems > 1`` objectives.
 """
@@ -47,8 +43,6 @@ local error norm, which would differ per rank) and packed ``systems > 1`` object
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,116 +51,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .dynamics import HamiltonianFlow, State, Trajectory, integrate
-from .meanfield import ProbabilityObjective
+from ..dynamics import HamiltonianFlow, State, Trajectory, integrate
+from ..meanfield import ProbabilityObjective
+from ._group import DistributedError, _world, all_reduce_sum, check_same_config, collective
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S",
     "DRAW_BLOCK",
-    "DistributedError",
     "ShardedProbabilityObjective",
-    "ShardedRegMuon",
-    "all_reduce_sum",
-    "check_same_config",
     "draw_particles",
     "gather_particles",
-    "init_from_env",
     "integrate_sharded",
     "shard_range",
 ]
 
-#: Default collective timeout in seconds: long enough for a slow force evaluation on a loaded
-#: machine, short enough that a dead peer is reported within minutes rather than torch's 30.
-DEFAULT_TIMEOUT_S = 120.0
-
 #: Particles per seeded block of :func:`draw_particles`; a fixed constant (not a function of the
 #: world size) is what makes the draws world-size independent.
 DRAW_BLOCK = 1024
-
-
-class DistributedError(RuntimeError):
-    """A collective failed or the ranks disagree; raised on every rank involved."""
-
-
-# -- process group ------------------------------------------------------------------------------
-def init_from_env(*, backend: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    """Initialise the default process group from ``torchrun``'s environment variables.
-
-    Args:
-        backend: ``"gloo"``, ``"nccl"`` or ``None`` (NCCL when CUDA is available, else gloo).
-        timeout: seconds a collective may wait for its peers before failing (``> 0``).
-
-    Does nothing if the group is already initialised. Raises :class:`DistributedError` when
-    the launcher's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) are
-    missing.
-    """
-    if not (isinstance(timeout, int | float) and timeout > 0):
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    if dist.is_initialized():
-        return
-    missing = [
-        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
-    ]
-    if missing:
-        raise DistributedError(
-            f"init_from_env needs the launcher's environment variables; missing {missing}. "
-            "Start the script with torchrun (e.g. torchrun --nproc-per-node 2 script.py)."
-        )
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
-
-
-def _world(group: Any) -> tuple[int, int]:
-    if not dist.is_initialized():
-        raise DistributedError(
-            "torch.distributed is not initialised; call muonflow.distributed.init_from_env() "
-            "(under torchrun) or torch.distributed.init_process_group first"
-        )
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def all_reduce_sum(x: Tensor, *, group: Any = None, what: str = "tensor") -> Tensor:
-    """In-place ``SUM`` all-reduce of ``x``; a failed collective becomes :class:`DistributedError`.
-
-    A failure here almost always means another rank raised or died; its own error is the root
-    cause, printed by that rank.
-    """
-    rank, world = _world(group)
-    try:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
-    except (RuntimeError, dist.DistBackendError) as e:  # timeout, closed connection
-        raise DistributedError(
-            f"rank {rank}/{world}: all-reduce of {what} failed; another rank probably raised, "
-            f"exited or is stuck (see its error). Backend said: {e}"
-        ) from e
-    return x
-
-
-def check_same_config(config: dict[str, Any], *, group: Any = None) -> None:
-    """Raise :class:`DistributedError` on every rank unless all ranks pass an equal ``config``.
-
-    ``config`` holds picklable values that must agree (``N``, shapes, dtype, seed, method, ``h``,
-    ...). One ``all_gather_object``; the message lists each differing key per rank.
-    """
-    rank, world = _world(group)
-    gathered: list[Any] = [None] * world
-    try:
-        dist.all_gather_object(gathered, dict(config), group=group)
-    except (RuntimeError, dist.DistBackendError) as e:
-        raise DistributedError(f"rank {rank}/{world}: configuration exchange failed: {e}") from e
-    ref = gathered[0]
-    diffs = []
-    for r, cfg in enumerate(gathered[1:], start=1):
-        for key in sorted(set(ref) | set(cfg)):
-            if ref.get(key, "<missing>") != cfg.get(key, "<missing>"):
-                diffs.append(f"{key}: rank 0 has {ref.get(key, '<missing>')!r}, "
-                             f"rank {r} has {cfg.get(key, '<missing>')!r}")  # fmt: skip
-    if diffs:
-        raise DistributedError(
-            f"rank {rank}/{world}: the ranks were started with different configurations: "
-            + "; ".join(diffs)
-        )
 
 
 # -- sharding and draws -------------------------------------------------------------------------
@@ -234,18 +134,17 @@ def gather_particles(x: Tensor, *, group: Any = None) -> Tensor:
 
     Shards may differ in length by any amount (they are padded for the all-gather).
     """
-    rank, world = _world(group)
+    _, world = _world(group)
     n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
     counts = [torch.zeros_like(n) for _ in range(world)]
-    try:
-        dist.all_gather(counts, n, group=group)
-        top = int(max(int(c) for c in counts))
-        pad = torch.zeros((top, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        pad[: x.shape[0]] = x
-        parts = [torch.empty_like(pad) for _ in range(world)]
-        dist.all_gather(parts, pad, group=group)
-    except (RuntimeError, dist.DistBackendError) as e:
-        raise DistributedError(f"rank {rank}/{world}: gathering the particles failed: {e}") from e
+    collective(lambda: dist.all_gather(counts, n, group=group), group=group,
+               what="gathering the particle counts")  # fmt: skip
+    top = int(max(int(c) for c in counts))
+    pad = torch.zeros((top, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    pad[: x.shape[0]] = x
+    parts = [torch.empty_like(pad) for _ in range(world)]
+    collective(lambda: dist.all_gather(parts, pad, group=group), group=group,
+               what="gathering the particles")  # fmt: skip
     return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)])
 
 
@@ -401,144 +300,3 @@ def integrate_sharded(
     all_reduce_sum(ledger, group=group, what="the kinetic energy and dissipation ledger")
     K, D = ledger[0], ledger[1]
     return dataclasses.replace(traj, K=K, dissipated=D, H=traj.J + K)
-
-
-# -- the optimizer with sharded map work ---------------------------------------------------------
-class ShardedRegMuon:
-    r"""Data-parallel :class:`~muonflow.optim.RegMuon` whose map work is split over the ranks.
-
-    Each parameter has one *owner* rank (greedy balance of the element counts, in the order
-    given; the same on every rank). Every rank steps a local :class:`~muonflow.optim.RegMuon`
-    over the parameters it owns (momentum and AdamW state live **on the owner only**), then
-    each owner broadcasts its updated parameters:
-
-    .. math::
-        W_p \leftarrow \mathrm{RegMuon}(W_p, \bar g_p) \text{ on } \mathrm{owner}(p), \qquad
-        \mathrm{broadcast}(W_p,\ \mathrm{src}=\mathrm{owner}(p)),
-
-    with :math:`\bar g` the gradient already averaged by DDP (or by the user). The iterates are
-    those of one ``RegMuon`` over all parameters (the map acts on each matrix separately).
-
-    Args:
-        named_params: ``(name, parameter)`` pairs (e.g. ``model.named_parameters()``), in the
-            same order on every rank; the names key the checkpoints.
-        group: the process group (``None``: the default group; without an initialised
-            process group the world is this process alone).
-        **options: keyword options of :class:`~muonflow.optim.RegMuon`.
-
-    :meth:`state_dict` (collective) returns a world-size independent checkpoint (state per
-    parameter *name*), which :meth:`load_state_dict` loads at any world size.
-    """
-
-    FORMAT = "muonflow.sharded_regmuon/1"
-
-    def __init__(self, named_params: Any, *, group: Any = None, **options: Any) -> None:
-        from .optim import RegMuon
-
-        items = list(named_params)
-        if not items or not all(
-            isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str) for it in items
-        ):
-            raise TypeError("named_params must be a non-empty sequence of (name, tensor) pairs")
-        names = [n for n, _ in items]
-        if len(set(names)) != len(names):
-            raise ValueError("parameter names must be unique")
-        self.group = group
-        self.rank, self.world = _world(group) if dist.is_initialized() else (0, 1)
-        load = [0] * self.world
-        self.owner: dict[str, int] = {}
-        for name, p in items:  # greedy: the least loaded rank, ties to the lowest rank
-            r = min(range(self.world), key=lambda k: (load[k], k))
-            self.owner[name] = r
-            load[r] += p.numel()
-        self.params = dict(items)
-        if self.world > 1:
-            check_same_config({"names": names, "shapes": [tuple(p.shape) for _, p in items]},
-                              group=group)  # fmt: skip
-        mine = [(n, p) for n, p in items if self.owner[n] == self.rank]
-        self.local = RegMuon(mine, **options) if mine else None
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear every parameter's gradient (owned or not)."""
-        for p in self.params.values():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """Step the owned parameters, then broadcast each rank's parameters (collective)."""
-        if self.local is not None:
-            self.local.step()
-        if self.world == 1:
-            return
-        for r in range(self.world):
-            owned = [p for n, p in self.params.items() if self.owner[n] == r]
-            if not owned:
-                continue
-            flat = torch.cat([p.detach().reshape(-1) for p in owned])
-            try:
-                dist.broadcast(flat, src=dist.get_global_rank(self.group, r)
-                               if self.group is not None else r, group=self.group)  # fmt: skip
-            except (RuntimeError, dist.DistBackendError) as e:
-                raise DistributedError(
-                    f"rank {self.rank}/{self.world}: broadcasting the parameters of rank {r} "
-                    f"failed; another rank probably raised or exited. Backend said: {e}"
-                ) from e
-            for p, v in zip(owned, torch.split(flat, [p.numel() for p in owned]), strict=True):
-                p.copy_(v.view_as(p))
-
-    def _local_by_name(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``({name: state}, extra)`` of the local optimizer (CPU tensors)."""
-        if self.local is None:
-            return {}, {}
-        sd = self.local.state_dict()
-        by_id = {id(p): n for n, p in self.params.items()}
-        index: dict[int, str] = {}
-        i = 0
-        for g in self.local.param_groups:
-            for p in g["params"]:
-                index[i] = by_id[id(p)]
-                i += 1
-        state = {
-            index[i]: {k: v.detach().cpu().clone() if isinstance(v, Tensor) else v
-                       for k, v in st.items()}
-            for i, st in sd["state"].items()
-        }  # fmt: skip
-        return state, {k: v for k, v in sd.items() if k not in ("state", "param_groups")}
-
-    def state_dict(self) -> dict[str, Any]:
-        """World-size independent checkpoint: per-name state gathered from the owners."""
-        state, extra = self._local_by_name()
-        if self.world > 1:
-            parts: list[Any] = [None] * self.world
-            try:
-                dist.all_gather_object(parts, state, group=self.group)
-            except (RuntimeError, dist.DistBackendError) as e:
-                raise DistributedError(f"rank {self.rank}: gathering the state failed: {e}") from e
-            state = {k: v for part in parts for k, v in part.items()}
-        return {"format": self.FORMAT, "state": state, "extra": extra}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict` written at any world size (the owned names' state)."""
-        if state_dict.get("format") != self.FORMAT:
-            raise ValueError(
-                f"not a {self.FORMAT} checkpoint (format={state_dict.get('format')!r})"
-            )
-        unknown = sorted(set(state_dict["state"]) - set(self.params))
-        if unknown:
-            raise ValueError(f"the checkpoint has state for unknown parameters {unknown[:5]}")
-        if self.local is None:
-            return
-        sd = self.local.state_dict()
-        by_id = {id(p): n for n, p in self.params.items()}
-        new_state: dict[int, Any] = {}
-        i = 0
-        for g in self.local.param_groups:
-            for p in g["params"]:
-                name = by_id[id(p)]
-                if name in state_dict["state"]:
-                    new_state[i] = state_dict["state"][name]
-                i += 1
-        self.local.load_state_dict({**sd, **state_dict.get("extra", {}), "state": new_state})

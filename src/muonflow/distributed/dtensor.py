@@ -1,0 +1,603 @@
+r"""RegMuon on DTensor parameters (FSDP2 ``fully_shard``, HSDP): full-matrix maps from shards.
+
+The map of a shard is not the shard of the map: :math:`\nabla K_\varepsilon` must see whole
+matrices. A parameter placed ``Shard(d)`` on one mesh dimension of size ``W`` (any other mesh
+dimension ``Replicate``) is seen through its matrix view ``[k, m, n]``
+(:func:`muonflow.optim.matrix_shape`) as a :class:`MatrixLayout` of one of three kinds:
+
+``"local"``
+    ``d`` is a stack dimension (experts ``[E, m, n]`` split by expert, ``Shard(0)``): every rank
+    holds whole matrices, mapped locally, with no communication. (``Replicate`` on every mesh
+    dimension is local too: each replica maps the same matrices.)
+``"rows"`` / ``"cols"``
+    ``d`` cuts every matrix into row blocks (``Shard(0)`` of an ``nn.Linear`` weight, of a conv
+    kernel) or column blocks: rank ``q`` holds :math:`X_q`, with the block sizes of
+    ``torch.chunk`` (:func:`shard_sizes`; uneven, possibly empty).
+
+Two exact schemes map a stack of ``c`` cut matrices (:func:`map_sharded`):
+
+**gather** (all-to-all; microsoft/dion's design). Matrix ``j`` is owned by rank
+``(o + j) mod W`` (round-robin, the offset ``o`` advancing with every call, so the work is
+spread over the ranks across buckets). One all-to-all sends each block to its owner, the owner
+maps its full matrices in one batched call, a second all-to-all returns the blocks of the
+results: :math:`\Phi(X)_q = \big[\Phi([X_1; \dots; X_W])\big]_q`.
+
+**gram** (a tall matrix cut along its long side). With :math:`X = [X_1; \dots; X_W]`,
+
+.. math::
+    X^\top X = \sum_q X_q^\top X_q, \qquad
+    \Phi(X)_q = X_q \Big(\sum_p X_p^\top X_p + \varepsilon^2 I\Big)^{-1/2},
+
+and relative ε needs only :math:`\|X\|_F^2 = \mathrm{tr}(X^\top X)`. The local ``r x r``
+Gram matrices (upper triangles) are reduce-scattered to their owners, each owner computes the
+inverse square roots of its block of the stack, and one all-gather returns the ``r x r``
+factors; every rank then multiplies its own rows. A ring all-reduce *is* this reduce-scatter +
+all-gather, so the bytes are those of all-reducing the Grams, without computing every inverse
+square root on every rank. The Grams are float64 (what :mod:`muonflow.polar` promotes to
+whenever float32 would miss ``tol``), and the owner takes ``polar``'s decisions from them
+(working dtype, path, schedule); matrices the Gram path cannot do (``polar``'s a-posteriori
+tests) are gathered. Only the relativistic potential (the default) has this form.
+
+**Which** (``scheme="auto"``, :func:`choose_scheme`): the one that sends fewer bytes per rank,
+counted exactly as issued: gather :math:`2\,c\,mn\,s\,(W-1)/W^2` (``s`` bytes per entry),
+gram :math:`2\,c_W\,(r(r+1)/2 + 1)\cdot 8\,(W-1)/W` (``c_W`` = ``c`` rounded up to a
+multiple of ``W``). The Gram scheme thus wins when the long side exceeds about ``(r + 1)·W``
+(float32 entries; ``(r + 1)·W/2`` for float64). Both schemes take two collectives and the
+same flops per matrix, spread over the ranks; measured times and the cost table are in
+``docs/distributed.md`` (``benchmarks/bench_fsdp.py``).
+
+Optimizer state. Momentum buffers are DTensors with the parameter's placements, views of one
+local stacked storage per bucket (``RegMuon``'s packing), so optimizer memory per rank is
+about ``1/W`` and ``torch.distributed.checkpoint`` saves and reshards them like parameters.
+
+Not supported (a clear error at the first step): a parameter sharded on two mesh dimensions
+(FSDP2 + tensor parallel), ``_StridedShard`` or ``Partial`` placements, a conv kernel sharded
+past its input-channel dimension.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ._group import DistributedError, collective
+
+__all__ = [
+    "SCHEMES",
+    "MatrixLayout",
+    "choose_scheme",
+    "comm_stats",
+    "first_nonfinite",
+    "map_sharded",
+    "matrix_layout",
+    "reset_comm_stats",
+    "scheme",
+    "scheme_bytes",
+    "shard_sizes",
+]
+
+#: ``"auto"`` (fewer bytes, :func:`choose_scheme`), ``"gather"`` or ``"gram"`` (where it
+#: applies; elsewhere gather).
+SCHEMES = ("auto", "gather", "gram")
+_SCHEME = ["auto"]
+
+_GRAM_METHODS = ("auto", "eigh", "poly")  # map methods the Gram scheme reproduces
+
+
+@contextlib.contextmanager
+def scheme(name: str) -> Iterator[None]:
+    """Force the scheme of :func:`map_sharded` inside a ``with`` block (benchmarks, tests).
+
+    Every rank must use the same scheme (it decides which collectives run).
+    """
+    if name not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {name!r}")
+    old = _SCHEME[0]
+    _SCHEME[0] = name
+    try:
+        yield
+    finally:
+        _SCHEME[0] = old
+
+
+# -- communication accounting ----------------------------------------------------------------------
+_STATS: dict[str, float] = {}
+
+
+def _count(kind: str, nbytes: float) -> None:
+    _STATS[kind + "_calls"] = _STATS.get(kind + "_calls", 0) + 1
+    _STATS[kind + "_bytes"] = _STATS.get(kind + "_bytes", 0) + nbytes
+
+
+def comm_stats() -> dict[str, float]:
+    """Calls and bytes **sent by this rank** per collective kind since :func:`reset_comm_stats`.
+
+    Counted from the collectives :func:`map_sharded` issues: all-to-all, the bytes to other
+    ranks; reduce-scatter and all-gather, ``(W-1)/W`` of the full buffer (a ring: what each
+    rank sends); the non-finite agreement's all-reduce, ``2(W-1)/W`` of its flags.
+    ``minimum_bytes``: the least each rank must send, on average, for the schemes chosen:
+    gather, the blocks of each matrix not on the rank holding its largest block, there and
+    back; Gram, a ring all-reduce of the ``r(r+1)/2`` float64 Gram entries.
+    """
+    return dict(_STATS)
+
+
+def reset_comm_stats() -> None:
+    """Zero the counters of :func:`comm_stats`."""
+    _STATS.clear()
+
+
+# -- layouts ---------------------------------------------------------------------------------------
+def shard_sizes(size: int, world: int) -> tuple[int, ...]:
+    """Sizes of ``Shard`` blocks of a dimension of ``size`` over ``world`` ranks.
+
+    ``torch.chunk`` semantics (DTensor and FSDP2): ``ceil(size/world)`` per rank while it
+    lasts, so the last ranks may hold fewer, or none (``size=5, world=4``: 2, 2, 1, 0).
+    """
+    full = -(-size // world)
+    return tuple(max(0, min(full, size - q * full)) for q in range(world))
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """How the matrices ``[k, m, n]`` of a DTensor parameter lie over the ranks.
+
+    ``kind``: ``"local"`` (whole matrices on each rank), ``"rows"`` or ``"cols"`` (each matrix
+    cut into blocks of ``splits[q]`` rows/columns on rank ``q`` of ``group``, size ``world``).
+    ``conv``: the matrix view of a conv kernel ``[out, *rest]`` (one ``out x prod(rest)``
+    matrix). Equal layouts (same kind, group and blocks) stack into one bucket.
+    """
+
+    kind: str
+    m: int
+    n: int
+    conv: bool = False
+    splits: tuple[int, ...] = ()
+    rank: int = 0
+    group: Any = field(default=None, repr=False)
+
+    @property
+    def world(self) -> int:
+        return len(self.splits) if self.splits else 1
+
+    def local_shape(self, local: Tensor) -> tuple[int, int, int]:
+        """``(k_local, rows, cols)`` of the local shard ``local`` seen as matrices."""
+        if self.conv:
+            return 1, local.shape[0], math.prod(local.shape[1:])
+        return math.prod(local.shape[:-2]), local.shape[-2], local.shape[-1]
+
+    def wrap(self, local: Tensor, like: Any) -> Any:
+        """A DTensor with ``like``'s mesh, placements and shape whose local shard is ``local``
+        (a view: no copy), e.g. a momentum buffer in the optimizer's stacked storage."""
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(
+            local.view(like.to_local().shape), like.device_mesh, like.placements,
+            shape=like.shape, stride=like.stride(), run_check=False,
+        )  # fmt: skip
+
+    @staticmethod
+    def local(t: Any) -> Tensor:
+        """The local shard of DTensor ``t`` (a view: updating it updates ``t``)."""
+        return t.to_local()
+
+    def map(self, X: Tensor, map_fn: Callable[[Tensor], Tensor], **options: Any) -> Tensor:
+        """:func:`map_sharded` of ``X`` under this layout."""
+        return map_sharded(X, self, map_fn, **options)
+
+
+def matrix_layout(p: Any, view: str = "auto") -> MatrixLayout:
+    """The :class:`MatrixLayout` of DTensor ``p`` under the matrix view ``view``.
+
+    ``view`` as in :func:`muonflow.optim.matrix_shape` (``"auto"``: conv kernels for 4-D and
+    more). Raises ``NotImplementedError`` naming the placements for unsupported layouts.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+
+    shape = tuple(p.shape)
+    ndim = len(shape)
+    conv = view == "conv" or (view == "auto" and ndim >= 4)
+    m, n = (shape[0], math.prod(shape[1:])) if conv else (shape[-2], shape[-1])
+    placements = tuple(p.placements)
+    mesh = p.device_mesh
+    # mesh dimensions of size 1 (e.g. a 1 x W HSDP mesh) split nothing
+    shards = [(i, pl) for i, pl in enumerate(placements)
+              if not isinstance(pl, Replicate) and mesh.size(i) > 1]  # fmt: skip
+    what = f"a parameter of shape {shape} placed {placements} on a mesh {tuple(mesh.shape)}"
+    if not shards:
+        return MatrixLayout("local", m, n, conv)
+    if len(shards) > 1:
+        raise NotImplementedError(
+            f"RegMuon maps full matrices of DTensors sharded on one mesh dimension; {what} is "
+            "sharded on several (e.g. FSDP2 + tensor parallel). Shard it on one mesh dimension "
+            "(FSDP2, HSDP) or use DDP."
+        )
+    mesh_dim, pl = shards[0]
+    if type(pl) is not Shard:  # Partial, _StridedShard, ...
+        raise NotImplementedError(f"RegMuon does not support the placement {pl!r} of {what}")
+    d = pl.dim % ndim
+    world = mesh.size(mesh_dim)
+    group = mesh.get_group(mesh_dim)
+    rank = mesh.get_local_rank(mesh_dim)
+    if conv:
+        if d >= 2:
+            raise NotImplementedError(
+                f"{what}: a conv kernel sharded along dimension {d} cuts its matrix "
+                f"[{shape[0]}, {math.prod(shape[1:])}] into strided columns; shard dimension 0 "
+                "or 1"
+            )
+        kind = "rows" if d == 0 else "cols"
+        unit = 1 if d == 0 else math.prod(shape[2:])
+    else:
+        if d < ndim - 2:
+            return MatrixLayout("local", m, n, conv)  # whole matrices (experts) per rank
+        kind = "rows" if d == ndim - 2 else "cols"
+        unit = 1
+    splits = tuple(s * unit for s in shard_sizes(shape[d], world))
+    got = p.to_local().shape[d] * unit
+    if got != splits[rank]:
+        raise NotImplementedError(
+            f"{what}: the local shard has {got} {kind} on mesh coordinate {rank}, not "
+            f"{splits[rank]} as torch.chunk would give; this sharding is not supported"
+        )
+    if world > 1 and dist.get_rank(group) != rank:  # pragma: no cover - a DeviceMesh invariant
+        raise DistributedError(f"{what}: the mesh group's rank order is not the mesh order")
+    return MatrixLayout(kind, m, n, conv, splits, rank, group)
+
+
+# -- the scheme ------------------------------------------------------------------------------------
+def scheme_bytes(layout: MatrixLayout, count: int, itemsize: int) -> dict[str, float]:
+    """Bytes each rank sends, on average, to map ``count`` matrices of ``layout`` per scheme.
+
+    ``gather``: :math:`2\\,c\\,mn\\,s\\,(W-1)/W^2` (two all-to-alls, each moving the blocks
+    not already on their destination; ``s = itemsize``); ``gram``:
+    :math:`2\\,c_W\\,(r(r+1)/2+1)\\cdot 8\\,(W-1)/W` (reduce-scatter + all-gather of packed
+    float64 ``r x r`` matrices and one flag each, ``c_W = W·ceil(c/W)``).
+    Exact per-rank figures, uneven shards included, are in :func:`comm_stats`.
+    """
+    W, m, n = layout.world, layout.m, layout.n
+    r = min(m, n)
+    c_pad = W * -(-count // W)
+    return {
+        "gather": 2 * count * m * n * itemsize * (W - 1) / W**2,
+        "gram": 2 * c_pad * (r * (r + 1) // 2 + 1) * 8 * (W - 1) / W,
+    }
+
+
+def _gram_applies(layout: MatrixLayout, potential: str, method: str) -> bool:
+    tall_rows = layout.kind == "rows" and layout.m >= layout.n
+    wide_cols = layout.kind == "cols" and layout.n >= layout.m
+    return potential == "relativistic" and method in _GRAM_METHODS and (tall_rows or wide_cols)
+
+
+def choose_scheme(
+    layout: MatrixLayout,
+    count: int,
+    itemsize: int,
+    *,
+    potential: str,
+    method: str,
+) -> str:
+    """``"gram"`` or ``"gather"`` for ``count`` matrices of ``layout``: where the Gram scheme
+    applies, the one of fewer bytes by :func:`scheme_bytes` (see the module docstring)."""
+    if not _gram_applies(layout, potential, method) or _SCHEME[0] == "gather":
+        return "gather"
+    if _SCHEME[0] == "gram":
+        return "gram"
+    b = scheme_bytes(layout, count, itemsize)
+    return "gram" if b["gram"] < b["gather"] else "gather"
+
+
+_OFFSETS: dict[int, int] = {}
+
+
+def _owner_offset(layout: MatrixLayout, count: int) -> int:
+    """Round-robin start for this call; advances by ``count`` (the same on every rank)."""
+    key = id(layout.group)
+    off = _OFFSETS.get(key, 0)
+    _OFFSETS[key] = (off + count) % layout.world
+    return off
+
+
+def map_sharded(
+    X: Tensor,
+    layout: MatrixLayout | None,
+    map_fn: Callable[[Tensor], Tensor],
+    *,
+    potential: str,
+    eps: float,
+    eps_mode: str,
+    tol: float | None,
+    method: str,
+) -> Tensor:
+    r"""The local shards of :math:`\nabla K_\varepsilon` of full matrices, from local shards.
+
+    Args:
+        X: ``[c, a, b]``, this rank's blocks of ``c`` matrices laid out as ``layout`` says
+            (``c`` equal on every rank of a cut layout).
+        layout: from :func:`matrix_layout`; ``None`` or ``"local"``: ``map_fn(X)``.
+        map_fn: the single-process map of a stack of full matrices ``[c', m, n]``
+            (e.g. ``muonflow.optim.orthogonalize`` with the options below).
+        potential, eps, eps_mode, tol, method: the map's options (as ``orthogonalize``); they
+            decide whether the Gram scheme applies and parametrize it.
+
+    Returns:
+        ``[c, a, b]``: this rank's blocks of ``map_fn`` of the full matrices (to round-off).
+        Collective over ``layout.group`` for cut layouts.
+    """
+    if layout is None or layout.kind == "local" or layout.world == 1 or potential == "quadratic":
+        return map_fn(X)  # whole matrices here, or the identity map (pointwise)
+    c = X.shape[0]
+    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method)
+    W, m, n = layout.world, layout.m, layout.n
+    if which == "gram":
+        r = min(m, n)
+        least = 2 * (W - 1) / W * c * r * (r + 1) / 2 * 8
+    else:  # the rank with the largest block would own each matrix
+        block = max(layout.splits) * (n if layout.kind == "rows" else m)
+        least = 2 * c * (m * n - block) * X.element_size() / W
+    _STATS["minimum_bytes"] = _STATS.get("minimum_bytes", 0) + least
+    if which == "gram":
+        return _gram_map(X, layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol, method=method)
+    return _gather_map(X, layout, map_fn)
+
+
+def _a2a(out: Tensor, inp: Tensor, out_splits: list[int], in_splits: list[int],
+         layout: MatrixLayout, what: str) -> None:  # fmt: skip
+    q = layout.rank
+    _count("all_to_all", sum(s for d, s in enumerate(in_splits) if d != q) * inp.element_size())
+    collective(lambda: dist.all_to_all_single(out, inp, out_splits, in_splits, group=layout.group),
+               group=layout.group, what=what)  # fmt: skip
+
+
+def _gather_map(X: Tensor, layout: MatrixLayout, map_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Gather scheme: blocks to owners (all-to-all), map there, result blocks back."""
+    W, q, sizes = layout.world, layout.rank, layout.splits
+    c = X.shape[0]
+    axis = 1 if layout.kind == "rows" else 2  # the cut axis of [c, m, n]
+    other = layout.n if layout.kind == "rows" else layout.m
+    starts = [sum(sizes[:d]) for d in range(W)]
+    off = _owner_offset(layout, c)
+    first = [(d - off) % W for d in range(W)]  # matrices of owner d: first[d], first[d] + W, …
+    owned = [len(range(first[d], c, W)) for d in range(W)]
+    mine = owned[q]
+
+    def blocks(size: int, count: int) -> tuple[int, int, int]:
+        return (count, size, other) if axis == 1 else (count, other, size)
+
+    # forward: my block of every matrix to its owner
+    send = torch.cat([X[first[d] :: W].reshape(-1) for d in range(W)])
+    in_splits = [owned[d] * sizes[q] * other for d in range(W)]
+    out_splits = [mine * sizes[s] * other for s in range(W)]
+    recv = X.new_empty(sum(out_splits))
+    _a2a(recv, send, out_splits, in_splits, layout, "the all-to-all of the momentum blocks")
+    parts = [piece.view(blocks(sizes[s], mine))
+             for s, piece in enumerate(recv.split(out_splits))]  # fmt: skip
+    full = torch.cat(parts, dim=axis)  # [mine, m, n]: this rank's matrices, whole
+    R = map_fn(full) if mine else full
+    # backward: each rank's block of my results
+    send2 = torch.cat([R.narrow(axis, starts[d], sizes[d]).reshape(-1) for d in range(W)])
+    in2 = [mine * sizes[d] * other for d in range(W)]
+    out2 = [owned[s] * sizes[q] * other for s in range(W)]
+    recv2 = X.new_empty(sum(out2))
+    _a2a(recv2, send2, out2, in2, layout, "the all-to-all of the mapped blocks")
+    D = torch.empty_like(X)
+    for s, piece in enumerate(recv2.split(out2)):
+        if owned[s]:
+            D[first[s] :: W] = piece.view(blocks(sizes[q], owned[s]))
+    return D
+
+
+def _rs_ag(layout: MatrixLayout) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    rs = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    ag = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return rs, ag
+
+
+def _gram_map(
+    X: Tensor,
+    layout: MatrixLayout,
+    map_fn: Callable[[Tensor], Tensor],
+    *,
+    eps: float,
+    eps_mode: str,
+    tol: float | None,
+    method: str,
+) -> Tensor:
+    """Gram scheme: reduce-scatter the local Grams to owners, inverse square roots there,
+    all-gather the factors, multiply the local rows (see the module docstring).
+
+    The Grams are float64 (formed from the exact float64 image of the input): what
+    ``polar`` promotes to whenever float32 would miss ``tol``, which for the momenta of
+    training is common (stable rank below ``r/15`` at ``tol = 1e-3``, ε = 0.03 relative);
+    a float32 first round would then cost 4 + 8 bytes per entry and a second round.
+    Matrices the Gram path cannot do (``polar``'s a-posteriori tests) are gathered.
+    """
+    W, q, group = layout.world, layout.rank, layout.group
+    gd, size = torch.float64, 8
+    rows = layout.kind == "rows"
+    Xt = X if rows else X.mT  # [c, a, r]: the cut axis is the long one
+    c, r = X.shape[0], Xt.shape[-1]
+    per = -(-c // W)
+    iu = _triu_flat(r, X.device)  # flat indices of the upper triangle
+    P = iu.numel()
+    Xg = Xt.to(gd)
+    G = Xg.mT @ Xg  # local Gram X_qᵀ X_q, [c, r, r]
+    packed = G.new_zeros(W * per, P)
+    packed[:c] = G.reshape(c, r * r).index_select(1, iu)
+    off = _owner_offset(layout, -(-c // per) if c else 0)  # rotate by the blocks in use
+    order = [(d - off) % W for d in range(W)]  # rank d owns block order[d] of the stack
+    send = packed.view(W, per, P)[order].reshape(-1)
+    mine = send.new_empty(per * P)
+    rs, ag = _rs_ag(layout)
+    _count("reduce_scatter", send.numel() * size * (W - 1) / W)
+    collective(lambda: rs(mine, send, op=dist.ReduceOp.SUM, group=group), group=group,
+               what="the reduce-scatter of the Gram matrices")  # fmt: skip
+    b = order[q]
+    cnt = max(0, min(per, c - b * per))  # real (unpadded) matrices in my block
+    A = _unpack(mine.view(per, P)[:cnt], iu, r)  # Σ_p X_pᵀ X_p of my block
+    if eps_mode == "relative":  # ε = eps·‖X‖_F/√r, ‖X‖_F² = tr(XᵀX); a zero matrix keeps eps
+        rms = A.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt() / math.sqrt(r)
+        e = torch.where(rms > 0, eps * rms, torch.full_like(rms, eps))
+    else:
+        e = torch.full((cnt,), float(eps), dtype=gd, device=X.device)
+    out = send.new_zeros(per, P + 1)  # packed factors and one flag each
+    if cnt:
+        M, flag = _inv_sqrt_from_gram(A, e, tol=tol, method=method, dtype=X.dtype,
+                                      device_type=X.device.type)  # fmt: skip
+        out[:cnt, :P] = M.reshape(cnt, r * r).index_select(1, iu)
+        out[:cnt, P] = flag
+    gathered = send.new_empty(W * per, P + 1)
+    _count("all_gather", gathered.numel() * size * (W - 1) / W)
+    collective(lambda: ag(gathered, out, group=group), group=group,
+               what="the all-gather of the inverse square roots")  # fmt: skip
+    inv = [0] * W
+    for d, blk in enumerate(order):
+        inv[blk] = d
+    full = gathered.view(W, per, P + 1)[inv].reshape(W * per, P + 1)[:c]
+    Mall, flags = _unpack(full[:, :P], iu, r), full[:, P]
+    Dt = torch.empty_like(Xt)
+    for code, dt in ((0, torch.float32), (1, torch.float64)):
+        sel = flags == code
+        if bool(sel.all()):
+            Dt = (Xt.to(dt) @ Mall.to(dt)).to(X.dtype)  # Φ(X)_q = X_q (XᵀX + ε²I)^{-1/2}
+        elif bool(sel.any()):
+            Dt[sel] = (Xt[sel].to(dt) @ Mall[sel].to(dt)).to(X.dtype)
+    D = Dt if rows else Dt.mT
+    bad = flags == 2
+    if bool(bad.any()):  # the Gram path cannot meet tol there: gather these matrices
+        D = D.clone()
+        D[bad] = _gather_map(X[bad], layout, map_fn)
+    return D
+
+
+@functools.lru_cache(maxsize=64)
+def _triu_flat_cpu(r: int) -> Tensor:
+    i, j = torch.triu_indices(r, r)
+    return i * r + j
+
+
+def _triu_flat(r: int, device: torch.device) -> Tensor:
+    """Flat indices ``i·r + j`` (``i <= j``) of the upper triangle of an ``r x r`` matrix."""
+    return _triu_flat_cpu(r).to(device)
+
+
+def _unpack(v: Tensor, iu: Tensor, r: int) -> Tensor:
+    """Symmetric ``[B, r, r]`` from packed upper triangles ``[B, r(r+1)/2]``."""
+    U = v.new_zeros(v.shape[0], r * r).index_copy_(1, iu, v).view(-1, r, r)
+    return U + U.triu(1).mT  # upper triangle + its mirror below the diagonal
+
+
+def _inv_sqrt_from_gram(
+    A: Tensor, e: Tensor, *, tol: float | None, method: str, dtype: torch.dtype, device_type: str
+) -> tuple[Tensor, Tensor]:
+    r"""The ONE adapter to :mod:`muonflow.polar`: :math:`(A + \varepsilon^2 I)^{-1/2}` from a
+    precomputed Gram matrix, with the decisions ``regularized_polar(X, ε, method, tol)`` takes
+    for an input of ``dtype`` whose Gram is ``A``.
+
+    ``A: [B, r, r]`` float64 (``XᵀX``, tall orientation), ``e: [B]``. Returns ``(M, flag)``,
+    ``M [B, r, r]`` float64 and per matrix ``flag`` ``0``: apply ``X M`` in float32 (the plan's
+    working dtype); ``1``: in float64; ``2``: the Gram path cannot meet ``tol`` (map the matrix
+    whole).
+
+    ``tol=None`` / ``"eigh"``: eigendecomposition (float64 ``A``) with the a-posteriori test of
+    ``polar``'s ``_svd_where_eigh_inaccurate``; ``"poly"``/``"auto"``: the working dtype, path
+    and schedule of :func:`muonflow.polar.choose_method` from ``polar``'s κ² estimate.
+    """
+    from ..polar import (
+        _eigh_inv_sqrt,
+        _fits_float32,
+        _poly_inv_sqrt,
+        choose_method,
+        default_tol,
+        lmax_estimate,
+        unit_roundoff,
+        work_dtype,
+    )
+
+    gd = A.dtype
+    B, r = A.shape[0], A.shape[-1]
+    # s: a power of two >= max(√max_i A_ii, ε) (exact scaling, as polar's front)
+    a = torch.maximum(A.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(0).sqrt(), e)
+    s = torch.where(a > 0, torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent), 1.0)
+    As = A / s.square()[:, None, None]
+    es = (e / s)[:, None, None]  # [B, 1, 1]
+    if tol is None or method == "eigh":  # spectral_map(method="eigh") on the float64 Gram
+        want = default_tol(dtype) if tol is None else tol
+        lam, V = torch.linalg.eigh(As)
+        lam = lam.clamp_min(0)
+        w = torch.rsqrt(lam + es.squeeze(-1).square())  # g(σ)/σ = 1/√(λ + ε²)
+        M = (V * w.unsqueeze(-2)) @ V.mT
+        u = unit_roundoff(gd)
+        bound = 0.5 * u * lam[:, -1] / (lam[:, 0] + es.view(-1).square())
+        flag = torch.where(bound > max(want, u**0.5), 2.0, 1.0).to(gd)
+        return M / s[:, None, None], flag
+    A1 = As.clone()
+    A1.diagonal(dim1=-2, dim2=-1).add_(es.view(-1, 1).square())  # A + ε² I (scaled)
+    _, est = lmax_estimate(A1)
+    kappa2 = float((est / es.square()).max())
+    if method == "poly":
+        work = work_dtype(dtype)
+        if work == torch.float32 and not _fits_float32(kappa2, tol, device_type):
+            work = torch.float64
+        plan_method = "poly"
+    else:
+        plan = choose_method(r=r, dtype=dtype, device_type=device_type, tol=tol,
+                             kappa2=kappa2)  # fmt: skip
+        plan_method, work = plan.method, plan.dtype
+    if plan_method == "svd":
+        return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
+    try:
+        if plan_method == "poly":
+            M = _poly_inv_sqrt(A1.to(work), es.to(work), tol / 2)
+        else:
+            M = _eigh_inv_sqrt(A1.to(work), es.to(work))
+    except torch.linalg.LinAlgError:  # the eigensolver failed: map these matrices whole
+        return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
+    code = 0.0 if work == torch.float32 else 1.0
+    return M.to(gd) / s[:, None, None], A.new_full((B,), code)
+
+
+# -- agreement on non-finite gradients -------------------------------------------------------------
+def first_nonfinite(tensors: Sequence[Any]) -> int | None:
+    """Index of the first tensor with a NaN/Inf entry on **any** rank, the same on every rank.
+
+    For lists with DTensors (plain tensors are checked locally): each rank flags its local
+    shards, and the flags are all-reduced over every dimension of each DTensor's mesh, so a
+    NaN on one rank makes every rank raise the same error instead of one rank raising and
+    the others waiting in the next collective. One small all-reduce per mesh dimension.
+    """
+    from torch.distributed.tensor import DTensor
+
+    locals_ = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    device = locals_[0].device if locals_ else torch.device("cpu")
+    flags = torch.zeros(len(locals_), dtype=torch.float64, device=device)
+    nonempty = [i for i, t in enumerate(locals_) if t.numel()]
+    if nonempty:
+        norms = torch._foreach_norm([locals_[i] for i in nonempty], math.inf)
+        bad = ~torch.isfinite(torch.stack([x.to(torch.float64) for x in norms]))
+        flags[nonempty] = bad.to(torch.float64)
+    meshes: dict[Any, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if isinstance(t, DTensor):
+            meshes.setdefault(t.device_mesh, []).append(i)
+    for mesh, idx in meshes.items():
+        sub = flags[idx]
+        for dim in range(mesh.ndim):
+            group = mesh.get_group(dim)
+            size = mesh.size(dim)
+            if size > 1:
+                _count("all_reduce", sub.numel() * 8 * 2 * (size - 1) / size)
+                collective(functools.partial(dist.all_reduce, sub, group=group), group=group,
+                           what="the agreement on non-finite gradients")  # fmt: skip
+        flags[idx] = sub
+    hits = torch.nonzero(flags).flatten()
+    return int(hits[0]) if hits.numel() else None
