@@ -248,6 +248,22 @@ def test_inv_sqrt_from_gram_sharded_rows_equal_regularized_polar(gen):
         assert _rel_err(Ms * s**0.5, M) <= 1e-12
 
 
+def test_inv_sqrt_from_gram_reports_what_no_gram_path_can_do(gen):
+    # Two float64 Grams: a well-conditioned one, and a rank-1 one with ε = 1e-9 of its scale,
+    # whose a-posteriori bound ½u·λmax/(λmin+ε²) ≈ 1e2 misses any tol: only an SVD of X
+    # itself can map that matrix. ok must say so (a mutant "always ok" fails), and must not
+    # flag the good one (a mutant "never ok" fails).
+    X = torch.randn(2, 30, 6, generator=gen, dtype=torch.float64)
+    X[1] = torch.outer(
+        torch.randn(30, generator=gen, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    )
+    A = X.mT @ X
+    eps = torch.tensor([0.3, 1e-9]) * torch.linalg.matrix_norm(X, ord=2)
+    M, ok = inv_sqrt_from_gram(A, eps, tol=1e-6, method="eigh", return_ok=True)
+    assert ok.tolist() == [True, False]
+    assert torch.equal(M[0], inv_sqrt_from_gram(A[:1], eps[:1], tol=1e-6, method="eigh")[0])
+
+
 def test_inv_sqrt_from_gram_bad_input():
     with pytest.raises(ValueError, match="square"):
         inv_sqrt_from_gram(torch.ones(3, 2), 0.1)

@@ -500,70 +500,30 @@ def _inv_sqrt_from_gram(
     A: Tensor, e: Tensor, *, tol: float | None, method: str, dtype: torch.dtype, device_type: str
 ) -> tuple[Tensor, Tensor]:
     r"""The ONE adapter to :mod:`muonflow.polar`: :math:`(A + \varepsilon^2 I)^{-1/2}` from a
-    precomputed Gram matrix, with the decisions ``regularized_polar(X, ε, method, tol)`` takes
-    for an input of ``dtype`` whose Gram is ``A``.
+    precomputed float64 Gram matrix, to the accuracy ``regularized_polar(X, ε, method, tol)``
+    promises for an input ``X`` of ``dtype`` whose Gram is ``A``.
 
     ``A: [B, r, r]`` float64 (``XᵀX``, tall orientation), ``e: [B]``. Returns ``(M, flag)``,
-    ``M [B, r, r]`` float64 and per matrix ``flag`` ``0``: apply ``X M`` in float32 (the plan's
-    working dtype); ``1``: in float64; ``2``: the Gram path cannot meet ``tol`` (map the matrix
-    whole).
-
-    ``tol=None`` / ``"eigh"``: eigendecomposition (float64 ``A``) with the a-posteriori test of
-    ``polar``'s ``_svd_where_eigh_inaccurate``; ``"poly"``/``"auto"``: the working dtype, path
-    and schedule of :func:`muonflow.polar.choose_method` from ``polar``'s κ² estimate.
+    ``M [B, r, r]`` float64 (:func:`muonflow.polar.inv_sqrt_from_gram`, which works in float64
+    here, so forming ``A`` in float64 costs no accuracy) and per matrix ``flag`` ``0``: apply
+    ``X M`` in ``dtype`` (float32, where its rounding ``½u₃₂κ²`` is within ``tol/2``, the
+    rule by which ``polar`` would have run the whole map in float32); ``1``: in float64;
+    ``2``: no Gram path meets ``tol`` (map the matrix whole, by SVD).
     """
-    from ..polar import (
-        _eigh_inv_sqrt,
-        _fits_float32,
-        _poly_inv_sqrt,
-        choose_method,
-        default_tol,
-        lmax_estimate,
-        unit_roundoff,
-        work_dtype,
-    )
+    del device_type  # the float64 Gram path makes the same decision on every device
+    from ..polar import default_tol, gram_floor, inv_sqrt_from_gram
 
-    gd = A.dtype
-    B, r = A.shape[0], A.shape[-1]
-    # s: a power of two >= max(√max_i A_ii, ε) (exact scaling, as polar's front)
-    a = torch.maximum(A.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(0).sqrt(), e)
-    s = torch.where(a > 0, torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent), 1.0)
-    As = A / s.square()[:, None, None]
-    es = (e / s)[:, None, None]  # [B, 1, 1]
-    if tol is None or method == "eigh":  # spectral_map(method="eigh") on the float64 Gram
-        want = default_tol(dtype) if tol is None else tol
-        lam, V = torch.linalg.eigh(As)
-        lam = lam.clamp_min(0)
-        w = torch.rsqrt(lam + es.squeeze(-1).square())  # g(σ)/σ = 1/√(λ + ε²)
-        M = (V * w.unsqueeze(-2)) @ V.mT
-        u = unit_roundoff(gd)
-        bound = 0.5 * u * lam[:, -1] / (lam[:, 0] + es.view(-1).square())
-        flag = torch.where(bound > max(want, u**0.5), 2.0, 1.0).to(gd)
-        return M / s[:, None, None], flag
-    A1 = As.clone()
-    A1.diagonal(dim1=-2, dim2=-1).add_(es.view(-1, 1).square())  # A + ε² I (scaled)
-    _, est = lmax_estimate(A1)
-    kappa2 = float((est / es.square()).max())
-    if method == "poly":
-        work = work_dtype(dtype)
-        if work == torch.float32 and not _fits_float32(kappa2, tol, device_type):
-            work = torch.float64
-        plan_method = "poly"
-    else:
-        plan = choose_method(r=r, dtype=dtype, device_type=device_type, tol=tol,
-                             kappa2=kappa2)  # fmt: skip
-        plan_method, work = plan.method, plan.dtype
-    if plan_method == "svd":
-        return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
-    try:
-        if plan_method == "poly":
-            M = _poly_inv_sqrt(A1.to(work), es.to(work), tol / 2)
-        else:
-            M = _eigh_inv_sqrt(A1.to(work), es.to(work))
-    except torch.linalg.LinAlgError:  # the eigensolver failed: map these matrices whole
-        return A.new_zeros(B, r, r), A.new_full((B,), 2.0)
-    code = 0.0 if work == torch.float32 else 1.0
-    return M.to(gd) / s[:, None, None], A.new_full((B,), code)
+    want = default_tol(dtype) if tol is None else tol
+    path = "eigh" if tol is None else method
+    if path not in ("auto", "eigh", "poly"):  # "svd" and others: the exact path on X itself
+        return A.new_zeros(A.shape), A.new_full(A.shape[:1], 2.0)
+    M, ok = inv_sqrt_from_gram(A, e, tol=want, method=path, return_ok=True)
+    # κ² <= (tr A + ε²)/ε²: an upper bound of the shifted Gram's condition number
+    e2 = e.square()
+    kappa2 = (A.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0) + e2) / e2
+    lo = dtype == torch.float32 and tol is not None
+    flag = torch.where(lo & (gram_floor(1.0, torch.float32) * kappa2 <= want / 2), 0.0, 1.0)
+    return M, torch.where(ok, flag, 2.0).to(A.dtype)
 
 
 # -- agreement on non-finite gradients -------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -281,9 +282,32 @@ def regularized_polar(
     return POLAR_METHODS[method](G, eps, tol)
 
 
+@overload
 def inv_sqrt_from_gram(
-    A: Tensor, eps: float | Tensor, *, tol: float | None = None, method: str = "auto"
-) -> Tensor:
+    A: Tensor,
+    eps: float | Tensor,
+    *,
+    tol: float | None = ...,
+    method: str = ...,
+    return_ok: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def inv_sqrt_from_gram(
+    A: Tensor,
+    eps: float | Tensor,
+    *,
+    tol: float | None = ...,
+    method: str = ...,
+    return_ok: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+def inv_sqrt_from_gram(
+    A: Tensor,
+    eps: float | Tensor,
+    *,
+    tol: float | None = None,
+    method: str = "auto",
+    return_ok: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     r""":math:`(A + \varepsilon^2 I)^{-1/2}` of a precomputed Gram matrix ``A = XᵀX``, batched.
 
     For a matrix ``X`` whose Gram matrix is assembled elsewhere (e.g. all-reduced over the row
@@ -296,6 +320,9 @@ def inv_sqrt_from_gram(
     ``"eigh"`` results the a-posteriori bound rejects are recomputed in float64. Accuracy is
     relative to the ``A`` given: the rounding committed when ``A`` was formed (about
     ``½ u_A κ²``) is the caller's. Returns ``[..., r, r]`` in ``A``'s dtype; differentiable.
+    With ``return_ok=True`` returns ``(M, ok)``, ``ok: [...]`` bool, False where even the
+    float64 eigh result misses ``tol`` by the a-posteriori bound (nearly rank-deficient ``A``
+    with ``ε`` far below its scale): no Gram path can do those; map them from ``X`` by SVD.
     """
     A = check_matrix(A, "A", finite=False)
     if A.shape[-1] != A.shape[-2]:
@@ -324,17 +351,28 @@ def inv_sqrt_from_gram(
                 dtype = torch.float64
     if dtype != f.dtype:
         f = front_from_gram(flat, e, dtype, bound="A")
+    rejected = torch.zeros(flat.shape[0], dtype=torch.bool, device=A.device)
     if choice == "poly":
         M = _unscale(_poly(f, want), f)
     else:
         M, bad = _eigh(f, want)
         M = _unscale(M, f)
-        if bad is not None and bool(bad.any()) and f.dtype != torch.float64:
-            e_bad = e[bad] if isinstance(e, Tensor) else e
-            sub = front_from_gram(flat[bad], e_bad, torch.float64, bound="A")
-            M = M.clone()
-            M[bad] = _unscale(eigh_inv_sqrt(sub)[0], sub).to(M.dtype)
-    return M.reshape(A.shape).to(A.dtype)
+        if bad is not None and bool(bad.any()):
+            if f.dtype == torch.float64:
+                rejected = bad
+            else:  # redo the rejected ones in float64, and keep what float64 rejects too
+                e_bad = e[bad] if isinstance(e, Tensor) else e
+                sub = front_from_gram(flat[bad], e_bad, torch.float64, bound="A")
+                M64, bad64 = _eigh(sub, want)
+                M = M.clone()
+                M[bad] = _unscale(M64, sub).to(M.dtype)
+                if bad64 is not None:
+                    rejected = rejected.clone()
+                    rejected[bad] = bad64
+    M = M.reshape(A.shape).to(A.dtype)
+    if return_ok:
+        return M, ~rejected.reshape(A.shape[:-2])
+    return M
 
 
 def _unscale(M: Tensor, f: GramFront) -> Tensor:
