@@ -1,7 +1,7 @@
 """The reproduction experiments of the damped Hamiltonian dynamics, on their smoke profiles.
 
 Each experiment runs through the runner (as ``muonflow reproduce`` does) into a temporary
-folder: it must finish, pass every check and write its figures and metrics.
+folder: it must finish, pass every check, and write its figures, series and metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from conftest import assert_checks_pass
 
 from muonflow.experiments import REGISTRY
-from muonflow.experiments.runner import METRICS, run_experiment
+from muonflow.experiments.runner import run_experiment
+from muonflow.experiments.store import METRICS, load_series
 
 DYNAMICS_EXPERIMENTS = [
     "dissipation",
@@ -43,3 +44,4 @@ def test_smoke_profile_passes(name, tmp_path):
     saved = json.loads((tmp_path / name / METRICS).read_text())
     assert saved["checks"] == json.loads(json.dumps(metrics["checks"]))
     assert saved["config"]["seed"] == 0 and saved["profile"] == "smoke"
+    assert load_series(tmp_path / name)  # the report can rebuild from it

@@ -1,7 +1,9 @@
 """One module per claim of the paper; importing this package registers them all.
 
 ``REGISTRY`` maps experiment names to :class:`~muonflow.experiments.base.Experiment` in the
-order of the report.
+order of the report. Each experiment is a frozen config, ``simulate(config, progress) ->
+series`` (saved to disk), ``checks(series, config)`` and ``figure(series, config)`` (pure
+functions of the saved series); see :mod:`muonflow.experiments.base`.
 """
 
 # The import order is the registry's (and the report's) order: keep it, not alphabetical.
@@ -21,6 +23,26 @@ from . import teacher_student  # noqa: F401  (registers)
 from . import moe_flow  # noqa: F401  (registers)
 from . import practical_training  # noqa: F401  (registers)
 # isort: on
-from .base import PROFILES, REGISTRY, Check, Context, Experiment, Result, experiment
+from .base import (
+    KINDS,
+    PROFILES,
+    REGISTRY,
+    Check,
+    Experiment,
+    at_least,
+    at_most,
+    experiment,
+    within,
+)
 
-__all__ = ["PROFILES", "REGISTRY", "Check", "Context", "Experiment", "Result", "experiment"]
+__all__ = [
+    "KINDS",
+    "PROFILES",
+    "REGISTRY",
+    "Check",
+    "Experiment",
+    "at_least",
+    "at_most",
+    "experiment",
+    "within",
+]
