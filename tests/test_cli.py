@@ -362,3 +362,16 @@ def test_no_import_cycle_and_no_plotting_at_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+def test_report_names_a_series_it_cannot_evaluate(tmp_path, toy_experiments, monkeypatch):
+    run_experiment(REGISTRY["toy_a"], tmp_path, show_progress=False)
+
+    def broken(series, cfg):
+        raise KeyError("curve2")  # e.g. series saved by older code
+
+    monkeypatch.setitem(REGISTRY, "toy_a", dataclasses.replace(REGISTRY["toy_a"], checks=broken))
+    rep = build_report(tmp_path)
+    assert any("toy_a: rebuilding checks and figures from the saved series failed" in p
+               for p in rep.problems)  # fmt: skip
+    assert not rep.all_pass

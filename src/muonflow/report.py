@@ -97,6 +97,12 @@ def collect(out: Path, *, rebuild: bool = False) -> Report:
         except CorruptResultError as exc:
             rep.problems.append(str(exc))
             continue
+        except Exception as exc:  # a check or figure that cannot be evaluated on the series
+            rep.problems.append(
+                f"{name}: rebuilding checks and figures from the saved series failed "
+                f"({type(exc).__name__}: {exc}); rerun it: muonflow run {name} --out {out}"
+            )
+            continue
         rep.results.append(m)
     return rep
 
