@@ -244,10 +244,10 @@ def _linear_energy(s: dict[str, Any], run: dict[str, Any], win: slice, cfg: Conf
     return out
 
 
-def _fits(s: dict[str, Any], cfg: Config) -> dict[str, dict[str, float]]:
+def _fits(s: dict[str, Any], cfg: Config) -> dict[str, dict[str, Any]]:
     """Per run: predicted, fitted and linear-solution rates (nan where no window exists)."""
     eigs, f_star = s["hessian_eigs"], float(s["f_star"])
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for key, run in s["runs"].items():
         h = None if key == "continuous" else float(key[2:])
         pred = linear_rate(eigs, cfg.gamma, cfg.eps) if h is None else \

@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -193,7 +193,7 @@ def save_series(series: dict[str, Any], directory: Path) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **cast(dict[str, Any], arrays))
     atomic_write_bytes(directory / SERIES_NPZ, buf.getvalue())
     atomic_write_text(directory / SERIES_JSON, dumps(tree))
 

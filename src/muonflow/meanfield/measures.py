@@ -245,7 +245,7 @@ def propagation_of_chaos(
     m_ref = torch.stack([r[0] for r in ref])  # [T, *out]
     J_ref = torch.stack([r[1] for r in ref])  # [T]
     z_ref = torch.stack([r[2] for r in ref])  # [T, N_ref, 2D]
-    g_ref = risk.grad(m_ref).flatten(1) if split_J else None  # ∇R(m_ref(t)): [T, |out|]
+    g_ref = risk.grad(m_ref).flatten(1) if isinstance(risk, Risk) else None  # ∇R(m_ref(t))
 
     keys = ["mean_feature", "J", "coupling"] + (["J_linear", "J_remainder"] if split_J else [])
     errs: dict[str, list[Tensor]] = {k: [] for k in keys}
