@@ -66,7 +66,7 @@ from ..dynamics import HamiltonianFlow, integrate, muon_energy_step_bound
 from ..optim import RegMuon
 from ..spectral import Relativistic
 from ._dynamics_problems import F64, linear_rate, muon_linear_rate, single_thread
-from .base import Check, Progress, at_most, experiment, require
+from .base import Check, Progress, at_least, at_most, experiment, require
 
 
 @dataclass(frozen=True)
@@ -334,8 +334,8 @@ def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
         )
     h_big = max(cfg.hs)
     gap_h = abs(fits[f"h={h_big:g}"]["predicted"] - c["predicted"]) / abs(c["predicted"])
-    out["discrete_prediction_distinguishable"] = at_most(
-        3 * tol, gap_h, kind="sanity",
+    out["discrete_prediction_distinguishable"] = at_least(
+        gap_h, 3 * tol, kind="sanity",
         why=f"at h = {h_big:g} the discrete prediction differs from the continuous one by "
         f"{gap_h:.1%}, at least 3× the tolerance: the discrete check tests the discrete theory, "
         "not merely the continuous rate.",
