@@ -11,13 +11,16 @@ torch.set_num_threads(1)
 
 
 def assert_checks_pass(metrics: dict) -> None:
-    """Content of an experiment's ``metrics.json``: ran, has checks, all pass and say why."""
+    """Content of an experiment's ``metrics.json``: ran, has claim checks, all pass, and each
+    says why its threshold and which bug it catches."""
     assert metrics["status"] == "ok", metrics["error"]
     failed = {k: c for k, c in metrics["checks"].items() if not c["passed"]}
     assert not failed, failed
-    assert metrics["checks"], "an experiment without checks proves nothing"
+    kinds = [c["kind"] for c in metrics["checks"].values()]
+    assert "claim" in kinds, "an experiment without claim checks tests no claim"
     for check in metrics["checks"].values():
-        assert check["why"] and check["relation"] in ("<=", ">=", "in")
+        assert check["why"] and check["catches"] and check["relation"] in ("<=", ">=", "in")
+        assert check["kind"] in ("claim", "sanity")
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:

@@ -18,9 +18,12 @@ import pytest
 import torch
 from conftest import assert_checks_pass
 
+import muonflow as mf
 from muonflow.experiments import REGISTRY
-from muonflow.experiments.particles_vs_pde import wls_slope
-from muonflow.experiments.runner import METRICS, run_experiment
+from muonflow.experiments.particles_vs_pde import Config as PDEConfig
+from muonflow.experiments.particles_vs_pde import reference_model, scalar_problem, wls_slope
+from muonflow.experiments.runner import run_experiment
+from muonflow.experiments.store import METRICS, load_series
 from muonflow.experiments.teacher_student import (
     energy_roundoff,
     gauss_newton_spectrum,
@@ -35,12 +38,37 @@ EXPERIMENTS = ["particles_vs_pde", "teacher_student"]
 
 
 def _finite_leaves(x) -> list[float]:
-    """Every number in a JSON-like structure (strings such as 'inf' are not numbers)."""
+    """Every number in a loaded series (arrays flattened; strings are not numbers)."""
     if isinstance(x, dict):
         return [v for y in x.values() for v in _finite_leaves(y)]
     if isinstance(x, list):
         return [v for y in x for v in _finite_leaves(y)]
+    if isinstance(x, np.ndarray):
+        return [float(v) for v in x.ravel()]
     return [float(x)] if isinstance(x, int | float) and not isinstance(x, bool) else []
+
+
+def test_independent_pde_model_agrees_with_the_library():
+    # The PDE reference is written from the formulas alone; it must define the same problem
+    # as the particles' library objective: feature, force (= N·(−∂J/∂θ_i), mean-field
+    # scaling), risk and kinetic map agree on random points to float64 round-off.
+    cfg = PDEConfig()
+    model, obj = reference_model(cfg), scalar_problem(cfg)
+    gen = torch.Generator().manual_seed(3)
+    th = 1.5 * torch.randn(257, generator=gen, dtype=D64)
+    P = torch.randn(257, generator=gen, dtype=D64)
+    m = obj.mean_feature(th.reshape(-1, 1, 1))
+    assert torch.allclose(model.feature(th), obj.feature(th.reshape(-1, 1, 1)).reshape(257, -1),
+                          rtol=0, atol=1e-15)  # fmt: skip
+    _, force = obj.value_and_force(th.reshape(-1, 1, 1))
+    assert torch.allclose(model.force(th, m), force.reshape(-1), rtol=1e-12, atol=1e-15)
+    assert float(model.risk(m)) == pytest.approx(float(obj.value(th.reshape(-1, 1, 1))),
+                                                 rel=1e-13)  # fmt: skip
+    K = mf.Relativistic(cfg.eps)
+    assert torch.allclose(model.velocity(P), K.grad(P.reshape(-1, 1, 1)).reshape(-1),
+                          rtol=1e-13, atol=0)  # fmt: skip
+    assert torch.allclose(model.kinetic(P), K.energy(P.reshape(-1, 1, 1)).reshape(-1),
+                          rtol=1e-12, atol=1e-16)  # fmt: skip
 
 
 def test_registered_after_the_dynamics_experiments():
@@ -54,7 +82,7 @@ def test_smoke_profile_passes_and_is_reproducible(name, tmp_path):
     metrics = run_experiment(REGISTRY[name], tmp_path / "a", profile="smoke", show_progress=False)
     assert_checks_pass(metrics)
     assert all(math.isfinite(c["value"]) for c in metrics["checks"].values())
-    numbers = _finite_leaves(metrics["series"])
+    numbers = _finite_leaves(load_series(tmp_path / "a" / name))
     assert numbers and all(math.isfinite(v) for v in numbers)
     assert metrics["figures"]
     for fig in metrics["figures"]:
@@ -66,7 +94,6 @@ def test_smoke_profile_passes_and_is_reproducible(name, tmp_path):
     # same seed, same numbers (bit for bit: one thread, seeded generators)
     again = run_experiment(REGISTRY[name], tmp_path / "b", profile="smoke", show_progress=False)
     assert again["checks"] == metrics["checks"]
-    assert again["series"] == metrics["series"]
 
 
 # -- particles vs PDE helpers ------------------------------------------------------------------

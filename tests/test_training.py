@@ -12,8 +12,6 @@ import torch
 
 from muonflow import training
 from muonflow.cli import main
-from muonflow.experiments import REGISTRY
-from muonflow.experiments.runner import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +65,6 @@ def test_bad_arguments_are_rejected(kwargs, message):
     args = {"task": "digits", "optimizer": "adamw", "lr": 1e-3, "steps": 1, **kwargs}
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         training.train(args.pop("task"), args.pop("optimizer"), **args)
-
-
-def test_experiment_smoke(tmp_path):
-    m = run_experiment(
-        REGISTRY["practical_training"], tmp_path, profile="smoke", show_progress=False
-    )
-    assert m["status"] == "ok", m["error"]
-    names = set(m["checks"])
-    assert {
-        "digits_regmuon_best_eps_vs_muon_test_loss",
-        "digits_adamw_learns",
-        "digits_muon_learns",
-        "digits_regmuon_learns",
-        "digits_regmuon_hamiltonian_finite",
-    } <= names
-    assert m["figures"] == ["practical_training.png"]
-    assert (tmp_path / "practical_training" / "practical_training.png").stat().st_size > 0
-    runs = m["series"]["digits"]["runs"]
-    assert set(runs) == {"AdamW", "Muon", "RegMuon ε=0.03"}
-    assert all(len(r["test_loss"]) == 2 for r in runs.values())
 
 
 def test_train_cli(tmp_path):

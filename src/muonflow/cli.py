@@ -1,4 +1,9 @@
-"""``muonflow`` command line: parse, call the library, write results. Nothing else lives here."""
+"""``muonflow`` command line: parse, call the library, write results. Nothing else lives here.
+
+Exit codes: 0 success (every check passed); 1 a check failed, an experiment raised, or the
+results folder is incomplete; 2 bad input (rejected before any work: unknown names, invalid
+config values, an output folder that is a file or not writable, a missing results folder).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .experiments import PROFILES, REGISTRY
-from .experiments.runner import passed, reproduce, run_experiment, summary_table
-from .report import build_report
-from .training import OPTIMIZERS, TASKS, train
+from .experiments.base import PROFILES
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .training import OPTIMIZERS, TASKS
+
     ap = argparse.ArgumentParser(
         prog="muonflow",
         description="Regularized Muon as a damped Hamiltonian flow: reproduce the paper's claims.",
@@ -28,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="recompute finished experiments")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    run = sub.add_parser("run", help="run one experiment")
+    run = sub.add_parser("run", help="run one experiment (always recomputed)")
     run.add_argument("name", help="experiment name (see `muonflow list`)")
     run.add_argument("--profile", choices=PROFILES, default="quick")
     run.add_argument("--out", type=Path, default=Path("results"))
@@ -44,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list the experiments and the claims they check")
 
-    report = sub.add_parser("report", help="rebuild the report from saved results")
+    report = sub.add_parser(
+        "report", help="rebuild checks, figures and the report from saved series (no rerun)"
+    )
     report.add_argument("out", type=Path)
 
     train = sub.add_parser("train", help="train a small model with one optimizer (JSON result)")
@@ -69,32 +75,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return _train(args)
+    from .experiments import REGISTRY
+    from .experiments.runner import reproduce, run_experiment, summary_table
+    from .experiments.store import passed
+    from .report import build_report
+
     if args.command == "list":
         for exp in REGISTRY.values():
             print(f"{exp.name:<26} {exp.title}")
         return 0
     if args.command == "report":
-        results = build_report(args.out)
+        rep = build_report(args.out)
+        print(summary_table(rep.results))
         print(f"wrote {args.out / 'report.md'} and {args.out / 'report.html'}")
-        return 0 if all(passed(m) for m in results) else 1
-    if args.command == "train":
-        r = train(
-            args.task,
-            args.optimizer,
-            lr=args.lr,
-            steps=args.steps,
-            seed=args.seed,
-            eps=args.eps,
-            adamw_lr=args.adamw_lr,
-        )
-        text = json.dumps(r, indent=1)
-        if args.out is None:
-            print(text)
-        else:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text + "\n", encoding="utf-8")
-            print(f"wrote {args.out}")
-        return 1 if r["diverged"] else 0
+        if rep.missing:
+            print(f"muonflow: {args.out} is incomplete; missing: {', '.join(rep.missing)}",
+                  file=sys.stderr)  # fmt: skip
+        for problem in rep.problems:
+            print(f"muonflow: {problem}", file=sys.stderr)
+        return 0 if rep.all_pass else 1
     if args.command == "run":
         if args.name not in REGISTRY:
             raise ValueError(f"unknown experiment {args.name!r}; valid: {', '.join(REGISTRY)}")
@@ -106,7 +107,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             force=True,
             show_progress=not args.no_progress,
         )
-        print(json.dumps({k: m[k] for k in ("name", "status", "checks", "wall_time_s")}, indent=1))
+        keys = ("name", "status", "error", "checks", "wall_time_s", "cpu_time_s")
+        print(json.dumps({k: m[k] for k in keys}, indent=1))
+        if m.get("kept_earlier_result"):
+            print(f"muonflow: {args.name} failed; the earlier result in {args.out / args.name} "
+                  "was kept", file=sys.stderr)  # fmt: skip
         return 0 if passed(m) else 1
     # reproduce
     results = reproduce(
@@ -119,6 +124,32 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(summary_table(results))
     print(f"\nreport: {args.out / 'report.md'}  {args.out / 'report.html'}")
     return 0 if all(passed(m) for m in results) else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .experiments.store import atomic_write_text, check_out_dir, strict_json
+    from .training import train
+
+    if args.out is not None:
+        check_out_dir(args.out.parent)  # before training: a bad --out fails at once
+        if args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a directory; give a file name")
+    r = train(
+        args.task,
+        args.optimizer,
+        lr=args.lr,
+        steps=args.steps,
+        seed=args.seed,
+        eps=args.eps,
+        adamw_lr=args.adamw_lr,
+    )
+    text = json.dumps(strict_json(r), indent=1, allow_nan=False)
+    if args.out is None:
+        print(text)
+    else:
+        atomic_write_text(args.out, text + "\n")
+        print(f"wrote {args.out}")
+    return 1 if r["diverged"] else 0
 
 
 if __name__ == "__main__":

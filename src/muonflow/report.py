@@ -1,7 +1,11 @@
 """Build ``report.md`` and a self-contained ``report.html`` from saved results only.
 
-Nothing here reruns an experiment: the report reads ``OUT/<experiment>/metrics.json`` and the
-PNG figures beside it, so ``muonflow report OUT`` rebuilds it at any time.
+Nothing here simulates: :func:`build_report` reads ``OUT/<experiment>/metrics.json`` and, with
+``rebuild=True`` (what ``muonflow report OUT`` does), re-evaluates every experiment's checks,
+notes and figures from its saved series (``series.npz`` + ``series.json``). The report counts
+claim checks (they test the paper) and sanity checks (implementation, numerics, regressions)
+separately; its headline is the claim checks. A folder that lacks experiments, or holds a
+corrupt result, is reported as such (and ``muonflow report`` exits non-zero).
 """
 
 from __future__ import annotations
@@ -9,23 +13,98 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .experiments.runner import METRICS, atomic_write_text, load_metrics, passed
+from .experiments.store import (
+    METRICS,
+    CorruptResultError,
+    atomic_write_text,
+    counts,
+    dumps,
+    load_metrics,
+    load_series,
+    passed,
+    ratio,
+)
 
 
-def collect(out: Path) -> list[dict[str, Any]]:
-    """All readable metrics under ``out``, in the registry order where known."""
+@dataclass
+class Report:
+    """What :func:`build_report` found: results in registry order, what is missing or broken."""
+
+    results: list[dict[str, Any]]
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.problems
+
+    @property
+    def all_pass(self) -> bool:
+        return self.complete and all(passed(m) for m in self.results)
+
+
+def _rebuild(out: Path, m: dict[str, Any]) -> dict[str, Any]:
+    """Re-evaluate checks, notes and figures of ``m`` from its saved series; rewrite metrics."""
+    from .experiments import REGISTRY
+    from .experiments.base import config_from_dict
+    from .experiments.evaluate import evaluate
+
+    exp = REGISTRY[m["name"]]
+    if m.get("version", exp.version) != exp.version:
+        raise CorruptResultError(
+            f"{m['name']}: saved by version {m.get('version')} of the experiment, the code is "
+            f"version {exp.version}; rerun it: muonflow run {m['name']} --out {out}"
+        )
+    folder = out / m["name"]
+    try:
+        cfg = config_from_dict(exp.config, m["config"])
+    except (TypeError, ValueError) as exc:
+        raise CorruptResultError(
+            f"{m['name']}: saved config does not fit the code ({exc}); rerun it: "
+            f"muonflow run {m['name']} --out {out}"
+        ) from None
+    series = load_series(folder)
+    checks, notes, figures = evaluate(exp, cfg, series, folder)
+    m = {**m, "checks": checks, "notes": notes, "figures": figures}
+    atomic_write_text(folder / METRICS, dumps(m))
+    return m
+
+
+def collect(out: Path, *, rebuild: bool = False) -> Report:
+    """The results under ``out`` in registry order (rebuilt from their series if asked)."""
     from .experiments import REGISTRY
 
-    found = {}
-    for path in sorted(Path(out).glob(f"*/{METRICS}")):
-        m = load_metrics(path)
-        if m is not None:
-            found[m["name"]] = m
-    order = [n for n in REGISTRY if n in found] + sorted(set(found) - set(REGISTRY))
-    return [found[n] for n in order]
+    out = Path(out)
+    rep = Report(results=[])
+    for name in REGISTRY:
+        path = out / name / METRICS
+        if not path.exists():
+            rep.missing.append(name)
+            continue
+        try:
+            m = load_metrics(path)
+            if m["name"] != name:
+                raise CorruptResultError(
+                    f"corrupt result {path} (it names {m['name']!r}); rerun it: "
+                    f"muonflow run {name} --out {out}"
+                )
+            if rebuild and m["status"] == "ok":
+                m = _rebuild(out, m)
+        except CorruptResultError as exc:
+            rep.problems.append(str(exc))
+            continue
+        except Exception as exc:  # a check or figure that cannot be evaluated on the series
+            rep.problems.append(
+                f"{name}: rebuilding checks and figures from the saved series failed "
+                f"({type(exc).__name__}: {exc}); rerun it: muonflow run {name} --out {out}"
+            )
+            continue
+        rep.results.append(m)
+    return rep
 
 
 def _fmt(x: Any) -> str:
@@ -45,28 +124,66 @@ def _status(m: dict[str, Any]) -> str:
 def _summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for m in results:
-        n_ok = sum(c["passed"] for c in m["checks"].values())
-        n_all = len(m["checks"])
-        rows.append([m["name"], f"{n_ok}/{n_all}", f"{m['wall_time_s']:.1f}", _status(m)])
+        c = counts(m)
+        rows.append([
+            m["name"], ratio(c["claim"]), ratio(c["sanity"]),
+            f"{m.get('wall_time_s', 0.0):.1f}", f"{m.get('cpu_time_s', 0.0):.1f}", _status(m),
+        ])  # fmt: skip
     return rows
 
 
-def _check_rows(m: dict[str, Any]) -> list[list[str]]:
+SUMMARY = ["experiment", "claim checks", "sanity checks", "wall [s]", "CPU [s]", "status"]
+HEADER = ["check", "value", "threshold", "result", "why this threshold", "fails if"]
+
+
+def _check_rows(m: dict[str, Any], kind: str) -> list[list[str]]:
     return [
         [
             name,
             _fmt(c["value"]),
-            f"{c['relation']} {_fmt(c['threshold'])}",
+            f"{c.get('relation', '')} {_fmt(c['threshold'])}",
             "pass" if c["passed"] else "FAIL",
-            c["why"],
+            c.get("why", ""),
+            c.get("catches", ""),
         ]
         for name, c in m["checks"].items()
+        if c["kind"] == kind
     ]
+
+
+def _claim_index(results: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [f"{m['name']}: {name}", _fmt(c["value"]),
+         f"{c.get('relation', '')} {_fmt(c['threshold'])}", "pass" if c["passed"] else "FAIL",
+         c.get("catches", "")]
+        for m in results for name, c in m["checks"].items() if c["kind"] == "claim"
+    ]  # fmt: skip
+
+
+def _headline(rep: Report) -> list[str]:
+    tot = {"claim": [0, 0], "sanity": [0, 0]}
+    for m in rep.results:
+        for k, (a, b) in counts(m).items():
+            tot[k][0] += a
+            tot[k][1] += b
+    n_exp = sum(passed(m) for m in rep.results)
+    lines = [
+        f"**{tot['claim'][0]}/{tot['claim'][1]} claim checks pass** "
+        f"(sanity checks: {tot['sanity'][0]}/{tot['sanity'][1]}); "
+        f"{n_exp}/{len(rep.results)} experiments pass every check.",
+    ]
+    if rep.missing:
+        lines.append(
+            f"**Partial: {len(rep.missing)} experiment(s) missing:** {', '.join(rep.missing)} "
+            "(run `muonflow reproduce` with this folder as --out)."
+        )
+    lines += [f"**Problem:** {p}" for p in rep.problems]
+    return lines
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     def esc(s: str) -> str:
-        return s.replace("|", "\\|")
+        return s.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -80,41 +197,42 @@ def _provenance_line(m: dict[str, Any]) -> str:
         f"numpy {p.get('numpy')}, scipy {p.get('scipy')}, python {p.get('python')}; "
         f"{p.get('cpu')} ({p.get('cpu_threads')} threads)"
         + (f", GPU {p['gpu']}" if p.get("gpu") else "")
-        + f"; profile {m['profile']}, seed {m['seed']}, wall time {m['wall_time_s']:.1f} s"
+        + f"; profile {m.get('profile')}, seed {m.get('seed')}, wall time "
+        f"{m.get('wall_time_s', 0.0):.1f} s, CPU time {m.get('cpu_time_s', 0.0):.1f} s"
     )
 
 
-HEADER = ["check", "value", "threshold", "result", "why this threshold"]
+INTRO = (
+    "*Move on Muon: a Hamiltonian probability gradient flow perspective of the Muon optimizer* "
+    "— one experiment per claim. **Claim checks** test the paper; **sanity checks** test the "
+    "implementation and the numerics (references, round-off, regressions of the library "
+    "against itself). Every check names the bug it would catch."
+)
 
 
-def render_markdown(results: list[dict[str, Any]]) -> str:
-    n_pass = sum(passed(m) for m in results)
-    out = [
-        "# muonflow — reproduction report",
-        "",
-        "*Move on Muon: a Hamiltonian probability gradient flow perspective of the Muon "
-        "optimizer* — one experiment per claim, each with checks against theory.",
-        "",
-        f"**{n_pass}/{len(results)} experiments pass all their checks.**",
-        "",
-        _md_table(["experiment", "checks passed", "time [s]", "status"], _summary_rows(results)),
-        "",
-    ]
+def render_markdown(rep: Report) -> str:
+    results = rep.results
+    out = ["# muonflow — reproduction report", "", INTRO, ""]
+    out += [line + "\n" for line in _headline(rep)]
+    out += [_md_table(SUMMARY, _summary_rows(results)), ""]
+    out += ["## Claim checks at a glance", ""]
+    out += [_md_table(["claim check", "value", "threshold", "result", "fails if"],
+                      _claim_index(results)), ""]  # fmt: skip
     for m in results:
         out += [f"## {m['title']} (`{m['name']}`) — {_status(m)}", ""]
         out += [f"**Claim.** {m['claim']}", ""]
         if m["status"] != "ok":
-            out += ["**The experiment failed with an error:**", "", "```", m["error"], "```", ""]
+            out += ["**The experiment failed with an error:**", "", "```", m["error"] or "", "```",
+                    ""]  # fmt: skip
         for fig in m["figures"]:
             out += [f"![{fig}]({m['name']}/{fig})", ""]
-        if m["checks"]:
-            out += [_md_table(HEADER, _check_rows(m)), ""]
+        for kind, label in (("claim", "Claim checks"), ("sanity", "Sanity checks")):
+            rows = _check_rows(m, kind)
+            if rows:
+                out += [f"**{label}**", "", _md_table(HEADER, rows), ""]
         for note in m.get("notes", []):
             out += [f"> {note}", ""]
-        out += [
-            f"<sub>{_provenance_line(m)}. Config: `{json.dumps(m['config'])}`</sub>",
-            "",
-        ]
+        out += [f"<sub>{_provenance_line(m)}. Config: `{json.dumps(m['config'])}`</sub>", ""]
     return "\n".join(out)
 
 
@@ -140,19 +258,25 @@ def _html_table(header: list[str], rows: list[list[str]], status_col: int) -> st
     return f"<table><tr>{th}</tr>{''.join(body)}</table>"
 
 
-def render_html(results: list[dict[str, Any]], out: Path) -> str:
-    n_pass = sum(passed(m) for m in results)
+def _md_inline(text: str) -> str:
+    """The bold markers of the headline lines as HTML."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(rep: Report, out: Path) -> str:
+    results = rep.results
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>muonflow reproduction report</title><style>{CSS}</style></head><body>",
         "<h1>muonflow — reproduction report</h1>",
-        "<p><em>Move on Muon: a Hamiltonian probability gradient flow perspective of the Muon "
-        "optimizer</em> — one experiment per claim, each with checks against theory.</p>",
-        f"<p><strong>{n_pass}/{len(results)} experiments pass all their checks.</strong></p>",
-        _html_table(
-            ["experiment", "checks passed", "time [s]", "status"], _summary_rows(results), 3
-        ),
+        f"<p>{_md_inline(INTRO.replace('*Move', 'Move').replace('optimizer*', 'optimizer'))}</p>",
     ]
+    parts += [f"<p>{_md_inline(line)}</p>" for line in _headline(rep)]
+    parts.append(_html_table(SUMMARY, _summary_rows(results), 5))
+    parts.append("<h2>Claim checks at a glance</h2>")
+    parts.append(_html_table(["claim check", "value", "threshold", "result", "fails if"],
+                             _claim_index(results), 3))  # fmt: skip
     for m in results:
         st = _status(m)
         parts.append(
@@ -163,11 +287,17 @@ def render_html(results: list[dict[str, Any]], out: Path) -> str:
         if m["status"] != "ok":
             parts.append(f"<pre>{html.escape(m['error'] or '')}</pre>")
         for fig in m["figures"]:
-            data = (Path(out) / m["name"] / fig).read_bytes()
-            b64 = base64.b64encode(data).decode()
+            path = Path(out) / m["name"] / fig
+            if not path.exists():
+                parts.append(f"<p>(figure {html.escape(fig)} is missing)</p>")
+                continue
+            b64 = base64.b64encode(path.read_bytes()).decode()
             parts.append(f"<p><img alt='{html.escape(fig)}' src='data:image/png;base64,{b64}'></p>")
-        if m["checks"]:
-            parts.append(_html_table(HEADER, _check_rows(m), 3))
+        for kind, label in (("claim", "Claim checks"), ("sanity", "Sanity checks")):
+            rows = _check_rows(m, kind)
+            if rows:
+                parts.append(f"<h3>{label}</h3>")
+                parts.append(_html_table(HEADER, rows, 3))
         for note in m.get("notes", []):
             parts.append(f"<blockquote>{html.escape(note)}</blockquote>")
         parts.append(
@@ -178,12 +308,18 @@ def render_html(results: list[dict[str, Any]], out: Path) -> str:
     return "\n".join(parts)
 
 
-def build_report(out: Path) -> list[dict[str, Any]]:
-    """Write ``out/report.md`` and ``out/report.html`` from the saved results in ``out``."""
+def build_report(out: Path, *, rebuild: bool = True) -> Report:
+    """Write ``out/report.md`` and ``out/report.html`` from the saved results in ``out``.
+
+    ``rebuild``: re-evaluate checks, notes and figures from the saved series first (never
+    simulates). Raises ``FileNotFoundError`` if ``out`` holds no result at all.
+    """
     out = Path(out)
-    results = collect(out)
-    if not results:
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} is not a results folder; run `muonflow reproduce` first")
+    rep = collect(out, rebuild=rebuild)
+    if not rep.results and not rep.problems:
         raise FileNotFoundError(f"no {METRICS} found under {out}; run `muonflow reproduce` first")
-    atomic_write_text(out / "report.md", render_markdown(results))
-    atomic_write_text(out / "report.html", render_html(results, out))
-    return results
+    atomic_write_text(out / "report.md", render_markdown(rep))
+    atomic_write_text(out / "report.html", render_html(rep, out))
+    return rep

@@ -10,12 +10,15 @@ keeps their common pieces in one place:
   on 8×4 matrices) and per-matrix values for batched states;
 - :func:`log_slope`: least-squares slope of ``log y`` against ``log x`` (fitted orders, rates);
 - :func:`energy_roundoff`: a bound on the float64 error of evaluating ``H`` at a state;
+- :func:`linear_rate` and :func:`muon_linear_rate`: the asymptotic decay rate of ``H`` of the
+  flow linearized at a minimizer with Hessian eigenvalues ``a_j``, and of its ``muon`` scheme;
 - :func:`single_thread`: the matrices are tiny, one thread avoids oversubscription.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -122,3 +125,33 @@ class FactorizationObjective:
 
     def __repr__(self) -> str:
         return f"FactorizationObjective(M: {tuple(self.M.shape)})"
+
+
+def linear_rate(eigs: np.ndarray | Sequence[float], gamma: float, eps: float) -> float:
+    r"""``2 max_j Re λ_j^slow``, ``λ = (−γ ± √(γ² − 4a_j/ε))/2``: the decay rate of ``H``.
+
+    Near a minimizer with Hessian eigenvalues ``a_j`` and ``∇K(P) ≈ P/ε`` every mode obeys
+    :math:`\varepsilon\ddot w + \gamma\varepsilon\dot w + a_j w = 0`.
+    """
+    a = np.asarray(eigs, float)
+    disc = gamma**2 - 4 * a / eps
+    slow = np.where(disc > 0, (-gamma + np.sqrt(np.abs(disc))) / 2, -gamma / 2)
+    return float(2 * slow.max())
+
+
+def muon_linear_rate(
+    eigs: np.ndarray | Sequence[float], gamma: float, eps: float, h: float
+) -> float:
+    r"""``2 log max_j ρ(M_j) / h``: the decay rate of ``H`` per unit time of the ``muon`` scheme.
+
+    Linearized (``∇K(P) ≈ P/ε``), each mode ``(w, p)`` is mapped by
+    :math:`p' = c\,p - h a_j w`, :math:`w' = w + (h/\varepsilon) p'`, ``c = 1 − γh``:
+    :math:`M_j = \begin{pmatrix} 1 - h^2 a_j/\varepsilon & hc/\varepsilon \\ -h a_j & c
+    \end{pmatrix}`; ``H`` (a quadratic form) decays like :math:`\rho(M)^{2k}`.
+    """
+    c = 1 - gamma * h
+    rho = 0.0
+    for a in np.asarray(eigs, float):
+        M = np.array([[1 - h * h * a / eps, h * c / eps], [-h * a, c]])
+        rho = max(rho, float(np.abs(np.linalg.eigvals(M)).max()))
+    return 2 * math.log(rho) / h

@@ -1,20 +1,34 @@
-"""Experiment registry: one frozen config dataclass + one run function per claim of the paper.
+"""Experiment registry: a frozen config, ``simulate``, ``checks`` and ``figure`` per claim.
 
-An experiment is registered with :func:`experiment`::
+An experiment is four small parts (registered with :func:`experiment`)::
 
     @dataclass(frozen=True)
     class Config:
         n: int = 64        # matrix size
         seed: int = 0
 
-    @experiment("smoothing", title=..., claim=..., config=Config,
-                profiles={"smoke": {"n": 8}, "full": {"n": 512}})
-    def run(cfg: Config, ctx: Context) -> Result: ...
+    def simulate(cfg: Config, progress: Progress) -> dict:       # the expensive part
+        return {"errors": np.array(...), "h": 0.1}                # series, saved to disk
+
+    def checks(series: dict, cfg: Config) -> dict[str, Check]:    # pure function of series
+        return {"order": within(fit(series), 0.9, 1.1, kind="claim", why=..., catches=...)}
+
+    def figure(series: dict, cfg: Config) -> dict[str, Figure]:   # pure function of series
+        ...
+
+    experiment("name", title=..., claim=..., config=Config, simulate=simulate, checks=checks,
+               figure=figure, profiles={"smoke": {"n": 8}, "full": {"n": 512}})
 
 The dataclass defaults are the ``quick`` profile; ``profiles`` holds overrides for the others.
-A run returns :class:`Result` — checks (value vs a threshold derived from theory or numerics,
-with a one-sentence reason), raw series (JSON-able) and figure files — never a verdict computed
-elsewhere: the report is built from these saved results only.
+The runner saves the series (``series.npz`` + ``series.json``) and evaluates ``checks`` and
+``figure`` on the series read back from disk, so ``muonflow report`` rebuilds both from the
+saved series alone. A check is a *claim* check (it tests the paper) or a *sanity* check
+(implementation, numerics, regression); each names the plausible bug it catches.
+
+Configs are validated before anything runs: every number must be finite, and positive unless
+the config lists the field in ``NONNEGATIVE`` (``>= 0``) or ``SIGNED`` (any finite value);
+``seed >= 0``. An experiment's ``validate(cfg)`` adds its own relations (e.g. ``n_ref >=
+16·max(Ns)``).
 """
 
 from __future__ import annotations
@@ -26,21 +40,44 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 PROFILES = ("smoke", "quick", "full")
+KINDS = ("claim", "sanity")
+RELATIONS = ("<=", ">=", "in")
+
+#: ``progress(fraction in [0, 1], message)``: what ``simulate`` reports as it goes.
+Progress = Callable[[float, str], None]
+
+
+def no_progress(frac: float, msg: str = "") -> None:
+    """A :data:`Progress` that says nothing."""
 
 
 @dataclass(frozen=True)
 class Check:
-    """One pass/fail comparison, ``value <relation> threshold``, and why that threshold."""
+    """One pass/fail comparison, ``value <relation> threshold``.
+
+    ``kind``: ``"claim"`` (tests a claim of the paper) or ``"sanity"`` (implementation,
+    numerics or a regression of the library against itself). ``why``: one sentence on where the
+    threshold comes from. ``catches``: the plausible bug that must fail the check.
+    """
 
     value: float
     threshold: float | tuple[float, float]
-    relation: str  # "<=", ">=" or "in" (threshold = (lo, hi))
+    relation: str
+    kind: str
     why: str
+    catches: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"check kind must be one of {KINDS}, got {self.kind!r}")
+        if self.relation not in RELATIONS:
+            raise ValueError(f"check relation must be one of {RELATIONS}, got {self.relation!r}")
+        if not self.why.strip() or not self.catches.strip():
+            raise ValueError("a check needs a reason (why) and the bug it catches (catches)")
 
     @property
     def passed(self) -> bool:
@@ -55,67 +92,80 @@ class Check:
         return lo <= v <= hi
 
     def to_json(self) -> dict[str, Any]:
-        thr = list(self.threshold) if isinstance(self.threshold, tuple) else self.threshold
+        thr = self.threshold
         return {
-            "value": _json_float(self.value),
-            "threshold": thr,
+            "value": json_number(self.value),
+            "threshold": [json_number(t) for t in thr] if isinstance(thr, tuple) else
+            json_number(thr),
             "relation": self.relation,
             "passed": self.passed,
+            "kind": self.kind,
             "why": self.why,
+            "catches": self.catches,
         }
 
 
-def at_most(value: float, threshold: float, why: str) -> Check:
-    return Check(float(value), float(threshold), "<=", why)
+def json_number(x: float) -> float | str:
+    """``x`` for strict JSON: finite floats as they are, NaN/Inf as the strings 'nan', 'inf'."""
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
 
 
-def at_least(value: float, threshold: float, why: str) -> Check:
-    return Check(float(value), float(threshold), ">=", why)
+def at_most(value: float, threshold: float, *, kind: str, why: str, catches: str) -> Check:
+    """``value <= threshold``."""
+    return Check(float(value), float(threshold), "<=", kind, why, catches)
 
 
-def within(value: float, lo: float, hi: float, why: str) -> Check:
-    return Check(float(value), (float(lo), float(hi)), "in", why)
+def at_least(value: float, threshold: float, *, kind: str, why: str, catches: str) -> Check:
+    """``value >= threshold``."""
+    return Check(float(value), float(threshold), ">=", kind, why, catches)
 
 
-@dataclass
-class Result:
-    """What an experiment hands back: checks, raw series, figure file names, findings."""
-
-    checks: dict[str, Check] = field(default_factory=dict)
-    series: dict[str, Any] = field(default_factory=dict)
-    figures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+def within(
+    value: float, lo: float, hi: float, *, kind: str, why: str, catches: str
+) -> Check:
+    """``lo <= value <= hi``."""
+    return Check(float(value), (float(lo), float(hi)), "in", kind, why, catches)
 
 
-@dataclass
-class Context:
-    """Where an experiment writes and how it reports progress."""
-
-    out_dir: Path
-    progress: Callable[[float, str], None] = lambda frac, msg: None
-
-    def figure_path(self, name: str) -> Path:
-        return self.out_dir / name
+Series = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Experiment:
+    """A registered experiment: config type, the three functions and the profiles."""
+
     name: str
     title: str
     claim: str
     config: type
-    run: Callable[[Any, Context], Result]
+    simulate: Callable[[Any, Progress], Series]
+    checks: Callable[[Series, Any], dict[str, Check]]
+    figure: Callable[[Series, Any], dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
+    notes: Callable[[Series, Any], list[str]] | None = None
+    validate: Callable[[Any], None] | None = None
     #: bump when the experiment's code changes meaningfully, so resumed runs recompute it.
     version: int = 1
 
     def make_config(self, profile: str = "quick", overrides: Iterable[str] = ()) -> Any:
-        """The frozen config for ``profile`` with ``key=value`` overrides, type-checked."""
+        """The frozen, validated config for ``profile`` with ``key=value`` overrides.
+
+        Raises ``ValueError`` (naming the field and the value) before anything runs.
+        """
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
         cfg = self.config(**self.profiles.get(profile, {}))
         updates = parse_overrides(self.config, overrides)
-        return dataclasses.replace(cfg, **updates) if updates else cfg
+        if updates:
+            cfg = dataclasses.replace(cfg, **updates)
+        try:
+            validate_numbers(cfg)
+            if self.validate is not None:
+                self.validate(cfg)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: invalid config: {exc}") from None
+        return cfg
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -127,10 +177,15 @@ def experiment(
     title: str,
     claim: str,
     config: type,
+    simulate: Callable[[Any, Progress], Series],
+    checks: Callable[[Series, Any], dict[str, Check]],
+    figure: Callable[[Series, Any], dict[str, Any]],
     profiles: dict[str, dict[str, Any]] | None = None,
+    notes: Callable[[Series, Any], list[str]] | None = None,
+    validate: Callable[[Any], None] | None = None,
     version: int = 1,
-) -> Callable[[Callable[[Any, Context], Result]], Callable[[Any, Context], Result]]:
-    """Register ``fn(cfg, ctx) -> Result`` as experiment ``name``."""
+) -> Experiment:
+    """Register experiment ``name`` and return it."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of experiment {name!r} must be a dataclass")
     fields = {f.name for f in dataclasses.fields(config)}
@@ -140,16 +195,55 @@ def experiment(
         unknown = set(over) - fields
         if prof not in PROFILES or unknown:
             raise TypeError(f"experiment {name!r}: bad profile {prof!r} or keys {unknown}")
+    if name in REGISTRY:
+        raise ValueError(f"experiment {name!r} registered twice")
+    exp = Experiment(
+        name, title, claim, config, simulate, checks, figure, dict(profiles or {}), notes,
+        validate, version,
+    )
+    REGISTRY[name] = exp
+    return exp
 
-    def register(fn: Callable[[Any, Context], Result]) -> Callable[[Any, Context], Result]:
-        if name in REGISTRY:
-            raise ValueError(f"experiment {name!r} registered twice")
-        REGISTRY[name] = Experiment(name, title, claim, config, fn, dict(profiles or {}), version)
-        return fn
 
-    return register
+# -- config validation -----------------------------------------------------------------------
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, tuple | list):
+        return [x for v in value for x in _numbers(v)]
+    return []
 
 
+def validate_numbers(cfg: Any) -> None:
+    """Every number of ``cfg`` finite; positive unless listed in ``NONNEGATIVE`` / ``SIGNED``."""
+    nonneg = set(getattr(cfg, "NONNEGATIVE", ())) | {"seed"}
+    signed = set(getattr(cfg, "SIGNED", ()))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        nums = _numbers(value)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(value, tuple) and not value and _numbers(default):
+            raise ValueError(f"{f.name} must not be empty")
+        for x in nums:
+            if not math.isfinite(x):
+                raise ValueError(f"{f.name} must be finite, got {value!r}")
+            if f.name in signed:
+                continue
+            if f.name in nonneg and x < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {value!r}")
+            if f.name not in nonneg and x <= 0:
+                raise ValueError(f"{f.name} must be > 0, got {value!r}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition`` (for ``validate`` functions)."""
+    if not condition:
+        raise ValueError(message)
+
+
+# -- overrides ---------------------------------------------------------------------------------
 def _parse_value(text: str, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     if origin is tuple:
@@ -203,11 +297,16 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
+def config_from_dict(config: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config saved by :func:`config_dict` (lists back to tuples)."""
+    valid = {f.name for f in dataclasses.fields(config)}
+    unknown = set(data) - valid
+    if unknown:
+        raise ValueError(f"saved config has unknown keys {sorted(unknown)}")
+    return config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 def config_hash(exp: Experiment, cfg: Any) -> str:
     """Identity of a run's inputs: experiment name, code version and config."""
     blob = json.dumps([exp.name, exp.version, config_dict(cfg)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _json_float(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)

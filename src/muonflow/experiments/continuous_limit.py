@@ -14,25 +14,26 @@ is, iterate for iterate, the symplectic-Euler (``muon``) scheme of
 
 Setup: matrix factorization :math:`J = \tfrac14\|WW^\top - M\|_F^2` on an 8×4 ``W``,
 relativistic ``ε``, a start with ``‖P‖`` a few ``ε`` (the map is far from linear). The Muon
-iterates are produced by the optimizer-form loop above (``regularized_polar`` with
-``ε_opt = ε/h``), the other schemes by :func:`muonflow.integrate`; errors at ``t_end`` are
-measured against the adaptive ``reference`` (DOP853, rtol 1e-13) in the state ``(W, P)``.
+iterates are produced by the optimizer itself, :meth:`muonflow.RegMuon.from_dynamics` (``η = h``,
+``β = 1 − γh``, absolute ``ε_opt = ε/h``, sum-form momentum) stepping on the gradient
+``∇J``; the other schemes by :func:`muonflow.integrate`. Errors at ``t_end`` are measured
+against the adaptive ``reference`` (DOP853, rtol 1e-13) in the state ``(W, P)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..dynamics import INTEGRATORS, HamiltonianFlow, integrate
-from ..polar import regularized_polar
+from ..optim import RegMuon
 from ..spectral import Relativistic
-from . import _plot
 from ._dynamics_problems import F64, U64, FactorizationObjective, log_slope, single_thread
-from .base import Context, Result, at_most, experiment, within
+from .base import Check, Progress, at_most, experiment, require, within
 
 SCHEMES = ("hamiltonian_descent", "conformal_leapfrog", "euler", "rk4")
 
@@ -53,42 +54,37 @@ class Config:
     seed: int = 0
 
 
+def validate(cfg: Config) -> None:
+    require(len(cfg.hs) >= 2 and len(cfg.hs_rk4) >= 2, "hs and hs_rk4 need >= 2 steps each")
+    for h in (*cfg.hs, *cfg.hs_rk4):
+        n = cfg.t_end / h
+        require(abs(n - round(n)) < 1e-9 * n, f"t_end = {cfg.t_end} must be a multiple of h = {h}")
+        require(cfg.gamma * h <= 1, f"γh must be <= 1 (momentum 1 − γh >= 0), got γh = "
+                f"{cfg.gamma * h}")
+    require(cfg.rank <= cfg.m, f"rank must be <= m = {cfg.m}, got {cfg.rank}")
+
+
 def muon_optimizer(
     objective: FactorizationObjective, W0: Tensor, P0: Tensor, *, h: float, gamma: float,
     eps: float, steps: int,
 ) -> tuple[Tensor, Tensor, list[float]]:
-    """Muon with sum-form momentum, ``η = h``, ``β = 1 − γh``, ``ε_opt = ε/h``, from
-    ``M₀ = −P₀/h``. Returns the final ``(W, P = −hM)`` and ``J`` along the way."""
-    W, M = W0.clone(), -P0 / h
-    beta, eps_opt = 1 - gamma * h, eps / h
+    """``steps`` steps of :meth:`RegMuon.from_dynamics` (``η = h``, ``β = 1 − γh``,
+    ``ε_opt = ε/h``) on the gradient ``∇J``, from ``P₀``. Returns the final ``(W, P = −hM)``
+    and ``J`` along the way."""
+    W = torch.nn.Parameter(W0.clone())
+    opt = RegMuon.from_dynamics([W], h=h, gamma=gamma, eps=eps, P0=[P0])
     Js = []
     for _ in range(steps):
-        J, force = objective.value_and_force(W)
+        J, force = objective.value_and_force(W.detach())
         Js.append(float(J))
-        M = beta * M - force  # M ← βM + ∇J(W)
-        W = W - h * regularized_polar(M, eps_opt)  # W ← W − η ∇K_{ε/h}(M)
-    Js.append(float(objective.value(W)))
-    return W, -h * M, Js
+        W.grad = -force  # ∇J (closed form)
+        opt.step()
+    Js.append(float(objective.value(W.detach())))
+    return W.detach().clone(), -h * opt.state[W]["momentum_buffer"].clone(), Js
 
 
-@experiment(
-    "continuous_limit",
-    title="Discrete Muon → the damped Hamiltonian ODE: O(h); conformal leapfrog O(h²)",
-    claim=(
-        "Under the inertial scaling η = h, β = 1 − γh, ε_opt = ε/h, Muon's iterates are the "
-        "symplectic-Euler discretization of Ẇ = ∇K_ε(P), Ṗ = −∇J − γP and converge to its "
-        "solution with global error O(h); the conformal-symplectic leapfrog converges at O(h²)."
-    ),
-    config=Config,
-    profiles={
-        "smoke": {"t_end": 1.0, "hs": (0.04, 0.02, 0.01), "hs_rk4": (0.1, 0.05, 0.025)},
-        "full": {"t_end": 4.0, "hs": (0.04, 0.02, 0.01, 0.005, 0.0025, 0.00125),
-                 "hs_rk4": (0.1, 0.05, 0.025, 0.0125, 0.00625)},
-    },
-)
-def run(cfg: Config, ctx: Context) -> Result:
+def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    res = Result()
     B = cfg.scale * torch.randn(cfg.m, cfg.rank, generator=gen, dtype=F64)
     objective = FactorizationObjective(B @ B.T)
     W0 = cfg.scale * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
@@ -99,86 +95,127 @@ def run(cfg: Config, ctx: Context) -> Result:
         return float(torch.cat([(W - ref_W).flatten(), (P - ref_P).flatten()]).norm())
 
     with single_thread():
-        ctx.progress(0.02, "reference")
+        progress(0.02, "reference")
         ref = integrate(flow, W0, P0, cfg.t_end, h=cfg.hs[-1], rtol=cfg.rtol, record_states=True)
         assert isinstance(ref.W, Tensor) and isinstance(ref.P, Tensor)
         assert isinstance(ref.Ws, Tensor)
         # linearized frequency: ω² <= Lip(∇J)/ε with ‖∇²J(W)‖ <= 3‖W‖₂² + ‖M‖₂ on the path
         lip = 3 * float(torch.linalg.matrix_norm(ref.Ws, 2).max()) ** 2 + float(
             torch.linalg.matrix_norm(objective.M, 2))
-        h_omega = max(cfg.hs) * (lip / cfg.eps) ** 0.5
-        errors: dict[str, list[float]] = {"muon (optimizer form)": []}
+        errors: dict[str, list[float]] = {"muon_optimizer": []}
         J_curves = {}
         for i, h in enumerate(cfg.hs):
-            ctx.progress(0.1 + 0.3 * i / len(cfg.hs), f"Muon optimizer, h = {h:g}")
-            steps = round(cfg.t_end / h)
+            progress(0.1 + 0.3 * i / len(cfg.hs), f"RegMuon.from_dynamics, h = {h:g}")
             W, P, Js = muon_optimizer(objective, W0, P0, h=h, gamma=cfg.gamma, eps=cfg.eps,
-                                      steps=steps)
-            errors["muon (optimizer form)"].append(err(W, P, ref.W, ref.P))
-            J_curves[h] = Js
+                                      steps=round(cfg.t_end / h))
+            errors["muon_optimizer"].append(err(W, P, ref.W, ref.P))
+            J_curves[f"h={h:g}"] = np.array(Js)
+            if i == 0:  # the optimizer vs the integrator's muon scheme at the same h
+                scheme = integrate(flow, W0, P0, cfg.t_end, h=h, method="muon",
+                                   record_every=10**9)
+                assert isinstance(scheme.W, Tensor) and isinstance(scheme.P, Tensor)
+                gap = err(W, P, scheme.W, scheme.P)
+                size = 1 + max(float(W.abs().max()), float(P.abs().max()))
         for j, name in enumerate(SCHEMES):
-            ctx.progress(0.4 + 0.5 * j / len(SCHEMES), name)
-            hs = cfg.hs_rk4 if name == "rk4" else cfg.hs
+            progress(0.4 + 0.5 * j / len(SCHEMES), name)
             errors[name] = []
-            for h in hs:
+            for h in cfg.hs_rk4 if name == "rk4" else cfg.hs:
                 traj = integrate(flow, W0, P0, cfg.t_end, h=h, method=name, record_every=10**9)
                 assert isinstance(traj.W, Tensor) and isinstance(traj.P, Tensor)
                 errors[name].append(err(traj.W, traj.P, ref.W, ref.P))
+    progress(1.0, "done")
+    return {
+        "errors": {k: np.array(v) for k, v in errors.items()},
+        "declared_orders": {n: INTEGRATORS[n].order for n in SCHEMES},
+        "h_omega_max": max(cfg.hs) * (lip / cfg.eps) ** 0.5,
+        "optimizer_vs_scheme_gap": gap,
+        "optimizer_vs_scheme_size": size,
+        "reference": {"t": ref.t, "J": ref.J, "nfev": ref.nfev},
+        "J_optimizer": J_curves,
+    }
 
-        # the optimizer loop is the muon scheme: same iterates up to round-off
-        h = cfg.hs[0]
-        steps = round(cfg.t_end / h)
-        W_opt, P_opt, _ = muon_optimizer(objective, W0, P0, h=h, gamma=cfg.gamma, eps=cfg.eps,
-                                         steps=steps)
-        scheme = integrate(flow, W0, P0, cfg.t_end, h=h, method="muon", record_every=10**9)
-        assert isinstance(scheme.W, Tensor) and isinstance(scheme.P, Tensor)
-        size = 1 + max(float(W_opt.abs().max()), float(P_opt.abs().max()))
-        gap = err(W_opt, P_opt, scheme.W, scheme.P)
 
-    ref_J = ref.J.numpy()
-    orders = {name: log_slope(cfg.hs_rk4 if name == "rk4" else cfg.hs, e)
-              for name, e in errors.items()}
-    res.checks["muon_optimizer_order"] = within(
-        orders["muon (optimizer form)"], 0.9, 1.1,
-        f"global error C₁h(1 + κh + …) with |κh| <~ hω <= {h_omega:.2f} (ω² = Lip(∇J)/ε on the "
-        f"path): a log-log fit over a factor-8 sweep shifts by ~0.4·hω = {0.4 * h_omega:.2f}, "
-        "so the order is 1 ± 0.1.",
-    )
-    res.checks["conformal_leapfrog_order"] = within(
-        orders["conformal_leapfrog"], 1.9, 2.1,
-        f"second order: error C₂h²(1 + κh + …), |κh| <~ hω <= {h_omega:.2f}, so the fitted "
-        f"slope shifts by ~0.4·hω = {0.4 * h_omega:.2f}: the order is 2 ± 0.1.",
-    )
-    res.checks["optimizer_form_equals_muon_scheme"] = at_most(
-        gap, 64 * 8 * steps * U64 * size,
-        "Muon (M ← βM + g; W ← W − η∇K_{ε/h}(M)) and the scheme round differently by a few u "
-        "per step, amplified by at most e^{T√(L/ε)} < 8 over the horizon: 64·8·N·u·(1+max|x|).",
-    )
-    res.series.update(
-        hs=list(cfg.hs), hs_rk4=list(cfg.hs_rk4), errors=errors, fitted_orders=orders,
-        declared_orders={n: INTEGRATORS[n].order for n in SCHEMES},
-        optimizer_vs_scheme_gap=gap, reference_nfev=ref.nfev, h_omega_max=h_omega,
-    )
+def _orders(s: dict[str, Any], cfg: Config) -> dict[str, float]:
+    return {name: log_slope(cfg.hs_rk4 if name == "rk4" else cfg.hs, e)
+            for name, e in s["errors"].items()}
 
-    ctx.progress(0.95, "figure")
+
+def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
+    orders = _orders(s, cfg)
+    hw = float(s["h_omega_max"])
+    steps = round(cfg.t_end / cfg.hs[0])
+    return {
+        "muon_optimizer_order": within(
+            orders["muon_optimizer"], 0.9, 1.1, kind="claim",
+            why=f"global error C₁h(1 + κh + …) with |κh| <~ hω <= {hw:.2f} (ω² = Lip(∇J)/ε on the "
+            f"path): a log-log fit over a factor-8 sweep shifts by ~0.4·hω = {0.4 * hw:.2f}, so "
+            "the order is 1 ± 0.1.",
+            catches="an optimizer that is not a consistent discretization of the flow under "
+            "η = h, β = 1 − γh, ε_opt = ε/h (wrong ε scaling, EMA momentum without rescaling, a "
+            "frozen or undone matrix update): its error does not shrink like h.",
+        ),
+        "conformal_leapfrog_order": within(
+            orders["conformal_leapfrog"], 1.9, 2.1, kind="claim",
+            why=f"second order: error C₂h²(1 + κh + …), |κh| <~ hω <= {hw:.2f}, so the fitted "
+            f"slope shifts by ~0.4·hω = {0.4 * hw:.2f}: the order is 2 ± 0.1.",
+            catches="damping factors applied as (1 − γh/2) instead of e^{−γh/2}, or kicks out of "
+            "order (first order then).",
+        ),
+        "optimizer_form_equals_muon_scheme": at_most(
+            float(s["optimizer_vs_scheme_gap"]),
+            64 * 8 * steps * U64 * float(s["optimizer_vs_scheme_size"]), kind="sanity",
+            why="regression of the library against itself: RegMuon.from_dynamics and the "
+            "integrator's muon scheme round differently by a few u per step, amplified by at "
+            "most e^{T√(L/ε)} < 8 over the horizon: 64·8·N·u·(1+max|x|).",
+            catches="a change in either implementation that breaks the exact mapping P = −hM.",
+        ),
+    }
+
+
+def figure(s: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    from . import _plot
+
+    orders = _orders(s, cfg)
     fig, (a0, a1) = _plot.figure(2)
-    markers = dict(zip(errors, "osv^d", strict=True))
-    for name, e in errors.items():
+    markers = dict(zip(s["errors"], "osv^d", strict=True))
+    for name, e in s["errors"].items():
         hs = cfg.hs_rk4 if name == "rk4" else cfg.hs
-        a0.loglog(hs, e, markers[name] + "-", label=f"{name} (fit {orders[name]:.2f})")
+        label = "RegMuon.from_dynamics" if name == "muon_optimizer" else name
+        a0.loglog(hs, e, markers[name] + "-", label=f"{label} (fit {orders[name]:.2f})")
     h_arr = np.array(cfg.hs)
-    e_m = errors["muon (optimizer form)"]
+    e_m = s["errors"]["muon_optimizer"]
     a0.loglog(h_arr, e_m[0] * h_arr / h_arr[0], "k:", lw=1, label="∝ h")
-    e_l = errors["conformal_leapfrog"]
+    e_l = s["errors"]["conformal_leapfrog"]
     a0.loglog(h_arr, e_l[0] * (h_arr / h_arr[0]) ** 2, "k--", lw=1, label="∝ h²")
     a0.set(xlabel="step size h (dynamics units)",
            ylabel=f"‖(W,P) − reference‖ at t = {cfg.t_end:g}", title="Global error vs step size")
     a0.legend(fontsize=7)
-    a1.plot(ref.t.numpy(), ref_J, "k-", lw=2, label="ODE (reference)")
-    for h, Js in J_curves.items():
-        a1.plot(np.arange(len(Js)) * h, Js, "--", label=f"Muon, η = h = {h:g}")
+    a1.plot(s["reference"]["t"], s["reference"]["J"], "k-", lw=2, label="ODE (reference)")
+    for h in cfg.hs:
+        Js = s["J_optimizer"][f"h={h:g}"]
+        a1.plot(np.arange(len(Js)) * h, Js, "--", label=f"RegMuon, η = h = {h:g}")
     a1.set(xlabel="time t = k·h", ylabel="objective J", title="Muon iterates vs the ODE")
     a1.legend(fontsize=7)
-    res.figures.append(_plot.save(fig, ctx.figure_path("continuous_limit.png")))
-    ctx.progress(1.0, "done")
-    return res
+    return {"continuous_limit.png": fig}
+
+
+experiment(
+    "continuous_limit",
+    title="Discrete Muon → the damped Hamiltonian ODE: O(h); conformal leapfrog O(h²)",
+    claim=(
+        "Under the inertial scaling η = h, β = 1 − γh, ε_opt = ε/h, Muon's iterates are the "
+        "symplectic-Euler discretization of Ẇ = ∇K_ε(P), Ṗ = −∇J − γP and converge to its "
+        "solution with global error O(h); the conformal-symplectic leapfrog converges at O(h²)."
+    ),
+    config=Config,
+    simulate=simulate,
+    checks=checks,
+    figure=figure,
+    validate=validate,
+    profiles={
+        "smoke": {"t_end": 1.0, "hs": (0.04, 0.02, 0.01), "hs_rk4": (0.1, 0.05, 0.025)},
+        "full": {"t_end": 4.0, "hs": (0.04, 0.02, 0.01, 0.005, 0.0025, 0.00125),
+                 "hs_rk4": (0.1, 0.05, 0.025, 0.0125, 0.00625)},
+    },
+    version=2,
+)

@@ -29,7 +29,8 @@ above :math:`h_{\max}` (:math:`h_\delta \to h_{\max}` as :math:`\delta \to 0`). 
 largest monotone step lies in :math:`[h_{\max}, h_\delta]`.
 
 Explicit Euler has no such step: from ``P = 0`` it leaves ``W`` in place (:math:`\nabla K(0) =
-0`) and raises ``H`` by exactly :math:`K(h F(W_0)) > 0`, at every ``h``.
+0`) and raises ``H`` by :math:`K(h F(W_0)) > 0`, at every ``h``; the experiment checks that its
+largest step rise exceeds round-off by orders of magnitude at every ``h`` of the sweep.
 """
 
 from __future__ import annotations
@@ -40,14 +41,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from torch import Tensor
 
 from ..dynamics import HamiltonianFlow, NonFiniteStateError, integrate, muon_energy_step_bound
 from ..spectral import Huber, Relativistic
-from . import _plot
 from ._dynamics_problems import F64, QuadraticObjective, energy_roundoff, single_thread, spd
-from .base import Context, Result, at_most, experiment, within
+from .base import Check, Progress, at_least, at_most, experiment, require, within
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,8 @@ def h_delta(eps: float, gamma: float, L: float, delta: float, h_max: float) -> f
         return 2 * eps * (1 - c * c) - L * h * h * (math.sqrt(1 - c * c * delta**2)
                                                      + math.sqrt(1 - delta**2))
 
+    from scipy.optimize import brentq
+
     hi = h_max
     while g(hi) > 0:
         hi *= 1.5
@@ -127,24 +128,32 @@ def step_rises(
     return (ratio if finite else math.inf), rel, finite
 
 
-@experiment(
-    "discrete_monotonicity",
-    title="Discrete Muon decreases H at every step for h ≤ 2γε/(L + γ²ε)",
-    claim=(
-        "The Muon scheme (symplectic Euler of the damped Hamiltonian flow) makes H monotone at "
-        "every step from every state when h ≤ h_max = 2γε/(L + γ²ε) — sharp for quadratics — "
-        "while explicit Euler raises H at any step size."
-    ),
-    config=Config,
-    profiles={
-        "smoke": {"starts": 1, "steps": 40, "ratios": (0.5, 1.0, 1.2, 2.0), "bisect_rtol": 1e-3},
-        "full": {"m": 16, "n": 8, "starts": 8, "steps": 400, "bisect_rtol": 1e-6,
-                 "ratios": tuple(float(r) for r in np.geomspace(0.2, 4.0, 31))},
-    },
-)
-def run(cfg: Config, ctx: Context) -> Result:
+def validate(cfg: Config) -> None:
+    require(cfg.L > cfg.a_min, f"L must exceed a_min = {cfg.a_min}, got {cfg.L}")
+    require(cfg.delta < 1, f"delta (a velocity below the speed limit) must be < 1, got {cfg.delta}")
+    require(min(cfg.ratios) <= 1.0 < max(cfg.ratios),
+            f"ratios must bracket the bound (some <= 1, some > 1), got {cfg.ratios}")
+    require(list(cfg.ratios) == sorted(cfg.ratios), f"ratios must increase, got {cfg.ratios}")
+
+
+def _largest_monotone_h(
+    hs: list[float], ok: list[bool], monotone: Any, h_max: float, rtol: float
+) -> float:
+    """Bisection between the last passing and the first failing step of the sweep."""
+    first_bad = next((i for i, o in enumerate(ok) if not o), None)
+    if first_bad is None:
+        return math.inf
+    if first_bad == 0:
+        return 0.0
+    lo, hi = hs[first_bad - 1], hs[first_bad]
+    while hi - lo > rtol * h_max:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if monotone(mid) else (lo, mid)
+    return lo
+
+
+def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    res = Result()
     A = spd(np.geomspace(cfg.a_min, cfg.L, cfg.m).tolist(), gen)
     obj = QuadraticObjective(A)
     h_max = muon_energy_step_bound(cfg.L, cfg.eps, cfg.gamma)
@@ -156,11 +165,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         torch.zeros(S, *shape, dtype=F64),  # at rest
     ])
     hs = [r * h_max for r in cfg.ratios]
-    res.series.update(h_max=h_max, ratios=list(cfg.ratios), L=cfg.L, eps=cfg.eps,
-                      gamma=cfg.gamma)
-
-    total = 2 * len(hs) + len(hs) + 2
-    done = 0
+    out: dict[str, Any] = {"h_max": h_max, "ratios": np.array(cfg.ratios)}
+    total, done = 3 * len(hs) + 2, 0
+    fine = np.linspace(0.9, 1.1, 41) * h_max  # the worst-state ΔH near the bound (figure)
     with single_thread():
         for pot in ("relativistic", "huber"):
             K = _potential(pot, cfg.eps)
@@ -170,112 +177,130 @@ def run(cfg: Config, ctx: Context) -> Result:
                 W, P = worst_state(K, A, cfg.n, h, cfg.gamma, cfg.delta)
                 return step_rises(flow, obj, W, P, h, 1, "muon")[0]
 
-            random_ratio, worst_ratio, rel_rise = [], [], []
-            for h in hs:
-                ctx.progress(done / total, f"{pot}: h = {h / h_max:.2f} h_max")
-                done += 1
-                r_rand, rel, _ = step_rises(flow, obj, W0, P0, h, cfg.steps, "muon")
-                random_ratio.append(r_rand)
-                rel_rise.append(rel)
-                worst_ratio.append(worst_rise(h))
-            below = [max(a, b) for a, b, r in zip(random_ratio, worst_ratio, cfg.ratios,
-                                                  strict=True) if r <= 1.0]
-            res.checks[f"muon_monotone_up_to_bound_{pot}"] = at_most(
-                max(below), 1.0,
-                "largest step rise of H over the round-off of evaluating the two energies, for "
-                "every h ≤ h_max, random and worst-case starts: the theorem says ΔH ≤ 0 there.",
-            )
-
-            # bisection for the largest monotone h: last passing grid step -> first failing one
             def monotone(h: float, flow: HamiltonianFlow = flow) -> bool:
                 return (
                     worst_rise(h) <= 1.0
                     and step_rises(flow, obj, W0, P0, h, cfg.steps, "muon")[0] <= 1.0
                 )
 
+            random_ratio, worst_ratio, rel_rise = [], [], []
+            for h in hs:
+                progress(done / total, f"{pot}: h = {h / h_max:.2f} h_max")
+                done += 1
+                r_rand, rel, _ = step_rises(flow, obj, W0, P0, h, cfg.steps, "muon")
+                random_ratio.append(r_rand)
+                rel_rise.append(rel)
+                worst_ratio.append(worst_rise(h))
             ok = [max(a, b) <= 1.0 for a, b in zip(random_ratio, worst_ratio, strict=True)]
-            first_bad = next((i for i, o in enumerate(ok) if not o), None)
-            if first_bad is None or first_bad == 0:
-                h_star = math.inf if first_bad is None else 0.0
-            else:
-                lo, hi = hs[first_bad - 1], hs[first_bad]
-                while hi - lo > cfg.bisect_rtol * h_max:
-                    mid = 0.5 * (lo + hi)
-                    lo, hi = (mid, hi) if monotone(mid) else (lo, mid)
-                h_star = lo
-            h_top = h_max  # Huber: the worst state's ΔH changes sign exactly at h_max
-            if pot == "relativistic":
-                h_top = h_delta(cfg.eps, cfg.gamma, cfg.L, cfg.delta, h_max)
-            slack = 2 * cfg.bisect_rtol
-            res.checks[f"largest_monotone_h_over_bound_{pot}"] = within(
-                h_star / h_max, 1 - slack, h_top / h_max + slack,
-                "bisection of the largest h with no rise from any start: h_max is sufficient and "
-                "the worst-case state (‖V'‖ = δ) rises above h_δ (= h_max for Huber), so the "
-                "ratio lies in [1, h_δ/h_max] up to the bisection tolerance.",
-            )
-            res.series[pot] = {
-                "random_rise_over_roundoff": random_ratio,
-                "worst_rise_over_roundoff": worst_ratio,
-                "random_max_relative_rise": rel_rise,
+            h_star = _largest_monotone_h(hs, ok, monotone, h_max, cfg.bisect_rtol)
+            dH_fine = []
+            for h in fine:
+                W, P = worst_state(K, A, cfg.n, float(h), cfg.gamma, cfg.delta)
+                t = integrate(flow, W, P, float(h), h=float(h), method="muon")
+                dH_fine.append(float(t.H[1] - t.H[0]))
+            out[pot] = {
+                "random_rise_over_roundoff": np.array(random_ratio),
+                "worst_rise_over_roundoff": np.array(worst_ratio),
+                "random_max_relative_rise": np.array(rel_rise),
                 "largest_monotone_h": h_star,
-                "h_delta": h_top,
+                # Huber: the worst state's ΔH changes sign exactly at h_max
+                "h_delta": h_delta(cfg.eps, cfg.gamma, cfg.L, cfg.delta, h_max)
+                if pot == "relativistic" else h_max,
+                "worst_dH_near_bound": np.array(dH_fine),
             }
-
-        # explicit Euler on the same starts: H rises at every step size
-        ctx.progress(done / total, "explicit Euler")
+        # explicit Euler on the same starts
+        progress(done / total, "explicit Euler")
         flow = HamiltonianFlow(obj, Relativistic(cfg.eps), cfg.gamma)
-        euler_ratio = []
-        for h in hs:
-            euler_ratio.append(step_rises(flow, obj, W0, P0, h, cfg.steps, "euler")[0])
-        res.series["euler_rise_over_roundoff"] = euler_ratio
-        W_rest = W0[2 * S]  # a start with P = 0
-        traj = integrate(flow, W_rest, torch.zeros_like(W_rest), h_max, h=h_max, method="euler")
-        predicted = float(flow.kinetic.energy(h_max * obj.value_and_force(W_rest)[1]))
-        rise = float(traj.H[1] - traj.H[0])
-        res.checks["euler_first_step_rise_at_bound"] = within(
-            rise / predicted, 1 - 1e-9, 1 + 1e-9,
-            "from P = 0, Euler keeps W (∇K(0) = 0) and sets P = hF(W₀): ΔH = K(hF(W₀)) > 0 "
-            "exactly, up to round-off (1e-9 relative is ~1e6 roundoffs).",
-        )
-        res.series["euler_first_step"] = {"rise": rise, "predicted": predicted}
+        euler = [step_rises(flow, obj, W0, P0, h, cfg.steps, "euler") for h in hs]
+    out["euler_rise_over_roundoff"] = np.array([e[0] for e in euler])
+    out["euler_max_relative_rise"] = np.array([e[1] for e in euler])
+    out["fine_h_over_h_max"] = fine / h_max
+    progress(1.0, "done")
+    return out
 
-    # figure: largest step rise (over round-off) vs h / h_max
-    ctx.progress(0.95, "figure")
+
+def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
+    out: dict[str, Check] = {}
+    ratios, h_max = s["ratios"], float(s["h_max"])
+    below = ratios <= 1.0
+    for pot in ("relativistic", "huber"):
+        c = s[pot]
+        worst = np.maximum(c["random_rise_over_roundoff"], c["worst_rise_over_roundoff"])
+        out[f"muon_monotone_up_to_bound_{pot}"] = at_most(
+            float(worst[below].max()), 1.0, kind="claim",
+            why="largest step rise of H over the round-off of evaluating the two energies, for "
+            "every h ≤ h_max, random and worst-case starts: the theorem says ΔH ≤ 0 there.",
+            catches="a scheme that is not symplectic Euler (W updated with the old momentum, "
+            "i.e. explicit Euler) or a bound without the γ²ε term.",
+        )
+        slack = 2 * cfg.bisect_rtol
+        out[f"largest_monotone_h_over_bound_{pot}"] = within(
+            float(c["largest_monotone_h"]) / h_max, 1 - slack, float(c["h_delta"]) / h_max + slack,
+            kind="claim",
+            why="bisection of the largest h with no rise from any start: h_max is sufficient and "
+            "the worst-case state (‖V'‖ = δ) rises above h_δ (= h_max for Huber), so the "
+            "ratio lies in [1, h_δ/h_max] up to the bisection tolerance.",
+            catches="a bound that is not sharp (off by a factor, e.g. γε/L) or not sufficient.",
+        )
+    out["euler_rises_at_every_h"] = at_least(
+        float(s["euler_rise_over_roundoff"].min()), 1e3, kind="claim",
+        why="min over the whole h sweep (down to h/h_max = "
+        f"{float(ratios[0]):g}) of explicit Euler's largest step rise of H over its round-off "
+        "bound: >= 1e3 means a real rise, not arithmetic, at every step size.",
+        catches="an 'explicit Euler' that is secretly a monotone scheme (the momentum updated "
+        "first), which would make the contrast with the Muon scheme empty.",
+    )
+    return out
+
+
+def figure(s: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    from . import _plot
+
     fig, (a0, a1) = _plot.figure(2)
-    r = np.array(cfg.ratios)
+    r = s["ratios"]
     floor = 1e-2
-    for key, label, style in (
-        (("relativistic", "random_rise_over_roundoff"), "muon, relativistic (random)", "o-"),
-        (("relativistic", "worst_rise_over_roundoff"), "muon, relativistic (worst state)", "s--"),
-        (("huber", "random_rise_over_roundoff"), "muon, Huber (random)", "^-"),
-        (("huber", "worst_rise_over_roundoff"), "muon, Huber (worst state)", "v--"),
+    for pot, key, label, style in (
+        ("relativistic", "random_rise_over_roundoff", "muon, relativistic (random)", "o-"),
+        ("relativistic", "worst_rise_over_roundoff", "muon, relativistic (worst state)", "s--"),
+        ("huber", "random_rise_over_roundoff", "muon, Huber (random)", "^-"),
+        ("huber", "worst_rise_over_roundoff", "muon, Huber (worst state)", "v--"),
     ):
-        y = np.maximum(np.array(res.series[key[0]][key[1]]), floor)
-        a0.semilogy(r, y, style, label=label, ms=4)
-    a0.semilogy(r, np.maximum(np.array(euler_ratio), floor), "kx-", label="explicit Euler")
+        a0.semilogy(r, np.maximum(s[pot][key], floor), style, label=label, ms=4)
+    a0.semilogy(r, np.maximum(s["euler_rise_over_roundoff"], floor), "kx-", label="explicit Euler")
     a0.axvline(1.0, color="gray", ls=":", label="h_max = 2γε/(L+γ²ε)")
     a0.axhline(1.0, color="r", lw=0.8, label="round-off bound")
     a0.set(xlabel="h / h_max", ylabel="max step rise of H / round-off (floored)",
            title="Energy rise per step vs step size")
     a0.legend(fontsize=6)
-    # the worst-state rise near the bound: ΔH changes sign at h_max (Huber), h_δ (relativistic)
-    fine = np.linspace(0.9, 1.1, 41) * h_max
     for pot in ("relativistic", "huber"):
-        K = _potential(pot, cfg.eps)
-        flow = HamiltonianFlow(obj, K, cfg.gamma)
-        dH = []
-        for h in fine:
-            W, P = worst_state(K, A, cfg.n, float(h), cfg.gamma, cfg.delta)
-            t = integrate(flow, W, P, float(h), h=float(h), method="muon")
-            dH.append(float(t.H[1] - t.H[0]))
-        a1.plot(fine / h_max, dH, label=f"{pot}")
+        a1.plot(s["fine_h_over_h_max"], s[pot]["worst_dH_near_bound"], label=pot)
     a1.axhline(0.0, color="k", lw=0.8)
     a1.axvline(1.0, color="gray", ls=":", label="h_max")
-    a1.axvline(res.series["relativistic"]["h_delta"] / h_max, color="C0", ls=":",
+    a1.axvline(float(s["relativistic"]["h_delta"]) / float(s["h_max"]), color="C0", ls=":",
                label="h_δ (relativistic)")
     a1.set(xlabel="h / h_max", ylabel="ΔH of one step from the worst state",
            title=f"Sharpness of the bound (δ = {cfg.delta:g})")
     a1.legend(fontsize=7)
-    res.figures.append(_plot.save(fig, ctx.figure_path("discrete_monotonicity.png")))
-    ctx.progress(1.0, "done")
-    return res
+    return {"discrete_monotonicity.png": fig}
+
+
+experiment(
+    "discrete_monotonicity",
+    title="Discrete Muon decreases H at every step for h ≤ 2γε/(L + γ²ε)",
+    claim=(
+        "The Muon scheme (symplectic Euler of the damped Hamiltonian flow) makes H monotone at "
+        "every step from every state when h ≤ h_max = 2γε/(L + γ²ε) — sharp for quadratics — "
+        "while explicit Euler raises H at any step size."
+    ),
+    config=Config,
+    simulate=simulate,
+    checks=checks,
+    figure=figure,
+    validate=validate,
+    profiles={
+        "smoke": {"starts": 1, "steps": 40, "ratios": (0.5, 1.0, 1.2, 2.0), "bisect_rtol": 1e-3},
+        "full": {"m": 16, "n": 8, "starts": 8, "steps": 400, "bisect_rtol": 1e-6,
+                 "ratios": tuple(float(r) for r in np.geomspace(0.2, 4.0, 31))},
+    },
+    version=2,
+)

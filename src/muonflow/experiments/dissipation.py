@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from ..dynamics import HamiltonianFlow, Trajectory, integrate
+from ..meanfield import Neuron, ProbabilityObjective
 from ..spectral import Huber, Relativistic
-from . import _plot
 from ._dynamics_problems import F64, FactorizationObjective, single_thread
-from .base import Context, Result, at_least, at_most, experiment
+from .base import Check, Progress, at_least, at_most, experiment, require
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,11 @@ def _budget(H0: float) -> float:
     return 1e-9 * (1 + abs(H0))
 
 
-def particle_objective(cfg: Config, gen: torch.Generator) -> Any | None:
+def particle_objective(cfg: Config, gen: torch.Generator) -> ProbabilityObjective:
     r"""A mean-field two-layer network ``J(ρ) = ½ mean_b (cᵀ ∫ tanh(θ x_b) dρ − y_b)²``.
 
-    Particles ``θ_i: [particle_m, particle_n]`` (hidden units × inputs); ``None`` if the
-    particle-system module is not available.
+    Particles ``θ_i: [particle_m, particle_n]`` (hidden units × inputs).
     """
-    try:
-        from ..meanfield import Neuron, ProbabilityObjective
-    except ImportError:
-        return None
     X = torch.randn(cfg.particle_n, cfg.data, generator=gen, dtype=F64)  # inputs x_b: [d, B]
     c = torch.randn(cfg.particle_m, generator=gen, dtype=F64)  # fixed readout
     y = torch.randn(cfg.data, generator=gen, dtype=F64)  # targets
@@ -123,7 +118,128 @@ def independent_dissipation(
     return fine, bound
 
 
-@experiment(
+def validate(cfg: Config) -> None:
+    require(cfg.grid % 4 == 0,
+            f"grid must be a multiple of 4 (Simpson at two steps), got {cfg.grid}")
+    require(cfg.rank <= cfg.m, f"rank must be <= m = {cfg.m}, got {cfg.rank}")
+
+
+def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dt = cfg.t_end / cfg.grid
+    B = torch.randn(cfg.m, cfg.rank, generator=gen, dtype=F64)
+    f = FactorizationObjective(B @ B.T)  # ¼‖WWᵀ − BBᵀ‖², nonconvex
+    W0 = 0.5 * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    P0 = cfg.p0_scale * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    obj = particle_objective(cfg, gen)
+    shape = (cfg.particles, cfg.particle_m, cfg.particle_n)
+    theta0 = torch.randn(*shape, generator=gen, dtype=F64)
+    Pth0 = cfg.p0_scale * torch.randn(*shape, generator=gen, dtype=F64)
+    systems: dict[str, tuple[Any, Tensor, Tensor]] = {
+        "single": (f, W0, P0),
+        "particles": (obj, theta0, Pth0),
+    }
+    cases = [(s, p) for s in systems for p in ("relativistic", "huber")]
+    out: dict[str, Any] = {}
+    with single_thread():
+        for i, (sys_name, pot) in enumerate(cases):
+            progress(i / len(cases), f"{sys_name}, {pot}")
+            objective, Wi, Pi = systems[sys_name]
+            K = Relativistic(cfg.eps) if pot == "relativistic" else Huber(cfg.eps)
+            flow = HamiltonianFlow(objective, K, cfg.gamma)
+            traj = integrate(flow, Wi, Pi, cfg.t_end, h=dt, rtol=cfg.rtol, record_states=True)
+            D_simpson, D_err = independent_dissipation(
+                flow, traj, dt, kink=cfg.eps if pot == "huber" else None
+            )
+            out[f"{sys_name}_{pot}"] = {
+                "t": traj.t, "H": traj.H, "J": traj.J, "K": traj.K,
+                "dissipated": traj.dissipated, "residual": traj.residual(),
+                "simpson_dissipated": D_simpson, "simpson_error_bound": D_err,
+                "nfev": traj.nfev,
+            }  # fmt: skip
+    progress(1.0, "done")
+    return out
+
+
+def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
+    out: dict[str, Check] = {}
+    rise_ratio, rise_case = -np.inf, ""
+    for key, c in s.items():
+        H, J = c["H"], c["J"]
+        H0 = float(H[0])
+        budget = _budget(H0)
+        out[f"ledger_residual_{key}"] = at_most(
+            float(np.abs(c["residual"]).max()) / (1 + abs(H0)), 1e-9, kind="claim",
+            why="max |H(t) − H(0) + γ∫w⟨P,∇K⟩| / (1+|H(0)|): DOP853 at rtol 1e-12 keeps the "
+            "global error of the state and of the integrated dissipation within a few hundred "
+            "rtol over a few hundred steps; a missing or mis-scaled term errs by ~0.1·H(0).",
+            catches="a dissipation rate that is not γ⟨P,∇K(P)⟩ (a missing kinetic weight 1/N, "
+            "γ‖P‖² in place of γ⟨P,∇K⟩), or a force that is not −∇J.",
+        )
+        indep = np.abs(H[::4] - H0 + c["simpson_dissipated"])
+        slack = budget + c["simpson_error_bound"]  # solver budget + Simpson's error bound
+        out[f"simpson_ledger_{key}"] = at_most(
+            float(np.max(indep / slack)), 1.0, kind="claim",
+            why="|H(t) − H(0) + Simpson∫γw⟨P,∇K⟩| over the solver budget plus the quadrature's "
+            "error bound (|S_h − S_2h|, plus γw·h²/6·‖Ṗ‖_op per crossing of Huber's kink "
+            "σ = ε): at most 1.",
+            catches="the same bugs as the ledger residual, independently of the solver's own "
+            "dissipation integral (a wrong integrand recorded by the integrator).",
+        )
+        out[f"H_nonincreasing_{key}"] = at_most(
+            float(np.max(np.diff(H))) / (1 + abs(H0)), 2e-9, kind="claim",
+            why="H_{k+1} − H_k = −(D_{k+1} − D_k) + Δresidual with D non-decreasing: any rise "
+            "is at most twice the ledger budget 1e-9(1+|H(0)|).",
+            catches="a flow with the wrong sign of the damping (−γP → +γP) or a kinetic energy "
+            "that is not the potential whose gradient drives Ẇ.",
+        )
+        rise_J = float(np.max(J - np.minimum.accumulate(J)))  # largest J(t) − min_{s<=t} J(s)
+        scale = float(c["dissipated"][-1])  # the energy the run dissipated
+        if rise_J / scale > rise_ratio:
+            rise_ratio, rise_case = rise_J / scale, key
+    out["objective_rises_while_H_falls"] = at_least(
+        rise_ratio, 1e-3, kind="claim",
+        why=f"the largest rise of J (J(t) − min_{{s<=t}} J(s), here in {rise_case}) over the "
+        "energy the run dissipated, H(0) − H(T): >= 1e-3 of that energy scale is 1e6 × the "
+        "ledger budget (1e-9 relative), a rise no integration error can make.",
+        catches="dynamics without inertia (momentum reset every step, an overdamped gradient "
+        "flow): J would then be monotone and the claim that J need not be would be untested.",
+    )
+    return out
+
+
+def notes(s: dict[str, Any], cfg: Config) -> list[str]:
+    return [
+        f"{key}: only {float(c['dissipated'][-1]) / float(c['H'][0]):.0%} of H(0) was "
+        "dissipated; the ledger check is less sensitive than intended (lengthen t_end)."
+        for key, c in s.items()
+        if float(c["dissipated"][-1]) < 0.5 * float(c["H"][0])
+    ]
+
+
+def figure(s: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    from . import _plot
+
+    fig, axes = _plot.figure(3, width=4.6)
+    for ax, key in zip(axes[:2], ("single_relativistic", "particles_relativistic"), strict=True):
+        c = s[key]
+        ax.plot(c["t"], c["H"], lw=2, label="H = J + K")
+        ax.plot(c["t"], c["H"][0] - c["dissipated"], "k--", lw=1, label="H(0) − γ∫⟨P,∇K⟩")
+        ax.plot(c["t"], c["J"], label="J (objective)")
+        ax.plot(c["t"], c["K"], label="K (kinetic)")
+        ax.set(xlabel="time t", ylabel="energy", title=f"{key.replace('_', ', ')}")
+        ax.legend(fontsize=7)
+    for key, c in s.items():
+        r = np.abs(c["residual"]) / (1 + abs(float(c["H"][0])))
+        axes[2].semilogy(c["t"][1:], np.maximum(r[1:], 1e-18), label=key)
+    axes[2].axhline(1e-9, color="k", ls=":", lw=1, label="budget / (1+|H(0)|)")
+    axes[2].set(xlabel="time t", ylabel="|H(t) − H(0) + γ∫⟨P,∇K⟩| / (1+|H(0)|)",
+                title="Ledger residual")
+    axes[2].legend(fontsize=7)
+    return {"dissipation.png": fig}
+
+
+experiment(
     "dissipation",
     title="Exact dissipation identity: H(t) − H(0) = −γ∫⟨P, ∇K(P)⟩",
     claim=(
@@ -132,121 +248,14 @@ def independent_dissipation(
         "the objective J itself need not."
     ),
     config=Config,
+    simulate=simulate,
+    checks=checks,
+    figure=figure,
+    notes=notes,
+    validate=validate,
     profiles={
         "smoke": {"t_end": 2.5, "grid": 60, "particles": 3, "data": 8},
         "full": {"m": 16, "n": 8, "t_end": 12.0, "grid": 1200, "particles": 32, "data": 64},
     },
+    version=2,
 )
-def run(cfg: Config, ctx: Context) -> Result:
-    if cfg.grid % 4:
-        raise ValueError(f"grid must be a multiple of 4 (Simpson at two steps), got {cfg.grid}")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    res = Result()
-    dt = cfg.t_end / cfg.grid
-    systems: dict[str, tuple[Any, Tensor, Tensor]] = {}
-    B = torch.randn(cfg.m, cfg.rank, generator=gen, dtype=F64)
-    f = FactorizationObjective(B @ B.T)  # ¼‖WWᵀ − BBᵀ‖², nonconvex
-    W0 = 0.5 * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
-    systems["single"] = (f, W0, cfg.p0_scale * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64))
-    obj = particle_objective(cfg, gen)
-    shape = (cfg.particles, cfg.particle_m, cfg.particle_n)
-    theta0 = torch.randn(*shape, generator=gen, dtype=F64)
-    Pth0 = cfg.p0_scale * torch.randn(*shape, generator=gen, dtype=F64)
-    if obj is not None:
-        systems["particles"] = (obj, theta0, Pth0)
-    else:
-        # No particle module: the same objective on a batch of independent matrices.
-        res.notes.append(
-            "muonflow.meanfield.ProbabilityObjective was not importable: the particle case was "
-            "replaced by a batch of independent single matrices."
-        )
-        Pb = cfg.p0_scale * torch.randn(2, cfg.m, cfg.n, generator=gen, dtype=F64)
-        systems["batch"] = (lambda W: f.value(W[0]) + f.value(W[1]), torch.stack([W0, -W0]), Pb)
-
-    cases = [(s, p) for s in systems for p in ("relativistic", "huber")]
-    rise_max, rise_case = -np.inf, ""
-    curves: dict[str, dict[str, list[float]]] = {}
-    with single_thread():
-        for i, (sys_name, pot) in enumerate(cases):
-            ctx.progress(i / len(cases), f"{sys_name}, {pot}")
-            objective, Wi, Pi = systems[sys_name]
-            K = Relativistic(cfg.eps) if pot == "relativistic" else Huber(cfg.eps)
-            flow = HamiltonianFlow(objective, K, cfg.gamma)
-            traj = integrate(flow, Wi, Pi, cfg.t_end, h=dt, rtol=cfg.rtol, record_states=True)
-            H, J = traj.H.numpy(), traj.J.numpy()
-            D = traj.dissipated.numpy()
-            H0 = float(H[0])
-            budget = _budget(H0)
-            key = f"{sys_name}_{pot}"
-            resid = np.abs(traj.residual().numpy())
-            res.checks[f"ledger_residual_{key}"] = at_most(
-                float(resid.max()) / (1 + abs(H0)), 1e-9,
-                "max |H(t) − H(0) + γ∫w⟨P,∇K⟩| / (1+|H(0)|): DOP853 at rtol 1e-12 keeps the "
-                "global error of the state and of the integrated dissipation within a few hundred "
-                "rtol over a few hundred steps; a missing or mis-scaled term errs by ~0.1·H(0).",
-            )
-            D_simpson, D_err = independent_dissipation(
-                flow, traj, dt, kink=cfg.eps if pot == "huber" else None
-            )
-            indep = np.abs(H[::4] - H0 + D_simpson)
-            slack = budget + D_err  # solver budget + Simpson error bound (|S_h − S_2h| >= error)
-            res.checks[f"simpson_ledger_{key}"] = at_most(
-                float(np.max(indep / slack)), 1.0,
-                "|H(t) − H(0) + Simpson∫γw⟨P,∇K⟩| over the solver budget plus the quadrature's "
-                "error bound (|S_h − S_2h|, plus γw·h²/6·‖Ṗ‖_op per crossing of Huber's kink "
-                "σ = ε): at most 1.",
-            )
-            rise_H = float(np.max(np.diff(H)))
-            res.checks[f"H_nonincreasing_{key}"] = at_most(
-                rise_H / (1 + abs(H0)), 2e-9,
-                "H_{k+1} − H_k = −(D_{k+1} − D_k) + Δresidual with D non-decreasing: any rise "
-                "is at most twice the ledger budget 1e-9(1+|H(0)|).",
-            )
-            rise_J = float(np.max(J - np.minimum.accumulate(J)))  # largest J(t) − min_{s<=t} J(s)
-            if rise_J / (1 + abs(H0)) > rise_max:
-                rise_max, rise_case = rise_J / (1 + abs(H0)), key
-            res.series[key] = {
-                "H0": H0,
-                "dissipated_final": float(D[-1]),
-                "max_residual": float(resid.max()),
-                "simpson_error_bound": float(D_err.max()),
-                "max_H_rise": rise_H,
-                "max_J_rise": rise_J,
-                "nfev": traj.nfev,
-            }
-            curves[key] = {
-                "t": traj.t.tolist(), "H": H.tolist(), "J": J.tolist(), "K": traj.K.tolist(),
-                "H0_minus_D": (H0 - D).tolist(), "residual": (resid / (1 + abs(H0))).tolist(),
-            }
-            if D[-1] < 0.5 * H0:
-                res.notes.append(
-                    f"{key}: only {D[-1] / H0:.0%} of H(0) was dissipated; the ledger check is "
-                    "less sensitive than intended (lengthen t_end)."
-                )
-    res.checks["objective_rises_while_H_falls"] = at_least(
-        rise_max, 1e-6,
-        "the largest rise of J (J(t) − min_{s<=t} J(s)) over 1+|H(0)| in a run whose H is "
-        "monotone: 1e3 × the ledger budget, so J's non-monotonicity is real, not solver noise.",
-    )
-    res.series["objective_rise_case"] = rise_case
-    res.series["curves"] = curves
-
-    ctx.progress(0.95, "figure")
-    fig, axes = _plot.figure(3, width=4.6)
-    for ax, key in zip(axes[:2], list(curves)[::2], strict=True):  # the relativistic runs
-        c = curves[key]
-        ax.plot(c["t"], c["H"], lw=2, label="H = J + K")
-        ax.plot(c["t"], c["H0_minus_D"], "k--", lw=1, label="H(0) − γ∫⟨P,∇K⟩")
-        ax.plot(c["t"], c["J"], label="J (objective)")
-        ax.plot(c["t"], c["K"], label="K (kinetic)")
-        ax.set(xlabel="time t", ylabel="energy", title=f"{key.replace('_', ', ')}")
-        ax.legend(fontsize=7)
-    for key, c in curves.items():
-        axes[2].semilogy(c["t"][1:], np.maximum(c["residual"][1:], 1e-18), label=key)
-    axes[2].axhline(1e-9, color="k", ls=":", lw=1, label="budget / (1+|H(0)|)")
-    axes[2].set(xlabel="time t", ylabel="|H(t) − H(0) + γ∫⟨P,∇K⟩| / (1+|H(0)|)",
-                title="Ledger residual")
-    axes[2].legend(fontsize=7)
-    res.figures.append(_plot.save(fig, ctx.figure_path("dissipation.png")))
-    ctx.progress(1.0, "done")
-    return res

@@ -30,15 +30,14 @@ that ratio 4; Euler gains energy, Nesterov loses it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.ticker import NullFormatter
 from torch import Tensor
 
 from ..dynamics import HamiltonianFlow, integrate
 from ..spectral import Relativistic
-from . import _plot
 from ._dynamics_problems import (
     F64,
     FactorizationObjective,
@@ -47,7 +46,7 @@ from ._dynamics_problems import (
     single_thread,
     spd,
 )
-from .base import Context, Result, at_least, at_most, experiment, within
+from .base import Check, Progress, at_least, at_most, experiment, require, within
 
 SCHEMES = ("muon", "conformal_leapfrog", "hamiltonian_descent", "euler", "nesterov")
 ORDERS = {"muon": 1, "conformal_leapfrog": 2, "hamiltonian_descent": 1, "euler": 1, "nesterov": 1}
@@ -109,7 +108,151 @@ def ledger(
     return traj.H.numpy(), traj.dissipated.numpy()
 
 
-@experiment(
+def validate(cfg: Config) -> None:
+    require(len(cfg.hs) >= 2, f"hs needs >= 2 step sizes, got {cfg.hs}")
+    for h in cfg.hs:
+        n = cfg.t_end / h
+        require(abs(n - round(n)) < 1e-9 * n, f"t_end = {cfg.t_end} must be a multiple of h = {h}")
+    require(cfg.free_t_end >= 8 * cfg.free_h, "free_t_end must span >= 8 steps (quarters)")
+    require(cfg.rank <= cfg.m, f"rank must be <= m = {cfg.m}, got {cfg.rank}")
+
+
+def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    B = cfg.scale * torch.randn(cfg.m, cfg.rank, generator=gen, dtype=F64)
+    damped = HamiltonianFlow(FactorizationObjective(B @ B.T), Relativistic(cfg.eps), cfg.gamma)
+    W0 = cfg.scale * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    P0 = torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    A = spd(np.geomspace(*cfg.free_a, cfg.m).tolist(), gen)
+    free = HamiltonianFlow(QuadraticObjective(A), Relativistic(cfg.free_eps), 0.0)
+    Wf0 = torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    Pf0 = cfg.free_eps * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
+    damped_out: dict[str, Any] = {}
+    free_out: dict[str, Any] = {}
+    with single_thread():
+        for i, scheme in enumerate(SCHEMES):
+            progress(i / (len(SCHEMES) + 1), f"damped: {scheme}")
+            per_step, accumulated = [], []
+            for h in cfg.hs:
+                H, D = ledger(damped, W0, P0, cfg.t_end, h, scheme)
+                r = H - H[0] + D  # ledger residual after k steps
+                e = np.abs(np.diff(r))  # per-step ledger error |ΔH + d|
+                per_step.append(float(e.mean()))
+                accumulated.append(float(abs(r[-1])))
+            damped_out[scheme] = {
+                "per_step": np.array(per_step), "accumulated": np.array(accumulated),
+                "residual_smallest_h": r,  # at the smallest h
+                "coherence": float(abs(r[-1]) / e.sum()),
+            }
+            if scheme != "hamiltonian_descent":  # at γ = 0 it is the muon scheme
+                progress((i + 0.5) / (len(SCHEMES) + 1), f"undamped: {scheme}")
+                H, _ = ledger(free, Wf0, Pf0, cfg.free_t_end, cfg.free_h, scheme)
+                free_out[scheme] = H / H[0]
+        # linearized frequency on the damped path: ω² <= Lip(∇J)/ε, ‖∇²J‖ <= 3‖W‖₂² + ‖M‖₂
+        path = integrate(damped, W0, P0, cfg.t_end, h=cfg.hs[-1], method="muon",
+                         record_states=True)
+        assert isinstance(path.Ws, Tensor)
+        lip = 3 * float(torch.linalg.matrix_norm(path.Ws, 2).max()) ** 2 + float(
+            torch.linalg.matrix_norm(B @ B.T, 2))
+    progress(1.0, "done")
+    return {"damped": damped_out, "undamped_H_over_H0": free_out,
+            "h_omega_max": max(cfg.hs) * (lip / cfg.eps) ** 0.5}
+
+
+def _drift(H_rel: np.ndarray) -> float:
+    """max |H − H(0)| over the last quarter / over the first quarter of a run."""
+    err = np.abs(H_rel - 1)
+    q = len(err) // 4
+    return float(err[3 * q:].max() / err[1 : q + 1].max())
+
+
+def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
+    out: dict[str, Check] = {}
+    hw = float(s["h_omega_max"])
+    d = s["damped"]
+    for sch in SCHEMES:
+        p = ORDERS[sch] + 1
+        out[f"per_step_ledger_order_{sch}"] = within(
+            log_slope(cfg.hs, d[sch]["per_step"]), p - 0.15, p + 0.15, kind="sanity",
+            why=f"a scheme of order {ORDERS[sch]} errs by O(h^{p}) per step; the next term is "
+            f"O(hω) relative (hω <= {hw:.2f} at the largest h, ω² = Lip(∇J)/ε on the path), "
+            f"which moves a log–log fit over the sweep by ~0.4·hω = {0.4 * hw:.2f} < 0.15.",
+            catches="an integrator or ledger quadrature of the wrong order (e.g. a left-point "
+            "dissipation increment in a second-order scheme).",
+        )
+    for other in ("euler", "nesterov"):
+        out[f"muon_vs_{other}_accumulated_ledger_error"] = at_most(
+            d["muon"]["accumulated"][-1] / d[other]["accumulated"][-1], 1.0, kind="claim",
+            why=f"the claim: at the same h (smallest), |H(T) − H(0) + D(T)| of the symplectic "
+            f"Muon scheme is below that of {other} (ratio <= 1).",
+            catches="a Muon scheme that is not symplectic Euler (momentum and position updated "
+            "in the wrong order), whose per-step errors then add up coherently.",
+        )
+    drift = {sch: _drift(H) for sch, H in s["undamped_H_over_H0"].items()}
+    for sch in SYMPLECTIC:
+        out[f"undamped_energy_bounded_{sch}"] = at_most(
+            drift[sch], 2.0, kind="claim",
+            why="γ = 0: max|H − H(0)| over the last quarter / over the first: a conserved "
+            "modified energy keeps it ~1, a secular (linear) drift makes it 4; 2 separates the "
+            "two.",
+            catches="a non-symplectic update (explicit Euler's W ← W + h∇K(P_old)) in the Muon "
+            "or leapfrog scheme.",
+        )
+    for sch in ("euler", "nesterov"):
+        out[f"undamped_energy_drifts_{sch}"] = at_least(
+            drift[sch], 2.0, kind="claim",
+            why="γ = 0: the same ratio for a non-symplectic scheme (Euler gains, Nesterov loses "
+            "energy every step): a secular drift makes it >= 4; 2 separates bounded from drift.",
+            catches="a contrast that is not one: the standard scheme silently replaced by a "
+            "symplectic one (then the symplectic advantage is untested).",
+        )
+    return out
+
+
+def notes(s: dict[str, Any], cfg: Config) -> list[str]:
+    return [
+        "coherence |Σe_k| / Σ|e_k| of the per-step ledger errors at the smallest h: "
+        + ", ".join(f"{sch} {float(c['coherence']):.2f}" for sch, c in s["damped"].items())
+        + " (1: every step errs the same way; symplectic schemes partly cancel)."
+    ]
+
+
+def figure(s: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    from matplotlib.ticker import NullFormatter
+
+    from . import _plot
+
+    d = s["damped"]
+    orders = {sch: log_slope(cfg.hs, d[sch]["per_step"]) for sch in SCHEMES}
+    fig, (a0, a1, a2) = _plot.figure(3, width=4.5)
+    style = dict(zip(SCHEMES, ("o-", "s-", "^--", "x-", "d-"), strict=True))
+    hs = np.array(cfg.hs)
+    for sch in SCHEMES:
+        a0.loglog(hs, d[sch]["per_step"], style[sch], label=f"{sch} (slope {orders[sch]:.2f})",
+                  ms=4)
+    a0.loglog(hs, d["muon"]["per_step"][0] * (hs / hs[0]) ** 2, "k:", lw=1, label="∝ h²")
+    a0.loglog(hs, d["conformal_leapfrog"]["per_step"][0] * (hs / hs[0]) ** 3, "k--", lw=1,
+              label="∝ h³")
+    a0.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no overlapping ticks
+    a0.set(xlabel="step size h", ylabel="mean per-step |ΔH + Δdissipated|",
+           title=f"Per-step ledger error (γ = {cfg.gamma:g})")
+    a0.legend(fontsize=6)
+    h_min = cfg.hs[-1]
+    for sch in SCHEMES:
+        r = np.abs(d[sch]["residual_smallest_h"])
+        a1.semilogy(np.arange(len(r))[1:] * h_min, np.maximum(r[1:], 1e-18), label=sch)
+    a1.set(xlabel="time t", ylabel="|H(t) − H(0) + dissipated(t)|",
+           title=f"Accumulated ledger error (h = {h_min:g})")
+    a1.legend(fontsize=6)
+    for sch, c in s["undamped_H_over_H0"].items():
+        a2.plot(np.arange(len(c)) * cfg.free_h, c, label=f"{sch} (ratio {_drift(c):.1f})")
+    a2.set(xlabel="time t", ylabel="H(t) / H(0)",
+           title=f"No damping (γ = 0, h = {cfg.free_h:g})")
+    a2.legend(fontsize=6)
+    return {"energy_ledger.png": fig}
+
+
+experiment(
     "energy_ledger",
     title="Energy ledger: symplectic (Muon, conformal leapfrog) vs standard momentum schemes",
     claim=(
@@ -119,121 +262,15 @@ def ledger(
         "add up coherently and whose energy drifts without damping."
     ),
     config=Config,
+    simulate=simulate,
+    checks=checks,
+    figure=figure,
+    notes=notes,
+    validate=validate,
     profiles={
         "smoke": {"hs": (0.04, 0.02, 0.01), "t_end": 1.0, "free_t_end": 24.0},
         "full": {"m": 16, "n": 8, "hs": (0.04, 0.02, 0.01, 0.005, 0.0025), "t_end": 4.0,
                  "free_t_end": 200.0},
     },
+    version=2,
 )
-def run(cfg: Config, ctx: Context) -> Result:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    res = Result()
-    B = cfg.scale * torch.randn(cfg.m, cfg.rank, generator=gen, dtype=F64)
-    damped = HamiltonianFlow(FactorizationObjective(B @ B.T), Relativistic(cfg.eps), cfg.gamma)
-    W0 = cfg.scale * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
-    P0 = torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
-    A = spd(np.geomspace(*cfg.free_a, cfg.m).tolist(), gen)
-    free = HamiltonianFlow(QuadraticObjective(A), Relativistic(cfg.free_eps), 0.0)
-    Wf0 = torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
-    Pf0 = cfg.free_eps * torch.randn(cfg.m, cfg.n, generator=gen, dtype=F64)
-
-    per_step: dict[str, list[float]] = {}
-    accumulated: dict[str, list[float]] = {}
-    coherence: dict[str, float] = {}
-    residual_curves: dict[str, list[float]] = {}
-    drift: dict[str, float] = {}
-    free_curves: dict[str, list[float]] = {}
-    with single_thread():
-        for i, scheme in enumerate(SCHEMES):
-            ctx.progress(i / (len(SCHEMES) + 1), f"damped: {scheme}")
-            per_step[scheme], accumulated[scheme] = [], []
-            for h in cfg.hs:
-                H, D = ledger(damped, W0, P0, cfg.t_end, h, scheme)
-                r = H - H[0] + D  # ledger residual after k steps
-                e = np.abs(np.diff(r))  # per-step ledger error |ΔH + d|
-                per_step[scheme].append(float(e.mean()))
-                accumulated[scheme].append(float(abs(r[-1])))
-            coherence[scheme] = float(abs(r[-1]) / e.sum())  # at the smallest h
-            residual_curves[scheme] = np.abs(r).tolist()
-            if scheme != "hamiltonian_descent":  # at γ = 0 it is the muon scheme
-                ctx.progress((i + 0.5) / (len(SCHEMES) + 1), f"undamped: {scheme}")
-                H, _ = ledger(free, Wf0, Pf0, cfg.free_t_end, cfg.free_h, scheme)
-                err = np.abs(H - H[0])
-                q = len(err) // 4
-                drift[scheme] = float(err[3 * q:].max() / err[1 : q + 1].max())
-                free_curves[scheme] = (H / H[0]).tolist()
-
-        # linearized frequency on the damped path: ω² <= Lip(∇J)/ε, ‖∇²J‖ <= 3‖W‖₂² + ‖M‖₂
-        path = integrate(damped, W0, P0, cfg.t_end, h=cfg.hs[-1], method="muon",
-                         record_states=True)
-        assert isinstance(path.Ws, Tensor)
-        lip = 3 * float(torch.linalg.matrix_norm(path.Ws, 2).max()) ** 2 + float(
-            torch.linalg.matrix_norm(B @ B.T, 2))
-        h_omega = max(cfg.hs) * (lip / cfg.eps) ** 0.5
-
-    orders = {s: log_slope(cfg.hs, per_step[s]) for s in SCHEMES}
-    for s in SCHEMES:
-        p = ORDERS[s] + 1
-        res.checks[f"per_step_ledger_order_{s}"] = within(
-            orders[s], p - 0.15, p + 0.15,
-            f"a scheme of order {ORDERS[s]} errs by O(h^{p}) per step; the next term is O(hω) "
-            f"relative (hω <= {h_omega:.2f} at the largest h, ω² = Lip(∇J)/ε on the path), which "
-            f"moves a log–log fit over the sweep by ~0.4·hω = {0.4 * h_omega:.2f} < 0.15.",
-        )
-    for other in ("euler", "nesterov"):
-        res.checks[f"muon_vs_{other}_accumulated_ledger_error"] = at_most(
-            accumulated["muon"][-1] / accumulated[other][-1], 1.0,
-            f"the claim: at the same h (smallest), |H(T) − H(0) + D(T)| of the symplectic Muon "
-            f"scheme is below that of {other} (ratio <= 1).",
-        )
-    for s in SYMPLECTIC:
-        res.checks[f"undamped_energy_bounded_{s}"] = at_most(
-            drift[s], 2.0,
-            "γ = 0: max|H − H(0)| over the last quarter / over the first: a conserved modified "
-            "energy keeps it ~1, a secular (linear) drift makes it 4; 2 separates the two.",
-        )
-    for s in ("euler", "nesterov"):
-        res.checks[f"undamped_energy_drifts_{s}"] = at_least(
-            drift[s], 2.0,
-            "γ = 0: the same ratio for a non-symplectic scheme (Euler gains, Nesterov loses "
-            "energy every step): a secular drift makes it >= 4; 2 separates bounded from drift.",
-        )
-    res.series.update(
-        hs=list(cfg.hs), per_step_ledger_error=per_step, accumulated_ledger_error=accumulated,
-        fitted_orders=orders, coherence_at_smallest_h=coherence, undamped_drift_ratio=drift,
-        h_omega_max=h_omega,
-    )
-    res.notes.append(
-        "coherence |Σe_k| / Σ|e_k| of the per-step ledger errors at the smallest h: "
-        + ", ".join(f"{s} {c:.2f}" for s, c in coherence.items())
-        + " (1: every step errs the same way; symplectic schemes partly cancel)."
-    )
-
-    ctx.progress(0.95, "figure")
-    fig, (a0, a1, a2) = _plot.figure(3, width=4.5)
-    style = dict(zip(SCHEMES, ("o-", "s-", "^--", "x-", "d-"), strict=True))
-    hs = np.array(cfg.hs)
-    for s in SCHEMES:
-        a0.loglog(hs, per_step[s], style[s], label=f"{s} (slope {orders[s]:.2f})", ms=4)
-    a0.loglog(hs, per_step["muon"][0] * (hs / hs[0]) ** 2, "k:", lw=1, label="∝ h²")
-    a0.loglog(hs, per_step["conformal_leapfrog"][0] * (hs / hs[0]) ** 3, "k--", lw=1,
-              label="∝ h³")
-    a0.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no overlapping ticks
-    a0.set(xlabel="step size h", ylabel="mean per-step |ΔH + Δdissipated|",
-           title=f"Per-step ledger error (γ = {cfg.gamma:g})")
-    a0.legend(fontsize=6)
-    h_min = cfg.hs[-1]
-    for s in SCHEMES:
-        r = np.array(residual_curves[s])
-        a1.semilogy(np.arange(len(r))[1:] * h_min, np.maximum(r[1:], 1e-18), label=s)
-    a1.set(xlabel="time t", ylabel="|H(t) − H(0) + dissipated(t)|",
-           title=f"Accumulated ledger error (h = {h_min:g})")
-    a1.legend(fontsize=6)
-    for s, c in free_curves.items():
-        a2.plot(np.arange(len(c)) * cfg.free_h, c, label=f"{s} (ratio {drift[s]:.1f})")
-    a2.set(xlabel="time t", ylabel="H(t) / H(0)",
-           title=f"No damping (γ = 0, h = {cfg.free_h:g})")
-    a2.legend(fontsize=6)
-    res.figures.append(_plot.save(fig, ctx.figure_path("energy_ledger.png")))
-    ctx.progress(1.0, "done")
-    return res

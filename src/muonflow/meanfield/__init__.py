@@ -22,7 +22,7 @@ from .measures import (
     wasserstein2,
 )
 from .objective import ProbabilityObjective, teacher_student
-from .pde import LIMITERS, PDESolution, PhaseGrid, solve_vlasov
+from .pde import LIMITERS, PDESolution, PhaseGrid, ScalarModel, solve_vlasov
 from .risks import RISKS, CrossEntropyRisk, HuberRisk, LogisticRisk, Risk, SquaredRisk, make_risk
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ProbabilityObjective",
     "RandomFeatures",
     "Risk",
+    "ScalarModel",
     "SquaredRisk",
     "StabilityResult",
     "SubNetwork",

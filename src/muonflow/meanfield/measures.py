@@ -157,12 +157,22 @@ def _evolve(
 
 @dataclass(frozen=True)
 class ChaosResult:
-    """Synchronous-coupling errors against the reference system.
+    r"""Synchronous-coupling errors against the reference system.
 
     ``Ns [K]``, ``times [T]``, ``replicas [K]`` (systems averaged per ``N``), ``n_ref``;
-    ``errors[name]``: ``[K, T]`` RMS errors of observable ``name`` (``"mean_feature"`` and
-    ``"J"``); ``slopes[name]``: ``[T]`` fitted exponents per time; ``slope[name]``: the
-    exponent fitted to the time-averaged ``log`` errors (the mean of the per-time ones).
+    ``errors[name]``: ``[K, T]`` RMS errors (over replicas) of
+
+    - ``"mean_feature"``: :math:`\|m_N - m_{ref}\|`;
+    - ``"J"``: :math:`|J_N - J_{ref}|`;
+    - ``"coupling"``: the phase-space RMS particle distance
+      :math:`(\frac1N\sum_i |z_i^N - z_i^{ref}|^2)^{1/2}`, ``z = (θ, P)`` (pooled over replicas);
+    - ``"J_linear"`` and ``"J_remainder"`` (risks with an explicit gradient): the linear part
+      :math:`\langle\nabla R(m_{ref}), m_N - m_{ref}\rangle` of ``J``'s error and the rest;
+
+    ``slopes[name]``: ``[T]`` fitted exponents per time; ``slope[name]``: the mean of the
+    per-time ones; ``w2``: ``[K, len(w2_times)]`` raw ``W₂`` between the first ``N``-system's
+    phase-space cloud and the whole reference cloud at the requested time indices (empty if
+    none were asked).
     """
 
     Ns: Tensor
@@ -172,6 +182,7 @@ class ChaosResult:
     errors: dict[str, Tensor]
     slopes: dict[str, Tensor]
     slope: dict[str, float]
+    w2: Tensor
 
 
 def propagation_of_chaos(
@@ -186,6 +197,7 @@ def propagation_of_chaos(
     h: float | None,
     method: str = "muon",
     max_replicas: int | None = None,
+    w2_times: tuple[int, ...] = (),
 ) -> ChaosResult:
     r"""Measure propagation of chaos by synchronous coupling (see the module docs).
 
@@ -198,7 +210,11 @@ def propagation_of_chaos(
         h, method: passed to :func:`~muonflow.dynamics.integrate` (same scheme and step for
             every ``N``, so the time-discretization error cancels in the comparison).
         max_replicas: cap on the replicas per ``N`` (default ``N_ref // N``, all of them).
+        w2_times: indices into ``times`` at which to also compute the raw ``W₂`` (exact LP)
+            between the first replica's cloud and the reference cloud.
     """
+    from .risks import Risk
+
     if objective.systems != 1:
         raise ValueError(f"propagation_of_chaos needs a single-system objective, got {objective!r}")
     blocks, is_tuple = as_blocks(theta_ref, "theta_ref")
@@ -212,6 +228,10 @@ def propagation_of_chaos(
             f"propagation_of_chaos needs N_ref >= 16 max(Ns) = {16 * Ns[-1]}, got N_ref = {n_ref}"
         )
     t = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if any(not 0 <= k < len(t) for k in w2_times):
+        raise ValueError(f"w2_times must index times (0..{len(t) - 1}), got {w2_times}")
+    risk = objective.risk
+    split_J = isinstance(risk, Risk)
 
     ref_flow = HamiltonianFlow(objective, kinetic, gamma)
     ref = _evolve(
@@ -219,15 +239,20 @@ def propagation_of_chaos(
         theta_ref,
         P_ref,
         t,
-        lambda th, P: (objective.mean_feature(th), objective.value(th)),
+        lambda th, P: (objective.mean_feature(th), objective.value(th), phase_space(th, P)),
         h=h,
         method=method,
     )
     m_ref = torch.stack([r[0] for r in ref])  # [T, *out]
     J_ref = torch.stack([r[1] for r in ref])  # [T]
+    z_ref = torch.stack([r[2] for r in ref])  # [T, N_ref, 2D]
+    g_ref = risk.grad(m_ref).flatten(1) if isinstance(risk, Risk) else None  # ∇R(m_ref(t))
 
-    err_m, err_J, reps = [], [], []
-    for n in Ns:
+    keys = ["mean_feature", "J", "coupling"] + (["J_linear", "J_remainder"] if split_J else [])
+    errs: dict[str, list[Tensor]] = {k: [] for k in keys}
+    w2 = torch.zeros(len(Ns), len(w2_times), dtype=torch.float64)
+    reps = []
+    for i, n in enumerate(Ns):
         S = n_ref // n if max_replicas is None else min(n_ref // n, max_replicas)
         obj_S = objective.with_systems(S)
         flow = HamiltonianFlow(obj_S, kinetic, gamma)
@@ -238,18 +263,27 @@ def propagation_of_chaos(
             th0,
             P0,
             t,
-            lambda th, P, o=obj_S: (o.mean_feature(th), o.values(th)),
+            lambda th, P, o=obj_S: (o.mean_feature(th), o.values(th), phase_space(th, P)),
             h=h,
             method=method,
         )
         m = torch.stack([o[0] for o in obs])  # [T, S, *out]
         J = torch.stack([o[1] for o in obs])  # [T, S]
-        dm = (m - m_ref.unsqueeze(1)).flatten(2).square().sum(-1)  # ‖m_s − m_ref‖²: [T, S]
-        err_m.append(dm.mean(1).sqrt())
-        err_J.append((J - J_ref.unsqueeze(1)).square().mean(1).sqrt())
+        z = torch.stack([o[2] for o in obs])  # [T, S·N, 2D]
+        dm = (m - m_ref.unsqueeze(1)).flatten(2)  # [T, S, |out|]
+        dJ = J - J_ref.unsqueeze(1)
+        errs["mean_feature"].append(dm.square().sum(-1).mean(1).sqrt())
+        errs["J"].append(dJ.square().mean(1).sqrt())
+        errs["coupling"].append((z - z_ref[:, : S * n]).square().sum(-1).mean(1).sqrt())
+        if g_ref is not None:
+            lin = (dm * g_ref.unsqueeze(1)).sum(-1)  # ⟨∇R(m_ref), δm⟩: [T, S]
+            errs["J_linear"].append(lin.square().mean(1).sqrt())
+            errs["J_remainder"].append((dJ - lin).square().mean(1).sqrt())
+        for j, k in enumerate(w2_times):
+            w2[i, j] = wasserstein2(z[k, :n], z_ref[k], method="exact")
         reps.append(S)
     n_t = torch.tensor(Ns, dtype=torch.float64)
-    errors = {"mean_feature": torch.stack(err_m).double(), "J": torch.stack(err_J).double()}
+    errors = {k: torch.stack(v).double() for k, v in errs.items()}
     slopes = {
         k: torch.tensor(
             [fit_power_law(n_t, e[:, j]) for j in range(e.shape[1])], dtype=torch.float64
@@ -265,6 +299,7 @@ def propagation_of_chaos(
         errors=errors,
         slopes=slopes,
         slope=slope,
+        w2=w2,
     )
 
 

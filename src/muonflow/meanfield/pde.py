@@ -23,11 +23,18 @@ exactly except for what leaves through the boundary (zero inflow), which is repo
 ``outflow``. The mean feature uses the cell-centre quadrature
 :math:`m = \sum_i \rho_i F(\theta_i)` (second order). Nothing here uses particles: this is
 the independent reference against which the particle system is checked.
+
+The model enters only through a :class:`ScalarModel` — five closed-form callables ``F``,
+``f(θ; m)``, ``R``, ``k``, ``k'``. Pass one written from the formulas (as the reproduction's
+``particles_vs_pde`` does, so that the reference shares no force or map code with the particle
+system), or a :class:`ProbabilityObjective` and a potential (adapted by
+:meth:`ScalarModel.from_library`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +44,49 @@ from .._checks import check_choice, check_finite, check_scale
 from ..spectral import SpectralPotential
 from .objective import ProbabilityObjective
 
-__all__ = ["LIMITERS", "PDESolution", "PhaseGrid", "solve_vlasov"]
+__all__ = ["LIMITERS", "PDESolution", "PhaseGrid", "ScalarModel", "solve_vlasov"]
+
+
+@dataclass(frozen=True)
+class ScalarModel:
+    r"""A scalar mean-field model in closed form: what :func:`solve_vlasov` needs, nothing more.
+
+    - ``feature(θ)``: ``[n] -> [n, *out]``, :math:`F(\theta)`;
+    - ``force(θ, m)``: ``([n], [*out]) -> [n]``,
+      :math:`f(\theta; m) = -F'(\theta)^\top\nabla R(m)` (the mean-field force);
+    - ``risk(m)``: ``[*out] -> 0-dim``, :math:`R(m)`;
+    - ``kinetic(P)``, ``velocity(P)``: ``[n] -> [n]``, :math:`k(P)` and :math:`k'(P)`.
+    """
+
+    feature: Callable[[Tensor], Tensor]
+    force: Callable[[Tensor, Tensor], Tensor]
+    risk: Callable[[Tensor], Tensor]
+    kinetic: Callable[[Tensor], Tensor]
+    velocity: Callable[[Tensor], Tensor]
+
+    @classmethod
+    def from_library(
+        cls, objective: ProbabilityObjective, kinetic: SpectralPotential
+    ) -> ScalarModel:
+        """The model of a single-system objective on scalar particles and a potential."""
+        if objective.systems != 1:
+            raise ValueError(f"solve_vlasov needs a single-system objective, got {objective!r}")
+
+        def scalar(x: Tensor) -> Tensor:
+            return x.reshape(-1, 1, 1)
+
+        def force(th: Tensor, m: Tensor) -> Tensor:
+            f = objective.force_at(scalar(th), m)
+            assert isinstance(f, Tensor)  # scalar particles: a single block
+            return f.reshape(-1)
+
+        return cls(
+            feature=lambda th: objective.feature(scalar(th)),
+            force=force,
+            risk=objective.risk_value,
+            kinetic=lambda p: kinetic.energy(scalar(p)).reshape(-1),
+            velocity=lambda p: kinetic.grad(scalar(p)).reshape(-1),
+        )
 
 
 @dataclass(frozen=True)
@@ -159,8 +208,8 @@ def _face_fluxes(u: Tensor, vel: Tensor, dim: int, limiter: str) -> Tensor:
 
 
 def solve_vlasov(
-    objective: ProbabilityObjective,
-    kinetic: SpectralPotential,
+    objective: ProbabilityObjective | ScalarModel,
+    kinetic: SpectralPotential | None,
     gamma: float,
     grid: PhaseGrid,
     mass0: Tensor,
@@ -172,10 +221,11 @@ def solve_vlasov(
     r"""Solve the scalar phase-space mean-field equation on ``grid`` from ``mass0``.
 
     Args:
-        objective: a :class:`ProbabilityObjective` whose feature accepts scalar particles
-            ``θ: [n, 1, 1]`` (one system).
-        kinetic: the potential ``K``; on ``1 x 1`` matrices ``∇K(P) = k'(P)``. It must be
-            smooth (``relativistic``, ``huber``, ``quadratic``).
+        objective: a :class:`ScalarModel`, or a :class:`ProbabilityObjective` whose feature
+            accepts scalar particles ``θ: [n, 1, 1]`` (one system).
+        kinetic: with a :class:`ProbabilityObjective`, the potential ``K`` (on ``1 x 1``
+            matrices ``∇K(P) = k'(P)``; smooth: ``relativistic``, ``huber``, ``quadratic``);
+            ``None`` with a :class:`ScalarModel`.
         gamma: damping ``γ >= 0``.
         grid: the phase-space grid.
         mass0: ``[n_theta, n_p]`` non-negative initial cell masses (e.g.
@@ -191,8 +241,14 @@ def solve_vlasov(
     check_scale(gamma, "gamma", allow_zero=True)
     check_scale(cfl, "cfl", allow_zero=False)
     check_choice(limiter, "limiter", LIMITERS)
-    if objective.systems != 1:
-        raise ValueError(f"solve_vlasov needs a single-system objective, got {objective!r}")
+    if isinstance(objective, ScalarModel):
+        if kinetic is not None:
+            raise ValueError("solve_vlasov: a ScalarModel carries its own kinetic energy")
+        model = objective
+    else:
+        if kinetic is None:
+            raise ValueError("solve_vlasov: a ProbabilityObjective needs a kinetic potential")
+        model = ScalarModel.from_library(objective, kinetic)
     shape = (grid.n_theta, grid.n_p)
     if not isinstance(mass0, Tensor) or tuple(mass0.shape) != shape:
         got = tuple(mass0.shape) if isinstance(mass0, Tensor) else type(mass0).__name__
@@ -206,18 +262,18 @@ def solve_vlasov(
 
     dt64 = torch.float64
     cell = grid.d_theta * grid.d_p
-    th = grid.theta_centers(dt64).reshape(-1, 1, 1)  # scalar particles at the cell centres
-    F_nodes = objective.feature(th)  # [n_theta, *out]
+    th = grid.theta_centers(dt64)  # scalar parameters at the cell centres: [n_theta]
+    F_nodes = model.feature(th)  # [n_theta, *out]
     if F_nodes.shape[0] != grid.n_theta:
         raise ValueError(
-            f"solve_vlasov: feature {objective.feature!r} must map θ of shape "
-            f"{tuple(th.shape)} to [{grid.n_theta}, ...], got {tuple(F_nodes.shape)}"
+            f"solve_vlasov: the feature must map θ of shape {tuple(th.shape)} to "
+            f"[{grid.n_theta}, ...], got {tuple(F_nodes.shape)}"
         )
     p_c = grid.p_centers(dt64)
     p_f = grid.p_faces(dt64)
-    a = kinetic.grad(p_c.reshape(-1, 1, 1)).reshape(1, -1)  # k'(P_j): [1, n_p]
+    a = model.velocity(p_c).reshape(1, -1)  # k'(P_j): [1, n_p]
     a_faces = a  # θ-velocity is constant along θ: the faces of column j share a_j
-    k_c = kinetic.energy(p_c.reshape(-1, 1, 1)).reshape(1, -1)  # K(P_j)
+    k_c = model.kinetic(p_c).reshape(1, -1)  # k(P_j)
     power_c = p_c.reshape(1, -1) * a  # P k'(P)
     a_max = float(a.abs().max())
 
@@ -227,9 +283,7 @@ def solve_vlasov(
 
     def field(u: Tensor) -> Tensor:
         _, m = marginal_mean(u)
-        f = objective.force_at(th, m)
-        assert isinstance(f, Tensor)  # scalar particles: a single block
-        f = f.reshape(-1, 1)  # f(θ_i; ρ): [n_theta, 1]
+        f = model.force(th, m).reshape(-1, 1)  # f(θ_i; ρ): [n_theta, 1]
         return f - gamma * p_f.reshape(1, -1)  # b at P-faces: [n_theta, n_p + 1]
 
     def rhs(u: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,7 +297,7 @@ def solve_vlasov(
 
     def observe(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         _, m = marginal_mean(u)
-        J = objective.risk_value(m)
+        J = model.risk(m)
         K = (u * k_c).sum() * cell
         return m, J, K
 
