@@ -375,3 +375,26 @@ def test_report_names_a_series_it_cannot_evaluate(tmp_path, toy_experiments, mon
     assert any("toy_a: rebuilding checks and figures from the saved series failed" in p
                for p in rep.problems)  # fmt: skip
     assert not rep.all_pass
+
+
+@pytest.mark.parametrize("command", [["run", "smoothing"], ["reproduce"], ["report"]])
+def test_commands_that_need_the_research_extra_say_so_before_any_work(
+    tmp_path, capsys, monkeypatch, command
+):
+    # A core install (torch + numpy) has no POT/tqdm: the command exits 2 naming the extra,
+    # and writes nothing (a mutant without the up-front check would write the out folder or
+    # die later with a bare ModuleNotFoundError).
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("ot", "tqdm") else real(name, *a),
+    )
+    out = tmp_path / "out"
+    args = [*command, str(out)] if command == ["report"] else [*command, "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "muonflow[repro]" in err and "POT, tqdm are not installed" in err
+    assert not out.exists()

@@ -9,6 +9,7 @@ SciPy (the reference ODE solver), POT (Wasserstein distances), matplotlib (figur
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +24,21 @@ def require(module: str, purpose: str) -> ModuleType:
             f"{purpose} needs {top!r}, which is not installed; install muonflow's research "
             f"extra: pip install 'muonflow[repro]'"
         ) from e
+
+
+#: The ``repro`` extra: import name -> distribution name (see pyproject.toml).
+REPRO_EXTRA = {
+    "scipy": "scipy",
+    "ot": "POT",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "sklearn": "scikit-learn",
+}
+
+
+def missing_repro() -> list[str]:
+    """Distributions of the ``repro`` extra that are not installed (without importing any)."""
+    return [dist for mod, dist in REPRO_EXTRA.items() if importlib.util.find_spec(mod) is None]
 
 
 class _NoBar:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._deps import missing_repro
 from .experiments.base import PROFILES
 
 
@@ -77,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
+    missing = missing_repro()
+    if missing:  # before any work: the experiments need the research extra
+        raise ValueError(
+            f"`muonflow {args.command}` needs muonflow's research extra, and "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: "
+            "pip install 'muonflow[repro]'"
+        )
     from .experiments import REGISTRY
     from .experiments.runner import reproduce, run_experiment, summary_table
     from .experiments.store import passed
