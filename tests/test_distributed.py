@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from typing import Any
@@ -155,7 +156,7 @@ def _td(seconds: float) -> Any:
     return datetime.timedelta(seconds=seconds)
 
 
-def _main_worker(rank: int, port: int, out_dir: str) -> None:
+def _main_worker_body(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     _init(rank, port, 30.0)
     res: dict[str, Any] = {}
@@ -223,6 +224,24 @@ def _failing_rank(rank: int, out_dir: str) -> None:
         outcome = (type(e).__name__, str(e))
     torch.save({"outcome": outcome, "elapsed": time.perf_counter() - t0},
                os.path.join(out_dir, f"fail{rank}.pt"))  # fmt: skip
+
+
+def _exit_now() -> None:
+    """End a worker whose results are saved without running the process group's destructors.
+
+    The last check of the job breaks the group on purpose, and at interpreter exit gloo's
+    threads can race a dead peer's sockets and abort the process (``terminate called without
+    an active exception``) after every result was written. An exception in the worker still
+    reaches the parent as a failure: this runs only when the worker returned.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _main_worker(rank: int, port: int, out_dir: str) -> None:
+    _main_worker_body(rank, port, out_dir)
+    _exit_now()
 
 
 def _free_port() -> int:

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -362,7 +363,7 @@ def _failing_rank(rank: int, mesh: Any) -> dict[str, Any]:
     return {"outcome": outcome, "elapsed": time.perf_counter() - t0}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker_body(rank: int, port: int, out_dir: str) -> None:
     from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
     with warnings.catch_warnings(record=True) as caught:
@@ -388,6 +389,24 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         if rank < 2:  # breaks the group: last
             fail = _failing_rank(rank, mesh2)
             torch.save(fail, os.path.join(out_dir, f"fail_rank{rank}.pt"))
+
+
+def _exit_now() -> None:
+    """End a worker whose results are saved without running the process group's destructors.
+
+    The last check of the job breaks the group on purpose, and at interpreter exit gloo's
+    threads can race a dead peer's sockets and abort the process (``terminate called without
+    an active exception``) after every result was written. An exception in the worker still
+    reaches the parent as a failure: this runs only when the worker returned.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    _worker_body(rank, port, out_dir)
+    _exit_now()
 
 
 def _free_port() -> int:
