@@ -684,15 +684,18 @@ def train(
         raise ValueError(f"evals must be a positive int, got {evals!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < steps:
         raise ValueError(f"warmup must be an int in [0, steps), got {warmup!r}")
+    factory: Callable[[nn.Module], list[torch.optim.Optimizer]]
     if isinstance(optimizer, str):
         if lr is None:
             raise ValueError("lr is required with a named optimizer")
         name = optimizer
         kw = {"lr": lr, "eps": eps, "adamw_lr": adamw_lr}
         _check_optimizer_args(name, **kw)  # before building anything
-        factory: Callable[[nn.Module], list[torch.optim.Optimizer]] = (
-            lambda model: make_optimizers(name, model, **kw)
-        )
+
+        def named(model: nn.Module) -> list[torch.optim.Optimizer]:
+            return make_optimizers(name, model, **kw)
+
+        factory = named
     else:
         name = getattr(optimizer, "__name__", "custom")
         factory = optimizer
