@@ -83,7 +83,7 @@ PROPOSED_DEFAULTS: dict[str, Any] = {
     "eps_mode": "relative",
     "tol": 1e-3,
     "adjust_lr": "original",
-    "adamw_lr": 0.005,
+    "adamw_lr": 0.02,
     "adamw_betas": (0.9, 0.95),
 }
 #: The settings the defaults study varies one knob at a time around (and the width study
@@ -156,7 +156,12 @@ def build_optimizers(spec: dict[str, Any]) -> Callable[[nn.Module], list[torch.o
             rest = [r.param for r in routes if r.to == "adamw"]
             return [
                 MatrixMuon(routes, newton_schulz=ns, lr=spec["lr"], weight_decay=0.0),
-                torch.optim.AdamW(rest, lr=spec["adamw_lr"], weight_decay=0.0),
+                torch.optim.AdamW(
+                    rest,
+                    lr=spec["adamw_lr"],
+                    betas=tuple(spec.get("adamw_betas", (0.9, 0.999))),
+                    weight_decay=0.0,
+                ),
             ]
 
         return muon
@@ -195,7 +200,7 @@ ABLATIONS = {
     "nesterov": [False],
     "eps": [0.003, 0.01, 0.1, 0.3],
     "tol": [1e-2, 3e-2],
-    "adamw_lr": [0.00125, 0.0025, 0.01, 0.02],
+    "adamw_lr": [0.005, 0.01, 0.04],
     "adamw_betas": [(0.9, 0.999)],
 }
 START = {"adamw": -2, "muon": 1, "muon_f32": 1, "regmuon": 1}
@@ -255,15 +260,33 @@ PROFILES = {
         ablations=ABLATIONS,
         task_rules=("original", "match_rms_adamw", "spectral"),
         widths=(32, 64, 128),
-        width_rules=("original", "match_rms_adamw", "spectral"),
+        width_rules=("original", "match_rms_adamw"),
         width_seeds=(100,),
     ),
 }
 
 WIDTH_TASK = "gpt2"
 TIMING_TOLS = (1e-2, 3e-2)
-ARMS = ("regmuon_default", "regmuon_tuned", "muon", "muon_f32", "adamw", "control")
-SWEPT = ("adamw", "muon", "muon_f32", "regmuon")
+ARMS = (
+    "regmuon_default",
+    "regmuon_tuned",
+    "muon",
+    "muon_f32",
+    "muon_awlr",
+    "muon_f32_awlr",
+    "adamw",
+    "control",
+)
+#: The Muon arms: arm -> (optimizer, AdamW part). ``"regmuon"``: RegMuon's default AdamW part
+#: (lr and betas; equal AdamW parts isolate the matrix update); ``"adamw_arm"``: torch's AdamW
+#: betas at the AdamW arm's tuned lr.
+MUON_ARMS = {
+    "muon": ("muon", "regmuon"),
+    "muon_f32": ("muon_f32", "regmuon"),
+    "muon_awlr": ("muon", "adamw_arm"),
+    "muon_f32_awlr": ("muon_f32", "adamw_arm"),
+}
+SWEPT = ("adamw", *MUON_ARMS, "regmuon")
 
 
 def lr_of(k: int) -> float:
@@ -522,16 +545,23 @@ def build_sweeps(store: Store, prof: Profile) -> dict[tuple[str, str], Sweep]:
             prof.tune_seeds,
             centre=default_k(),
         )
-        if aw.step(store, prof) == []:  # done: bracketed, or its grid exhausted
-            a_lr = lr_of(aw.best(store, prof))
-            for arm in ("muon", "muon_f32"):
-                add(
-                    task,
-                    arm,
-                    lambda lr, arm=arm, a_lr=a_lr: {"arm": arm, "lr": lr, "adamw_lr": a_lr},
-                    arm,
-                    prof.tune_seeds,
-                )
+        for label, (arm, part) in MUON_ARMS.items():
+            if part == "regmuon":
+                aw_part = {
+                    "adamw_lr": PROPOSED_DEFAULTS["adamw_lr"],
+                    "adamw_betas": list(PROPOSED_DEFAULTS["adamw_betas"]),
+                }
+            elif aw.step(store, prof) == []:  # done: bracketed, or its grid exhausted
+                aw_part = {"adamw_lr": lr_of(aw.best(store, prof))}
+            else:
+                continue
+            add(
+                task,
+                label,
+                lambda lr, arm=arm, aw_part=aw_part: {"arm": arm, "lr": lr, **aw_part},
+                arm,
+                prof.tune_seeds,
+            )
         for rule in prof.task_rules:
             add(
                 task,
@@ -596,9 +626,9 @@ def chosen(
     arms: dict[str, dict[str, Any]] = {"regmuon_default": {"arm": "regmuon"}}
     if "regmuon" in lr:
         arms["regmuon_tuned"] = {"arm": "regmuon", "lr": lr["regmuon"]}
-    for a in ("muon", "muon_f32"):
-        if a in lr and "adamw" in lr:
-            arms[a] = {"arm": a, "lr": lr[a], "adamw_lr": lr["adamw"]}
+    for a in MUON_ARMS:
+        if a in lr:
+            arms[a] = sweeps[(task, a)].opt(lr[a])
     if "adamw" in lr:
         arms["adamw"] = {"arm": "adamw", "lr": lr["adamw"]}
     arms["control"] = {"arm": "regmuon", "lr": 0.0}
@@ -611,7 +641,7 @@ def chosen(
 #: its arm, or ``width`` for the width study.
 PHASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "all": ((*SWEPT, "rule", "width"), ARMS, True),
-    "baselines": (("adamw", "muon", "muon_f32"), ("muon", "muon_f32", "adamw"), False),
+    "baselines": (("adamw", *MUON_ARMS), ("adamw", *MUON_ARMS), False),
     "regmuon": (("regmuon",), (), False),
     "rules": (("rule",), (), False),
     "study": ((), (), True),
@@ -758,15 +788,23 @@ def analyze(store: Store, prof: Profile) -> dict[str, Any]:
             res["timing"] = store.data["timing"].get(task)
             out["tasks"][task] = res
     out["ablations"] = analyze_ablations(store, prof)
-    out["rules"] = {rule: one_lr(out["sweeps"], prof, f"rule/{rule}") for rule in prof.task_rules}
-    out["rules"]["defaults"] = one_lr(out["sweeps"], prof, "regmuon")
+    noise = out["ablations"]["se_two_seed_mean"]
+    out["rules"] = {
+        rule: one_lr(out["sweeps"], prof, f"rule/{rule}", noise) for rule in prof.task_rules
+    }
+    out["rules"]["defaults"] = one_lr(out["sweeps"], prof, "regmuon", noise)
     return out
 
 
-def one_lr(sweeps: dict[str, Any], prof: Profile, label: str) -> dict[str, Any] | None:
-    """One lr for every task: per grid lr the relative regret ``val/best − 1`` of each task.
+def one_lr(
+    sweeps: dict[str, Any], prof: Profile, label: str, noise: dict[str, float] | None = None
+) -> dict[str, Any] | None:
+    """One lr for every task: per grid lr the regret of each task against its best lr.
 
-    Returns the per-task best lrs, the regrets and the lr whose worst regret is smallest.
+    The regret is measured in units of the task's seed noise, ``(val − best) / SE`` (``noise``:
+    the SE of a tuning-seed mean per task), or, without ``noise``, relatively,
+    ``val / best − 1``. Returns the per-task best lrs, both regrets per lr, and the lr whose
+    worst regret is smallest.
     """
     per = [sweeps.get(f"{task}/{label}") for task in prof.tasks]
     if any(sw is None or None in sw["val"] for sw in per):
@@ -777,12 +815,22 @@ def one_lr(sweeps: dict[str, Any], prof: Profile, label: str) -> dict[str, Any] 
     }
     common = sorted(set.intersection(*(set(c) for c in curves.values())))
     regret = {lr: {t: c[lr] / min(c.values()) - 1 for t, c in curves.items()} for lr in common}
-    best = min(common, key=lambda lr: max(regret[lr].values()))
+    z = None
+    if noise and all(t in noise for t in curves):
+        z = {
+            lr: {t: (c[lr] - min(c.values())) / noise[t] for t, c in curves.items()}
+            for lr in common
+        }
+    crit = z if z is not None else regret
+    best = min(common, key=lambda lr: max(crit[lr].values()))
     return {
         "best_lr": {t: min(c, key=lambda lr: c[lr]) for t, c in curves.items()},
         "regret": {f"{lr:g}": r for lr, r in regret.items()},
+        "z": None if z is None else {f"{lr:g}": r for lr, r in z.items()},
+        "criterion": "z" if z is not None else "relative",
         "single_lr": best,
         "worst_regret": max(regret[best].values()),
+        "worst_z": None if z is None else max(z[best].values()),
     }
 
 
@@ -818,7 +866,22 @@ def analyze_ablations(store: Store, prof: Profile) -> dict[str, Any]:
             else:
                 rows[json.dumps(v)] = row
         table[knob] = {"sized": sized, "centre": json.dumps(STUDY_CENTRE[knob]), "rows": rows}
-    return table
+    # Seed noise: σ² = E[(v_a − v_b)²] / 2 over every study configuration run on two seeds;
+    # the SE of a two-seed mean is σ/√2.
+    noise = {}
+    if len(prof.tune_seeds) == 2:
+        for task in prof.tasks:
+            d2 = []
+            for spec in ablation_specs(prof):
+                if spec["task"] != task or spec["seed"] != prof.tune_seeds[0]:
+                    continue
+                a = store.get(spec)
+                b = store.get({**spec, "seed": prof.tune_seeds[1]})
+                if a and b and a.get("val_loss") is not None and b.get("val_loss") is not None:
+                    d2.append((a["val_loss"] - b["val_loss"]) ** 2)
+            if d2:
+                noise[task] = math.sqrt(statistics.fmean(d2) / 2) / math.sqrt(2)
+    return {"knobs": table, "se_two_seed_mean": noise}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -867,22 +930,33 @@ def report(store: Store, prof: Profile, out: Path) -> str:
         tasks = list(prof.tasks)
         lines += [
             "",
-            "## One lr for every task (tuning seeds; relative regret = val / task's best − 1)",
+            "## One lr for every task (tuning seeds)",
+            "",
+            "Regret of a task at an lr: its val loss minus the task's best over the grid, in "
+            "units of the task's seed noise (SE of a two-seed mean; the chosen single lr "
+            "minimizes the worst of these) and relative (val / best − 1).",
             "",
             "| rule | "
             + " | ".join(f"best lr {t}" for t in tasks)
-            + " | best single lr | its regret per task | worst |",
+            + " | best single lr | its regret per task (SE units; relative) | worst |",
             "|---|" + "---:|" * (len(tasks) + 3),
         ]
         for rule, r in rules.items():
             name = f"{rule} (proposed defaults)" if rule == "defaults" else rule
-            per = r["regret"][f"{r['single_lr']:g}"]
+            key = f"{r['single_lr']:g}"
+            per, zs = r["regret"][key], (r["z"] or {}).get(key, {})
+            worst = f"{100 * r['worst_regret']:.1f}%"
+            if r["worst_z"] is not None:
+                worst = f"{r['worst_z']:.1f} SE; " + worst
             lines.append(
                 f"| {name} | "
                 + " | ".join(f"{r['best_lr'][t]:g}" for t in tasks)
                 + f" | {r['single_lr']:g} | "
-                + ", ".join(f"{t} {100 * per[t]:.1f}%" for t in tasks)
-                + f" | {100 * r['worst_regret']:.1f}% |"
+                + ", ".join(
+                    f"{t} " + (f"{zs[t]:.1f} SE, " if t in zs else "") + f"{100 * per[t]:.1f}%"
+                    for t in tasks
+                )
+                + f" | {worst} |"
             )
     lines += [
         "",
@@ -915,7 +989,7 @@ def report(store: Store, prof: Profile, out: Path) -> str:
             )
         lines.append("")
         verdict = []
-        for arm in ("muon", "muon_f32", "adamw", "regmuon_tuned"):
+        for arm in (*MUON_ARMS, "adamw", "regmuon_tuned"):
             p = res["paired"].get(arm, {}).get("test_loss")
             if p is None:
                 continue
@@ -930,18 +1004,48 @@ def report(store: Store, prof: Profile, out: Path) -> str:
             "better): " + "; ".join(verdict) + ".",
             "",
         ]
+    if a["tasks"]:
+        lines += [
+            "## The goal: RegMuon at defaults vs the best-tuned baselines (test loss, paired)",
+            "",
+            "| task | best Muon variant | default − best Muon | default − AdamW | "
+            "default − control | within one SE or better? |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for task, res in a["tasks"].items():
+            muons = [m for m in MUON_ARMS if m in res["arms"]]
+            best_m = min(muons, key=lambda m: res["arms"][m]["test_loss"][0])
+            dm = res["paired"][best_m]["test_loss"]
+            da = res["paired"]["adamw"]["test_loss"]
+            dc = res["paired"]["control"]["test_loss"]
+            ok = dm[0] <= dm[1] and da[0] <= da[1]
+            lines.append(
+                f"| {task} | {best_m} | {_pm(dm, 4)} | {_pm(da, 4)} | {_pm(dc, 4)} | "
+                f"{'yes' if ok else '**no**'} |"
+            )
+        lines.append("")
     lines += [
         "## Defaults study (tuning seeds; mean val loss; sized knobs at the best of "
         "lr/2, lr, 2lr — the lr in brackets)",
         "",
     ]
-    for knob, t in a["ablations"].items():
+    noise = a["ablations"]["se_two_seed_mean"]
+    if noise:
+        lines += [
+            "Seed noise (SE of a two-seed mean, from every study configuration): "
+            + ", ".join(f"{t} {v:.4f}" for t, v in noise.items())
+            + ". Regret: the value's loss minus the best value's, in nats and relative.",
+            "",
+        ]
+    for knob, t in a["ablations"]["knobs"].items():
         tasks = list(prof.tasks)
         lines += [
             f"### {knob} (study centre {t['centre']})",
             "",
-            "| value | " + " | ".join(tasks) + " | worst regret |",
-            "|---|" + "---:|" * (len(tasks) + 1),
+            "| value | "
+            + " | ".join(tasks)
+            + " | worst regret (nats) | worst regret (SE units) | worst relative regret |",
+            "|---|" + "---:|" * (len(tasks) + 3),
         ]
         best = {
             task: min(r[task]["val"] for r in t["rows"].values() if task in r)
@@ -954,7 +1058,12 @@ def report(store: Store, prof: Profile, out: Path) -> str:
                 c = row[task]
                 cells.append(f"{c['val']:.4f}" + (f" ({c['lr']:g})" if t["sized"] else ""))
             regret = max(row[task]["val"] - best[task] for task in tasks)
-            lines.append(f"| {v} | " + " | ".join(cells) + f" | {regret:.4f} |")
+            rel = max(row[task]["val"] / best[task] - 1 for task in tasks)
+            zs = [(row[t]["val"] - best[t]) / noise[t] for t in tasks if t in noise]
+            zcell = f"{max(zs):.1f}" if len(zs) == len(tasks) else "—"
+            lines.append(
+                f"| {v} | " + " | ".join(cells) + f" | {regret:.4f} | {zcell} | {100 * rel:.1f}% |"
+            )
         lines.append("")
     width = {k: v for k, v in a["sweeps"].items() if "/width" in k}
     if width:
@@ -986,6 +1095,8 @@ def report(store: Store, prof: Profile, out: Path) -> str:
 
 
 COLORS = {
+    "muon_awlr": "C4",
+    "muon_f32_awlr": "C5",
     "regmuon_default": "C3",
     "regmuon_tuned": "C1",
     "muon": "C0",

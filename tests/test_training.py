@@ -480,5 +480,9 @@ def test_benchmark_one_lr_for_every_task():
     # is at 0.02 (the smallest mean would be 0.01)
     assert r["single_lr"] == 0.02 and r["worst_regret"] == pytest.approx(0.5)
     assert r["regret"]["0.01"] == pytest.approx({"gpt2": 0.0, "sort": 0.9})
+    # in units of each task's seed noise: z = (0, 9), (0.5, 5), (1, 0) -> 0.04
+    r = bench.one_lr(sweeps, prof, "x", noise={"gpt2": 1.0, "sort": 0.01})
+    assert r["criterion"] == "z" and r["single_lr"] == 0.04
+    assert r["worst_z"] == pytest.approx(1.0) and r["z"]["0.02"]["sort"] == pytest.approx(5.0)
     sweeps["sort/x"]["val"][0] = None  # a missing run: no answer yet
     assert bench.one_lr(sweeps, prof, "x") is None
