@@ -9,7 +9,7 @@ import torch
 from conftest import unit_roundoff
 from torch import nn
 
-from muonflow.models import MLP, Transformer, TransformerConfig
+from muonflow.models import MLP, SmallCNN, SortTransformer, Transformer, TransformerConfig
 from muonflow.optim import RegMuon
 
 TINY = TransformerConfig(vocab_size=32, block_size=16, d_model=32, n_heads=4, n_layers=2, d_mlp=64)
@@ -79,3 +79,38 @@ def test_regmuon_trains_the_transformer():
         opt.step()
     assert float(model.loss(idx[:, :-1], idx[:, 1:]).detach()) < 0.5 * first
     assert all(isinstance(m, nn.Module) for m in model.blocks)
+
+
+def test_sort_transformer_shapes_parameters_and_loss_targets():
+    torch.manual_seed(0)
+    model = SortTransformer(16, 8, d_model=16, n_heads=2, n_layers=2, d_ff=32)
+    x = torch.randint(0, 16, (5, 8))
+    logits = model(x)
+    assert logits.shape == (5, 8, 16)
+    # the positional table is a raw parameter held by the model, not an embedding module
+    assert isinstance(model.pos, nn.Parameter) and model.pos.shape == (8, 16)
+    assert isinstance(model.encoder, nn.TransformerEncoder) and len(model.encoder.layers) == 2
+    # the loss is the per-position cross-entropy against sort(x), not against x itself
+    want = nn.functional.cross_entropy(logits.flatten(0, 1), x.sort(1).values.flatten())
+    assert float(model.loss(x).detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    assert not torch.equal(x, x.sort(1).values)  # the check above can tell the two apart
+    # the model is not permutation-invariant in position: the table enters the output
+    with torch.no_grad():
+        model.pos.zero_()
+    assert not torch.allclose(model(x), logits)
+    with pytest.raises(ValueError, match="not divisible"):
+        SortTransformer(16, 8, d_model=15, n_heads=2)
+    with pytest.raises(ValueError, match="length must be an int >= 1"):
+        SortTransformer(16, 0)
+
+
+def test_small_cnn_shapes_and_layout():
+    torch.manual_seed(0)
+    model = SmallCNN((4, 8), 16)
+    x = torch.randn(3, 64)
+    out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.equal(model(x.view(3, 1, 8, 8)), out)  # flat and image inputs agree
+    assert model.conv2.weight.shape == (8, 4, 3, 3) and model.fc.weight.shape == (16, 8 * 16)
+    with pytest.raises(ValueError, match="hidden must be an int >= 1"):
+        SmallCNN((4, 8), 0)

@@ -9,9 +9,11 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from muonflow import training
 from muonflow.cli import main
+from muonflow.models import SmallCNN, SortTransformer
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +56,11 @@ def test_optimizer_routing():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; valid: adamw, muon, regmuon"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; valid: adamw, muon, muon_f32, regmuon"),
         ({"lr": -1.0}, "lr must be a positive finite number"),
         ({"eps": math.nan}, "eps must be a positive finite number"),
         ({"steps": 0}, "steps must be a positive int"),
-        ({"task": "mnist"}, "unknown task 'mnist'; valid: digits, chars"),
+        ({"task": "mnist"}, "unknown task 'mnist'; valid: digits, cnn, chars, gpt2, moe, sort"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):
@@ -111,3 +113,354 @@ def test_train_cli_rejects_bad_lr(capsys):
     )
     assert code == 2
     assert "lr must be a positive finite number, got -1.0" in capsys.readouterr().err
+
+
+# -- the benchmark tasks, routing by structure and the Muon baselines ------------------------
+TINY_TASKS = {
+    "cnn": {"batch": 16, "channels": (4, 8), "hidden": 16},
+    "sort": {"vocab_size": 16, "length": 8, "d_model": 16, "batch": 16, "eval_size": 64},
+    "moe": {"n_experts": 2, "d_model": 16, "batch": 4, "block": 16, "eval_batches": 1},
+    "gpt2": {"d_model": 16, "n_layers": 1, "batch": 4, "block": 16, "eval_batches": 1},
+}
+
+
+def _task(name: str) -> training.Task:
+    if name == "gpt2":
+        pytest.importorskip("transformers")
+    return training.make_task(name, **TINY_TASKS[name])
+
+
+@pytest.mark.parametrize("name", list(TINY_TASKS))
+def test_new_tasks_are_deterministic_by_seed_and_learn(name):
+    task = _task(name)
+    assert set(task.splits) == {"val", "test", "trainset"}
+    torch.manual_seed(5)
+    a = task.make_model()
+    torch.manual_seed(5)
+    b = task.make_model()
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert na == nb and torch.equal(pa, pb), na  # same seed, same initial weights
+    ev = task.evaluate(a)
+    assert set(ev) >= {"val_loss", "test_loss", "trainset_loss"}
+    assert task.evaluate(a, ["val"]).keys() == {k for k in ev if k.startswith("val_")}
+    with pytest.raises(ValueError, match="unknown splits"):
+        task.evaluate(a, ["train"])
+    # the same generator state gives the same minibatch loss on the same weights
+    la = task.train_loss(a, torch.Generator().manual_seed(3))
+    lb = task.train_loss(b, torch.Generator().manual_seed(3))
+    assert float(la.detach()) == float(lb.detach())
+    r1 = training.train(task, "adamw", lr=1e-2, steps=30, seed=1, evals=2)
+    r2 = training.train(task, "adamw", lr=1e-2, steps=30, seed=1, evals=2)
+    assert r1["train_loss"] == r2["train_loss"] and r1["test_loss"] == r2["test_loss"]
+    assert (
+        r1["train_loss"]
+        != training.train(task, "adamw", lr=1e-2, steps=30, seed=2, evals=2)["train_loss"]
+    )
+    # 30 AdamW steps move the held-out and training-sample losses down (margin: 5% of the
+    # initial loss; every tiny task drops by more than 10% — a frozen model would fail this)
+    for split in ("test", "trainset"):
+        before, after = r1["initial"][f"{split}_loss"], r1[f"{split}_loss"]
+        assert after < 0.95 * before, (split, before, after)
+    assert len(r1["curve"]) == len(r1["curve_wall"]) == 3
+    assert r1["curve_wall"] == sorted(r1["curve_wall"])
+
+
+def test_sort_task_targets_and_chance():
+    task = _task("sort")
+    # An input-blind model can at best predict each position's order-statistic law: chance
+    # is below log V (positions 0 and L-1 are concentrated near 0 and V-1) but well above 0.
+    assert 0.5 * math.log(16) < task.chance_loss < math.log(16)
+    model = SortTransformer(16, 8, d_model=16, d_ff=32)
+    x = torch.randint(0, 16, (3, 8))
+    assert model(x).shape == (3, 8, 16)
+    with pytest.raises(ValueError, match=r"shape \[B, 8\]"):
+        model(torch.zeros(3, 9, dtype=torch.long))
+
+
+def _kinds(model):
+    return {r.name: (r.to, r.kind) for r in training.route_parameters(model)}
+
+
+def test_routing_gpt2_tied_head_and_conv1d():
+    pytest.importorskip("transformers")
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(training.gpt2_config(d_model=16, n_layers=1, block=16))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    k = _kinds(model)
+    assert k["transformer.wte.weight"] == ("adamw", "tied")
+    assert k["transformer.wpe.weight"] == ("adamw", "embedding")
+    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+        assert k[f"transformer.h.0.{name}.weight"] == ("matrix", "conv1d")
+        assert k[f"transformer.h.0.{name}.bias"] == ("adamw", "vector")
+    assert sum(to == "matrix" for to, _ in k.values()) == 4
+
+
+def test_routing_sort_cnn_moe():
+    k = _kinds(SortTransformer(16, 8, d_model=16, d_ff=32))
+    assert k["pos"] == ("adamw", "raw")
+    assert k["embed.weight"] == ("adamw", "embedding")
+    assert k["head.weight"] == ("adamw", "output")
+    assert k["encoder.layers.0.self_attn.in_proj_weight"] == ("matrix", "linear")
+    assert k["encoder.layers.1.linear2.weight"] == ("matrix", "linear")
+    assert sum(to == "matrix" for to, _ in k.values()) == 8  # 4 per encoder layer
+    k = _kinds(SmallCNN((4, 8), 16))
+    assert k["conv1.weight"] == k["conv2.weight"] == ("matrix", "conv")
+    assert k["fc.weight"] == ("matrix", "linear")
+    assert k["head.weight"] == ("adamw", "output")
+    model = training.make_task("moe", **TINY_TASKS["moe"]).make_model()
+    k = _kinds(model)
+    assert k["blocks.0.mlp.w1"] == k["blocks.1.mlp.router"] == ("matrix", "stacked")
+    assert k["head.weight"] == ("adamw", "output")
+    assert k["pos_embed.weight"] == ("adamw", "embedding")
+    summary = training.routing_summary(training.route_parameters(model))
+    assert "blocks.0.mlp.w1" in summary and "10 matrices, 13 to AdamW" in summary
+
+
+def test_regmuon_groups_see_each_kind_as_regmuon_must():
+    routes = training.route_parameters(SmallCNN((4, 8), 16))
+    groups = training.regmuon_groups(routes, lr=1e-3)
+    assert [(g["algorithm"], g.get("matrix_view"), len(g["params"])) for g in groups] == [
+        ("regmuon", None, 1),  # fc
+        ("regmuon", "conv", 2),
+        ("adamw", None, 5),
+    ]
+    assert groups[-1]["lr"] == 1e-3
+
+
+def _ns_reference(G, steps=5):
+    """torch's Newton–Schulz iteration in float64 (the same coefficients and normalization)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.double()
+    tall = G.shape[0] > G.shape[1]
+    X = X.T if tall else X
+    X = X / X.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.T if tall else X).float()
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
+def test_newton_schulz_f32_is_torchs_iteration_in_float32(gen, shape):
+    from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+    G = torch.randn(shape, generator=gen)
+    coeffs = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+    X = training.newton_schulz_f32(G, coeffs, 5, 1e-7)
+    assert X.dtype == torch.float32
+    ref = _ns_reference(G)
+    # 5 steps of degree-5 polynomials with |p'| <= ~4: float32 round-off amplified by at
+    # most ~4^5 · u32 per entry; 1e-3 leaves room, and bf16 (u = 2^-9) exceeds it.
+    assert float((X - ref).abs().max()) < 1e-3
+    bf16 = _zeropower_via_newtonschulz(G, coeffs, 5, 1e-7).float()
+    assert float((bf16 - ref).abs().max()) > 1e-3  # the f32 version is not the bf16 one
+
+
+def test_matrix_muon_equals_torch_muon_on_separate_matrices(gen):
+    """Views of a stack / conv kernel / Conv1D weight get exactly torch's per-matrix update."""
+
+    def muon_step(params, grads):
+        opt = torch.optim.Muon(params, lr=0.1, weight_decay=0.0)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        opt.step()  # twice: the momentum buffers are used
+
+    stack = nn.Parameter(torch.randn(3, 5, 7, generator=gen))
+    conv = nn.Parameter(torch.randn(6, 2, 3, 3, generator=gen))
+    lin = nn.Parameter(torch.randn(4, 9, generator=gen))  # an HF Conv1D weight [in, out]
+    routes = [
+        training.Route("stack", stack, "matrix", "stacked"),
+        training.Route("conv", conv, "matrix", "conv"),
+        training.Route("c1d", lin, "matrix", "conv1d"),
+    ]
+    grads = {p: torch.randn(p.shape, generator=gen) for p in (stack, conv, lin)}
+    sep = [nn.Parameter(stack.detach()[e].clone()) for e in range(3)]
+    sep += [
+        nn.Parameter(conv.detach().reshape(6, -1).clone()),
+        nn.Parameter(lin.detach().T.clone()),
+    ]
+    sep_grads = [grads[stack][e] for e in range(3)] + [grads[conv].reshape(6, -1), grads[lin].T]
+    muon_step(sep, sep_grads)
+    opt = training.MatrixMuon(routes, lr=0.1, weight_decay=0.0)
+    for _ in range(2):
+        for p in (stack, conv, lin):
+            p.grad = grads[p]
+        opt.step()
+    for e in range(3):
+        assert torch.equal(stack.detach()[e], sep[e].detach())
+    assert torch.equal(conv.detach().reshape(6, -1), sep[3].detach())
+    assert torch.equal(lin.detach().T, sep[4].detach())
+    with pytest.raises(ValueError, match="no matrix parameters"):
+        training.MatrixMuon([training.Route("v", nn.Parameter(torch.ones(3)), "adamw", "vector")])
+
+
+def test_train_accepts_an_optimizer_factory(digits_task):
+    def factory(model):
+        return [torch.optim.SGD(model.parameters(), lr=0.1)]
+
+    r = training.train(digits_task, factory, steps=10, seed=0, evals=2)
+    assert r["optimizer"] == "factory" and r["lr"] is None and not r["diverged"]
+    assert r["test_loss"] < r["initial"]["test_loss"]
+    with pytest.raises(ValueError, match="lr is required"):
+        training.train(digits_task, "adamw", steps=1)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
+    spec = importlib.util.spec_from_file_location("bench_training", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_training"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_sweep_extends_until_the_optimum_is_bracketed(tmp_path):
+    bench = _bench()
+    prof = bench.PROFILES["smoke"]
+    store = bench.Store(tmp_path / "results.json", "smoke")
+    # A fake val loss with its minimum at lr = 0.01·2^-3, left of the initial grid {-1, 0, 1}.
+    sw = bench.Sweep("sort", "adamw", lambda lr: {"arm": "adamw", "lr": lr}, [-1, 0, 1], (100,))
+    for _ in range(10):
+        need = sw.step(store, prof)
+        if not need:
+            break
+        for spec in need:
+            k = round(math.log2(spec["opt"]["lr"] / 0.01))
+            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": (k + 3) ** 2 + 1.0}
+    # max_extend = 1 in smoke: two points may be added; the optimum -3 needs exactly two.
+    assert sw.ks == [-3, -2, -1, 0, 1]
+    assert sw.best(store, prof) == -3 and not sw.bracketed(store, prof)
+    store = bench.Store(tmp_path / "other.json", "smoke")
+    sw2 = bench.Sweep("sort", "adamw", lambda lr: {"arm": "adamw", "lr": lr}, [-1, 0, 1], (100,))
+    for k, v in ((-1, 1.0), (0, 2.0), (1, None)):  # a diverged run (None) counts as +inf
+        for spec in sw2.specs(prof, k):
+            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": v}
+    assert sw2.step(store, prof) == sw2.specs(prof, -2)  # optimum at the left edge: extend
+    assert bench.score(store, sw2.specs(prof, 1)) == math.inf
+
+
+def test_benchmark_smoke_runs_resumes_and_reports(tmp_path):
+    bench = _bench()
+    out = tmp_path / "bench"
+    assert bench.main(["--profile", "smoke", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    n = len(data["runs"])
+    assert n > 40 and set(data["timing"]) == {"gpt2", "sort"}
+    summary = (out / "summary.md").read_text()
+    for needle in (
+        "## Final losses",
+        "### sort",
+        "regmuon_default",
+        "control",
+        "Paired",
+        "## Defaults study",
+        "## lr transfer across widths",
+    ):
+        assert needle in summary, needle
+    for fig in (
+        "bench_training_curves.png",
+        "bench_training_sweeps.png",
+        "bench_training_width.png",
+    ):
+        assert (out / fig).stat().st_size > 0
+    with pytest.raises(SystemExit, match="pass --resume"):
+        bench.main(["--profile", "smoke", "--out", str(out)])  # never overwrite silently
+    calls = []
+    real = bench.execute
+    bench.execute = lambda spec: calls.append(spec) or real(spec)
+    assert bench.main(["--profile", "smoke", "--out", str(out), "--resume"]) == 0
+    assert calls == [] and len(json.loads((out / "results.json").read_text())["runs"]) == n
+    a = json.loads((out / "analysis.json").read_text())
+    res = a["tasks"]["sort"]
+    # paired differences are differences of the per-seed values
+    per = {
+        arm: [
+            data["runs"][
+                bench.run_key(
+                    bench.make_spec("sort", bench.PROFILES["smoke"], s, res["arms"][arm]["opt"])
+                )
+            ]["test_loss"]
+            for s in (0, 1)
+        ]
+        for arm in ("regmuon_default", "adamw")
+    }
+    d = [x - y for x, y in zip(per["regmuon_default"], per["adamw"], strict=True)]
+    assert res["paired"]["adamw"]["test_loss"][0] == pytest.approx(sum(d) / 2)
+
+
+def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task):
+    """On plain Linear layers MatrixMuon is torch.optim.Muon: the same training, bit for bit.
+
+    Regression against torch's own optimizer; it fails if the viewed parameters' gradients are
+    not cleared by ``zero_grad`` (they would accumulate over steps).
+    """
+
+    def plain(model):
+        routes = training.route_parameters(model)
+        mats = [r.param for r in routes if r.to == "matrix"]
+        rest = [r.param for r in routes if r.to == "adamw"]
+        return [
+            torch.optim.Muon(mats, lr=0.02, weight_decay=0.0),
+            torch.optim.AdamW(rest, lr=3e-3, weight_decay=0.0),
+        ]
+
+    a = training.train(digits_task, "muon", lr=0.02, adamw_lr=3e-3, steps=8, seed=0, evals=2)
+    b = training.train(digits_task, plain, steps=8, seed=0, evals=2)
+    assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
+    model = nn.Linear(4, 4)
+    hidden = nn.Sequential(nn.Linear(4, 4), model)
+    opt = training.MatrixMuon(training.route_parameters(hidden), lr=0.1)
+    hidden(torch.ones(2, 4)).sum().backward()
+    opt.zero_grad()
+    assert hidden[0].weight.grad is None
+
+
+def test_benchmark_regmuon_default_routes_and_scales_by_rule():
+    bench = _bench()
+    model = SmallCNN((4, 8), 16)
+    (opt,) = bench.regmuon_default(model)
+    d = bench.PROPOSED_DEFAULTS
+    groups = {g["param_names"][0]: g for g in opt.param_groups}
+    assert [g["algorithm"] for g in groups.values()] == ["regmuon", "regmuon", "adamw"]
+    assert groups["conv1.bias"]["lr"] == d["adamw_lr"]
+    assert tuple(groups["conv1.bias"]["betas"]) == tuple(d["adamw_betas"])
+    assert groups["conv1.weight"]["matrix_view"] == "conv"
+    for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
+        assert groups["conv1.weight"][key] == groups["fc.weight"][key] == d[key], key
+    # spectral: one group per matrix, lr · √(fan_out / fan_in) with fan_in = in·k·k for convs
+    (opt,) = bench.regmuon_default(model, lr=0.02, adjust_lr="spectral")
+    lrs = {g["param_names"][0]: g["lr"] for g in opt.param_groups if g["algorithm"] == "regmuon"}
+    assert lrs == pytest.approx(
+        {
+            "conv1.weight": 0.02 * math.sqrt(4 / 9),
+            "conv2.weight": 0.02 * math.sqrt(8 / 36),
+            "fc.weight": 0.02 * math.sqrt(16 / 128),
+        }
+    )
+    assert all(g["adjust_lr"] == "none" for g in opt.param_groups)
+
+
+def test_benchmark_one_lr_for_every_task():
+    bench = _bench()
+    prof = bench.PROFILES["smoke"]  # tasks gpt2, sort
+    sweeps = {
+        "gpt2/x": {"lrs": [0.01, 0.02, 0.04], "val": [1.0, 1.5, 2.0]},
+        "sort/x": {"lrs": [0.01, 0.02, 0.04], "val": [0.19, 0.15, 0.1]},
+    }
+    r = bench.one_lr(sweeps, prof, "x")
+    assert r["best_lr"] == {"gpt2": 0.01, "sort": 0.04}
+    # regrets 0.01 -> (0, 0.9), 0.02 -> (0.5, 0.5), 0.04 -> (1, 0): the smallest *worst* regret
+    # is at 0.02 (the smallest mean would be 0.01)
+    assert r["single_lr"] == 0.02 and r["worst_regret"] == pytest.approx(0.5)
+    assert r["regret"]["0.01"] == pytest.approx({"gpt2": 0.0, "sort": 0.9})
+    # in units of each task's seed noise: z = (0, 9), (0.5, 5), (1, 0) -> 0.04
+    r = bench.one_lr(sweeps, prof, "x", noise={"gpt2": 1.0, "sort": 0.01})
+    assert r["criterion"] == "z" and r["single_lr"] == 0.04
+    assert r["worst_z"] == pytest.approx(1.0) and r["z"]["0.02"]["sort"] == pytest.approx(5.0)
+    sweeps["sort/x"]["val"][0] = None  # a missing run: no answer yet
+    assert bench.one_lr(sweeps, prof, "x") is None

@@ -1,0 +1,35 @@
+"""A small convolutional network for the 8x8 digits (conv kernels are matrices for RegMuon)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["SmallCNN"]
+
+
+class SmallCNN(nn.Module):
+    """``x: [B, 64]`` or ``[B, 1, 8, 8]`` -> logits ``[B, n_classes]``.
+
+    ``conv1`` (3x3, ``channels[0]``) -> ReLU -> ``conv2`` (3x3, ``channels[1]``) -> ReLU ->
+    2x2 max-pool -> ``fc`` (``hidden``) -> ReLU -> ``head``. Conv kernels ``[out, in, 3, 3]``
+    are ``out x (in·9)`` matrices for a matrix optimizer; ``head`` is the output layer.
+    """
+
+    def __init__(
+        self, channels: tuple[int, int] = (16, 32), hidden: int = 64, n_classes: int = 10
+    ) -> None:
+        super().__init__()
+        c1, c2 = channels
+        for name, v in (("channels[0]", c1), ("channels[1]", c2), ("hidden", hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SmallCNN: {name} must be an int >= 1, got {v!r}")
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.fc = nn.Linear(c2 * 16, hidden)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(-1, 1, 8, 8)
+        x = nn.functional.relu(self.conv1(x))
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)  # [B, c2, 4, 4]
+        return self.head(nn.functional.relu(self.fc(x.flatten(1))))
