@@ -9,9 +9,9 @@ Tasks (``muonflow.training``; data offline, deterministic by seed; one torch thr
               ``[E, m, n]``, char-level LM on the same text.
 
 Arms
-    ``regmuon_default``  RegMuon at :data:`PROPOSED_DEFAULTS`, parameters routed by structure
-                         (:func:`regmuon_default`; nothing tuned, the same for every task).
-    ``regmuon_tuned``    the same with its lr swept (the other knobs at the defaults).
+    ``regmuon_default``  ``RegMuon(model)``: the library's defaults (:data:`PROPOSED_DEFAULTS`
+                         mirrors them), routed by structure; nothing tuned, the same everywhere.
+    ``regmuon_tuned``    RegMuon at :data:`STUDY_CENTRE` with its lr swept.
     ``muon``             torch.optim.Muon (torch's defaults: EMA momentum 0.95, Nesterov,
                          bf16 NS5, ``adjust_lr_fn="original"``) on the hidden matrices — each
                          expert of a stack and each conv kernel as its own 2-D matrix
@@ -19,7 +19,7 @@ Arms
                          the AdamW arm's tuned lr of the task (favours the baseline).
     ``muon_f32``         the same with Newton–Schulz in float32 (:func:`newton_schulz`).
     ``adamw``            torch.optim.AdamW on everything (betas (0.9, 0.999), ϵ 1e-8).
-    ``control``          RegMuon at the defaults with matrix lr 0: the AdamW part alone.
+    ``control``          ``RegMuon(model, lr=0)``: the AdamW part alone.
     No weight decay anywhere; every lr decays linearly to 0; same seed = same initial weights
     and the same minibatches in every arm.
 
@@ -27,7 +27,7 @@ Protocol
     1. lr sweeps on the tuning seeds (``val`` split): a x2 grid ``0.01·2^k`` per arm, extended
        until its optimum is not at an edge (mean of the tuning seeds; a diverged run is +inf).
     2. The defaults study, on the tuning seeds: one-at-a-time alternatives to each knob of
-       :data:`PROPOSED_DEFAULTS` (momentum, Nesterov, ε, ``tol``, the AdamW part's lr and betas),
+       :data:`STUDY_CENTRE` (momentum, Nesterov, ε, ``tol``, the AdamW part's lr and betas),
        the knobs that change the step's size at the best of three lrs (lr/2, lr, 2lr), and the
        lr scaling rule (``adjust_lr``) by an lr sweep at three widths of GPT-2.
     3. Fresh evaluation seeds at the chosen settings for every arm; final ``test`` and
@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from muonflow.optim import RegMuon
+from muonflow.optim import DEFAULTS, RegMuon
 from muonflow.training import (
     MatrixMuon,
     Task,
@@ -73,9 +73,16 @@ from muonflow.training import (
     train,
 )
 
-#: RegMuon's proposed defaults (the evidence is in docs/benchmark-training.md). The optimizer's
-#: own defaults are to become these; until then :func:`regmuon_default` passes them explicitly.
-PROPOSED_DEFAULTS: dict[str, Any] = {
+#: The knobs the study varies, and RegMuon's defaults of them (``muonflow.optim.DEFAULTS``,
+#: chosen from this benchmark; the evidence is in docs/benchmark-training.md).
+KNOBS = ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr", "adamw_lr",
+         "adamw_betas")  # fmt: skip
+PROPOSED_DEFAULTS: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in KNOBS}
+#: The settings the lr sweeps and the defaults study vary one knob at a time around (and the
+#: width study uses); fixed before the study. Where the study moved a default (``lr`` 0.02 ->
+#: 0.04, ``tol`` 1e-3 -> 1e-2), the two differ; the ``regmuon_default`` arm is
+#: ``RegMuon(model)`` itself, at the library's defaults.
+STUDY_CENTRE: dict[str, Any] = {
     "lr": 0.02,
     "momentum": 0.95,
     "nesterov": True,
@@ -86,20 +93,16 @@ PROPOSED_DEFAULTS: dict[str, Any] = {
     "adamw_lr": 0.02,
     "adamw_betas": (0.9, 0.95),
 }
-#: The settings the defaults study varies one knob at a time around (and the width study
-#: uses); chosen before the study. Where the study moved a default, the two differ.
-STUDY_CENTRE: dict[str, Any] = {**PROPOSED_DEFAULTS}
 
 
-def regmuon_default(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
-    """RegMuon at :data:`PROPOSED_DEFAULTS` (``overrides`` replace some), routed by structure.
+def regmuon_study(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
+    """RegMuon at :data:`STUDY_CENTRE` (``overrides`` replace some), routed by structure.
 
-    Today: explicit groups from :func:`muonflow.training.route_parameters` (embeddings, tied
-    heads, the output layer, raw tables and vectors to AdamW; hidden Linear / HF Conv1D / conv
-    kernels / stacked experts to RegMuon). Once ``RegMuon(model)`` routes by structure with these
-    defaults this is ``[RegMuon(model, **overrides)]``.
+    Explicit groups from :func:`muonflow.training.route_parameters` (the same routing as
+    ``RegMuon(model)``); an :data:`EXTRA_RULES` lr rule becomes one group per matrix with its lr
+    scaled by the rule.
     """
-    kw = {**PROPOSED_DEFAULTS, **overrides}
+    kw = {**STUDY_CENTRE, **overrides}
     kw["adamw_betas"] = tuple(kw["adamw_betas"])
     routes = route_parameters(model)
     groups = regmuon_groups(routes)
@@ -117,6 +120,11 @@ def regmuon_default(model: nn.Module, **overrides: Any) -> list[torch.optim.Opti
                 split.append({**g, "params": [(name, p)], "lr": kw["lr"] * rule(m, n)})
         groups = split
     return [RegMuon(groups, weight_decay=0.0, **kw)]
+
+
+def regmuon_default(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
+    """``RegMuon(model)``: what a user gets out of the box (``overrides``: the control's lr 0)."""
+    return [RegMuon(model, **overrides)]
 
 
 #: lr scaling rules beyond the optimizer's ``ADJUST_LR`` (``rule(fan_out, fan_in)``), applied
@@ -167,7 +175,10 @@ def build_optimizers(spec: dict[str, Any]) -> Callable[[nn.Module], list[torch.o
         return muon
     if arm == "regmuon":
         knobs = {k: v for k, v in spec.items() if k != "arm"}
-        return lambda m: regmuon_default(m, **knobs)
+        return lambda m: regmuon_study(m, **knobs)
+    if arm == "regmuon_default":
+        over = {k: v for k, v in spec.items() if k not in ("arm", "at")}
+        return lambda m: regmuon_default(m, **over)
     raise ValueError(f"unknown arm {arm!r}")
 
 
@@ -300,10 +311,17 @@ def run_key(spec: dict[str, Any]) -> str:
 
 
 def resolved(opt: dict[str, Any]) -> dict[str, Any]:
-    """An ``opt`` spec with RegMuon's defaults filled in (so a cached run is the same run)."""
+    """An ``opt`` spec with RegMuon's settings filled in (so a cached run is the same run).
+
+    ``regmuon``: the study centre's knobs; ``regmuon_default``: the library's defaults are
+    recorded under ``"at"`` (a change of a default is a new run, not a cached one).
+    """
+    if opt["arm"] == "regmuon_default":
+        at = {**PROPOSED_DEFAULTS, "adamw_betas": list(PROPOSED_DEFAULTS["adamw_betas"])}
+        return {**{k: v for k, v in opt.items() if k != "at"}, "at": at}
     if opt["arm"] != "regmuon":
         return opt
-    full = {**PROPOSED_DEFAULTS, **{k: v for k, v in opt.items() if k != "arm"}}
+    full = {**STUDY_CENTRE, **{k: v for k, v in opt.items() if k != "arm"}}
     full["adamw_betas"] = list(full["adamw_betas"])
     return {"arm": "regmuon", **full}
 
@@ -431,12 +449,14 @@ def run_all(store: Store, specs: list[dict[str, Any]], jobs: int, label: str) ->
 
 
 def _differs(k: str, v: Any) -> bool:
-    d = PROPOSED_DEFAULTS.get(k, object())
+    d = STUDY_CENTRE.get(k, object())
     return k == "lr" or (list(d) if isinstance(d, tuple) else d) != v
 
 
 def _fmt_opt(opt: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opt.items())
+    return " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opt.items() if k != "at"
+    )
 
 
 # -- the protocol -----------------------------------------------------------------------------
@@ -543,7 +563,7 @@ def build_sweeps(store: Store, prof: Profile) -> dict[tuple[str, str], Sweep]:
             lambda lr: {"arm": "regmuon", "lr": lr},
             "regmuon",
             prof.tune_seeds,
-            centre=default_k(),
+            centre=default_k(STUDY_CENTRE),
         )
         for label, (arm, part) in MUON_ARMS.items():
             if part == "regmuon":
@@ -623,7 +643,7 @@ def chosen(
         for a in SWEPT
         if (task, a) in sweeps and not sweeps[(task, a)].step(store, prof)
     }
-    arms: dict[str, dict[str, Any]] = {"regmuon_default": {"arm": "regmuon"}}
+    arms: dict[str, dict[str, Any]] = {"regmuon_default": {"arm": "regmuon_default"}}
     if "regmuon" in lr:
         arms["regmuon_tuned"] = {"arm": "regmuon", "lr": lr["regmuon"]}
     for a in MUON_ARMS:
@@ -631,7 +651,7 @@ def chosen(
             arms[a] = sweeps[(task, a)].opt(lr[a])
     if "adamw" in lr:
         arms["adamw"] = {"arm": "adamw", "lr": lr["adamw"]}
-    arms["control"] = {"arm": "regmuon", "lr": 0.0}
+    arms["control"] = {"arm": "regmuon_default", "lr": 0.0}
     if len(arms) < len(ARMS) and not partial:
         return None
     return {a: arms[a] for a in ARMS if a in arms}
@@ -907,8 +927,13 @@ def report(store: Store, prof: Profile, out: Path) -> str:
             "CPU-hours).",
             "",
         ]
-    lines += ["## Proposed defaults", "", "| knob | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in PROPOSED_DEFAULTS.items()]
+    lines += [
+        "## RegMuon's defaults (`muonflow.optim.DEFAULTS`) and the study centre",
+        "",
+        "| knob | default | study centre |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v} | {STUDY_CENTRE[k]} |" for k, v in PROPOSED_DEFAULTS.items()]
     lines += [
         "",
         "## Tuned learning rates (tuning seeds "
@@ -1106,6 +1131,15 @@ COLORS = {
 }
 
 
+#: Arms whose step costs what another timed arm's step costs (same optimizer, other lrs).
+TIMED_AS = {
+    "regmuon_tuned": "regmuon_default",
+    "control": "regmuon_default",
+    "muon_awlr": "muon",
+    "muon_f32_awlr": "muon_f32",
+}
+
+
 def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -1117,22 +1151,27 @@ def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
         fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 2.8 * len(tasks)), squeeze=False)
         for i, task in enumerate(tasks):
             res = a["tasks"][task]
+            ms = (store.data["timing"].get(task) or {}).get("median_ms", {})
             for arm, e in res["arms"].items():
                 runs = [store.get(make_spec(task, prof, s, e["opt"])) for s in prof.eval_seeds]
                 if any(r is None or r["diverged"] for r in runs):
                     continue
                 steps = [p[0] for p in runs[0]["curve"]]
                 val = [statistics.fmean(r["curve"][j][1] for r in runs) for j in range(len(steps))]
-                wall = [
-                    statistics.fmean(r["curve_wall"][j] for r in runs) for j in range(len(steps))
-                ]
                 kw = {"color": COLORS[arm], "label": arm, "lw": 1.2}
                 axes[i][0].plot(steps, val, **kw)
-                axes[i][1].plot(wall, val, **kw)
+                # time axis: steps x the arm's median step time, measured interleaved with the
+                # other arms in one process (each run's own clock saw whatever else ran then)
+                per_ms = ms.get(TIMED_AS.get(arm, arm))
+                if per_ms is not None:
+                    axes[i][1].plot([k * per_ms / 1e3 for k in steps], val, **kw)
             axes[i][0].set(
                 title=f"{task}: val loss vs step (mean of seeds)", xlabel="step", ylabel="val loss"
             )
-            axes[i][1].set(title=f"{task}: val loss vs training wall-clock", xlabel="seconds")
+            axes[i][1].set(
+                title=f"{task}: val loss vs training time",
+                xlabel="seconds (steps × interleaved median step time)",
+            )
             for ax in axes[i]:
                 lo = min(_num(e.get("val_loss", (math.inf,))[0]) for e in res["arms"].values())
                 hi = res["arms"]["control"].get("val_loss", (lo + 1,))[0]
@@ -1240,7 +1279,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{path} exists: pass --resume to continue it (or choose another --out)")
     args.out.mkdir(parents=True, exist_ok=True)
     store = Store(path, args.profile)
-    default_k()  # validates the proposed lrs before any run
+    default_k(PROPOSED_DEFAULTS)  # validates the lrs before any run
     default_k(STUDY_CENTRE)
     torch.set_num_threads(1)
     if threading.current_thread() is threading.main_thread():

@@ -20,7 +20,7 @@ from torch import nn
 import muonflow as mf
 from muonflow import optim as mf_optim
 from muonflow.dynamics import HamiltonianFlow, integrate
-from muonflow.optim import RegMuon, default_adamw_rule, matrix_shape
+from muonflow.optim import DEFAULTS, RegMuon, default_adamw_rule, matrix_shape
 from muonflow.optim import functional as mf_functional
 
 F64 = torch.float64
@@ -544,7 +544,7 @@ def test_routing_of_a_whole_model():
         "head.weight": "adamw",
         "head.bias": "adamw",
     }
-    assert [g["lr"] for g in opt.param_groups] == [0.02, 1e-3]
+    assert [g["lr"] for g in opt.param_groups] == [DEFAULTS.lr, DEFAULTS.adamw_lr]
     # Predicates and patterns; unnamed parameters see name None.
     opt = RegMuon(model.named_parameters(), adamw=[r"^fc2\."])
     assert "embed.weight" in opt.param_groups[0]["param_names"]

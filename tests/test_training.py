@@ -14,6 +14,7 @@ from torch import nn
 from muonflow import training
 from muonflow.cli import main
 from muonflow.models import SmallCNN, SortTransformer
+from muonflow.optim import DEFAULTS
 
 
 @pytest.fixture(scope="module")
@@ -420,20 +421,36 @@ def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task
     assert hidden[0].weight.grad is None
 
 
-def test_benchmark_regmuon_default_routes_and_scales_by_rule():
+def test_benchmark_default_arm_is_regmuon_out_of_the_box_and_the_study_routes_alike():
+    """Mutants: a default arm that passes its own settings (it would not be what users get), a
+    study arm routed differently from ``RegMuon(model)``."""
     bench = _bench()
     model = SmallCNN((4, 8), 16)
     (opt,) = bench.regmuon_default(model)
     d = bench.PROPOSED_DEFAULTS
-    groups = {g["param_names"][0]: g for g in opt.param_groups}
-    assert [g["algorithm"] for g in groups.values()] == ["regmuon", "regmuon", "adamw"]
-    assert groups["conv1.bias"]["lr"] == d["adamw_lr"]
-    assert tuple(groups["conv1.bias"]["betas"]) == tuple(d["adamw_betas"])
-    assert groups["conv1.weight"]["matrix_view"] == "conv"
+    assert d == {k: getattr(DEFAULTS, k) for k in bench.KNOBS}
+    by_algo = {g["algorithm"]: g for g in opt.param_groups}
+    assert by_algo["adamw"]["lr"] == DEFAULTS.adamw_lr
+    assert tuple(by_algo["adamw"]["betas"]) == tuple(DEFAULTS.adamw_betas)
     for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
-        assert groups["conv1.weight"][key] == groups["fc.weight"][key] == d[key], key
+        assert by_algo["regmuon"][key] == getattr(DEFAULTS, key), key
+    default_route = {n: g["algorithm"] for g in opt.param_groups for n in g["param_names"]}
+    (study,) = bench.regmuon_study(model)
+    groups = {g["param_names"][0]: g for g in study.param_groups}
+    assert {n: g["algorithm"] for g in study.param_groups for n in g["param_names"]} == (
+        default_route
+    )
+    assert groups["conv1.weight"]["matrix_view"] == "conv"
+    assert groups["conv1.weight"]["lr"] == bench.STUDY_CENTRE["lr"]
+    assert groups["conv1.weight"]["tol"] == bench.STUDY_CENTRE["tol"]
+    # the control: the default arm with the matrix lr 0
+    (ctrl,) = bench.build_optimizers(bench.resolved({"arm": "regmuon_default", "lr": 0.0}))(model)
+    assert {g["algorithm"]: g["lr"] for g in ctrl.param_groups} == {
+        "regmuon": 0.0,
+        "adamw": DEFAULTS.adamw_lr,
+    }
     # spectral: one group per matrix, lr · √(fan_out / fan_in) with fan_in = in·k·k for convs
-    (opt,) = bench.regmuon_default(model, lr=0.02, adjust_lr="spectral")
+    (opt,) = bench.regmuon_study(model, lr=0.02, adjust_lr="spectral")
     lrs = {g["param_names"][0]: g["lr"] for g in opt.param_groups if g["algorithm"] == "regmuon"}
     assert lrs == pytest.approx(
         {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ._deps import missing_repro
 from .experiments.base import PROFILES
+from .optim.defaults import DEFAULTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, required=True)
     train.add_argument("--steps", type=int, required=True)
     train.add_argument("--lr", type=float, required=True, help="lr of the hidden matrices")
-    train.add_argument("--eps", type=float, default=0.03, help="RegMuon's relative ε")
-    train.add_argument("--adamw-lr", type=float, default=3e-3, help="lr of the AdamW part")
+    train.add_argument(
+        "--eps", type=float, default=DEFAULTS.eps, help="RegMuon's relative ε (%(default)s)"
+    )
+    train.add_argument(
+        "--adamw-lr",
+        type=float,
+        default=DEFAULTS.adamw_lr,
+        help="lr of the AdamW part of muon/regmuon (%(default)s, RegMuon's default)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", type=Path, help="write the JSON here (default: stdout)")
     return ap

@@ -3,7 +3,9 @@
 :class:`~muonflow.optim.RegMuon` and the functional kernels :func:`~muonflow.optim.regmuon` /
 :func:`~muonflow.optim.adamw` read their defaults from :data:`DEFAULTS`, so changing a default
 is a one-line edit here (and shows in both signatures). Where each value comes from is said
-next to it; the benchmark that settles them is described in ``docs/optimizer.md``.
+next to it; the benchmark that settles them (``benchmarks/bench_training.py``: GPT-2, an
+``nn.TransformerEncoder`` sorter, a CNN and a mixture-of-experts LM) and its tables are in
+``docs/benchmark-training.md``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ __all__ = ["DEFAULTS", "RegMuonDefaults"]
 class RegMuonDefaults:
     """Default options of RegMuon (see :class:`~muonflow.optim.RegMuon` for their meaning)."""
 
-    #: ``η`` of the matrices (before the shape factor ``ρ(m, n)`` of ``adjust_lr``).
-    lr: float = 0.02
-    #: ``β`` of the momentum.
+    #: ``η`` of the matrices (before the shape factor ``ρ(m, n)`` of ``adjust_lr``): the best
+    #: lr of the lr sweeps on the three transformer tasks and at GPT-2 widths 32, 64 and 128
+    #: (small CNNs want ~0.005; see the benchmark's notes).
+    lr: float = 0.04
+    #: ``β`` of the momentum (0.9 and 0.98 lost to 0.95 in the study).
     momentum: float = 0.95
     #: ``ε``: relative (``eps_mode="relative"``) 0.03 of the RMS singular value: the best
     #: compromise of the ε sweep in ``benchmarks/train_quality.py``.
@@ -28,20 +32,23 @@ class RegMuonDefaults:
     potential: str = "relativistic"
     #: ``"sum"``: the paper's momentum ``M ← βM + g`` (``"ema"``: torch.optim.Muon's).
     momentum_form: str = "sum"
-    nesterov: bool = False
+    #: Nesterov's look-ahead (as torch.optim.Muon); better on every task of the study.
+    nesterov: bool = True
     #: decoupled weight decay ``λ`` of both parts.
     weight_decay: float = 0.0
     #: key of :data:`~muonflow.optim.ADJUST_LR`: ``√max(1, m/n)`` (Keller Jordan's Muon).
     adjust_lr: str = "original"
-    #: relative accuracy of the map: loose enough for the fast matmul-only path.
-    tol: float | None = 1e-3
+    #: relative accuracy of the map: 1e-2 trains as well as 1e-3 (the study) and lets the
+    #: matmul-only path stop earlier (``benchmarks/bench_fast_map.py``).
+    tol: float | None = 1e-2
     method: str = "auto"
     #: for parameters given without a module (with a module, each layer type says).
     layout: str = "out_in"
     matrix_view: str = "auto"
-    #: the built-in AdamW (embeddings, output layer, vectors, direct parameters).
-    adamw_lr: float = 1e-3
-    adamw_betas: tuple[float, float] = (0.9, 0.999)
+    #: the built-in AdamW (embeddings, output layer, vectors, direct parameters): lr 0.02
+    #: and β₂ 0.95 won the study (0.005, 0.01, 0.04; β₂ 0.999).
+    adamw_lr: float = 0.02
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
     adamw_eps: float = 1e-8
     #: what a step does with a NaN/Inf gradient: ``"raise"`` or ``"skip"``.
     on_nonfinite: str = "raise"
