@@ -124,7 +124,7 @@ def test_chunks_never_split_a_matrix(map_calls):
         assert [c[0] for c in map_calls] == ([3] if cap is None else [1, 1, 1])
         outs.append(W)
     for a, b in zip(*outs, strict=True):
-        # batched vs single LAPACK calls: a few u per entry through κ ≈ 7, step 0.02·√1.5
+        # batched vs single LAPACK calls: a few u per entry through κ ≈ 7, step ≤ 0.1
         assert torch.allclose(a, b, rtol=0, atol=64 * 8 * U64)
 
 
