@@ -1131,6 +1131,17 @@ COLORS = {
 }
 
 
+def _points(sweep: dict[str, Any] | None) -> list[tuple[float, float]]:
+    """The ``(lr, val)`` points of a sweep summary whose runs finished (finite val)."""
+    if sweep is None:
+        return []
+    return [
+        (lr, v)
+        for lr, v in zip(sweep["lrs"], sweep["val"], strict=True)
+        if v is not None and math.isfinite(v)
+    ]
+
+
 #: Arms whose step costs what another timed arm's step costs (same optimizer, other lrs).
 TIMED_AS = {
     "regmuon_tuned": "regmuon_default",
@@ -1188,19 +1199,14 @@ def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
         )
         for j, task in enumerate(prof.tasks):
             ax = axes[0][j]
+            task_vals: list[float] = []
             for arm in SWEPT:
-                sw = sweeps.get(f"{task}/{arm}")
-                if sw is None:
-                    continue
-                pts = [
-                    (lr, v)
-                    for lr, v in zip(sw["lrs"], sw["val"], strict=True)
-                    if v is not None and math.isfinite(v)
-                ]
+                pts = _points(sweeps.get(f"{task}/{arm}"))
                 if pts:
                     ax.plot(
                         *zip(*pts, strict=True), "o-", ms=3, label=arm, color=COLORS.get(arm, "C1")
                     )
+                    task_vals += [v for _, v in pts]
             ax.axvline(PROPOSED_DEFAULTS["lr"], color="C3", ls=":", lw=1)
             ax.set(
                 xscale="log",
@@ -1208,22 +1214,8 @@ def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
                 xlabel="lr",
                 ylabel="val loss (tuning seeds)",
             )
-            vals = [
-                v
-                for sw in sweeps.values()
-                if sw["val"]
-                for v in sw["val"]
-                if v is not None and math.isfinite(v)
-            ]
-            if vals:
-                best = min(
-                    v
-                    for arm in SWEPT
-                    if (sw := sweeps.get(f"{task}/{arm}"))
-                    for v in sw["val"]
-                    if v is not None and math.isfinite(v)
-                )
-                ax.set_ylim(best - 0.05, best + 1.0)
+            if task_vals:
+                ax.set_ylim(min(task_vals) - 0.05, min(task_vals) + 1.0)
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "bench_training_sweeps.png", dpi=80)
@@ -1235,14 +1227,7 @@ def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
         for j, rule in enumerate(rules):
             ax = axes[0][j]
             for i, d in enumerate(prof.widths):
-                sw = width.get(f"{WIDTH_TASK}/width{d}/{rule}")
-                if sw is None:
-                    continue
-                pts = [
-                    (lr, v)
-                    for lr, v in zip(sw["lrs"], sw["val"], strict=True)
-                    if v is not None and math.isfinite(v)
-                ]
+                pts = _points(width.get(f"{WIDTH_TASK}/width{d}/{rule}"))
                 if pts:
                     ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=f"d={d}", color=f"C{i}")
             ax.set(xscale="log", title=f"adjust_lr={rule}", xlabel="lr", ylabel="val loss")

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import sys
 import tempfile
 import time
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawned import exit_now, spawn
 
 import muonflow as mf
 from muonflow import distributed as mfd
@@ -226,47 +224,15 @@ def _failing_rank(rank: int, out_dir: str) -> None:
                os.path.join(out_dir, f"fail{rank}.pt"))  # fmt: skip
 
 
-def _exit_now() -> None:
-    """End a worker whose results are saved without running the process group's destructors.
-
-    The last check of the job breaks the group on purpose, and at interpreter exit gloo's
-    threads can race a dead peer's sockets and abort the process (``terminate called without
-    an active exception``) after every result was written. An exception in the worker still
-    reaches the parent as a failure: this runs only when the worker returned.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _main_worker(rank: int, port: int, out_dir: str) -> None:
     _main_worker_body(rank, port, out_dir)
-    _exit_now()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(fn: Any, out_dir: str) -> None:
-    ctx = mp.start_processes(fn, args=(_free_port(), out_dir), nprocs=WORLD, join=False,
-                             start_method="spawn")  # fmt: skip
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the spawned process group did not finish in {JOIN_TIMEOUT_S} s")
+    exit_now()
 
 
 @pytest.fixture(scope="module")
 def main_results() -> Any:
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.monotonic()
-        _spawn(_main_worker, d)
-        wall = time.monotonic() - t0
+        wall = spawn(_main_worker, WORLD, d, JOIN_TIMEOUT_S)
 
         def load(name: str) -> Any:
             return torch.load(os.path.join(d, name), weights_only=False)

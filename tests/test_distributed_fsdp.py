@@ -27,8 +27,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
-import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +35,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawned import exit_now, spawn
 
 import muonflow as mf
 from muonflow import distributed as mfd
@@ -391,41 +389,9 @@ def _worker_body(rank: int, port: int, out_dir: str) -> None:
             torch.save(fail, os.path.join(out_dir, f"fail_rank{rank}.pt"))
 
 
-def _exit_now() -> None:
-    """End a worker whose results are saved without running the process group's destructors.
-
-    The last check of the job breaks the group on purpose, and at interpreter exit gloo's
-    threads can race a dead peer's sockets and abort the process (``terminate called without
-    an active exception``) after every result was written. An exception in the worker still
-    reaches the parent as a failure: this runs only when the worker returned.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
     _worker_body(rank, port, out_dir)
-    _exit_now()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(out_dir: str) -> float:
-    t0 = time.monotonic()
-    ctx = mp.start_processes(_worker, args=(_free_port(), out_dir), nprocs=3, join=False,
-                             start_method="spawn")  # fmt: skip
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the spawned 3-process job did not finish in {JOIN_TIMEOUT_S} s")
-    return time.monotonic() - t0
+    exit_now()
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +404,7 @@ def runs() -> Any:
         msd, osd = get_state_dict(model, opt)
         torch.save({"model": msd, "optim": osd, "plain_optim": opt.state_dict()},
                    os.path.join(d, "one_process.pt"))  # fmt: skip
-        wall = _spawn(d)
+        wall = spawn(_worker, 3, d, JOIN_TIMEOUT_S)
 
         def load(name: str) -> Any:
             return torch.load(os.path.join(d, name), weights_only=False)
