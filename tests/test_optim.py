@@ -919,42 +919,7 @@ def test_group_overrides_are_validated():
 
 
 # -- integration: compile, devices ---------------------------------------------------------------
-# Dynamo itself reads ``.grad`` of the (non-leaf) loss while building the resume frame after
-# the graph break at ``opt.step()``; torch's warning about that is not about this code.
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
-def test_compiled_training_step_matches_eager():
-    """torch.compile of a whole training step (fwd, bwd, opt.step) runs; step stays eager.
-
-    aot_eager keeps the test fast (inductor works the same but compiles C++ for ~40 s on
-    2 CPU cores). The compiled forward/backward may fuse ops differently: float32 results
-    agree to 5 steps · 64 u · κ(≈10) relative to the weights.
-    """
-    results = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)
-        )
-        opt = RegMuon(model.named_parameters(), lr=0.02)
-        x, y = torch.randn(32, 8), torch.randn(32, 4)
-
-        def train_step(x, y, model=model, opt=opt):
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-
-        fn = torch.compile(train_step, backend="aot_eager") if compiled else train_step
-        for _ in range(5):
-            opt.zero_grad()
-            fn(x, y)
-        results.append([p.detach().clone() for p in model.parameters()])
-    torch._dynamo.reset()
-    u32 = unit_roundoff(torch.float32)
-    for a, b in zip(*results, strict=True):
-        assert amax(a - b) <= 5 * 64 * 10 * u32 * max(1.0, amax(b))
-
-
+# (A compiled training step is tested in test_optim_ecosystem.py.)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     """One float64 step of the toy model on CUDA equals the CPU step (64 u · κ(≈10) · |W|)."""
