@@ -17,7 +17,7 @@ Arms
                          expert of a stack and each conv kernel as its own 2-D matrix
                          (``MatrixMuon``) — plus torch.optim.AdamW on the rest at a fixed lr:
                          the AdamW arm's tuned lr of the task (favours the baseline).
-    ``muon_f32``         the same with Newton–Schulz in float32 (:func:`newton_schulz`).
+    ``muon_f32``         the same with Newton–Schulz in float32.
     ``adamw``            torch.optim.AdamW on everything (betas (0.9, 0.999), ϵ 1e-8).
     ``control``          ``RegMuon(model, lr=0)``: the AdamW part alone.
     No weight decay anywhere; every lr decays linearly to 0; same seed = same initial weights
@@ -63,15 +63,7 @@ import torch
 from torch import nn
 
 from muonflow.optim import DEFAULTS, RegMuon
-from muonflow.training import (
-    MatrixMuon,
-    Task,
-    make_task,
-    newton_schulz_f32,
-    regmuon_groups,
-    route_parameters,
-    train,
-)
+from muonflow.training import MatrixMuon, Task, make_task, routed, train
 
 #: The knobs the study varies, and RegMuon's defaults of them (``muonflow.optim.DEFAULTS``,
 #: chosen from this benchmark; the evidence is in docs/benchmark-training.md).
@@ -96,59 +88,15 @@ STUDY_CENTRE: dict[str, Any] = {
 
 
 def regmuon_study(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
-    """RegMuon at :data:`STUDY_CENTRE` (``overrides`` replace some), routed by structure.
-
-    Explicit groups from :func:`muonflow.training.route_parameters` (the same routing as
-    ``RegMuon(model)``); an :data:`EXTRA_RULES` lr rule becomes one group per matrix with its lr
-    scaled by the rule.
-    """
+    """``RegMuon(model)`` at :data:`STUDY_CENTRE` (``overrides`` replace some)."""
     kw = {**STUDY_CENTRE, **overrides}
     kw["adamw_betas"] = tuple(kw["adamw_betas"])
-    routes = route_parameters(model)
-    groups = regmuon_groups(routes)
-    rule = EXTRA_RULES.get(kw["adjust_lr"])
-    if rule is not None:  # one group per matrix, its lr scaled by the rule
-        kw["adjust_lr"] = "none"
-        kind = {r.name: r.kind for r in routes}
-        split = []
-        for g in groups:
-            if g["algorithm"] != "regmuon":
-                split.append(g)
-                continue
-            for name, p in g["params"]:
-                _, m, n = _out_in(kind[name], p.shape)
-                split.append({**g, "params": [(name, p)], "lr": kw["lr"] * rule(m, n)})
-        groups = split
-    return [RegMuon(groups, weight_decay=0.0, **kw)]
+    return [RegMuon(model, weight_decay=0.0, **kw)]
 
 
 def regmuon_default(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
     """``RegMuon(model)``: what a user gets out of the box (``overrides``: the control's lr 0)."""
     return [RegMuon(model, **overrides)]
-
-
-#: lr scaling rules beyond the optimizer's ``ADJUST_LR`` (``rule(fan_out, fan_in)``), applied
-#: as per-matrix group lrs with ``adjust_lr="none"``. ``spectral``: √(fan_out/fan_in), the
-#: spectral condition of µP (Yang, Simon & Bernstein 2023) — ``original`` without its max(1, ·).
-EXTRA_RULES: dict[str, Callable[[int, int], float]] = {
-    "spectral": lambda m, n: math.sqrt(m / n),
-}
-
-
-def _out_in(kind: str, shape: torch.Size) -> tuple[int, int, int]:
-    """``(count, fan_out, fan_in)`` of a matrix parameter of a route ``kind``."""
-    if kind == "stacked":
-        return math.prod(shape[:-2]), shape[-2], shape[-1]
-    if kind == "conv":
-        return 1, shape[0], math.prod(shape[1:])
-    if kind == "conv1d":
-        return 1, shape[1], shape[0]
-    return 1, shape[0], shape[1]
-
-
-def newton_schulz(grad: torch.Tensor, coeffs: Any, steps: int, eps: float) -> torch.Tensor:
-    """The float32 Newton–Schulz of the ``muon_f32`` arm (torch's NS5 with float32 for bf16)."""
-    return newton_schulz_f32(grad, coeffs, steps, eps)
 
 
 def build_optimizers(spec: dict[str, Any]) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
@@ -157,20 +105,16 @@ def build_optimizers(spec: dict[str, Any]) -> Callable[[nn.Module], list[torch.o
     if arm == "adamw":
         return lambda m: [torch.optim.AdamW(m.parameters(), lr=spec["lr"], weight_decay=0.0)]
     if arm in ("muon", "muon_f32"):
-        ns = newton_schulz if arm == "muon_f32" else None
+        ns_dtype = torch.float32 if arm == "muon_f32" else None
 
         def muon(model: nn.Module) -> list[torch.optim.Optimizer]:
-            routes = route_parameters(model)
-            rest = [r.param for r in routes if r.to == "adamw"]
+            matrices, rest = routed(model)  # RegMuon's routing: the same matrices
             return [
-                MatrixMuon(routes, newton_schulz=ns, lr=spec["lr"], weight_decay=0.0),
-                torch.optim.AdamW(
-                    rest,
-                    lr=spec["adamw_lr"],
-                    betas=tuple(spec.get("adamw_betas", (0.9, 0.999))),
-                    weight_decay=0.0,
-                ),
-            ]
+                MatrixMuon(matrices, ns_dtype=ns_dtype, lr=spec["lr"], weight_decay=0.0),
+                torch.optim.AdamW(rest, lr=spec["adamw_lr"],
+                                  betas=tuple(spec.get("adamw_betas", (0.9, 0.999))),
+                                  weight_decay=0.0),
+            ]  # fmt: skip
 
         return muon
     if arm == "regmuon":

@@ -178,55 +178,37 @@ def test_sort_task_targets_and_chance():
         model(torch.zeros(3, 9, dtype=torch.long))
 
 
-def _kinds(model):
-    return {r.name: (r.to, r.kind) for r in training.route_parameters(model)}
+@pytest.mark.parametrize("name", ["digits", "cnn", "gpt2", "moe", "sort"])
+def test_every_arm_routes_as_regmuon_model_does(name):
+    """One router: the Muon arms see exactly the matrices RegMuon(model) maps (one 2-D view per
+    matrix of its view: experts, packed q/k/v, conv kernels), and share its AdamW part.
+
+    Mutant caught: a second router in the training module (in_proj_weight as one matrix, RNN
+    weights to AdamW, the output layer found differently) makes the counts differ.
+    """
+    if name == "gpt2":
+        pytest.importorskip("transformers")
+    model = training.make_task(name, **TINY_TASKS.get(name, {})).make_model()
+    (reg,) = training.make_optimizers("regmuon", model, lr=0.01)
+    expected = sum(r.matrices[0] for r in reg.routing.routes if r.algorithm == "regmuon")
+    muon, adamw = training.make_optimizers("muon", model, lr=0.01)
+    assert len(muon.param_groups[0]["params"]) == expected > 0
+    adamw_part = next(g for g in reg.param_groups if g["algorithm"] == "adamw")["params"]
+    assert [id(p) for p in adamw.param_groups[0]["params"]] == [id(p) for p in adamw_part]
+    assert adamw.param_groups[0]["betas"] == reg.defaults["betas"]
 
 
-def test_routing_gpt2_tied_head_and_conv1d():
-    pytest.importorskip("transformers")
-    from transformers import GPT2LMHeadModel
+def test_train_regmuon_is_regmuon_model_out_of_the_box(digits_task):
+    """``muonflow train --optimizer regmuon`` at the default lr is ``RegMuon(model)``, bit for bit.
 
-    model = GPT2LMHeadModel(training.gpt2_config(d_model=16, n_layers=1, block=16))
-    assert model.lm_head.weight is model.transformer.wte.weight
-    k = _kinds(model)
-    assert k["transformer.wte.weight"] == ("adamw", "tied")
-    assert k["transformer.wpe.weight"] == ("adamw", "embedding")
-    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-        assert k[f"transformer.h.0.{name}.weight"] == ("matrix", "conv1d")
-        assert k[f"transformer.h.0.{name}.bias"] == ("adamw", "vector")
-    assert sum(to == "matrix" for to, _ in k.values()) == 4
+    Mutant caught: a training arm with its own options (AdamW betas (0.9, 0.999), AdamW lr
+    3e-3, its own routing) changes the losses.
+    """
+    from muonflow.optim import DEFAULTS, RegMuon
 
-
-def test_routing_sort_cnn_moe():
-    k = _kinds(SortTransformer(16, 8, d_model=16, d_ff=32))
-    assert k["pos"] == ("adamw", "raw")
-    assert k["embed.weight"] == ("adamw", "embedding")
-    assert k["head.weight"] == ("adamw", "output")
-    assert k["encoder.layers.0.self_attn.in_proj_weight"] == ("matrix", "linear")
-    assert k["encoder.layers.1.linear2.weight"] == ("matrix", "linear")
-    assert sum(to == "matrix" for to, _ in k.values()) == 8  # 4 per encoder layer
-    k = _kinds(SmallCNN((4, 8), 16))
-    assert k["conv1.weight"] == k["conv2.weight"] == ("matrix", "conv")
-    assert k["fc.weight"] == ("matrix", "linear")
-    assert k["head.weight"] == ("adamw", "output")
-    model = training.make_task("moe", **TINY_TASKS["moe"]).make_model()
-    k = _kinds(model)
-    assert k["blocks.0.mlp.w1"] == k["blocks.1.mlp.router"] == ("matrix", "stacked")
-    assert k["head.weight"] == ("adamw", "output")
-    assert k["pos_embed.weight"] == ("adamw", "embedding")
-    summary = training.routing_summary(training.route_parameters(model))
-    assert "blocks.0.mlp.w1" in summary and "10 matrices, 13 to AdamW" in summary
-
-
-def test_regmuon_groups_see_each_kind_as_regmuon_must():
-    routes = training.route_parameters(SmallCNN((4, 8), 16))
-    groups = training.regmuon_groups(routes, lr=1e-3)
-    assert [(g["algorithm"], g.get("matrix_view"), len(g["params"])) for g in groups] == [
-        ("regmuon", None, 1),  # fc
-        ("regmuon", "conv", 2),
-        ("adamw", None, 5),
-    ]
-    assert groups[-1]["lr"] == 1e-3
+    a = training.train(digits_task, "regmuon", lr=DEFAULTS.lr, steps=6, seed=0, evals=2)
+    b = training.train(digits_task, lambda m: [RegMuon(m)], steps=6, seed=0, evals=2)
+    assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
 
 
 def _ns_reference(G, steps=5):
@@ -243,23 +225,48 @@ def _ns_reference(G, steps=5):
 
 
 @pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
-def test_newton_schulz_f32_is_torchs_iteration_in_float32(gen, shape):
+def test_float32_muon_arm_is_torchs_muon_with_float32_newton_schulz(gen, shape, monkeypatch):
+    """The ``muon_f32`` arm is torch.optim.Muon's arithmetic with Newton–Schulz in float32.
+
+    Against torch's own step with its bf16 Newton–Schulz swapped (in this test only) for the
+    float32 one: bit-identical. The float32 iteration is within float32 round-off of torch's
+    iteration in float64 and the bf16 one is not (so the arm really changes precision).
+    """
+    import torch.optim._muon as muon_module
     from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+    from muonflow.optim import Route
+    from muonflow.polar import newton_schulz
 
     G = torch.randn(shape, generator=gen)
     coeffs = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
-    X = training.newton_schulz_f32(G, coeffs, 5, 1e-7)
-    assert X.dtype == torch.float32
+    X = newton_schulz(G, 5, coeffs, eps=1e-7, dtype=torch.float32)
     ref = _ns_reference(G)
     # 5 steps of degree-5 polynomials with |p'| <= ~4: float32 round-off amplified by at
     # most ~4^5 · u32 per entry; 1e-3 leaves room, and bf16 (u = 2^-9) exceeds it.
     assert float((X - ref).abs().max()) < 1e-3
     bf16 = _zeropower_via_newtonschulz(G, coeffs, 5, 1e-7).float()
-    assert float((bf16 - ref).abs().max()) > 1e-3  # the f32 version is not the bf16 one
+    assert float((bf16 - ref).abs().max()) > 1e-3
+    W0 = torch.randn(shape, generator=gen)
+    grads = [torch.randn(shape, generator=gen) for _ in range(2)]
+    ours = nn.Parameter(W0.clone())
+    route = Route("w", shape, "regmuon", "hidden matrix", "", "batch", "out_in")
+    opt = training.MatrixMuon([(route, ours)], ns_dtype=torch.float32, lr=0.1, weight_decay=0.1)
+    theirs = nn.Parameter(W0.clone())
+    ref_opt = torch.optim.Muon([theirs], lr=0.1, weight_decay=0.1)
+    monkeypatch.setattr(muon_module, "_zeropower_via_newtonschulz",
+                        lambda g, c, s, e: newton_schulz(g, s, c, eps=e, dtype=torch.float32))
+    for g in grads:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    assert torch.equal(ours.detach(), theirs.detach())
 
 
 def test_matrix_muon_equals_torch_muon_on_separate_matrices(gen):
-    """Views of a stack / conv kernel / Conv1D weight get exactly torch's per-matrix update."""
+    """Views of a stack / conv kernel / Conv1D weight / packed q,k,v get exactly torch's
+    per-matrix update (regression against torch's own optimizer)."""
+    from muonflow.optim import Route
 
     def muon_step(params, grads):
         opt = torch.optim.Muon(params, lr=0.1, weight_decay=0.0)
@@ -271,30 +278,36 @@ def test_matrix_muon_equals_torch_muon_on_separate_matrices(gen):
     stack = nn.Parameter(torch.randn(3, 5, 7, generator=gen))
     conv = nn.Parameter(torch.randn(6, 2, 3, 3, generator=gen))
     lin = nn.Parameter(torch.randn(4, 9, generator=gen))  # an HF Conv1D weight [in, out]
-    routes = [
-        training.Route("stack", stack, "matrix", "stacked"),
-        training.Route("conv", conv, "matrix", "conv"),
-        training.Route("c1d", lin, "matrix", "conv1d"),
+    qkv = nn.Parameter(torch.randn(6, 2, generator=gen))  # in_proj_weight [3d, d]
+    routed = [
+        (Route("stack", (3, 5, 7), "regmuon", "hidden matrix", "", "batch", "out_in"), stack),
+        (Route("conv", (6, 2, 3, 3), "regmuon", "hidden matrix", "", "conv", "out_in"), conv),
+        (Route("c1d", (4, 9), "regmuon", "hidden matrix", "", "batch", "in_out"), lin),
+        (Route("qkv", (6, 2), "regmuon", "hidden matrix", "", "split:3", "out_in"), qkv),
     ]
-    grads = {p: torch.randn(p.shape, generator=gen) for p in (stack, conv, lin)}
+    grads = {p: torch.randn(p.shape, generator=gen) for p in (stack, conv, lin, qkv)}
     sep = [nn.Parameter(stack.detach()[e].clone()) for e in range(3)]
     sep += [
         nn.Parameter(conv.detach().reshape(6, -1).clone()),
         nn.Parameter(lin.detach().T.clone()),
     ]
+    sep += [nn.Parameter(qkv.detach()[2 * i : 2 * i + 2].clone()) for i in range(3)]
     sep_grads = [grads[stack][e] for e in range(3)] + [grads[conv].reshape(6, -1), grads[lin].T]
+    sep_grads += [grads[qkv][2 * i : 2 * i + 2] for i in range(3)]
     muon_step(sep, sep_grads)
-    opt = training.MatrixMuon(routes, lr=0.1, weight_decay=0.0)
+    opt = training.MatrixMuon(routed, lr=0.1, weight_decay=0.0)
     for _ in range(2):
-        for p in (stack, conv, lin):
+        for p in (stack, conv, lin, qkv):
             p.grad = grads[p]
         opt.step()
     for e in range(3):
         assert torch.equal(stack.detach()[e], sep[e].detach())
     assert torch.equal(conv.detach().reshape(6, -1), sep[3].detach())
     assert torch.equal(lin.detach().T, sep[4].detach())
+    for i in range(3):
+        assert torch.equal(qkv.detach()[2 * i : 2 * i + 2], sep[5 + i].detach())
     with pytest.raises(ValueError, match="no matrix parameters"):
-        training.MatrixMuon([training.Route("v", nn.Parameter(torch.ones(3)), "adamw", "vector")])
+        training.MatrixMuon([])
 
 
 def test_train_accepts_an_optimizer_factory(digits_task):
@@ -401,13 +414,13 @@ def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task
     not cleared by ``zero_grad`` (they would accumulate over steps).
     """
 
+    from muonflow.optim import DEFAULTS
+
     def plain(model):
-        routes = training.route_parameters(model)
-        mats = [r.param for r in routes if r.to == "matrix"]
-        rest = [r.param for r in routes if r.to == "adamw"]
+        matrices, rest = training.routed(model)
         return [
-            torch.optim.Muon(mats, lr=0.02, weight_decay=0.0),
-            torch.optim.AdamW(rest, lr=3e-3, weight_decay=0.0),
+            torch.optim.Muon([p for _, p in matrices], lr=0.02, weight_decay=0.0),
+            torch.optim.AdamW(rest, lr=3e-3, betas=DEFAULTS.adamw_betas, weight_decay=0.0),
         ]
 
     a = training.train(digits_task, "muon", lr=0.02, adamw_lr=3e-3, steps=8, seed=0, evals=2)
@@ -415,7 +428,7 @@ def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task
     assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
     model = nn.Linear(4, 4)
     hidden = nn.Sequential(nn.Linear(4, 4), model)
-    opt = training.MatrixMuon(training.route_parameters(hidden), lr=0.1)
+    opt = training.MatrixMuon(training.routed(hidden)[0], lr=0.1)
     hidden(torch.ones(2, 4)).sum().backward()
     opt.zero_grad()
     assert hidden[0].weight.grad is None
@@ -434,32 +447,22 @@ def test_benchmark_default_arm_is_regmuon_out_of_the_box_and_the_study_routes_al
     assert tuple(by_algo["adamw"]["betas"]) == tuple(DEFAULTS.adamw_betas)
     for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
         assert by_algo["regmuon"][key] == getattr(DEFAULTS, key), key
-    default_route = {n: g["algorithm"] for g in opt.param_groups for n in g["param_names"]}
     (study,) = bench.regmuon_study(model)
-    groups = {g["param_names"][0]: g for g in study.param_groups}
-    assert {n: g["algorithm"] for g in study.param_groups for n in g["param_names"]} == (
-        default_route
-    )
-    assert groups["conv1.weight"]["matrix_view"] == "conv"
-    assert groups["conv1.weight"]["lr"] == bench.STUDY_CENTRE["lr"]
-    assert groups["conv1.weight"]["tol"] == bench.STUDY_CENTRE["tol"]
+    assert study.routing.routes == opt.routing.routes  # RegMuon(model)'s routing, views included
+    by_algo = {g["algorithm"]: g for g in study.param_groups}
+    for key in ("lr", "tol"):
+        assert by_algo["regmuon"][key] == bench.STUDY_CENTRE[key]
     # the control: the default arm with the matrix lr 0
     (ctrl,) = bench.build_optimizers(bench.resolved({"arm": "regmuon_default", "lr": 0.0}))(model)
     assert {g["algorithm"]: g["lr"] for g in ctrl.param_groups} == {
         "regmuon": 0.0,
         "adamw": DEFAULTS.adamw_lr,
     }
-    # spectral: one group per matrix, lr · √(fan_out / fan_in) with fan_in = in·k·k for convs
-    (opt,) = bench.regmuon_study(model, lr=0.02, adjust_lr="spectral")
-    lrs = {g["param_names"][0]: g["lr"] for g in opt.param_groups if g["algorithm"] == "regmuon"}
-    assert lrs == pytest.approx(
-        {
-            "conv1.weight": 0.02 * math.sqrt(4 / 9),
-            "conv2.weight": 0.02 * math.sqrt(8 / 36),
-            "fc.weight": 0.02 * math.sqrt(16 / 128),
-        }
-    )
-    assert all(g["adjust_lr"] == "none" for g in opt.param_groups)
+    # spectral: ρ = √(fan_out / fan_in), with fan_in = in·k·k for convs
+    from muonflow.optim import lr_factor
+
+    assert lr_factor(4, 9, "out_in", "spectral") == pytest.approx(math.sqrt(4 / 9))
+    assert lr_factor(36, 8, "in_out", "spectral") == pytest.approx(math.sqrt(8 / 36))
 
 
 def test_benchmark_one_lr_for_every_task():

@@ -52,6 +52,8 @@ ADJUST_LR: dict[str, Callable[[int, int], float]] = {
     "original": lambda m, n: math.sqrt(max(1.0, m / n)),
     # Moonshot ("Muon is scalable"): RMS of an AdamW update, 0.2 sqrt(max(m, n)).
     "match_rms_adamw": lambda m, n: 0.2 * math.sqrt(max(m, n)),
+    # The spectral condition of µP (Yang, Simon & Bernstein 2023): sqrt(fan_out/fan_in).
+    "spectral": lambda m, n: math.sqrt(m / n),
     "none": lambda m, n: 1.0,
 }
 

@@ -1,0 +1,326 @@
+"""Bundled training tasks: a model factory, a minibatch loss and an evaluation, offline.
+
+``digits``  an MLP 64-128-128-10 (ReLU) on scikit-learn's bundled digits, minibatch 128.
+``cnn``     :class:`~muonflow.models.SmallCNN` (two 3x3 convs, a hidden linear layer, a head)
+            on the same digits, minibatch 64.
+``chars``   a character-level transformer (:class:`~muonflow.models.Transformer`, d_model 64,
+            4 heads, 2 layers, MLP 256, block 64, batch 32) on Python standard-library source.
+``gpt2``    Hugging Face ``GPT2LMHeadModel`` from a ``GPT2Config`` (no download; tied token
+            embedding and LM head, ``Conv1D`` layers; d_model 64, 4 heads, 2 layers, no
+            dropout) on the same text; needs ``transformers``.
+``moe``     :func:`~muonflow.models.moe.moe_transformer` (the ``chars`` trunk with every MLP a
+            softmax-gated mixture of 4 experts stacked ``[E, m, n]``) on the same text.
+``sort``    :class:`~muonflow.models.SortTransformer` (``nn.TransformerEncoder``, a raw
+            positional ``nn.Parameter``) sorting 24 tokens from a vocabulary of 64; fresh
+            random sequences every step.
+
+Splits: ``val`` tunes (learning rates, defaults), ``test`` is reported, ``trainset`` is the loss
+on a fixed sample of the training data (the digits fit set; fixed training windows; a fixed
+batch of sequences). Digits: the last 20% of the 75% train split is ``val``, the 25% test split
+is ``test``. Text: the held-out tail of the corpus, its first half ``val``, its second half
+``test``, fixed windows whatever the seed. Sort: fixed sequences from their own generators.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from ..data import digits, stdlib_corpus
+from ..models import MLP, SmallCNN, SortTransformer, Transformer, TransformerConfig
+
+__all__ = ["TASKS", "Task", "make_task"]
+
+
+# -- tasks ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """A training problem: a model factory, a minibatch loss and an evaluation.
+
+    ``train_loss(model, generator)`` draws one minibatch from ``generator``;
+    ``evaluate(model, splits=None)`` returns ``{"<split>_loss", ...}`` for the given splits
+    (default all of :attr:`splits`); ``chance_loss`` is the loss of the best prediction that
+    ignores the input (``log 10`` for balanced digits; the unigram entropy of the training text;
+    for ``sort`` the entropy of the sorted token at each position, averaged).
+    """
+
+    name: str
+    make_model: Callable[[], nn.Module]
+    train_loss: Callable[[nn.Module, torch.Generator], Tensor]
+    evaluate: Callable[..., dict[str, float]]
+    chance_loss: float
+    metric: str = "val_loss"  # tunes lr and ε (lower is better); "test_*" is reported
+    splits: tuple[str, ...] = ("val", "test", "trainset")
+
+
+def _entropy(labels: Tensor, n: int) -> float:
+    """Entropy (nats) of the empirical distribution of ``labels`` in ``range(n)``."""
+    p = torch.bincount(labels.long().flatten(), minlength=n).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log()).sum())
+
+
+def _pick(all_splits: tuple[str, ...], splits: Sequence[str] | None) -> tuple[str, ...]:
+    if splits is None:
+        return all_splits
+    bad = [s for s in splits if s not in all_splits]
+    if bad:
+        raise ValueError(f"unknown splits {bad}; valid: {list(all_splits)}")
+    return tuple(splits)
+
+
+def _image_task(
+    name: str, make_model: Callable[[], nn.Module], *, batch: int, trainset_size: int = 512
+) -> Task:
+    data = digits()  # 75% train / 25% test; the last 20% of train is the tuning split
+    n_fit = round(0.8 * len(data.y_train))
+    X_fit, y_fit = data.X_train[:n_fit], data.y_train[:n_fit]
+    X_val, y_val = data.X_train[n_fit:], data.y_train[n_fit:]
+    held = {
+        "val": (X_val, y_val),
+        "test": (data.X_test, data.y_test),
+        "trainset": (X_fit[:trainset_size], y_fit[:trainset_size]),
+    }
+
+    def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
+        idx = torch.randint(0, n_fit, (batch,), generator=gen)
+        return nn.functional.cross_entropy(model(X_fit[idx]), y_fit[idx])
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
+        out = {}
+        for split in _pick(tuple(held), splits):
+            X, y = held[split]
+            logits = model(X)
+            out[f"{split}_loss"] = float(nn.functional.cross_entropy(logits, y))
+            out[f"{split}_acc"] = float((logits.argmax(1) == y).float().mean())
+        return out
+
+    return Task(name, make_model, train_loss, evaluate, _entropy(y_fit, data.n_classes))
+
+
+def digits_task(*, batch: int = 128, hidden: int = 128) -> Task:
+    """An MLP ``64 -> hidden -> hidden -> 10`` on the digits."""
+    return _image_task("digits", lambda: MLP(64, hidden, 10, depth=2), batch=batch)
+
+
+def cnn_task(*, batch: int = 64, channels: tuple[int, int] = (16, 32), hidden: int = 64) -> Task:
+    """:class:`~muonflow.models.SmallCNN` on the digits."""
+    c1, c2 = channels
+    return _image_task("cnn", lambda: SmallCNN((c1, c2), hidden), batch=batch)
+
+
+def _char_lm_task(
+    name: str,
+    make_model: Callable[[], nn.Module],
+    logits: Callable[[nn.Module, Tensor], Tensor],
+    *,
+    batch: int,
+    block: int,
+    eval_batches: int,
+) -> Task:
+    corpus = stdlib_corpus()
+    # The held-out tail of the corpus: its first half tunes, its second half is the test.
+    half = len(corpus.val) // 2
+    gen = torch.Generator().manual_seed(12345)  # fixed evaluation windows, whatever the seed
+    held: dict[str, tuple[Tensor, ...]] = {}
+    for split, text in (
+        ("val", corpus.val[:half]),
+        ("test", corpus.val[half:]),
+        ("trainset", corpus.train),
+    ):
+        starts = torch.randint(0, len(text) - block - 1, (eval_batches * batch,), generator=gen)
+        windows = text[starts[:, None] + torch.arange(block + 1)].long()
+        held[split] = windows.split(batch)
+
+    def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(logits(model, x).flatten(0, 1), y.flatten())
+
+    def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
+        x, y = corpus.batch("train", batch, block, gen)
+        return lm_loss(model, x, y)
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
+        return {
+            f"{split}_loss": statistics.fmean(
+                float(lm_loss(model, w[:, :-1], w[:, 1:])) for w in held[split]
+            )
+            for split in _pick(tuple(held), splits)
+        }
+
+    return Task(
+        name,
+        make_model,
+        train_loss,
+        evaluate,
+        chance_loss=_entropy(corpus.train, corpus.vocab_size),
+    )
+
+
+def _trunk(d_model: int, n_layers: int, n_heads: int, block: int) -> TransformerConfig:
+    return TransformerConfig(
+        vocab_size=128,
+        block_size=block,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        d_mlp=4 * d_model,
+    )
+
+
+def chars_task(
+    *, batch: int = 32, block: int = 64, d_model: int = 64, eval_batches: int = 8
+) -> Task:
+    """The in-house :class:`~muonflow.models.Transformer` (untied embeddings) on the text."""
+    cfg = _trunk(d_model, 2, 4, block)
+    return _char_lm_task(
+        "chars",
+        lambda: Transformer(cfg),
+        lambda m, x: m(x),
+        batch=batch,
+        block=block,
+        eval_batches=eval_batches,
+    )
+
+
+def moe_task(
+    *,
+    n_experts: int = 4,
+    batch: int = 32,
+    block: int = 64,
+    d_model: int = 64,
+    eval_batches: int = 4,
+) -> Task:
+    """The ``chars`` trunk with every feed-forward a mixture of ``n_experts`` stacked experts.
+
+    Total expert width ``E·m = 4·d_model`` (:func:`~muonflow.models.moe.moe_transformer`).
+    """
+    from ..models.moe import moe_transformer
+
+    cfg = _trunk(d_model, 2, 4, block)
+    return _char_lm_task(
+        "moe",
+        lambda: moe_transformer(cfg, n_experts),
+        lambda m, x: m(x),
+        batch=batch,
+        block=block,
+        eval_batches=eval_batches,
+    )
+
+
+def gpt2_config(*, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, block: int = 64) -> Any:
+    """A small ``transformers.GPT2Config`` for 128 byte-level tokens (no dropout, tied head)."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=128,
+        n_positions=block,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,  # GPT-2's 50256 is outside a 128-token vocabulary; byte 0 never occurs
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
+
+
+def gpt2_task(
+    *,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    batch: int = 32,
+    block: int = 64,
+    eval_batches: int = 4,
+) -> Task:
+    """HF ``GPT2LMHeadModel`` from :func:`gpt2_config` on the text (needs ``transformers``)."""
+    from transformers import GPT2LMHeadModel
+
+    cfg = gpt2_config(d_model=d_model, n_layers=n_layers, n_heads=n_heads, block=block)
+    return _char_lm_task(
+        "gpt2",
+        lambda: GPT2LMHeadModel(cfg),
+        lambda m, x: m(input_ids=x).logits,
+        batch=batch,
+        block=block,
+        eval_batches=eval_batches,
+    )
+
+
+def sort_task(
+    *,
+    vocab_size: int = 64,
+    length: int = 24,
+    d_model: int = 64,
+    batch: int = 64,
+    eval_size: int = 512,
+) -> Task:
+    """:class:`~muonflow.models.SortTransformer` on uniformly random sequences.
+
+    Training draws fresh sequences every step; ``val``/``test``/``trainset`` are fixed samples
+    of ``eval_size`` sequences from their own seeded generators (the same distribution).
+    """
+    held = {
+        split: torch.randint(
+            0, vocab_size, (eval_size, length), generator=torch.Generator().manual_seed(s)
+        )
+        for split, s in (("val", 777), ("test", 778), ("trainset", 779))
+    }
+
+    def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
+        x = torch.randint(0, vocab_size, (batch, length), generator=gen)
+        return cast(SortTransformer, model).loss(x)
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
+        out = {}
+        for split in _pick(tuple(held), splits):
+            x = held[split]
+            logits = model(x)
+            target = x.sort(dim=1).values
+            out[f"{split}_loss"] = float(
+                nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            )
+            out[f"{split}_acc"] = float((logits.argmax(-1) == target).float().mean())
+        return out
+
+    # Chance: the best input-blind prediction of position i is the marginal law of the i-th
+    # order statistic; its entropy, averaged over positions (estimated on a large sample).
+    sample = (
+        torch.randint(0, vocab_size, (20_000, length), generator=torch.Generator().manual_seed(1))
+        .sort(dim=1)
+        .values
+    )
+    chance = statistics.fmean(_entropy(sample[:, i], vocab_size) for i in range(length))
+    return Task(
+        "sort",
+        lambda: SortTransformer(vocab_size, length, d_model=d_model, d_ff=4 * d_model),
+        train_loss,
+        evaluate,
+        chance_loss=chance,
+    )
+
+
+#: Task factories by name.
+TASKS: dict[str, Callable[..., Task]] = {
+    "digits": digits_task,
+    "cnn": cnn_task,
+    "chars": chars_task,
+    "gpt2": gpt2_task,
+    "moe": moe_task,
+    "sort": sort_task,
+}
+def make_task(name: str, **options: Any) -> Task:
+    """The task ``name`` (a key of :data:`TASKS`), built with keyword ``options``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    return TASKS[name](**options)
