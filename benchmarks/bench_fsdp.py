@@ -162,8 +162,8 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
 
     _init(rank, world, port)
     mesh = init_device_mesh("cpu", (world,))
-    opts = {"potential": "relativistic", "eps": 0.03, "eps_mode": "relative", "tol": 1e-3,
-            "method": "auto"}  # fmt: skip
+    o = mf.optim.DEFAULTS.replace(potential="relativistic", eps=0.03, eps_mode="relative",
+                                  tol=1e-3, method="auto")
     rows = []
     for (c, m, n), spectrum in [(s, sp) for s in SHAPES for sp in SPECTRA]:
         G = _matrices(c, m, n, spectrum)
@@ -180,7 +180,7 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
                 mfd.reset_comm_stats()
                 with mfd.scheme(which):
                     t = _timed(lambda X=X, layout=layout: mfd.map_sharded(
-                        X, layout, lambda Y: mf.optim.orthogonalize(Y, **opts), **opts))
+                        X, layout, lambda Y: mf.optim.mirror_map(Y, o), o))
                 if i:  # the first round warms up
                     times[which].append(t)
                 st = mfd.comm_stats()
@@ -188,10 +188,10 @@ def _schemes_worker(rank: int, world: int, port: int, out: str, reps: int) -> No
         for which, ts in times.items():
             row[which + "_ms"] = statistics.median(ts) * 1e3
         row["predicted"] = mfd.scheme_bytes(layout, c, 4)  # float32 entries, float64 Grams
-        row["auto"] = mfd.choose_scheme(layout, c, 4, potential="relativistic", method="auto")
+        row["auto"] = mfd.choose_scheme(layout, c, 4, o)
         row["gram_applies"] = m >= n  # rows cut: the Gram scheme needs the long side cut
         row["single_map_ms"] = statistics.median(
-            [_timed(lambda G=G: mf.optim.orthogonalize(G, **opts)) for _ in range(reps)]) * 1e3
+            [_timed(lambda G=G: mf.optim.mirror_map(G, o)) for _ in range(reps)]) * 1e3
         rows.append(row)
     torch.save(rows, os.path.join(out, f"r{rank}.pt"))
     dist.destroy_process_group()

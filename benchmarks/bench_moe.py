@@ -32,30 +32,29 @@ from typing import Any
 
 import torch
 
-import muonflow.optim as mf_optim
 from muonflow.data import stdlib_corpus
 from muonflow.models import TransformerConfig
 from muonflow.models.moe import moe_transformer
-from muonflow.optim import RegMuon
+from muonflow.optim import RegMuon, kernel
 
 
 def map_calls_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Batched map calls in one default RegMuon step on a copy of ``model``."""
     calls = []
-    real = mf_optim.regularized_polar
+    real = kernel.mirror_map
 
-    def counting(G: torch.Tensor, eps: Any, **kw: Any) -> torch.Tensor:
-        calls.append(G.shape)
-        return real(G, eps, **kw)
+    def counting(X: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+        calls.append(X.shape)
+        return real(X, *args, **kw)
 
     m = copy.deepcopy(model)
     opt = RegMuon(m.named_parameters(), lr=0.02, adamw_lr=3e-3)
     m.loss(x, y).backward()
-    mf_optim.regularized_polar = counting  # the optimizer's map, counted for one step
+    kernel.mirror_map = counting  # the optimizer's map, counted for one step
     try:
         opt.step()
     finally:
-        mf_optim.regularized_polar = real
+        kernel.mirror_map = real
     return len(calls)
 
 

@@ -36,15 +36,16 @@ def gen() -> torch.Generator:
 
 @pytest.fixture
 def map_calls(monkeypatch) -> list[tuple[int, ...]]:
-    """The input shapes of every batched map call that ``muonflow.optim`` makes, in order."""
-    from muonflow import optim as mf_optim
+    """The input shapes of every batched map call that ``muonflow.optim`` makes, in order
+    (through its one interception point, ``muonflow.optim.kernel.mirror_map``)."""
+    from muonflow.optim import kernel
 
     calls: list[tuple[int, ...]] = []
-    real = mf_optim.regularized_polar
+    real = kernel.mirror_map
 
-    def counting(G, eps, **kw):
-        calls.append(tuple(G.shape))
-        return real(G, eps, **kw)
+    def counting(X, *args, **kw):
+        calls.append(tuple(X.shape))
+        return real(X, *args, **kw)
 
-    monkeypatch.setattr(mf_optim, "regularized_polar", counting)
+    monkeypatch.setattr(kernel, "mirror_map", counting)
     return calls

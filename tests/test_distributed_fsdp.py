@@ -39,8 +39,8 @@ from spawned import exit_now, spawn
 
 import muonflow as mf
 from muonflow import distributed as mfd
-from muonflow.optim import orthogonalize
-from muonflow.optim.functional import _as_stack, dtensor_layout, first_nonfinite
+from muonflow.optim import DEFAULTS, mirror_map
+from muonflow.optim.dtensor import first_nonfinite
 
 U64 = torch.finfo(torch.float64).eps / 2
 C_GROWTH = 16.0
@@ -214,11 +214,12 @@ def _kernel_cases(mesh1d: Any, hsdp: Any) -> dict[str, Any]:
         layout = mfd.matrix_layout(P, view)
         local = P.to_local()
         X = local.reshape(layout.local_shape(local))
-        ref_full = orthogonalize(_case_matrices(name, G), **opts).reshape(G.shape)
+        o = DEFAULTS.replace(**opts)
+        ref_full = mirror_map(_case_matrices(name, G), o).reshape(G.shape)
         ref = distribute_tensor(ref_full, mesh, placements, src_data_rank=None).to_local()
         mfd.reset_comm_stats()
         with mfd.scheme(which):
-            D = mfd.map_sharded(X, layout, lambda Y, o=opts: orthogonalize(Y, **o), **opts)
+            D = mfd.map_sharded(X, layout, lambda Y, o=o: mirror_map(Y, o), o)
         stats = mfd.comm_stats()
         out[name] = {
             "kind": layout.kind,
@@ -260,8 +261,8 @@ def _fsdp_run(rank: int, world: int, mesh: Any, ckpt: str) -> dict[str, Any]:
     # local storage, so the kernel updates them in place (no stacked copy)
     stack = [getattr(b, name).weight for b in model.blocks for name in ("qkv", "up")]
     local = [opt.state[p]["momentum_buffer"].to_local() for p in stack]
-    res["packed_in_place"] = _as_stack(local, len(local), *local[0].shape) is not None
-    res["layouts"] = {n: dtensor_layout(p).kind
+    res["packed_in_place"] = _consecutive_views(local)
+    res["layouts"] = {n: mfd.matrix_layout(p).kind
                       for n, p in model.named_parameters() if p.ndim >= 2}  # fmt: skip
     msd, osd = get_state_dict(model, opt)
     res["packed_state_is_dtensor"] = all(
@@ -339,6 +340,17 @@ def _nan_on_one_rank(rank: int, mesh: Any) -> dict[str, Any]:
     return {"outcome": outcome, "unchanged": unchanged, "clean": clean, "agreed": agreed}
 
 
+def _consecutive_views(ts: list[torch.Tensor]) -> bool:
+    """The tensors are consecutive contiguous pieces of one storage (a stacked buffer)."""
+    offset = ts[0].storage_offset()
+    for t in ts:
+        if not (t.is_contiguous() and t.storage_offset() == offset
+                and t.untyped_storage().data_ptr() == ts[0].untyped_storage().data_ptr()):
+            return False
+        offset += t.numel()
+    return True
+
+
 def _failing_rank(rank: int, mesh: Any) -> dict[str, Any]:
     """Rank 1 raises inside its optimizer step (its map fails) and exits; rank 0 must get a
     clear error instead of waiting forever in the step's collectives. Breaks the group: last."""
@@ -351,7 +363,7 @@ def _failing_rank(rank: int, mesh: Any) -> dict[str, Any]:
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("injected failure in this rank's map")
 
-        mf.optim.regularized_polar = broken  # the optimizer's map, looked up at each call
+        mf.optim.kernel.mirror_map = broken  # the optimizer's map, looked up at each call
     t0 = time.perf_counter()
     try:
         opt.step()
@@ -596,17 +608,17 @@ def test_the_scheme_rule_picks_the_fewer_bytes() -> None:
     def rows(m: int, n: int, world: int) -> mfd.MatrixLayout:
         return mfd.MatrixLayout("rows", m, n, splits=mfd.shard_sizes(m, world))
 
-    opts = {"potential": "relativistic", "method": "auto"}
+    opts = DEFAULTS.replace(potential="relativistic", method="auto")
     # float32 entries, float64 Grams: the Gram scheme iff the long side exceeds about (r + 1)·W
-    assert mfd.choose_scheme(rows(4096, 1024, 2), 8, 4, **opts) == "gram"
-    assert mfd.choose_scheme(rows(4096, 1024, 8), 8, 4, **opts) == "gather"
-    assert mfd.choose_scheme(rows(1024, 1024, 2), 8, 4, **opts) == "gather"
-    assert mfd.choose_scheme(rows(4096, 1024, 2), 8, 4, potential="huber",
-                             method="auto") == "gather"  # fmt: skip
+    assert mfd.choose_scheme(rows(4096, 1024, 2), 8, 4, opts) == "gram"
+    assert mfd.choose_scheme(rows(4096, 1024, 8), 8, 4, opts) == "gather"
+    assert mfd.choose_scheme(rows(1024, 1024, 2), 8, 4, opts) == "gather"
+    huber = DEFAULTS.replace(potential="huber", method="auto")  # no Gram form
+    assert mfd.choose_scheme(rows(4096, 1024, 2), 8, 4, huber) == "gather"
     for m, n, w, c in ((4096, 1024, 2, 8), (4096, 1024, 8, 8), (24, 8, 3, 2), (50000, 512, 8, 1)):
         b = mfd.scheme_bytes(rows(m, n, w), c, 4)
         want = "gram" if b["gram"] < b["gather"] else "gather"
-        assert mfd.choose_scheme(rows(m, n, w), c, 4, **opts) == want
+        assert mfd.choose_scheme(rows(m, n, w), c, 4, opts) == want
     with pytest.raises(ValueError, match="scheme must be one of"):
         with mfd.scheme("allgather"):
             pass

@@ -456,28 +456,30 @@ def test_polar_poly_full_rank(gen):
     # float32 is used only if ½u₃₂/floor² ≤ tol/2 (here 3e-2 > 5e-4, so float64).
     G = spread_matrix((50, 20), gen, decades=2)
     for dtype in (torch.float32, torch.float64):
-        out = mf.polar(G.to(dtype), method="poly", tol=1e-3)
+        out = mf.polar_factor(G.to(dtype), method="poly", tol=1e-3)
         assert rel_err(out, polar_ref(G.to(dtype))) <= 1e-3 + unit_roundoff(dtype)
     assert torch.equal(
-        mf.regularized_polar(G, 0.0, method="poly", tol=1e-3), mf.polar(G, method="poly", tol=1e-3)
+        mf.regularized_polar(G, 0.0, method="poly", tol=1e-3),
+        mf.polar_factor(G, method="poly", tol=1e-3),
     )
 
 
 def test_polar_poly_rank_deficient_and_zero(gen):
     G = spread_matrix((30, 10), gen, decades=1, rank=4)
-    out = mf.polar(G, method="poly", tol=1e-4)
+    out = mf.polar_factor(G, method="poly", tol=1e-4)
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     partial = U[:, :4] @ Vh[:4]
     assert rel_err(out, partial) <= 1e-4
-    assert torch.equal(mf.polar(torch.zeros(4, 3), method="poly"), torch.zeros(4, 3))
-    S = torch.linalg.svdvals(mf.polar(spread_matrix((20, 10), gen, decades=8), method="poly"))
+    assert torch.equal(mf.polar_factor(torch.zeros(4, 3), method="poly"), torch.zeros(4, 3))
+    G = spread_matrix((20, 10), gen, decades=8)
+    S = torch.linalg.svdvals(mf.polar_factor(G, method="poly"))
     assert float(S.max()) <= 1 + 1e-6 and float(S.min()) >= 0  # below the floor: in [0, 1]
 
 
 # -- validation ------------------------------------------------------------------------------------
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown method 'qr'"):
-        mf.polar(torch.ones(2, 2), method="qr")
+        mf.polar_factor(torch.ones(2, 2), method="qr")
     with pytest.raises(ValueError, match="tol"):
         mf.regularized_polar(torch.ones(2, 2), 0.1, method="poly", tol=0.0)
     with pytest.raises(ValueError, match="rho"):
@@ -572,3 +574,17 @@ def test_error_per_singular_direction_float64(shape, tol, gen):
         assert float(((diag - g).abs() / g).max()) <= tol / 2 + 1e-7
         off = C - torch.diag_embed(diag)
         assert float(off.abs().max()) <= 1e-7
+
+
+def test_polar_is_the_package_and_its_call_the_deprecated_polar_factor():
+    """``import muonflow.polar as p`` gives the package (the function no longer shadows it);
+    calling ``muonflow.polar(G)`` still works for one release, with a DeprecationWarning."""
+    import types
+
+    import muonflow.polar as p
+
+    assert isinstance(p, types.ModuleType) and p is mf.polar and p.regularized_polar
+    G = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DeprecationWarning, match="polar_factor"):
+        old = mf.polar(G)
+    assert torch.equal(old, mf.polar_factor(G))

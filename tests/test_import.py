@@ -56,8 +56,8 @@ def test_public_names_resolve_lazily():
         assert getattr(muonflow, name) is not None, name
     assert set(muonflow.__all__) <= set(dir(muonflow))
     assert muonflow.models.moe.ExpertParticles  # submodules too
-    importlib.import_module("muonflow.polar")  # the submodule, named like the function
-    assert not isinstance(muonflow.polar, types.ModuleType) and callable(muonflow.polar)
+    importlib.import_module("muonflow.polar")
+    assert isinstance(muonflow.polar, types.ModuleType)  # the package, never a function
 
 
 def test_core_requirements_are_torch_and_numpy():

@@ -21,7 +21,7 @@ import muonflow as mf
 from muonflow import optim as mf_optim
 from muonflow.dynamics import HamiltonianFlow, integrate
 from muonflow.optim import DEFAULTS, RegMuon, default_adamw_rule, matrix_shape
-from muonflow.optim import functional as mf_functional
+from muonflow.optim import plan as mf_plan
 
 F64 = torch.float64
 U64 = unit_roundoff(F64)
@@ -426,12 +426,12 @@ def test_auto_chunking_caps_a_call_at_the_largest_matrix_workspace(monkeypatch, 
     own workspace becomes the cap.
     """
     calls = map_calls
-    per = mf_optim.map_workspace_bytes(3, 2)
-    big = mf_optim.map_workspace_bytes(20, 20)
-    assert mf_optim.auto_workspace_cap([(3, 2)] * 70) == mf_optim.AUTO_WORKSPACE_FLOOR
-    floor = mf_optim.AUTO_WORKSPACE_FLOOR
-    assert mf_optim.auto_workspace_cap([(3, 2), (20, 20)]) == max(big, floor)
-    assert mf_optim.auto_chunk_rows(70, 3, 2, mf_optim.AUTO_WORKSPACE_FLOOR) is None
+    per = mf_plan.map_workspace_bytes(3, 2)
+    big = mf_plan.map_workspace_bytes(20, 20)
+    assert mf_plan.auto_workspace_cap([(3, 2)] * 70) == mf_plan.AUTO_WORKSPACE_FLOOR
+    floor = mf_plan.AUTO_WORKSPACE_FLOOR
+    assert mf_plan.auto_workspace_cap([(3, 2), (20, 20)]) == max(big, floor)
+    assert mf_plan.chunk_rows(70, 3, 2, 8, "auto", mf_plan.AUTO_WORKSPACE_FLOOR) is None
     g = torch.Generator().manual_seed(9)
     many = [nn.Parameter(torch.randn(3, 2, generator=g, dtype=F64)) for _ in range(70)]
     large = nn.Parameter(torch.randn(20, 20, generator=g, dtype=F64))
@@ -445,9 +445,9 @@ def test_auto_chunking_caps_a_call_at_the_largest_matrix_workspace(monkeypatch, 
 
     for floor, want in [(70 * per, [70]), (70 * per - 1, [69, 1]), (24 * per + 5, [24, 24, 22]),
                         (per - 1, [1] * 70)]:  # fmt: skip
-        monkeypatch.setattr(mf_functional, "AUTO_WORKSPACE_FLOOR", floor)
+        monkeypatch.setattr(mf_plan, "AUTO_WORKSPACE_FLOOR", floor)
         assert step(many) == (want, []), floor
-    monkeypatch.setattr(mf_functional, "AUTO_WORKSPACE_FLOOR", 0)
+    monkeypatch.setattr(mf_plan, "AUTO_WORKSPACE_FLOOR", 0)
     k = big // per  # 3x2 matrices per call once the 20x20 matrix sets the cap
     assert 1 < k < 70
     assert step([*many, large]) == ([k] * (70 // k) + [70 % k] * (70 % k > 0), [(1, 20, 20)])
@@ -500,8 +500,8 @@ def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
     kw = dict(potential="relativistic", eps=0.03, eps_mode="relative", method="auto")
     tracker = _LiveBytes()
     with tracker:
-        mf_optim.orthogonalize(X, tol=None if path == "eigh" else 1e-3, **kw)
-    assert 0 < tracker.peak <= B * mf_optim.map_workspace_bytes(m, n)
+        mf_optim.mirror_map(X, tol=None if path == "eigh" else 1e-3, **kw)
+    assert 0 < tracker.peak <= B * mf_plan.map_workspace_bytes(m, n)
 
 
 def test_state_buffers_are_views_of_one_stack():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import ClassVar
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from conftest import unit_roundoff
 
 import muonflow.optim as mf_optim
 from muonflow.optim import DEFAULTS, RegMuon, adamw, regmuon
-from muonflow.optim import functional as F
+from muonflow.optim import kernel as F
 
 F64 = torch.float64
 U64 = unit_roundoff(F64)
@@ -135,9 +134,10 @@ def test_same_shape_matrices_share_one_map_call(map_calls):
     assert map_calls == [(8, 5, 3)]
 
 
-def test_packed_buffers_are_updated_in_place_without_a_copy():
-    """Buffers that are consecutive views of one tensor (RegMuon's storage) are the stack the
-    kernel updates: the same numbers as separate buffers, and the storage is the packed one."""
+def test_views_of_one_stack_update_like_separate_buffers():
+    """Momentum buffers that are views of one stack (as RegMuon keeps them) are updated in place
+    to the same numbers as separate buffers; the map never receives the caller's storage (its
+    input is a new tensor), so a map that fails or writes into its input changes nothing."""
     g = torch.Generator().manual_seed(3)
     W0 = [torch.randn(4, 3, generator=g) for _ in range(3)]
     G = [torch.randn(4, 3, generator=g) for _ in range(3)]
@@ -147,14 +147,14 @@ def test_packed_buffers_are_updated_in_place_without_a_copy():
     Wa, Wb = [w.clone() for w in W0], [w.clone() for w in W0]
     seen = []
 
-    def spy(X):  # without Nesterov the map's input is the momentum stack itself
+    def spy(X):
         seen.append(X.untyped_storage().data_ptr())
-        return F.orthogonalize(X)
+        return F.mirror_map(X)
 
     for _ in range(2):
         regmuon(Wa, G, views, map_fn=spy, nesterov=False)
         regmuon(Wb, G, separate, nesterov=False)
-    assert seen == [packed.untyped_storage().data_ptr()] * 2
+    assert packed.untyped_storage().data_ptr() not in seen and len(seen) == 2
     assert torch.equal(packed, torch.stack(separate))
     for a, b in zip(Wa, Wb, strict=True):
         assert torch.equal(a, b)
@@ -200,11 +200,12 @@ def test_adamw_validates_before_changing_anything():
     assert all(torch.equal(t, torch.zeros_like(t)) for t in m)
 
 
-def test_map_fn_receives_every_stack():
+def test_map_fn_receives_every_stack(map_calls):
     """The hook a distributed or instrumented variant uses: every map call goes through it.
 
     With the identity map (quadratic potential's ∇K) the update is SGD with momentum:
-    W - ηρ M, checked exactly. A subclass overriding ``RegMuon._map_stack`` sees every call.
+    W - ηρ M, checked exactly. The class's map calls all go through ``kernel.mirror_map``
+    (the one interception point, patched by the ``map_calls`` fixture).
     """
     seen = []
 
@@ -217,55 +218,39 @@ def test_map_fn_receives_every_stack():
     regmuon(W, G, [torch.zeros_like(w) for w in W], lr=0.1, nesterov=False, map_fn=identity)
     assert sorted(seen) == [(1, 3, 3), (2, 4, 2)]
     assert torch.equal(W[0], torch.full((4, 2), 1 - 0.1 * math.sqrt(2) * 0.5))
-
-    class Counting(RegMuon):
-        calls: ClassVar[list] = []
-
-        def _map_stack(self, X, group):
-            self.calls.append(tuple(X.shape))
-            return super()._map_stack(X, group)
-
     ps = [torch.nn.Parameter(w.clone()) for w in W]
-    opt = Counting(ps, adamw=())
+    opt = RegMuon(ps, adamw=())
     for p, gk in zip(ps, G, strict=True):
         p.grad = gk
     opt.step()
-    assert sorted(Counting.calls) == [(1, 3, 3), (2, 4, 2)]
+    assert sorted(map_calls) == [(1, 3, 3), (2, 4, 2)]
 
 
-def test_one_place_for_the_defaults():
-    """Regression test (the library against itself): the class, the functional kernels and the
-    map read their defaults from ``DEFAULTS`` — change it there and every signature follows."""
-    fields = DEFAULTS.__dataclass_fields__
-    for fn, rename in [
-        (RegMuon.__init__, {}),
-        (regmuon, {}),
-        (mf_optim.orthogonalize, {}),
-        (adamw, {"lr": "adamw_lr", "betas": "adamw_betas", "eps": "adamw_eps"}),
-    ]:
-        checked = 0
-        for name, param in inspect.signature(fn).parameters.items():
-            key = rename.get(name, name)
-            if key in fields and param.default is not inspect.Parameter.empty:
-                assert param.default == getattr(DEFAULTS, key), (fn.__qualname__, name)
-                checked += 1
-        assert checked >= 3, fn
+def test_one_place_for_the_options():
+    """Regression test (the library against itself): the option list is spelled once, in
+    ``RegMuonOptions``; the class and the kernels take an options value whose default is
+    ``DEFAULTS`` (mutant caught: a signature that spells an option with its own default)."""
+    from muonflow.optim import RegMuonOptions
+
+    fields = set(RegMuonOptions.__dataclass_fields__)
+    for fn in (RegMuon.__init__, regmuon, adamw, F.mirror_map):
+        sig = inspect.signature(fn).parameters
+        assert sig["options"].default in (DEFAULTS, None), fn
+        # lr: torch's positional slot; layout, matrix_view: per-parameter lists (default None)
+        assert not fields & (set(sig) - {"lr", "layout", "matrix_view"}), fn.__qualname__
     opt = RegMuon([torch.nn.Parameter(torch.ones(2, 2))], adamw=())
+    assert opt.options is DEFAULTS
     for key in ("lr", "momentum", "eps", "nesterov", "tol", "eps_mode", "adjust_lr"):
         assert opt.defaults[key] == getattr(DEFAULTS, key)
     assert opt.defaults["betas"] == DEFAULTS.adamw_betas
     assert opt.max_batch_bytes == DEFAULTS.max_batch_bytes
 
 
-def test_orthogonalize_is_looked_up_through_the_package(monkeypatch):
-    """``muonflow.optim.regularized_polar`` is the one name to patch to observe the map."""
-    calls = []
-    real = mf_optim.regularized_polar
-    monkeypatch.setattr(
-        mf_optim, "regularized_polar", lambda G, e, **kw: calls.append(G.shape) or real(G, e, **kw)
-    )
-    F.orthogonalize(torch.randn(2, 3, 3))
-    assert calls == [torch.Size([2, 3, 3])]
+def test_orthogonalize_is_a_deprecated_alias_of_mirror_map():
+    X = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(DeprecationWarning, match="mirror_map"):
+        old = mf_optim.kernel.orthogonalize(X, eps=0.1)
+    assert torch.equal(old, F.mirror_map(X, eps=0.1))
 
 
 def test_finiteness_check_is_exact_when_the_fast_norm_overflows():

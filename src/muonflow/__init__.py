@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Eager, unlike the rest: `polar` names both a submodule and a function, and importing the
-# submodule (which the optimizer and the potentials do) would rebind `muonflow.polar` to the
-# module. Importing it here binds the function last. It costs a few ms (torch and numpy only).
-from .polar import POLAR_METHODS, polar, regularized_polar
+# Eager, unlike the rest: the maps are the core (a few ms: torch and numpy only).
+# ``muonflow.polar`` is the package; calling it is the deprecated name of ``polar_factor``.
+from .polar import POLAR_METHODS, polar_factor, regularized_polar
 
 # public name -> the module that defines it
 _LAZY = {
@@ -102,7 +101,7 @@ __all__ = [
     "__version__",
     "integrate",
     "moe_objective",
-    "polar",
+    "polar_factor",
     "potential",
     "regularized_polar",
 ]

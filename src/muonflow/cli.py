@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._deps import missing_repro
 from .experiments.base import PROFILES
-from .optim.defaults import DEFAULTS
+from .optim.options import DEFAULTS
 
 
 def _parser() -> argparse.ArgumentParser:

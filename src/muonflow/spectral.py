@@ -37,7 +37,14 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_matrix, check_scale
-from .polar import polar, regularized_polar, spectral_map, unit_roundoff, work_dtype
+from .polar import (
+    POLAR_METHODS,
+    polar_factor,
+    regularized_polar,
+    spectral_map,
+    unit_roundoff,
+    work_dtype,
+)
 
 __all__ = ["Huber", "Nuclear", "Quadratic", "Relativistic", "SpectralPotential", "potential"]
 
@@ -66,16 +73,40 @@ class SpectralPotential:
     them) and, for the fast Gram path, :meth:`dk_over_s` (``k'(σ)/σ`` as a function of
     ``lam = σ²``). All matrix methods are batched over leading dims and keep dtype/device;
     half precision is computed in float32 internally.
+
+    **Traits** the optimizer and the dynamics read (never the name): :attr:`uses_eps`,
+    :attr:`scale_invariant`, :attr:`elementwise`, :attr:`methods`, :attr:`gram_methods`. A new
+    potential is one subclass plus a line in :data:`POTENTIALS`.
     """
 
     name: ClassVar[str]
     #: ``K*`` is finite only on ``||Y||_op <= domain_radius``.
     domain_radius: ClassVar[float] = 1.0
+    #: the potential has a scale ``ε`` (``K_ε(P) = ε K_1(P/ε)``).
+    uses_eps: ClassVar[bool] = True
+    #: ``∇K`` is homogeneous of degree 0 (with ``ε`` scaled alike): ``∇K_{cε}(cP) = ∇K_ε(P)``.
+    #: Then RegMuon's step is ``h = η`` in dynamics units; otherwise (degree 1) ``h = √η``.
+    scale_invariant: ClassVar[bool] = True
+    #: ``∇K`` acts entry by entry (so the map of a shard is the shard of the map).
+    elementwise: ClassVar[bool] = False
+    #: the ``method`` values of :meth:`grad`.
+    methods: ClassVar[tuple[str, ...]] = ("auto", "eigh", "svd")
+    #: methods for which ``∇K(X) = X (XᵀX + ε²I)^{-1/2}`` may be computed from a Gram matrix
+    #: alone (:func:`muonflow.polar.inv_sqrt_from_gram`; RegMuon's distributed Gram scheme).
+    gram_methods: ClassVar[tuple[str, ...]] = ()
     #: the scale ε in singular-value units (a float, or one value per matrix of a batch).
     eps: float | Tensor
 
     def __init__(self, eps: float | Tensor = 0.0) -> None:
         self.eps = eps
+
+    @classmethod
+    def at(cls, eps: float | Tensor) -> SpectralPotential:
+        """The potential at scale ``eps`` (ignored unless :attr:`uses_eps`), unchecked: for
+        callers that computed ``eps`` > 0 themselves (the optimizer's relative ε)."""
+        obj = cls.__new__(cls)
+        SpectralPotential.__init__(obj, eps if cls.uses_eps else 0.0)
+        return obj
 
     # -- scalar profile ---------------------------------------------------------------
     def k(self, s: Tensor, eps: Tensor) -> Tensor:
@@ -158,6 +189,8 @@ class Relativistic(SpectralPotential):
     """
 
     name = "relativistic"
+    methods = ("auto", *POLAR_METHODS)
+    gram_methods = ("auto", "eigh", "poly")
 
     def __init__(self, eps: float | Tensor) -> None:
         super().__init__(check_scale(eps, "eps", allow_zero=False))
@@ -226,6 +259,7 @@ class Nuclear(SpectralPotential):
     """
 
     name = "nuclear"
+    uses_eps = False
 
     def __init__(self) -> None:
         super().__init__(0.0)
@@ -244,7 +278,7 @@ class Nuclear(SpectralPotential):
 
     def grad(self, P: Tensor, *, method: str = "auto", tol: float | None = None) -> Tensor:
         check_choice(method, "method", {"auto", "eigh", "svd"})
-        return polar(P)
+        return polar_factor(P)
 
     def dk_over_s(self, lam: Tensor, eps: Tensor) -> Tensor:
         cutoff = lam.amax(-1, keepdim=True) * unit_roundoff(lam.dtype) ** 2
@@ -256,6 +290,9 @@ class Quadratic(SpectralPotential):
 
     name = "quadratic"
     domain_radius = math.inf
+    uses_eps = False
+    scale_invariant = False
+    elementwise = True
 
     def __init__(self) -> None:
         super().__init__(0.0)
@@ -301,7 +338,7 @@ def potential(name: str, eps: float | Tensor | None = None) -> SpectralPotential
     """Build a potential by registry name; ``eps`` is required exactly for the smoothed ones."""
     check_choice(name, "potential", POTENTIALS)
     cls = POTENTIALS[name]
-    if cls in (Relativistic, Huber):
+    if cls.uses_eps:
         if eps is None:
             raise ValueError(f"potential {name!r} needs eps > 0")
         return cls(eps)

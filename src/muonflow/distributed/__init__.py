@@ -1,21 +1,15 @@
 """``torch.distributed`` for muonflow: sharded particle systems and RegMuon on DTensors.
 
 - :mod:`.particles`: a particle system sharded by particle (one all-reduce per force).
-- :mod:`.dtensor`: RegMuon on FSDP2/DTensor parameters, mapping every matrix whole
-  (gather or Gram scheme), with the optimizer state sharded like the parameters.
-- :mod:`._group`: process-group start-up, timeouts and :class:`DistributedError`.
+- RegMuon on FSDP2/DTensor parameters (:mod:`muonflow.optim.dtensor`, re-exported here):
+  every matrix mapped whole (gather or Gram scheme), the optimizer state sharded like the
+  parameters.
+- :mod:`._group`: process-group start-up; :class:`DistributedError` (:mod:`muonflow._collective`).
 
 Design notes, recipes and measured costs: ``docs/distributed.md``.
 """
 
-from ._group import (
-    DEFAULT_TIMEOUT_S,
-    DistributedError,
-    all_reduce_sum,
-    check_same_config,
-    init_from_env,
-)
-from .dtensor import (
+from ..optim.dtensor import (
     SCHEMES,
     MatrixLayout,
     choose_scheme,
@@ -26,6 +20,13 @@ from .dtensor import (
     scheme,
     scheme_bytes,
     shard_sizes,
+)
+from ._group import (
+    DEFAULT_TIMEOUT_S,
+    DistributedError,
+    all_reduce_sum,
+    check_same_config,
+    init_from_env,
 )
 from .particles import (
     DRAW_BLOCK,

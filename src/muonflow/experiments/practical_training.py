@@ -23,7 +23,6 @@ RegMuon's Hamiltonian diagnostic :meth:`~muonflow.optim.RegMuon.hamiltonian` sta
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from .. import training
-from ..optim import RegMuon, default_adamw_rule
+from ..optim import DEFAULTS, default_adamw_rule
 from ._dynamics_problems import single_thread
 from ._meanfield_problems import student_quantile
 from .base import Check, Progress, at_least, at_most, experiment, require
 
 #: RegMuon's default ε (the arm "RegMuon" uses it; the ε sweep adds others).
-DEFAULT_EPS: float = inspect.signature(RegMuon.__init__).parameters["eps"].default
+DEFAULT_EPS: float = DEFAULTS.eps
 CONTROL = "matrices frozen"
 
 

@@ -7,43 +7,28 @@ The update of one matrix parameter :math:`W \in \mathbb{R}^{m \times n}` with gr
     M \leftarrow \beta M + g, \qquad
     W \leftarrow (1 - \eta\lambda) W - \eta\, \rho(m, n)\, \nabla K_\varepsilon(M),
 
-with :math:`\nabla K_\varepsilon` a spectral map (:mod:`muonflow.spectral`; the default
-``relativistic`` potential gives :math:`M (M^\top M + \varepsilon^2 I)^{-1/2}`), :math:`\lambda`
-the decoupled weight decay and :math:`\rho` a shape-aware learning-rate factor. With
-:math:`\eta = h`, :math:`\beta = 1 - \gamma h`, absolute :math:`\varepsilon = \varepsilon_{dyn}/h`
-it is exactly the symplectic-Euler scheme of the damped Hamiltonian flow
-(:meth:`RegMuon.from_dynamics`).
+with :math:`\nabla K_\varepsilon` the mirror map of a spectral potential (:mod:`muonflow.spectral`;
+the default gives :math:`M (M^\top M + \varepsilon^2 I)^{-1/2}`), :math:`\lambda` the decoupled
+weight decay and :math:`\rho` a shape factor. With :math:`\eta = h`, :math:`\beta = 1 - \gamma h`
+and absolute :math:`\varepsilon = \varepsilon_{dyn}/h` it is exactly the symplectic-Euler scheme
+of the damped Hamiltonian flow (``docs/theory.md``, §3; :meth:`RegMuon.from_dynamics`).
 
-- :mod:`~muonflow.optim.functional`: the kernels :func:`regmuon` and :func:`adamw`
-  (per-parameter lists, like ``torch.optim._muon.muon``) and the map :func:`orthogonalize`;
-- :mod:`~muonflow.optim.routing`: which parameter gets which update (by module structure or
-  by name) and the record :class:`Routing`;
-- :mod:`~muonflow.optim.optimizer`: the thin :class:`RegMuon` class (routing, grouping and
-  packing, state, diagnostics);
-- :mod:`~muonflow.optim.defaults`: every default, in :data:`DEFAULTS`.
+- :mod:`.options`: :class:`RegMuonOptions`, every option validated in one place, :data:`DEFAULTS`;
+- :mod:`.routing`: which parameter gets which update (by module structure or by name);
+- :mod:`.plan`: matrix views, shape factors and the bucket plan of a step;
+- :mod:`.kernel`: the functional kernels (:func:`regmuon`: pre → map → post; :func:`adamw`) and
+  the map :func:`mirror_map`;
+- :mod:`.dtensor`: the same update on FSDP2/DTensor parameters (full-matrix maps from shards);
+- :mod:`.optimizer`: the thin :class:`RegMuon` class.
 
-Design notes and recipes (schedulers, compile, accumulation, autocast, Hugging Face):
-``docs/optimizer.md``.
+Design notes and recipes: ``docs/optimizer.md``; the package map: ``docs/architecture.md``.
 """
 
-from ..polar import polar, regularized_polar  # the map the step calls (patchable, see functional)
-from .defaults import DEFAULTS, RegMuonDefaults
-from .functional import (
-    ADJUST_LR,
-    AUTO_WORKSPACE_FLOOR,
-    MAP_WORKSPACE_MN,
-    MAP_WORKSPACE_RR,
-    MATRIX_VIEWS,
-    adamw,
-    auto_chunk_rows,
-    auto_workspace_cap,
-    lr_factor,
-    map_workspace_bytes,
-    matrix_shape,
-    orthogonalize,
-    regmuon,
-)
+from .kernel import adamw, kinetic_energy, mirror_map, regmuon
+from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
+from .options import DEFAULTS, RegMuonOptions
+from .plan import ADJUST_LR, MATRIX_VIEWS, lr_factor, matrix_shape
 from .routing import (
     EMBEDDINGS,
     MATRIX_PARAMETERS,
@@ -58,34 +43,29 @@ from .routing import (
     route_module,
 )
 
+RegMuonDefaults = RegMuonOptions  # the earlier name of the options type
+
 __all__ = [
     "ADJUST_LR",
-    "AUTO_WORKSPACE_FLOOR",
     "DEFAULTS",
     "EMBEDDINGS",
-    "MAP_WORKSPACE_MN",
-    "MAP_WORKSPACE_RR",
     "MATRIX_PARAMETERS",
     "MATRIX_VIEWS",
     "MatrixSpec",
     "RegMuon",
-    "RegMuonDefaults",
+    "RegMuonOptions",
     "Route",
     "Routing",
     "RoutingWarning",
     "adamw",
-    "auto_chunk_rows",
-    "auto_workspace_cap",
     "default_adamw_rule",
+    "kinetic_energy",
     "last_executed_layer",
     "lr_factor",
-    "map_workspace_bytes",
     "matrix_shape",
-    "orthogonalize",
+    "mirror_map",
     "output_layers",
-    "polar",
     "register_matrices",
     "regmuon",
-    "regularized_polar",
     "route_module",
 ]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .functional import check_matrix_view, matrix_shape
+from .plan import check_matrix_view, matrix_shape
 
 __all__ = [
     "EMBEDDINGS",

@@ -15,6 +15,10 @@ picks the cheapest one meeting ``tol``. :mod:`.baselines` holds Newton–Schulz 
 Newton–Schulz. Design, cost model and precision analysis: ``docs/polar.md``.
 """
 
+import sys
+import types
+from typing import Any
+
 from .baselines import NS_COEFFICIENTS, gram_newton_schulz, newton_schulz
 from .exact import WeightFn, gram_eigh_map, spectral_map, svd_map
 from .front import (
@@ -34,6 +38,7 @@ from .maps import (
     inv_sqrt_from_gram,
     plan_auto,
     polar,
+    polar_factor,
     regularized_polar,
 )
 from .planning import AutoPlan, choose_method, eigh_cost
@@ -78,6 +83,7 @@ __all__ = [
     "newton_schulz",
     "plan_auto",
     "polar",
+    "polar_factor",
     "poly_schedule",
     "regularized_polar",
     "spectral_map",
@@ -86,3 +92,13 @@ __all__ = [
     "unit_roundoff",
     "work_dtype",
 ]
+
+
+class _DeprecatedCall(types.ModuleType):
+    """``muonflow.polar`` is this package; calling it is the deprecated ``polar(G)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return polar(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _DeprecatedCall

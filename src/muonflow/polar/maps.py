@@ -4,8 +4,9 @@ matrix. Every path starts from the same Gram front (:mod:`muonflow.polar.front`)
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -42,6 +43,7 @@ __all__ = [
     "inv_sqrt_from_gram",
     "plan_auto",
     "polar",
+    "polar_factor",
     "regularized_polar",
 ]
 
@@ -276,7 +278,7 @@ def regularized_polar(
             f"got shape {tuple(eps.shape)}"
         )
     if isinstance(eps, float) and eps == 0.0:
-        return polar(G, method="poly" if method == "poly" else "svd", tol=tol)
+        return polar_factor(G, method="poly" if method == "poly" else "svd", tol=tol)
     if method == "auto":
         return _auto(G, eps, tol)
     return POLAR_METHODS[method](G, eps, tol)
@@ -385,7 +387,7 @@ def _unscale(M: Tensor, f: GramFront) -> Tensor:
 POLAR_FLOOR = 1e-3
 
 
-def polar(
+def polar_factor(
     G: Tensor, *, method: str = "svd", tol: float | None = None, floor: float = POLAR_FLOOR
 ) -> Tensor:
     r"""The polar factor :math:`U V^\top` of ``G: [..., m, n]`` (idealized Muon, ``ε = 0``).
@@ -425,3 +427,10 @@ def polar(
     cutoff = S[..., :1] * (min(X.shape[-2:]) * unit_roundoff(X.dtype))
     keep = (S > cutoff).to(X.dtype)
     return ((U * keep.unsqueeze(-2)) @ Vh).to(out_dtype)
+
+
+def polar(*args: Any, **kwargs: Any) -> Tensor:
+    """Deprecated name of :func:`polar_factor` (removed in the next release)."""
+    warnings.warn("muonflow.polar(G) is deprecated: call muonflow.polar_factor(G)",
+                  DeprecationWarning, stacklevel=2)  # fmt: skip
+    return polar_factor(*args, **kwargs)

@@ -113,7 +113,7 @@ def train(
     steps: int,
     seed: int = 0,
     eps: float = DEFAULTS.eps,
-    adamw_lr: float = DEFAULTS.adamw_lr,
+    adamw_lr: float = float(DEFAULTS.adamw_lr),
     evals: int = 10,
     diagnostics: bool = True,
     warmup: int = 0,

@@ -136,7 +136,7 @@ def make_optimizers(
     *,
     lr: float,
     eps: float = DEFAULTS.eps,
-    adamw_lr: float = DEFAULTS.adamw_lr,
+    adamw_lr: float = float(DEFAULTS.adamw_lr),
 ) -> list[torch.optim.Optimizer]:
     """The optimizer(s) ``name`` (see the module docstring) over ``model``'s parameters.
 

@@ -1,58 +1,28 @@
 r"""RegMuon on DTensor parameters (FSDP2 ``fully_shard``, HSDP): full-matrix maps from shards.
 
 The map of a shard is not the shard of the map: :math:`\nabla K_\varepsilon` must see whole
-matrices. A parameter placed ``Shard(d)`` on one mesh dimension of size ``W`` (any other mesh
-dimension ``Replicate``) is seen through its matrix view ``[k, m, n]``
-(:func:`muonflow.optim.matrix_shape`) as a :class:`MatrixLayout` of one of three kinds:
+matrices. A parameter placed ``Shard(d)`` on one mesh dimension (any other ``Replicate``) is seen
+through its matrix view ``[k, m, n]`` as a :class:`MatrixLayout`: ``"local"`` (whole matrices on
+each rank: experts split by expert, or replicated), or ``"rows"``/``"cols"`` (every matrix cut
+into the row or column blocks of ``torch.chunk``, :func:`shard_sizes`). Two exact schemes map a
+stack of cut matrices (:func:`map_sharded`):
 
-``"local"``
-    ``d`` is a stack dimension (experts ``[E, m, n]`` split by expert, ``Shard(0)``): every rank
-    holds whole matrices, mapped locally, with no communication. (``Replicate`` on every mesh
-    dimension is local too: each replica maps the same matrices.)
-``"rows"`` / ``"cols"``
-    ``d`` cuts every matrix into row blocks (``Shard(0)`` of an ``nn.Linear`` weight, of a conv
-    kernel) or column blocks: rank ``q`` holds :math:`X_q`, with the block sizes of
-    ``torch.chunk`` (:func:`shard_sizes`; uneven, possibly empty).
+- **gather** (microsoft/dion's design): matrix ``j`` is owned by rank ``(o + j) mod W`` (the
+  offset ``o`` advancing with every call); an all-to-all sends each block to its owner, the
+  owner maps whole matrices in one batched call, a second all-to-all returns the result blocks;
+- **gram** (a tall matrix cut along its long side, potentials with a Gram form): with
+  :math:`X = [X_1; \dots; X_W]`, :math:`\Phi(X)_q = X_q (\sum_p X_p^\top X_p +
+  \varepsilon^2 I)^{-1/2}`: the float64 local Grams are reduce-scattered to owners, which
+  compute the inverse square roots (:func:`muonflow.polar.inv_sqrt_from_gram`), all-gathered
+  back; matrices the Gram path cannot do are gathered.
 
-Two exact schemes map a stack of ``c`` cut matrices (:func:`map_sharded`):
-
-**gather** (all-to-all; microsoft/dion's design). Matrix ``j`` is owned by rank
-``(o + j) mod W`` (round-robin, the offset ``o`` advancing with every call, so the work is
-spread over the ranks across buckets). One all-to-all sends each block to its owner, the owner
-maps its full matrices in one batched call, a second all-to-all returns the blocks of the
-results: :math:`\Phi(X)_q = \big[\Phi([X_1; \dots; X_W])\big]_q`.
-
-**gram** (a tall matrix cut along its long side). With :math:`X = [X_1; \dots; X_W]`,
-
-.. math::
-    X^\top X = \sum_q X_q^\top X_q, \qquad
-    \Phi(X)_q = X_q \Big(\sum_p X_p^\top X_p + \varepsilon^2 I\Big)^{-1/2},
-
-and relative ε needs only :math:`\|X\|_F^2 = \mathrm{tr}(X^\top X)`. The local ``r x r``
-Gram matrices (upper triangles) are reduce-scattered to their owners, each owner computes the
-inverse square roots of its block of the stack, and one all-gather returns the ``r x r``
-factors; every rank then multiplies its own rows. A ring all-reduce *is* this reduce-scatter +
-all-gather, so the bytes are those of all-reducing the Grams, without computing every inverse
-square root on every rank. The Grams are float64 (what :mod:`muonflow.polar` promotes to
-whenever float32 would miss ``tol``), and the owner takes ``polar``'s decisions from them
-(working dtype, path, schedule); matrices the Gram path cannot do (``polar``'s a-posteriori
-tests) are gathered. Only the relativistic potential (the default) has this form.
-
-**Which** (``scheme="auto"``, :func:`choose_scheme`): the one that sends fewer bytes per rank,
-counted exactly as issued: gather :math:`2\,c\,mn\,s\,(W-1)/W^2` (``s`` bytes per entry),
-gram :math:`2\,c_W\,(r(r+1)/2 + 1)\cdot 8\,(W-1)/W` (``c_W`` = ``c`` rounded up to a
-multiple of ``W``). The Gram scheme thus wins when the long side exceeds about ``(r + 1)·W``
-(float32 entries; ``(r + 1)·W/2`` for float64). Both schemes take two collectives and the
-same flops per matrix, spread over the ranks; measured times and the cost table are in
-``docs/distributed.md`` (``benchmarks/bench_fsdp.py``).
-
-Optimizer state. Momentum buffers are DTensors with the parameter's placements, views of one
-local stacked storage per bucket (``RegMuon``'s packing), so optimizer memory per rank is
-about ``1/W`` and ``torch.distributed.checkpoint`` saves and reshards them like parameters.
-
-Not supported (a clear error at the first step): a parameter sharded on two mesh dimensions
-(FSDP2 + tensor parallel), ``_StridedShard`` or ``Partial`` placements, a conv kernel sharded
-past its input-channel dimension.
+``scheme="auto"`` (:func:`choose_scheme`) takes the one that sends fewer bytes (exact counts:
+:func:`scheme_bytes`). Momentum buffers are DTensors placed as the parameters, views of one local
+stack per bucket, so optimizer memory per rank is about ``1/W`` and
+``torch.distributed.checkpoint`` reshards them like parameters. Not supported (a clear error at
+the first step): sharding on two mesh dimensions, ``_StridedShard``/``Partial`` placements, a
+conv kernel sharded past its input channels. Design notes and measured costs:
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -68,7 +38,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._group import DistributedError, collective
+from .._collective import DistributedError, collective
+from .options import RegMuonOptions
+from .plan import relative_eps
 
 __all__ = [
     "SCHEMES",
@@ -89,7 +61,6 @@ __all__ = [
 SCHEMES = ("auto", "gather", "gram")
 _SCHEME = ["auto"]
 
-_GRAM_METHODS = ("auto", "eigh", "poly")  # map methods the Gram scheme reproduces
 
 
 @contextlib.contextmanager
@@ -189,9 +160,9 @@ class MatrixLayout:
         """The local shard of DTensor ``t`` (a view: updating it updates ``t``)."""
         return t.to_local()
 
-    def map(self, X: Tensor, map_fn: Callable[[Tensor], Tensor], **options: Any) -> Tensor:
+    def map(self, X: Tensor, map_fn: Callable[[Tensor], Tensor], options: RegMuonOptions) -> Tensor:
         """:func:`map_sharded` of ``X`` under this layout."""
-        return map_sharded(X, self, map_fn, **options)
+        return map_sharded(X, self, map_fn, options)
 
 
 def matrix_layout(p: Any, view: str = "auto") -> MatrixLayout:
@@ -272,23 +243,16 @@ def scheme_bytes(layout: MatrixLayout, count: int, itemsize: int) -> dict[str, f
     }
 
 
-def _gram_applies(layout: MatrixLayout, potential: str, method: str) -> bool:
+def _gram_applies(layout: MatrixLayout, options: RegMuonOptions) -> bool:
     tall_rows = layout.kind == "rows" and layout.m >= layout.n
     wide_cols = layout.kind == "cols" and layout.n >= layout.m
-    return potential == "relativistic" and method in _GRAM_METHODS and (tall_rows or wide_cols)
+    return options.method in options.kinetic.gram_methods and (tall_rows or wide_cols)
 
 
-def choose_scheme(
-    layout: MatrixLayout,
-    count: int,
-    itemsize: int,
-    *,
-    potential: str,
-    method: str,
-) -> str:
+def choose_scheme(layout: MatrixLayout, count: int, itemsize: int, options: RegMuonOptions) -> str:
     """``"gram"`` or ``"gather"`` for ``count`` matrices of ``layout``: where the Gram scheme
     applies, the one of fewer bytes by :func:`scheme_bytes` (see the module docstring)."""
-    if not _gram_applies(layout, potential, method) or _SCHEME[0] == "gather":
+    if not _gram_applies(layout, options) or _SCHEME[0] == "gather":
         return "gather"
     if _SCHEME[0] == "gram":
         return "gram"
@@ -308,35 +272,22 @@ def _owner_offset(layout: MatrixLayout, count: int) -> int:
 
 
 def map_sharded(
-    X: Tensor,
-    layout: MatrixLayout | None,
-    map_fn: Callable[[Tensor], Tensor],
-    *,
-    potential: str,
-    eps: float,
-    eps_mode: str,
-    tol: float | None,
-    method: str,
-) -> Tensor:
-    r"""The local shards of :math:`\nabla K_\varepsilon` of full matrices, from local shards.
+    X: Tensor, layout: MatrixLayout | None, map_fn: Callable[[Tensor], Tensor],
+    options: RegMuonOptions,
+) -> Tensor:  # fmt: skip
+    r"""The local shards of the map of full matrices, from local shards.
 
-    Args:
-        X: ``[c, a, b]``, this rank's blocks of ``c`` matrices laid out as ``layout`` says
-            (``c`` equal on every rank of a cut layout).
-        layout: from :func:`matrix_layout`; ``None`` or ``"local"``: ``map_fn(X)``.
-        map_fn: the single-process map of a stack of full matrices ``[c', m, n]``
-            (e.g. ``muonflow.optim.orthogonalize`` with the options below).
-        potential, eps, eps_mode, tol, method: the map's options (as ``orthogonalize``); they
-            decide whether the Gram scheme applies and parametrize it.
-
-    Returns:
-        ``[c, a, b]``: this rank's blocks of ``map_fn`` of the full matrices (to round-off).
-        Collective over ``layout.group`` for cut layouts.
+    ``X: [c, a, b]``: this rank's blocks of ``c`` matrices laid out as ``layout`` says (``c``
+    equal on every rank of a cut layout); ``map_fn``: the single-process map of a stack of full
+    matrices (e.g. :func:`~muonflow.optim.mirror_map` with ``options``); ``options`` decide
+    whether the Gram scheme applies and parametrize it. Returns this rank's blocks of
+    ``map_fn`` of the full matrices (to round-off). Collective over ``layout.group`` for cut
+    layouts; ``None``, ``"local"`` or a pointwise map: ``map_fn(X)``.
     """
-    if layout is None or layout.kind == "local" or layout.world == 1 or potential == "quadratic":
-        return map_fn(X)  # whole matrices here, or the identity map (pointwise)
+    if layout is None or layout.kind == "local" or layout.world == 1 or options.kinetic.elementwise:
+        return map_fn(X)  # whole matrices here, or an entrywise map
     c = X.shape[0]
-    which = choose_scheme(layout, c, X.element_size(), potential=potential, method=method)
+    which = choose_scheme(layout, c, X.element_size(), options)
     W, m, n = layout.world, layout.m, layout.n
     if which == "gram":
         r = min(m, n)
@@ -346,7 +297,7 @@ def map_sharded(
         least = 2 * c * (m * n - block) * X.element_size() / W
     _STATS["minimum_bytes"] = _STATS.get("minimum_bytes", 0) + least
     if which == "gram":
-        return _gram_map(X, layout, map_fn, eps=eps, eps_mode=eps_mode, tol=tol, method=method)
+        return _gram_map(X, layout, map_fn, options)
     return _gather_map(X, layout, map_fn)
 
 
@@ -403,14 +354,7 @@ def _rs_ag(layout: MatrixLayout) -> tuple[Callable[..., Any], Callable[..., Any]
 
 
 def _gram_map(
-    X: Tensor,
-    layout: MatrixLayout,
-    map_fn: Callable[[Tensor], Tensor],
-    *,
-    eps: float,
-    eps_mode: str,
-    tol: float | None,
-    method: str,
+    X: Tensor, layout: MatrixLayout, map_fn: Callable[[Tensor], Tensor], o: RegMuonOptions
 ) -> Tensor:
     """Gram scheme: reduce-scatter the local Grams to owners, inverse square roots there,
     all-gather the factors, multiply the local rows (see the module docstring).
@@ -444,15 +388,13 @@ def _gram_map(
     b = order[q]
     cnt = max(0, min(per, c - b * per))  # real (unpadded) matrices in my block
     A = _unpack(mine.view(per, P)[:cnt], iu, r)  # Σ_p X_pᵀ X_p of my block
-    if eps_mode == "relative":  # ε = eps·‖X‖_F/√r, ‖X‖_F² = tr(XᵀX); a zero matrix keeps eps
-        rms = A.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt() / math.sqrt(r)
-        e = torch.where(rms > 0, eps * rms, torch.full_like(rms, eps))
+    if o.eps_mode == "relative":  # ε = eps·‖X‖_F/√r with ‖X‖_F² = tr(XᵀX)
+        e = relative_eps(A.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt(), r, o.eps)
     else:
-        e = torch.full((cnt,), float(eps), dtype=gd, device=X.device)
+        e = torch.full((cnt,), float(o.eps), dtype=gd, device=X.device)
     out = send.new_zeros(per, P + 1)  # packed factors and one flag each
     if cnt:
-        M, flag = _inv_sqrt_from_gram(A, e, tol=tol, method=method, dtype=X.dtype,
-                                      device_type=X.device.type)  # fmt: skip
+        M, flag = _inv_sqrt_from_gram(A, e, tol=o.tol, method=o.method, dtype=X.dtype)
         out[:cnt, :P] = M.reshape(cnt, r * r).index_select(1, iu)
         out[:cnt, P] = flag
     gathered = send.new_empty(W * per, P + 1)
@@ -497,7 +439,7 @@ def _unpack(v: Tensor, iu: Tensor, r: int) -> Tensor:
 
 
 def _inv_sqrt_from_gram(
-    A: Tensor, e: Tensor, *, tol: float | None, method: str, dtype: torch.dtype, device_type: str
+    A: Tensor, e: Tensor, *, tol: float | None, method: str, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
     r"""The ONE adapter to :mod:`muonflow.polar`: :math:`(A + \varepsilon^2 I)^{-1/2}` from a
     precomputed float64 Gram matrix, to the accuracy ``regularized_polar(X, ε, method, tol)``
@@ -510,7 +452,6 @@ def _inv_sqrt_from_gram(
     rule by which ``polar`` would have run the whole map in float32); ``1``: in float64;
     ``2``: no Gram path meets ``tol`` (map the matrix whole, by SVD).
     """
-    del device_type  # the float64 Gram path makes the same decision on every device
     from ..polar import default_tol, gram_floor, inv_sqrt_from_gram
 
     want = default_tol(dtype) if tol is None else tol

@@ -1,4 +1,4 @@
-"""Validation of RegMuon's groups and state: everything is checked before anything changes."""
+"""RegMuon's groups, state and checkpoints: everything is checked before anything changes."""
 
 from __future__ import annotations
 
@@ -9,64 +9,26 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from .functional import (
-    LAYOUTS,
-    check_matrix_view,
-    first_nonfinite,
-    is_dtensor,
-    matrix_shape,
-    validate_adamw_options,
-    validate_regmuon_options,
-)
+from .kernel import first_nonfinite
+from .options import RegMuonOptions
+from .plan import is_dtensor, matrix_shape
 from .routing import Route, route_params
 
 ALGORITHMS = ("regmuon", "adamw")
-NONFINITE_POLICIES = ("raise", "skip")
-
-#: The per-group options (the keys of ``defaults``; groups may override each).
-GROUP_OPTIONS = (
-    "lr",
-    "momentum",
-    "eps",
-    "eps_mode",
-    "potential",
-    "momentum_form",
-    "nesterov",
-    "weight_decay",
-    "adjust_lr",
-    "tol",
-    "method",
-    "layout",
-    "matrix_view",
-    "betas",
-    "adamw_eps",
-)
-
 #: The state keys of a parameter, per algorithm (all present or none).
 STATE_KEYS = {"regmuon": ("momentum_buffer",), "adamw": ("step", "exp_avg", "exp_avg_sq")}
+Specs = Mapping[Tensor, tuple[str, str]]
 
 
-def validate_group(group: Mapping[str, Any]) -> None:
-    """Raise a ``ValueError``/``TypeError`` naming the option and value if ``group`` is invalid."""
-    check_choice(group["algorithm"], "algorithm", ALGORITHMS)
-    if group["algorithm"] == "adamw":
-        validate_adamw_options(
-            lr=group["lr"], betas=group["betas"], eps=group["adamw_eps"],
-            weight_decay=group["weight_decay"],
-        )  # fmt: skip
-        return
-    validate_regmuon_options(**{k: group[k] for k in (
-        "lr", "momentum", "eps", "eps_mode", "potential", "momentum_form", "nesterov",
-        "weight_decay", "adjust_lr", "tol", "method")})  # fmt: skip
-    check_choice(group["layout"], "layout", LAYOUTS)
-    check_matrix_view(group["matrix_view"])
+def group_options(group: Mapping[str, Any], base: RegMuonOptions) -> RegMuonOptions:
+    """The validated options of a group dict (raises naming the option and the value)."""
+    check_choice(group.get("algorithm", ""), "algorithm", ALGORITHMS)
+    return base.of_group(group)
 
 
 def param_label(group: Mapping[str, Any], gi: int, j: int) -> str:
     names = group.get("param_names")
-    if names:
-        return repr(names[j])
-    return f"param_groups[{gi}]['params'][{j}]"
+    return repr(names[j]) if names else f"param_groups[{gi}]['params'][{j}]"
 
 
 def _check_tensor_like(value: Any, p: Tensor, what: str, *, exact: bool) -> None:
@@ -78,11 +40,11 @@ def _check_tensor_like(value: Any, p: Tensor, what: str, *, exact: bool) -> None
     if value.shape != p.shape:
         raise ValueError(f"{what} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
     if is_dtensor(value) != is_dtensor(p):  # e.g. a single-process checkpoint into FSDP2
+        kinds = ["a DTensor" if is_dtensor(t) else "a plain tensor" for t in (value, p)]
         raise ValueError(
-            f"{what} is {'a DTensor' if is_dtensor(value) else 'a plain tensor'} but the "
-            f"parameter is {'a DTensor' if is_dtensor(p) else 'a plain tensor'}: load sharded "
-            "state with torch.distributed.checkpoint.state_dict.set_state_dict (a single-process "
-            "state dict with options=StateDictOptions(full_state_dict=True))"
+            f"{what} is {kinds[0]} but the parameter is {kinds[1]}: load sharded state with "
+            "torch.distributed.checkpoint.state_dict.set_state_dict (a single-process state "
+            "dict with options=StateDictOptions(full_state_dict=True))"
         )
     if value.is_sparse or value.layout != torch.strided:
         raise ValueError(f"{what} has a {value.layout} layout; only strided is supported")
@@ -100,17 +62,13 @@ def check_param_state(
     if not isinstance(state, Mapping):
         raise TypeError(f"the state of {label} must be a dict, got {type(state).__name__}")
     want = STATE_KEYS[algorithm]
-    keys = set(state)
-    if keys and keys != set(want):
+    if state and set(state) != set(want):
         raise ValueError(
-            f"the state of {label} ({algorithm}) has keys {sorted(keys)}; expected "
+            f"the state of {label} ({algorithm}) has keys {sorted(state)}; expected "
             f"{list(want)} or none (was it saved by an optimizer that routed it elsewhere?)"
         )
-    for key in want:
-        if key not in state:
-            continue
-        value = state[key]
-        what = f"state[{key!r}] of {label}"
+    for key in want if state else ():
+        value, what = state[key], f"state[{key!r}] of {label}"
         if key == "step":
             v = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
             if isinstance(v, float) and v.is_integer():
@@ -125,14 +83,41 @@ def check_param_state(
             raise ValueError(f"{what} has negative entries")
 
 
+# -- checkpoints ---------------------------------------------------------------------------------
+def _by_name(saved_groups: Sequence[Any], groups: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The checkpoint's groups with their parameters in this optimizer's order, matched by name
+    (both sides named). Raises naming the first name that is missing, extra, or in another
+    group (a checkpoint routed differently)."""
+    where = {n: (gi, pid) for gi, g in enumerate(saved_groups)
+             for n, pid in zip(g["param_names"], g["params"], strict=True)}  # fmt: skip
+    out = []
+    for gi, group in enumerate(groups):
+        names = list(group["param_names"])
+        for n in names:
+            if n not in where:
+                raise ValueError(f"the checkpoint has no parameter {n!r} (param_groups[{gi}])")
+            if where[n][0] != gi:
+                raise ValueError(
+                    f"parameter {n!r} is in param_groups[{where[n][0]}] of the checkpoint "
+                    f"({saved_groups[where[n][0]].get('algorithm', '?')}) and in "
+                    f"param_groups[{gi}] ({group['algorithm']}) here: the routing differs "
+                    "(build the optimizer the way the checkpoint's was built)"
+                )
+        extra = sorted(set(saved_groups[gi]["param_names"]) - set(names))
+        if extra:
+            raise ValueError(f"param_groups[{gi}] of the checkpoint has parameters {extra} "
+                             "that this optimizer's has not")  # fmt: skip
+        out.append({**saved_groups[gi], "param_names": names,
+                    "params": [where[n][1] for n in names]})  # fmt: skip
+    return out
+
+
 def check_state_dict(
-    state_dict: Any,
-    groups: Sequence[Mapping[str, Any]],
-    specs: Mapping[Tensor, tuple[str, str]],
-    defaults: Mapping[str, Any],
-) -> None:
-    """A checkpoint fits these groups: same structure and algorithms, valid options, valid
-    state (keys, shapes, finite values, step counts), valid ``"regmuon"`` extras. Raises a
+    state_dict: Any, groups: Sequence[Mapping[str, Any]], specs: Specs, base: RegMuonOptions
+) -> list[Any]:
+    """A checkpoint fits these groups: same structure and algorithms (and names, where both
+    sides have them), valid options, valid state (keys, shapes, finite values, step counts),
+    valid ``"regmuon"`` extras. Returns its groups in this optimizer's parameter order; raises a
     ``ValueError``/``TypeError`` saying what and where; changes nothing."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -146,7 +131,6 @@ def check_state_dict(
         raise ValueError(
             f"the checkpoint has {len(saved_groups)} parameter groups, this optimizer {len(groups)}"
         )
-    index: dict[Any, tuple[Tensor, str, str]] = {}
     for gi, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
         if not isinstance(saved, Mapping) or "params" not in saved:
             raise ValueError(f"param_groups[{gi}] of the checkpoint is not a group: {saved!r}")
@@ -155,7 +139,11 @@ def check_state_dict(
                 f"param_groups[{gi}] of the checkpoint has {len(saved['params'])} parameters, "
                 f"this optimizer's {len(group['params'])}"
             )
-        merged = {**defaults, "algorithm": group["algorithm"], **saved}
+    if all("param_names" in g for g in (*saved_groups, *groups)):
+        saved_groups = _by_name(saved_groups, groups)
+    index: dict[Any, tuple[Tensor, str, str]] = {}
+    for gi, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
+        merged = {"algorithm": group["algorithm"], **saved}
         if merged["algorithm"] != group["algorithm"]:
             raise ValueError(
                 f"param_groups[{gi}] of the checkpoint is {merged['algorithm']!r}, this "
@@ -163,7 +151,7 @@ def check_state_dict(
                 "optimizer the way the checkpoint's was built)"
             )
         try:
-            validate_group(merged)
+            opts = group_options(merged, base)
         except (TypeError, ValueError) as e:
             raise type(e)(f"param_groups[{gi}] of the checkpoint: {e}") from None
         for j, (pid, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
@@ -171,9 +159,8 @@ def check_state_dict(
                 raise ValueError(f"the checkpoint lists parameter id {pid!r} twice")
             index[pid] = (p, group["algorithm"], param_label(group, gi, j))
             if group["algorithm"] == "regmuon":
-                view = specs.get(p, (merged["matrix_view"], merged["layout"]))[0]
                 try:
-                    matrix_shape(p.shape, view)
+                    matrix_shape(p.shape, specs.get(p, (opts.matrix_view, ""))[0])
                 except ValueError as e:
                     raise ValueError(f"param_groups[{gi}] of the checkpoint: {e}") from None
     for pid, st in state.items():
@@ -190,6 +177,7 @@ def check_state_dict(
         raise ValueError(
             f"state_dict['regmuon']['skipped_steps'] must be an int >= 0, got {skipped!r}"
         )
+    return list(saved_groups)
 
 
 # -- parameter groups ----------------------------------------------------------------------------
@@ -219,10 +207,9 @@ def check_items(
             raise ValueError("can't optimize a non-leaf Tensor")
         if id(p) in existing:
             raise ValueError(f"parameter {name or tuple(p.shape)} is already in another group")
-        if id(p) in seen:
-            continue  # a tied parameter listed twice: updated once
-        seen.add(id(p))
-        items.append((name, p))
+        if id(p) not in seen:  # a tied parameter listed twice is updated once
+            seen.add(id(p))
+            items.append((name, p))
     named = {n is not None for n, _ in items}
     if len(named) > 1:
         raise ValueError("all parameters of a group must have names, or none")
@@ -234,12 +221,10 @@ def check_items(
 def split_group(
     param_group: Any,
     *,
-    defaults: Mapping[str, Any],
+    base: RegMuonOptions,
     rule: Callable[[str | None, Tensor], bool],
     explicit: bool,
-    specs: Mapping[Tensor, tuple[str, str]],
-    adamw_lr: float,
-    adamw_weight_decay: float,
+    specs: Specs,
     param_groups: Sequence[Mapping[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[Route]]:
     """A user group as checked RegMuon/AdamW groups (unless it names its ``"algorithm"``) and
@@ -250,11 +235,11 @@ def split_group(
         raise ValueError("param_group has no 'params'")
     group = dict(param_group)
     items = check_items(group.pop("params"), param_groups)
-    adamw_lr = group.pop("adamw_lr", adamw_lr)
-    adamw_wd = group.pop("adamw_weight_decay", adamw_weight_decay)
+    adamw_lr = group.pop("adamw_lr", base.adamw_lr)
+    adamw_wd = group.pop("adamw_weight_decay", base.adamw_decay)
     algorithm = group.pop("algorithm", None)
-    view = group.get("matrix_view", defaults["matrix_view"])
-    layout = group.get("layout", defaults["layout"])
+    view = group.get("matrix_view", base.matrix_view)
+    layout = group.get("layout", base.layout)
     if algorithm is None:
         routes = route_params(items, rule, explicit, view, layout)
     else:
@@ -271,15 +256,11 @@ def split_group(
         members = [it for it, r in zip(items, routes, strict=True) if r.algorithm == algo]
         if not members and algo != algorithm:
             continue
-        new = {**defaults, **group, "algorithm": algo}
-        if algo == "adamw":  # the AdamW half of a split group takes the AdamW lr and decay
-            new["lr"] = adamw_lr if algorithm is None else group.get("lr", adamw_lr)
-            new["weight_decay"] = (
-                adamw_wd if algorithm is None else group.get("weight_decay", adamw_wd)
-            )
-        if isinstance(new.get("betas"), list):
-            new["betas"] = tuple(new["betas"])
-        validate_group(new)
+        new = {**base.group(algo), **group, "algorithm": algo}
+        if algo == "adamw" and algorithm is None:  # the AdamW half of a split group
+            new.update(lr=adamw_lr, weight_decay=adamw_wd)
+        opts = group_options(new, base)
+        new["betas"] = opts.adamw_betas
         for _, p in members:
             if algo == "regmuon":
                 matrix_shape(p.shape, specs.get(p, (new["matrix_view"], ""))[0])
@@ -296,55 +277,53 @@ def collect_updates(
 ) -> list[list[tuple[Tensor, Tensor]]] | None:
     """Per group, the ``(param, grad)`` pairs a step updates; ``None``: skip the step.
 
-    Raises, before anything is modified, for sparse/complex/mis-shaped gradients, malformed
-    or non-finite state and (``on_nonfinite="raise"``) non-finite gradients; ``None`` for a
-    non-finite gradient under ``"skip"``. Parameters without gradient or elements are left out.
+    Raises, before anything is modified, for sparse/complex/mis-shaped gradients, malformed or
+    non-finite state (momentum, AdamW moments) and (``on_nonfinite="raise"``) non-finite
+    gradients; ``None`` for a non-finite gradient under ``"skip"``. Parameters without
+    gradient or elements are left out.
     """
     work: list[list[tuple[Tensor, Tensor]]] = []
     grads: list[Tensor] = []
-    bufs: list[Tensor] = []
     where: list[tuple[int, int]] = []
-    buf_where: list[tuple[int, int]] = []
+    held: list[Tensor] = []
+    held_where: list[tuple[int, int, str]] = []
     for gi, group in enumerate(param_groups):
         items = []
         for j, p in enumerate(group["params"]):
             g = p.grad
             if g is None or p.numel() == 0:
                 continue
+            label = param_label(group, gi, j)
             if g.is_sparse or g.layout != torch.strided:
-                raise RuntimeError(
-                    f"RegMuon does not support sparse gradients: parameter "
-                    f"{param_label(group, gi, j)} has a {g.layout} gradient"
-                )
+                raise RuntimeError(f"RegMuon does not support sparse gradients: parameter "
+                                   f"{label} has a {g.layout} gradient")  # fmt: skip
             if g.is_complex() or p.is_complex():
-                raise TypeError(
-                    f"RegMuon does not support complex tensors: parameter "
-                    f"{param_label(group, gi, j)} ({p.dtype}, gradient {g.dtype})"
-                )
+                raise TypeError(f"RegMuon does not support complex tensors: parameter {label} "
+                                f"({p.dtype}, gradient {g.dtype})")  # fmt: skip
             if g.shape != p.shape:
-                raise ValueError(
-                    f"gradient of {param_label(group, gi, j)} has shape {tuple(g.shape)}, "
-                    f"expected {tuple(p.shape)}"
-                )
+                raise ValueError(f"gradient of {label} has shape {tuple(g.shape)}, expected "
+                                 f"{tuple(p.shape)}")  # fmt: skip
             st = state.get(p)
             if st:
-                check_param_state(st, p, group["algorithm"], param_label(group, gi, j))
-                if group["algorithm"] == "regmuon":
-                    bufs.append(st["momentum_buffer"])
-                    buf_where.append((gi, j))
+                check_param_state(st, p, group["algorithm"], label)
+                for key in STATE_KEYS[group["algorithm"]]:
+                    if key != "step":
+                        held.append(st[key])
+                        held_where.append((gi, j, key))
             items.append((p, g))
             grads.append(g)
             where.append((gi, j))
         work.append(items)
-    bad = first_nonfinite(grads + bufs) if grads else None
+    bad = first_nonfinite(grads + held) if grads else None
     if bad is None:
         return work
     if bad >= len(grads):
-        gi, j = buf_where[bad - len(grads)]
+        gi, j, key = held_where[bad - len(grads)]
+        what = "momentum buffer" if key == "momentum_buffer" else f"state[{key!r}]"
         raise ValueError(
-            f"the momentum buffer of {param_label(param_groups[gi], gi, j)} has NaN or Inf "
-            "entries: the optimizer state is corrupt (edited, or loaded from a bad source); no "
-            "parameter or optimizer state was changed"
+            f"the {what} of {param_label(param_groups[gi], gi, j)} has NaN or Inf entries: the "
+            "optimizer state is corrupt (edited, or loaded from a bad source); no parameter or "
+            "optimizer state was changed"
         )
     if on_nonfinite == "skip":
         return None

@@ -1,0 +1,195 @@
+"""RegMuon's options: one frozen, validated type, :class:`RegMuonOptions`, and its :data:`DEFAULTS`.
+
+An options value is checked once, when it is made (a bad value raises naming the option and the
+value), and then passed whole: to :class:`~muonflow.optim.RegMuon`, the functional kernels, the
+kinetic energy and the DTensor path. Where each default comes from is said next to it; the
+benchmark that settles them and its tables are in ``docs/benchmark-training.md``.
+
+``torch.optim`` keeps options per parameter group, in dicts that schedulers edit; a group's
+dict uses the keys of :data:`GROUP_KEYS` (``"betas"`` and ``"adamw_eps"`` for AdamW's), and
+:meth:`RegMuonOptions.of_group` reads a group back into options, validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice
+from ..spectral import POTENTIALS, SpectralPotential
+
+__all__ = ["DEFAULTS", "GROUP_KEYS", "RegMuonOptions"]
+
+MOMENTUM_FORMS = ("sum", "ema")
+EPS_MODES = ("absolute", "relative")
+LAYOUTS = ("out_in", "in_out")
+NONFINITE_POLICIES = ("raise", "skip")
+#: The option keys of a parameter group dict (``torch.optim`` style; saved in checkpoints):
+#: the matrix options under their own names, then AdamW's betas and ϵ.
+MATRIX_KEYS = ("lr", "momentum", "eps", "eps_mode", "potential", "momentum_form", "nesterov",
+               "weight_decay", "adjust_lr", "tol", "method", "layout", "matrix_view")  # fmt: skip
+GROUP_KEYS = (*MATRIX_KEYS, "betas", "adamw_eps")
+
+
+def check_number(value: Any, name: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
+    """``float(value)`` if it is a real number (or a 0-dim real tensor) in ``[lo, hi]``
+    (``[lo, hi)``); raise naming ``name`` otherwise."""
+    if isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point():
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and lo <= v <= hi) or (hi_open and v == hi):
+        interval = f"[{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return v
+
+
+def check_positive(value: Any, name: str, alt: str = "", hint: str = "") -> float:
+    if check_number(value, name, 0.0, math.inf) == 0:
+        raise ValueError(f"{name} must be > 0{alt}, got {value!r}{hint}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RegMuonOptions:
+    """Every option of RegMuon, validated when made (see :class:`~muonflow.optim.RegMuon`).
+
+    ``options.replace(lr=0.02)`` gives a validated copy with some options changed.
+    """
+
+    #: ``η`` of the matrices (before the shape factor ``ρ(m, n)`` of ``adjust_lr``): the best
+    #: lr of the lr sweeps on the three transformer tasks and at GPT-2 widths 32, 64 and 128
+    #: (small CNNs want ~0.005; see the benchmark's notes). A 0-dim tensor is accepted.
+    lr: float | Tensor = 0.04
+    #: ``β`` of the momentum (0.9 and 0.98 lost to 0.95 in the study).
+    momentum: float = 0.95
+    #: ``ε``: relative (``eps_mode="relative"``) 0.03 of the RMS singular value: the best
+    #: compromise of the ε sweep in ``benchmarks/train_quality.py``.
+    eps: float = 0.03
+    eps_mode: str = "relative"
+    #: the kinetic energy ``K``: a key of :data:`muonflow.spectral.POTENTIALS`.
+    potential: str = "relativistic"
+    #: ``"sum"``: the paper's momentum ``M ← βM + g`` (``"ema"``: torch.optim.Muon's).
+    momentum_form: str = "sum"
+    #: Nesterov's look-ahead (as torch.optim.Muon); better on every task of the study.
+    nesterov: bool = True
+    #: decoupled weight decay ``λ`` of the matrices (and of AdamW unless ``adamw_weight_decay``).
+    weight_decay: float = 0.0
+    #: key of :data:`~muonflow.optim.ADJUST_LR`: ``√max(1, m/n)`` (Keller Jordan's Muon).
+    adjust_lr: str = "original"
+    #: relative accuracy of the map: 1e-2 trains as well as 1e-3 (the study) and lets the
+    #: matmul-only path stop earlier (``benchmarks/bench_fast_map.py``); ``None``: exact.
+    tol: float | None = 1e-2
+    #: ``"auto"`` or a method the potential offers (``SpectralPotential.methods``).
+    method: str = "auto"
+    #: for parameters given without a module (with a module, each layer type says).
+    layout: str = "out_in"
+    matrix_view: str = "auto"
+    #: the built-in AdamW (embeddings, output layer, vectors, direct parameters): lr 0.02
+    #: and β₂ 0.95 won the study (0.005, 0.01, 0.04; β₂ 0.999).
+    adamw_lr: float | Tensor = 0.02
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    adamw_eps: float = 1e-8
+    #: ``None``: ``weight_decay``.
+    adamw_weight_decay: float | None = None
+    #: what a step does with a NaN/Inf gradient: ``"raise"`` or ``"skip"``.
+    on_nonfinite: str = "raise"
+    #: the workspace rule of the batched map calls (see ``max_batch_bytes`` of RegMuon).
+    max_batch_bytes: int | str | None = "auto"
+
+    def __post_init__(self) -> None:
+        from .plan import ADJUST_LR, check_matrix_view
+
+        betas = self.adamw_betas
+        if not (isinstance(betas, tuple | list) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}")
+        object.__setattr__(self, "adamw_betas", tuple(betas))
+        for i, b in enumerate(betas):
+            check_number(b, f"betas[{i}]", 0.0, 1.0, hi_open=True)
+        check_number(self.lr, "lr", 0.0, math.inf)
+        check_number(self.adamw_lr, "lr", 0.0, math.inf)
+        check_number(self.weight_decay, "weight_decay", 0.0, math.inf)
+        if self.adamw_weight_decay is not None:
+            check_number(self.adamw_weight_decay, "weight_decay", 0.0, math.inf)
+        form = check_choice(self.momentum_form, "momentum_form", MOMENTUM_FORMS)
+        # Sum form allows β = 1 (no damping: the conservative flow γ = 0); EMA needs β < 1.
+        check_number(self.momentum, "momentum", 0.0, 1.0, hi_open=form == "ema")
+        check_positive(self.eps, "eps", hint=" (use potential='nuclear')")
+        check_choice(self.eps_mode, "eps_mode", EPS_MODES)
+        kinetic = self.kinetic
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"nesterov must be a bool, got {self.nesterov!r}")
+        check_choice(self.adjust_lr, "adjust_lr", ADJUST_LR)
+        if self.tol is not None:
+            check_positive(self.tol, "tol", alt=" or None")
+        check_choice(self.method, f"method (potential {self.potential!r})", kinetic.methods)
+        check_choice(self.layout, "layout", LAYOUTS)
+        check_matrix_view(self.matrix_view)
+        check_positive(self.adamw_eps, "adamw_eps")
+        check_choice(self.on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
+        mbb = self.max_batch_bytes
+        if not (mbb is None or mbb == "auto") and (
+            isinstance(mbb, bool) or not isinstance(mbb, int) or mbb < 1
+        ):
+            raise ValueError(f"max_batch_bytes must be a positive int, 'auto' or None, got {mbb!r}")
+
+    @property
+    def kinetic(self) -> type[SpectralPotential]:
+        """The potential's class (its traits: ``uses_eps``, ``scale_invariant``, ``methods``)."""
+        return POTENTIALS[check_choice(self.potential, "potential", POTENTIALS)]
+
+    @property
+    def adamw_decay(self) -> float:
+        return self.weight_decay if self.adamw_weight_decay is None else self.adamw_weight_decay
+
+    def replace(self, **changes: Any) -> RegMuonOptions:
+        """A validated copy with ``changes``; an unknown name raises listing the valid ones."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise TypeError(f"unknown RegMuon option(s) {unknown}; valid: {valid}")
+        return dataclasses.replace(self, **changes)
+
+    # -- torch.optim parameter groups --------------------------------------------------------
+    def group(self, algorithm: str) -> dict[str, Any]:
+        """The option entries of a parameter group of ``algorithm`` (:data:`GROUP_KEYS`)."""
+        out = {k: getattr(self, k) for k in MATRIX_KEYS}
+        out.update(betas=self.adamw_betas, adamw_eps=self.adamw_eps)
+        if algorithm == "adamw":
+            out.update(lr=self.adamw_lr, weight_decay=self.adamw_decay)
+        return out
+
+    def of_group(self, group: Mapping[str, Any]) -> RegMuonOptions:
+        """These options with a group's entries (an AdamW group's ``lr``/``weight_decay`` are
+        AdamW's), validated; missing entries keep these values."""
+        get = {k: group[k] for k in GROUP_KEYS if k in group}
+        betas, adamw_eps = get.pop("betas", self.adamw_betas), get.pop("adamw_eps", self.adamw_eps)
+        if group.get("algorithm") == "adamw":
+            return self.replace(adamw_lr=get.get("lr", self.adamw_lr), adamw_betas=betas,
+                                adamw_eps=adamw_eps,
+                                adamw_weight_decay=get.get("weight_decay", self.adamw_decay))
+        return self.replace(**get, adamw_betas=betas, adamw_eps=adamw_eps)  # fmt: skip
+
+    def map_key(self) -> tuple[Any, ...]:
+        """What the map of a stack depends on (the DTensor path, the kinetic energy)."""
+        return (self.potential, self.eps, self.eps_mode, self.tol, self.method)
+
+
+#: The defaults every entry point uses.
+DEFAULTS = RegMuonOptions()
+
+
+def as_float(x: float | Tensor) -> float:
+    """A Python float of an option that may be a 0-dim tensor (``lr``)."""
+    return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def is_half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
