@@ -40,7 +40,7 @@ from spawned import exit_now, spawn
 import muonflow as mf
 from muonflow import distributed as mfd
 from muonflow.optim import DEFAULTS, mirror_map
-from muonflow.optim.dtensor import first_nonfinite
+from muonflow.optim.kernel import first_nonfinite
 
 U64 = torch.finfo(torch.float64).eps / 2
 C_GROWTH = 16.0

@@ -164,7 +164,7 @@ def test_views_of_one_stack_update_like_separate_buffers():
     ("call", "exc", "msg"),
     [
         (lambda W, G, M: regmuon(W, G[:1], M), ValueError, "grads has 1 entries for 2"),
-        (lambda W, G, M: regmuon(W, [G[0], G[1].T], M), ValueError, r"grads\[1\] is .* \(3, 4\)"),
+        (lambda W, G, M: regmuon(W, [G[0], G[1].T], M), ValueError, r"grads\[1\] has shape"),
         (lambda W, G, M: regmuon(W, G, [M[0], M[1].double()]), ValueError, "momentum_buffers"),
         (lambda W, G, M: regmuon(W, G, M, matrix_view="split:5"), ValueError, "divisible by 5"),
         (lambda W, G, M: regmuon(W, G, M, matrix_view="rows"), ValueError, "unknown matrix_view"),

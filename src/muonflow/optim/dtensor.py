@@ -45,9 +45,9 @@ from .plan import relative_eps
 __all__ = [
     "SCHEMES",
     "MatrixLayout",
+    "agree",
     "choose_scheme",
     "comm_stats",
-    "first_nonfinite",
     "map_sharded",
     "matrix_layout",
     "reset_comm_stats",
@@ -468,37 +468,25 @@ def _inv_sqrt_from_gram(
 
 
 # -- agreement on non-finite gradients -------------------------------------------------------------
-def first_nonfinite(tensors: Sequence[Any]) -> int | None:
-    """Index of the first tensor with a NaN/Inf entry on **any** rank, the same on every rank.
-
-    For lists with DTensors (plain tensors are checked locally): each rank flags its local
-    shards, and the flags are all-reduced over every dimension of each DTensor's mesh, so a
-    NaN on one rank makes every rank raise the same error instead of one rank raising and
-    the others waiting in the next collective. One small all-reduce per mesh dimension.
-    """
+def agree(tensors: Sequence[Any], flags: Sequence[bool]) -> list[bool]:
+    """Per-tensor ``flags`` (this rank's) or'ed over the ranks of each DTensor's mesh, so that a
+    NaN on one rank makes every rank raise the same error instead of one rank raising and the
+    others waiting in the next collective. One small all-reduce per mesh dimension."""
     from torch.distributed.tensor import DTensor
 
-    locals_ = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
-    device = locals_[0].device if locals_ else torch.device("cpu")
-    flags = torch.zeros(len(locals_), dtype=torch.float64, device=device)
-    nonempty = [i for i, t in enumerate(locals_) if t.numel()]
-    if nonempty:
-        norms = torch._foreach_norm([locals_[i] for i in nonempty], math.inf)
-        bad = ~torch.isfinite(torch.stack([x.to(torch.float64) for x in norms]))
-        flags[nonempty] = bad.to(torch.float64)
+    device = next((t.to_local().device for t in tensors if isinstance(t, DTensor)), None)
+    out = torch.tensor([float(f) for f in flags], dtype=torch.float64, device=device)
     meshes: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
         if isinstance(t, DTensor):
             meshes.setdefault(t.device_mesh, []).append(i)
     for mesh, idx in meshes.items():
-        sub = flags[idx]
+        sub = out[idx]
         for dim in range(mesh.ndim):
-            group = mesh.get_group(dim)
-            size = mesh.size(dim)
+            group, size = mesh.get_group(dim), mesh.size(dim)
             if size > 1:
                 _count("all_reduce", sub.numel() * 8 * 2 * (size - 1) / size)
                 collective(functools.partial(dist.all_reduce, sub, group=group), group=group,
                            what="the agreement on non-finite gradients")  # fmt: skip
-        flags[idx] = sub
-    hits = torch.nonzero(flags).flatten()
-    return int(hits[0]) if hits.numel() else None
+        out[idx] = sub
+    return (out > 0).tolist()

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .._checks import check_choice
 from .options import DEFAULTS, LAYOUTS, RegMuonOptions, as_float
-from .plan import Bucket, build_plan, is_dtensor, matrix_shape, relative_eps
+from .plan import Bucket, build_plan, is_dtensor, local, matrix_shape, relative_eps
 
 __all__ = ["adamw", "kinetic_energy", "mirror_map", "orthogonalize", "regmuon"]
 
@@ -139,41 +139,65 @@ def _per_param(value: str | Sequence[str], n: int, name: str) -> list[str]:
     return out
 
 
-def check_like(i: int, p: Any, others: dict[str, Any]) -> None:
-    """Parameter ``i`` is a real floating tensor and every ``others`` tensor matches it."""
-    if not isinstance(p, Tensor):
-        raise TypeError(f"params[{i}] must be a Tensor, got {type(p).__name__}")
-    if p.is_complex() or not p.is_floating_point():
-        raise TypeError(f"params[{i}] must be a real floating tensor, got {p.dtype}")
-    for name, t in others.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
-        if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
-            raise ValueError(
-                f"{name}[{i}] is {t.dtype} {tuple(t.shape)} on {t.device}; params[{i}] is "
-                f"{p.dtype} {tuple(p.shape)} on {p.device}"
-            )
-        if t.is_sparse or t.layout != torch.strided:
-            raise RuntimeError(f"{name}[{i}] has a {t.layout} layout; only strided is supported")
+def check_like(value: Any, p: Tensor, what: str, *, exact: bool = True) -> None:
+    """``value`` is a real floating, strided tensor of ``p``'s shape, a DTensor iff ``p`` is
+    (``exact``: and of its dtype and device); raise naming ``what`` otherwise."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{what} must be a Tensor, got {type(value).__name__}")
+    if value.is_complex() or not value.is_floating_point():
+        raise TypeError(f"{what} must be a real floating tensor, got {value.dtype}")
+    if value.shape != p.shape:
+        raise ValueError(f"{what} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
+    if is_dtensor(value) != is_dtensor(p):  # e.g. a single-process checkpoint into FSDP2
+        kinds = ["a DTensor" if is_dtensor(t) else "a plain tensor" for t in (value, p)]
+        raise ValueError(
+            f"{what} is {kinds[0]} but the parameter is {kinds[1]}: load sharded state with "
+            "torch.distributed.checkpoint.state_dict.set_state_dict (a single-process state "
+            "dict with options=StateDictOptions(full_state_dict=True))"
+        )
+    if value.is_sparse or value.layout != torch.strided:
+        raise ValueError(f"{what} has a {value.layout} layout; only strided is supported")
+    if exact and (value.dtype != p.dtype or value.device != p.device):
+        raise ValueError(
+            f"{what} is {value.dtype} on {value.device}; the parameter is {p.dtype} on {p.device}"
+        )
+
+
+def check_lists(params: Sequence[Any], **lists: Sequence[Any]) -> None:
+    """Every list has one entry per parameter, and each tensor entry matches its parameter."""
+    for name, seq in lists.items():
+        if len(seq) != len(params):
+            raise ValueError(f"{name} has {len(seq)} entries for {len(params)} parameters")
+    for i, p in enumerate(params):
+        check_like(p, p, f"params[{i}]")
+        for name, seq in lists.items():
+            if isinstance(seq[i], Tensor) or name != "steps":
+                check_like(seq[i], p, f"{name}[{i}]")
 
 
 def first_nonfinite(tensors: Sequence[Tensor]) -> int | None:
     """Index of the first tensor with a NaN/Inf entry, or ``None``: one fused 2-norm per device
     (NaN/Inf if any entry is; it can overflow for finite entries beyond ~1e19 in float32, and
-    only then each tensor is checked exactly). With DTensors every rank gets the same answer."""
-    live = [i for i, t in enumerate(tensors) if t.numel()]
-    if not live:
-        return None
+    only then are those tensors checked exactly). With DTensors every rank gets the same
+    answer (:func:`~muonflow.optim.dtensor.agree`)."""
+    ts = [local(t) for t in tensors]
+    live = [i for i, t in enumerate(ts) if t.numel()]
+    bad: set[int] = set()
+    by_device: dict[torch.device, list[tuple[int, Tensor]]] = {}
+    norms = torch._foreach_norm([ts[i] for i in live], 2) if live else []
+    for i, norm in zip(live, norms, strict=True):
+        by_device.setdefault(norm.device, []).append((i, norm))
+    for pairs in by_device.values():
+        ok = torch.isfinite(torch.stack([norm.float() for _, norm in pairs]))
+        if not bool(ok.all()):  # one sync per device
+            bad |= {i for (i, _), good in zip(pairs, ok.tolist(), strict=True)
+                    if not good and not bool(torch.isfinite(ts[i]).all())}  # fmt: skip
+    flags = [i in bad for i in range(len(ts))]
     if any(is_dtensor(t) for t in tensors):  # every rank must agree: one small all-reduce
-        from .dtensor import first_nonfinite as agreed
+        from .dtensor import agree
 
-        return agreed(tensors)
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for t in torch._foreach_norm([tensors[i] for i in live], 2):
-        by_device.setdefault(t.device, []).append(t.float())
-    if all(bool(torch.isfinite(torch.stack(ns)).all()) for ns in by_device.values()):
-        return None
-    return next((i for i in live if not bool(torch.isfinite(tensors[i]).all())), None)
+        flags = agree(tensors, flags)
+    return next((i for i, f in enumerate(flags) if f), None)
 
 
 def regmuon(
@@ -219,15 +243,12 @@ def regmuon(
     """
     o = options.replace(**overrides) if overrides else options
     n = len(params)
-    for name, seq in (("grads", grads), ("momentum_buffers", momentum_buffers)):
-        if len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} entries for {n} parameters")
+    check_lists(params, grads=grads, momentum_buffers=momentum_buffers)
     views = _per_param(o.matrix_view if matrix_view is None else matrix_view, n, "matrix_view")
     layouts = _per_param(o.layout if layout is None else layout, n, "layout")
     if len({id(p) for p in params}) != n:
         raise ValueError("params lists the same tensor twice")
     for i in range(n):
-        check_like(i, params[i], {"grads": grads[i], "momentum_buffers": momentum_buffers[i]})
         check_choice(layouts[i], "layout", LAYOUTS)
         matrix_shape(params[i].shape, views[i])
     if check_finite and (bad := first_nonfinite([*grads, *momentum_buffers])) is not None:
@@ -267,13 +288,8 @@ def adamw(
     """
     o = options.replace(**overrides) if overrides else options
     n = len(params)
-    for name, seq in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
-                      ("steps", steps)):  # fmt: skip
-        if len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} entries for {n} parameters")
+    check_lists(params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, steps=steps)
     for i in range(n):
-        check_like(i, params[i], {"grads": grads[i], "exp_avgs": exp_avgs[i],
-                                  "exp_avg_sqs": exp_avg_sqs[i]})  # fmt: skip
         t = steps[i]
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise ValueError(f"steps[{i}] must be an int >= 1, got {t!r}")

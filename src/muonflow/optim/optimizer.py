@@ -44,86 +44,48 @@ class RegMuon(Optimizer):
 
     .. math::
         \begin{aligned}
-        &\textbf{input}: \eta \text{ (lr)},\ \beta \text{ (momentum)},\
-          \varepsilon \text{ (eps)},\ \lambda \text{ (weight decay)},\
-          K \text{ (potential)},\ \rho(m, n) \text{ (adjust\_lr)};\quad M_0 \leftarrow 0 \\
-        &\textbf{for}\ t = 1, 2, \ldots: \\
-        &\hspace{5mm} M_t \leftarrow \beta M_{t-1} + g_t \quad
-          \text{(EMA form: } \beta M_{t-1} + (1-\beta) g_t) \\
-        &\hspace{5mm} X_t \leftarrow g_t + \beta M_t \ \text{if nesterov (EMA: } (1-\beta) g_t
-          + \beta M_t),\ \text{else } M_t \\
-        &\hspace{5mm} \varepsilon_t \leftarrow \varepsilon\ \text{(absolute)}\ \text{or}\
-          \varepsilon\, \|X_t\|_F / \sqrt{\min(m, n)}\ \text{(relative)} \\
-        &\hspace{5mm} W_t \leftarrow (1 - \eta\lambda) W_{t-1}
-          - \eta\, \rho(m, n)\, \nabla K_{\varepsilon_t}(X_t)
+        &M_t \leftarrow \beta M_{t-1} + g_t \quad \text{(EMA form: }
+          \beta M_{t-1} + (1-\beta) g_t) \\
+        &X_t \leftarrow g_t + \beta M_t \ \text{(Nesterov; EMA: } (1-\beta) g_t + \beta M_t),
+          \ \text{else } M_t \\
+        &W_t \leftarrow (1 - \eta\lambda) W_{t-1} - \eta\, \rho(m, n)\,
+          \nabla K_{\varepsilon_t}(X_t), \qquad \varepsilon_t = \varepsilon \
+          \text{(absolute) or } \varepsilon \|X_t\|_F / \sqrt{\min(m, n)} \ \text{(relative)}
         \end{aligned}
 
-    :math:`\nabla K_\varepsilon` is applied to each matrix, batched
-    (:func:`~muonflow.optim.mirror_map`): ``relativistic`` (default)
-    :math:`X (X^\top X + \varepsilon^2 I)^{-1/2}`, ``huber`` :math:`U \min(\Sigma/\varepsilon,
-    1) V^\top`, ``nuclear`` :math:`U V^\top` (``torch.optim.Muon``'s rule without the
-    Newton–Schulz approximation), ``quadratic`` the identity (heavy ball).
+    per matrix, batched (:func:`~muonflow.optim.mirror_map`; the default potential gives
+    :math:`X (X^\top X + \varepsilon^2 I)^{-1/2}`). With :math:`\eta = h`, :math:`\beta = 1 -
+    \gamma h`, absolute :math:`\varepsilon = \varepsilon_{dyn}/h`, no decay, Nesterov or
+    :math:`\rho`, the iterates are the flow's symplectic-Euler scheme (:meth:`from_dynamics`,
+    ``docs/theory.md`` §3).
 
-    **It is exactly the discretized Hamiltonian flow** (``docs/theory.md``, §3): with
-    :math:`\eta = h`, :math:`\beta = 1 - \gamma h`, absolute :math:`\varepsilon =
-    \varepsilon_{dyn}/h`, no weight decay, no Nesterov and :math:`\rho = 1`, the iterates are
-    the symplectic-Euler scheme :math:`P \leftarrow (1-\gamma h) P - h\nabla f(W)`,
-    :math:`W \leftarrow W + h \nabla K_{\varepsilon_{dyn}}(P)` with :math:`P = -hM`
-    (:meth:`from_dynamics`).
-
-    **Routing** (:mod:`~muonflow.optim.routing`, ``docs/optimizer.md``). ``RegMuon(model)``
-    routes by structure: embeddings and parameters tied to them, the output layer, vectors and
-    parameters a module holds without declaring them weight matrices go to the built-in AdamW;
-    the declared weight matrices of known layers (``Linear``, HF ``Conv1D``, convs, attention,
-    RNNs, stacked experts) to RegMuon, each with its matrix view and layout: two groups,
-    ``[RegMuon, AdamW]``. Named parameters, tensors and dict groups work too (split by
-    ``param_groups[i]["algorithm"]``, names routed by ``adamw``; matrices with neither a name
-    nor a module go to RegMuon with one ``RoutingWarning``). ``print(opt.routing)`` shows every
-    decision. Tied parameters are updated once; parameters without ``.grad`` are skipped.
-
-    **ε and the momentum form.** ``eps_mode="absolute"`` uses ε as is, in the units of the
-    momentum's singular values (exact Hamiltonian dynamics; :meth:`kinetic_energy` is the
-    paper's). EMA buffers are :math:`B = (1-\beta) M`, so EMA with ``eps = ε_B`` equals sum form
-    with ``eps = ε_B / (1-β)``. ``eps_mode="relative"`` scales ε with each map input: the update
-    is invariant under rescaling the loss, and sum and EMA forms agree.
-
-    **Batched, all or nothing.** Same-shape matrices of a group share one stacked momentum
-    tensor and one batched map call (or a few chunks under ``max_batch_bytes``). :meth:`step`,
-    :meth:`add_param_group` and :meth:`load_state_dict` check everything before changing
-    anything, and every map of a step runs before any parameter or state changes, so an
-    exception in a step leaves the optimizer and the model as they were
-    (``docs/reliability.md``).
+    ``RegMuon(model)`` routes by structure (:mod:`~muonflow.optim.routing`): embeddings, tied
+    parameters, the output layer, vectors and undeclared parameters to the built-in AdamW; the
+    declared weight matrices of known layers to RegMuon, each with its matrix view and layout;
+    ``print(opt.routing)`` shows every decision. Named parameters, tensors and dict groups work
+    too. Every step, :meth:`add_param_group` and :meth:`load_state_dict` is all or nothing (see
+    ``docs/optimizer.md`` and ``docs/reliability.md``).
 
     Args:
         params: an ``nn.Module`` (routed by structure), ``(name, parameter)`` pairs, tensors,
-            or dicts defining parameter groups; groups may override the per-group options
-            (:data:`~muonflow.optim.options.GROUP_KEYS`, plus ``"adamw_lr"``,
-            ``"adamw_weight_decay"`` or ``"algorithm"``).
+            or group dicts (which may set the :data:`~muonflow.optim.options.GROUP_KEYS` and
+            ``"adamw_lr"``, ``"adamw_weight_decay"`` or ``"algorithm"``).
         lr: ``η`` of the matrices (a float or a 0-dim tensor).
-        options: a :class:`~muonflow.optim.RegMuonOptions` (default
-            :data:`~muonflow.optim.DEFAULTS`); keyword ``overrides`` replace some of it. Every
-            option and its default is documented there: ``momentum``, ``eps``, ``eps_mode``,
-            ``potential``, ``momentum_form``, ``nesterov``, ``weight_decay``, ``adjust_lr``,
-            ``tol``, ``method``, ``layout``, ``matrix_view``, ``adamw_lr``, ``adamw_betas``,
-            ``adamw_eps``, ``adamw_weight_decay``, ``on_nonfinite``, ``max_batch_bytes``.
-        adamw: more matrices for AdamW: a predicate ``(name | None, param) -> bool`` or an
-            iterable of regular expressions searched in the names. Without a model, ``None``
-            means :func:`~muonflow.optim.default_adamw_rule` and ``()`` sends every matrix to
-            RegMuon; with a model, it adds to the structural rules.
-        output: with a model: its output layer(s) (a module, a qualified name, or a list; ``()``
-            for none), overriding the automatic choice.
+        options: a :class:`~muonflow.optim.RegMuonOptions`, where every option is documented
+            (default :data:`~muonflow.optim.DEFAULTS`); keyword ``overrides`` replace some.
+        adamw: more matrices for AdamW: a predicate ``(name | None, param) -> bool`` or regular
+            expressions searched in the names (without a model, ``None`` is
+            :func:`~muonflow.optim.default_adamw_rule` and ``()`` sends every matrix to RegMuon).
+        output: with a model, its output layer(s) (module, name, list; ``()`` for none).
 
     Example:
         >>> # xdoctest: +SKIP
         >>> opt = RegMuon(model)               # routed by structure, DEFAULTS
-        >>> print(opt.routing)                 # which parameter went where, and why
-        >>> loss = loss_fn(model(x), y)
-        >>> loss.backward()
+        >>> loss = loss_fn(model(x), y); loss.backward()
         >>> H = opt.hamiltonian(loss)          # optional: loss + kinetic energy, before step()
         >>> opt.step(); opt.zero_grad()
 
-    ``torch.compile``: :meth:`step` runs eagerly (a graph break) inside compiled code; compile
-    the model or the training step around it.
+    :meth:`step` runs eagerly (a graph break) inside ``torch.compile``d code.
     """
 
     def __init__(

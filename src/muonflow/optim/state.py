@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from .kernel import first_nonfinite
+from .kernel import check_like, first_nonfinite
 from .options import RegMuonOptions
-from .plan import is_dtensor, matrix_shape
+from .plan import matrix_shape
 from .routing import Route, route_params
 
 ALGORITHMS = ("regmuon", "adamw")
@@ -29,29 +29,6 @@ def group_options(group: Mapping[str, Any], base: RegMuonOptions) -> RegMuonOpti
 def param_label(group: Mapping[str, Any], gi: int, j: int) -> str:
     names = group.get("param_names")
     return repr(names[j]) if names else f"param_groups[{gi}]['params'][{j}]"
-
-
-def _check_tensor_like(value: Any, p: Tensor, what: str, *, exact: bool) -> None:
-    """``value`` is a real floating tensor of ``p``'s shape (``exact``: and dtype, device)."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{what} must be a Tensor, got {type(value).__name__}")
-    if value.is_complex() or not value.is_floating_point():
-        raise TypeError(f"{what} must be a real floating tensor, got {value.dtype}")
-    if value.shape != p.shape:
-        raise ValueError(f"{what} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
-    if is_dtensor(value) != is_dtensor(p):  # e.g. a single-process checkpoint into FSDP2
-        kinds = ["a DTensor" if is_dtensor(t) else "a plain tensor" for t in (value, p)]
-        raise ValueError(
-            f"{what} is {kinds[0]} but the parameter is {kinds[1]}: load sharded state with "
-            "torch.distributed.checkpoint.state_dict.set_state_dict (a single-process state "
-            "dict with options=StateDictOptions(full_state_dict=True))"
-        )
-    if value.is_sparse or value.layout != torch.strided:
-        raise ValueError(f"{what} has a {value.layout} layout; only strided is supported")
-    if exact and (value.dtype != p.dtype or value.device != p.device):
-        raise ValueError(
-            f"{what} is {value.dtype} on {value.device}; the parameter is {p.dtype} on {p.device}"
-        )
 
 
 def check_param_state(
@@ -76,7 +53,7 @@ def check_param_state(
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{what} must be an int >= 0, got {value!r}")
             continue
-        _check_tensor_like(value, p, what, exact=exact)
+        check_like(value, p, what, exact=exact)
         if finite and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{what} has NaN or Inf entries")
         if key == "exp_avg_sq" and bool((value < 0).any()):
