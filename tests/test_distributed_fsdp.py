@@ -340,6 +340,36 @@ def _nan_on_one_rank(rank: int, mesh: Any) -> dict[str, Any]:
     return {"outcome": outcome, "unchanged": unchanged, "clean": clean, "agreed": agreed}
 
 
+def _disagreeing_ranks(rank: int, mesh: Any) -> dict[str, Any]:
+    """Rank 1 builds its optimizer differently: same-shape parameters in another order (qkv and
+    up of block 0 are both [24, 8]), then one parameter fewer. Each must be a clear error on
+    every rank at the first step, within seconds, naming the difference (before the fingerprint
+    check: silently wrong weights, or a timeout blaming "another rank")."""
+    X, Y = _data()
+    out: dict[str, Any] = {}
+    for case in ("order", "missing"):
+        model = _shard(_model(), mesh)
+        named = list(model.named_parameters())
+        if rank == 1 and case == "order":
+            i = next(k for k, (n, _) in enumerate(named) if n == "blocks.0.qkv.weight")
+            j = next(k for k, (n, _) in enumerate(named) if n == "blocks.0.up.weight")
+            named[i], named[j] = named[j], named[i]
+        if rank == 1 and case == "missing":
+            named = [(n, p) for n, p in named if n != "blocks.1.down.weight"]
+        opt = mf.RegMuon(named, lr=0.05, momentum=0.9, eps=EPS, tol=None, adamw_lr=0.01)
+        before = _full(model)
+        t0 = time.perf_counter()
+        try:
+            _train(model, opt, X, Y, 1)
+            outcome = ("finished", "")
+        except Exception as e:
+            outcome = (type(e).__name__, str(e))
+        out[case] = {"outcome": outcome, "elapsed": time.perf_counter() - t0,
+                     "unchanged": all(torch.equal(a, b) for a, b in
+                                      zip(before.values(), _full(model).values(), strict=True))}
+    return out
+
+
 def _consecutive_views(ts: list[torch.Tensor]) -> bool:
     """The tensors are consecutive contiguous pieces of one storage (a stacked buffer)."""
     offset = ts[0].storage_offset()
@@ -391,6 +421,7 @@ def _worker_body(rank: int, port: int, out_dir: str) -> None:
             res[2]["nan"] = _nan_on_one_rank(rank, mesh2)
             res[2]["from_one"] = _from_one_process(rank, 2, mesh2,
                                                    os.path.join(out_dir, "one_process.pt"))
+            res[2]["disagree"] = _disagreeing_ranks(rank, mesh2)
         dist.barrier()  # the world-2 checkpoint is written
         res[3]["fsdp"] = _fsdp_run(rank, 3, mesh3, ckpt3)
         res[3]["resumed"] = _resume(rank, 3, mesh3, ckpt2)
@@ -455,6 +486,20 @@ def _assert_close(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], to
 
 
 # -- tests -----------------------------------------------------------------------------------------
+def test_ranks_that_build_different_optimizers_all_raise_naming_the_difference(runs: Any) -> None:
+    """Defect caught: one rank passing same-shape parameters in another order trained silently
+    wrong (weights off by 2e-2); different shapes were caught only by a collective timeout."""
+    for case, names in (("order", ("blocks.0.qkv.weight", "blocks.0.up.weight")),
+                        ("missing", ("blocks.1.down.weight", "nothing"))):  # fmt: skip
+        for rank, res in enumerate(runs[2]):
+            got = res["disagree"][case]
+            kind, msg = got["outcome"]
+            assert kind == "DistributedError" and "differ across ranks" in msg, (case, rank, msg)
+            assert any(n in msg for n in names), (case, msg)
+            assert got["elapsed"] < GROUP_TIMEOUT_S / 3 and got["unchanged"], (case, rank, got)
+
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_fully_sharded_training_equals_one_process(runs: Any, world: int) -> None:
     ref, _, _ = _single(STEPS)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEMES",
     "MatrixLayout",
     "agree",
+    "agree_on",
     "choose_scheme",
     "comm_stats",
     "map_sharded",
@@ -490,3 +492,38 @@ def agree(tensors: Sequence[Any], flags: Sequence[bool]) -> list[bool]:
                            what="the agreement on non-finite gradients")  # fmt: skip
         out[idx] = sub
     return (out > 0).tolist()
+
+
+def agree_on(entries: Sequence[str], meshes: Sequence[Any]) -> None:
+    """Raise :class:`~muonflow._collective.DistributedError` on every rank of ``meshes`` unless
+    all hold the same ``entries`` (the optimizer's fingerprint: parameter names, shapes, routing,
+    options, in order), naming the first difference. One all-reduce of a 64-bit hash and minus
+    itself (their maxima) per mesh dimension; the entries are gathered only on a mismatch."""
+    digest = hashlib.blake2b("\n".join(entries).encode(), digest_size=7).digest()
+    h = int.from_bytes(digest, "little")
+    flags = torch.tensor([h, -h], dtype=torch.int64)
+    groups = [(m.get_group(d), m.size(d)) for m in meshes for d in range(m.ndim) if m.size(d) > 1]
+    for group, _ in groups:
+        reduce = functools.partial(dist.all_reduce, flags, op=dist.ReduceOp.MAX, group=group)
+        collective(reduce, group=group, what="the optimizer fingerprint check")
+    if int(flags[0]) == -int(flags[1]):
+        return
+    rank = dist.get_rank()
+    for group, size in groups:
+        gathered: list[Any] = [None] * size
+        exchange = functools.partial(dist.all_gather_object, gathered, list(entries), group=group)
+        collective(exchange, group=group, what="the optimizer fingerprint exchange")
+        n = max(len(x) for x in gathered)
+        rows = [list(x) + ["nothing"] * (n - len(x)) for x in gathered]
+        diff = next((i for i in range(n) if len({r[i] for r in rows}) > 1), None)
+        if diff is not None:
+            ranks = dist.get_process_group_ranks(group)
+            seen = "; ".join(f"rank {r} has {row[diff]}"
+                             for r, row in zip(ranks, rows, strict=True))  # fmt: skip
+            raise DistributedError(
+                f"rank {rank}: the optimizers differ across ranks: {seen}. Build the optimizer "
+                "the same way on every rank (the same parameters in the same order, routing and "
+                "options)."
+            )
+    raise DistributedError(f"rank {rank}: the optimizers differ across ranks (see the other "
+                           "ranks' errors for the difference)")  # fmt: skip

@@ -7,8 +7,11 @@ groups and checkpoints in :mod:`~muonflow.optim.state`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -17,7 +20,7 @@ from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import DEFAULTS, GROUP_KEYS, RegMuonOptions, check_number
-from .plan import MomentumStacks, auto_workspace_cap, build_plan, matrix_shape
+from .plan import MomentumStacks, auto_workspace_cap, build_plan, is_dtensor, matrix_shape
 from .routing import Routing, make_rule, route_module, warn_unrouted
 from .state import check_state_dict, collect_updates, group_options, split_group
 
@@ -301,13 +304,14 @@ class RegMuon(Optimizer):
         """Perform one step (see the class docstring); returns the closure's loss if given.
 
         All or nothing: everything is checked, and every matrix's update computed, before any
-        parameter or state changes.
+        parameter or state changes; the commit (in-place elementwise updates) holds Ctrl-C.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         opts = [group_options(g, self.options) for g in self.param_groups]
+        self._agree(opts)  # before any other collective
         todo = collect_updates(self.param_groups, self.state, self.options.on_nonfinite)
         if todo is None:
             self.skipped_steps += 1
@@ -319,20 +323,43 @@ class RegMuon(Optimizer):
                 for group, o, items in zip(self.param_groups, opts, todo, strict=True)
                 if group["algorithm"] == "regmuon" for p, _ in items
             )  # fmt: skip
-        pending = []
+        pending = []  # every map of the step, before any change
         for gi, (group, o, items) in enumerate(zip(self.param_groups, opts, todo, strict=True)):
             if items and group["algorithm"] == "regmuon":
                 works, installs = self._works(gi, o, items, cap)
                 pending.append((works, [directions(w, o) for w in works], o, installs))
-        for works, ds, o, installs in pending:  # the commit
-            for install in installs:
-                install()
-            for w, d in zip(works, ds, strict=True):
-                commit(w, d, o)
-        for group, o, items in zip(self.param_groups, opts, todo, strict=True):
-            if items and group["algorithm"] == "adamw":
-                self._adamw_group(o, items)
+        with _holding_interrupts():  # the commit
+            for works, ds, o, installs in pending:
+                for install in installs:
+                    install()
+                for w, d in zip(works, ds, strict=True):
+                    commit(w, d, o)
+            for group, o, items in zip(self.param_groups, opts, todo, strict=True):
+                if items and group["algorithm"] == "adamw":
+                    self._adamw_group(o, items)
         return loss
+
+    def _agree(self, opts: list[RegMuonOptions]) -> None:
+        """With DTensor parameters, every rank must hold the same optimizer (names, shapes,
+        routing, options), or they would exchange mismatched matrices: one tiny all-reduce of a
+        fingerprint per step, and on a mismatch an error on every rank naming the difference."""
+        key = tuple((id(g), len(g["params"]), g["algorithm"], o.matrix_view, o.layout)
+                    for g, o in zip(self.param_groups, opts, strict=True))  # fmt: skip
+        if getattr(self, "_fingerprint", (None,))[0] != key:  # the parameters' part, cached
+            entries: list[str] = []
+            for gi, (g, o) in enumerate(zip(self.param_groups, opts, strict=True)):
+                names = g.get("param_names") or [None] * len(g["params"])
+                for j, (p, n) in enumerate(zip(g["params"], names, strict=True)):
+                    spec = self._spec(p, o) if g["algorithm"] == "regmuon" else "adamw"
+                    entries.append(f"param_groups[{gi}][{j}] = {n} {tuple(p.shape)} {spec}")
+            meshes = {id(p.device_mesh): p.device_mesh for g in self.param_groups
+                      for p in g["params"] if is_dtensor(p)}  # fmt: skip
+            self._fingerprint = (key, entries, list(meshes.values()))
+        if self._fingerprint[2]:
+            from .dtensor import agree_on
+
+            groups = [f"param_groups[{gi}] options = {o!r}" for gi, o in enumerate(opts)]
+            agree_on(groups + self._fingerprint[1], self._fingerprint[2])
 
     def _works(
         self, gi: int, o: RegMuonOptions, items: list[tuple[Tensor, Tensor]], cap: int | None
@@ -395,6 +422,23 @@ class RegMuon(Optimizer):
         else:
             value = torch.tensor(float(loss), dtype=torch.float64)
         return value + self.kinetic_energy()
+
+
+@contextlib.contextmanager
+def _holding_interrupts() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it: a step's commit is never cut
+    in half. Only the main thread receives signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    old = signal.signal(signal.SIGINT, lambda *args: held.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if held:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:

@@ -180,6 +180,14 @@ def check_items(
             raise TypeError(f"RegMuon does not support complex parameters ({p.dtype})")
         if not p.is_floating_point():
             raise TypeError(f"RegMuon needs floating parameters, got {p.dtype}")
+        if p.dtype == torch.float16:
+            raise TypeError(
+                f"RegMuon does not support float16 parameters ({name or tuple(p.shape)}): the "
+                "sum-form momentum overflows float16 within tens of steps of ordinary gradients "
+                "and AdamW's ϵ underflows it. Keep float32 parameters and train under "
+                "torch.autocast(dtype=torch.float16) with a GradScaler, or use bfloat16 "
+                "parameters."
+            )
         if not (p.is_leaf or p.retains_grad):
             raise ValueError("can't optimize a non-leaf Tensor")
         if id(p) in existing:
@@ -271,6 +279,11 @@ def collect_updates(
             if g is None or p.numel() == 0:
                 continue
             label = param_label(group, gi, j)
+            if p.device.type == "meta" or g.device.type == "meta":
+                raise ValueError(
+                    f"parameter {label} (or its gradient) is on the meta device: materialize the "
+                    "model (model.to_empty(device=...) and initialize it) before stepping"
+                )
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError(f"RegMuon does not support sparse gradients: parameter "
                                    f"{label} has a {g.layout} gradient")  # fmt: skip
