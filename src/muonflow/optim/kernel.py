@@ -78,6 +78,8 @@ class Work:
     ms: list[Tensor]
     stack: Tensor | None = None
     copies: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    #: the new momentum, rounded once, where the state's dtype is not the parameters'
+    new_momentum: list[Tensor] = field(default_factory=list)
 
     @classmethod
     def of(cls, b: Bucket, params: Sequence[Tensor], grads: Sequence[Tensor],
@@ -93,11 +95,17 @@ def directions(work: Work, o: RegMuonOptions, map_fn: MapFn | None = None) -> li
     mapper = map_fn or (lambda X: mirror_map(X, o))  # looked up at call time: patchable
     if b.layout is not None:  # DTensors: the full matrices' map, from local shards
         mapper = functools.partial(b.layout.map, map_fn=mapper, options=o)
-    out = []
+    out, dtype = [], work.gs[0].dtype
+    state_dtype = dtype if work.stack is None else work.stack.dtype
+    low = state_dtype != dtype  # e.g. bfloat16 momentum
+    work.new_momentum = []
     for lo, hi in b.chunks():
         gs = b.rows(work.gs, lo, hi)
-        if work.stack is not None:
-            X = work.stack[lo:hi].clone() if ema else work.stack[lo:hi] * beta
+        if work.stack is not None:  # in the parameters' dtype (a no-op unless ``low``)
+            M = work.stack[lo:hi].to(dtype)
+            X = M.clone() if ema or low else M * beta
+            if low and not ema:
+                X.mul_(beta)
         else:
             X = torch.cat(b.rows(work.ms, lo, hi))
             if not ema:
@@ -107,6 +115,8 @@ def directions(work: Work, o: RegMuonOptions, map_fn: MapFn | None = None) -> li
             torch._foreach_lerp_(pieces, gs, 1 - beta)  # M' = βM + (1-β)g
         else:
             torch._foreach_add_(pieces, gs)  # M' = βM + g
+        if low:
+            work.new_momentum.append(X.to(state_dtype))  # rounded once
         if o.nesterov:
             X.mul_(beta)
             torch._foreach_add_(pieces, gs, alpha=1 - beta if ema else 1.0)  # X = βM' + g
@@ -117,7 +127,11 @@ def directions(work: Work, o: RegMuonOptions, map_fn: MapFn | None = None) -> li
 def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions) -> None:
     """Post of one bucket: ``M ← M'``, ``W ← (1 - ηλ)W - ηρD``, in place."""
     beta, lr, b = o.momentum, as_float(o.lr), work.b
-    if o.momentum_form == "ema":
+    if work.new_momentum:  # M ← M', computed in pre and rounded once to the state's dtype
+        assert work.stack is not None
+        torch._foreach_copy_(list(work.stack.split([m.shape[0] for m in work.new_momentum])),
+                             work.new_momentum)  # fmt: skip
+    elif o.momentum_form == "ema":
         torch._foreach_lerp_(work.ms, work.gs, 1 - beta)
     else:
         torch._foreach_mul_(work.ms, beta)
@@ -139,9 +153,12 @@ def _per_param(value: str | Sequence[str], n: int, name: str) -> list[str]:
     return out
 
 
-def check_like(value: Any, p: Tensor, what: str, *, exact: bool = True) -> None:
+def check_like(
+    value: Any, p: Tensor, what: str, *, exact: bool = True, any_dtype: bool = False
+) -> None:
     """``value`` is a real floating, strided tensor of ``p``'s shape, a DTensor iff ``p`` is
-    (``exact``: and of its dtype and device); raise naming ``what`` otherwise."""
+    (``exact``: and on its device, of its dtype unless ``any_dtype``); raise naming ``what``
+    otherwise."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{what} must be a Tensor, got {type(value).__name__}")
     if value.is_complex() or not value.is_floating_point():
@@ -157,7 +174,7 @@ def check_like(value: Any, p: Tensor, what: str, *, exact: bool = True) -> None:
         )
     if value.is_sparse or value.layout != torch.strided:
         raise ValueError(f"{what} has a {value.layout} layout; only strided is supported")
-    if exact and (value.dtype != p.dtype or value.device != p.device):
+    if exact and ((value.dtype != p.dtype and not any_dtype) or value.device != p.device):
         raise ValueError(
             f"{what} is {value.dtype} on {value.device}; the parameter is {p.dtype} on {p.device}"
         )

@@ -371,8 +371,9 @@ class RegMuon(Optimizer):
         for b in build_plan(params, [self._spec(p, o) for p in params], o.adjust_lr,
                             o.max_batch_bytes, cap):  # fmt: skip
             ps = [params[i] for i in b.members]
-            key = (gi, b.m, b.n, b.rho, b.layout, ps[0].dtype, ps[0].device)
-            stack, bufs, install = self._stacks.stack(key, self.state, ps, b)
+            dtype = o.momentum_dtype_for(ps[0].dtype)
+            key = (gi, b.m, b.n, b.rho, b.layout, ps[0].dtype, ps[0].device, dtype)
+            stack, bufs, install = self._stacks.stack(key, self.state, ps, b, dtype)
             if install is not None:
                 installs.append(install)
             works.append(Work.of(b, ps, [grads[i] for i in b.members], bufs, stack))

@@ -30,6 +30,7 @@ MOMENTUM_FORMS = ("sum", "ema")
 EPS_MODES = ("absolute", "relative")
 LAYOUTS = ("out_in", "in_out")
 NONFINITE_POLICIES = ("raise", "skip")
+MOMENTUM_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 #: The option keys of a parameter group dict (``torch.optim`` style; saved in checkpoints):
 #: the matrix options under their own names, then AdamW's betas and ϵ.
 MATRIX_KEYS = ("lr", "momentum", "eps", "eps_mode", "potential", "momentum_form", "nesterov",
@@ -103,6 +104,10 @@ class RegMuonOptions:
     on_nonfinite: str = "raise"
     #: the workspace rule of the batched map calls (see ``max_batch_bytes`` of RegMuon).
     max_batch_bytes: int | str | None = "auto"
+    #: the dtype of the momentum state: ``None`` (the parameter's) or ``"bfloat16"`` (half the
+    #: memory of float32 state; the update is computed in the parameter's dtype and the new
+    #: momentum rounded once per step) or ``"float32"``.
+    momentum_dtype: str | None = None
 
     def __post_init__(self) -> None:
         from .plan import ADJUST_LR, check_matrix_view
@@ -134,6 +139,8 @@ class RegMuonOptions:
         check_matrix_view(self.matrix_view)
         check_positive(self.adamw_eps, "adamw_eps")
         check_choice(self.on_nonfinite, "on_nonfinite", NONFINITE_POLICIES)
+        if self.momentum_dtype is not None:
+            check_choice(self.momentum_dtype, "momentum_dtype", MOMENTUM_DTYPES)
         mbb = self.max_batch_bytes
         if not (mbb is None or mbb == "auto") and (
             isinstance(mbb, bool) or not isinstance(mbb, int) or mbb < 1
@@ -176,6 +183,10 @@ class RegMuonOptions:
                                 adamw_eps=adamw_eps,
                                 adamw_weight_decay=get.get("weight_decay", self.adamw_decay))
         return self.replace(**get, adamw_betas=betas, adamw_eps=adamw_eps)  # fmt: skip
+
+    def momentum_dtype_for(self, param_dtype: torch.dtype) -> torch.dtype:
+        """The dtype of a parameter's momentum state."""
+        return param_dtype if self.momentum_dtype is None else MOMENTUM_DTYPES[self.momentum_dtype]
 
     def map_key(self) -> tuple[Any, ...]:
         """What the map of a stack depends on (the DTensor path, the kinetic energy)."""

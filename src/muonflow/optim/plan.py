@@ -252,8 +252,9 @@ class MomentumStacks:
         self._stacks = {}
 
     def stack(self, key: tuple[Any, ...], state: Any, params: Sequence[Any], b: Bucket,
-              ) -> tuple[Tensor, list[Tensor], Callable[[], None] | None]:  # fmt: skip
-        """``(stack, member pieces [k_i, m, n], install)`` for ``params`` (``b``'s members).
+              dtype: torch.dtype) -> tuple[Tensor, list[Tensor], Callable[[], None] | None]:
+        """``(stack, member pieces [k_i, m, n], install)`` for ``params`` (``b``'s members),
+        in ``dtype``.
 
         ``install`` is ``None`` when the cached stack is current; otherwise the new stack holds
         copies of the members' buffers (zeros where none) and ``install()`` makes the state's
@@ -267,8 +268,7 @@ class MomentumStacks:
                 for a, p, v in zip(c_params, params, views, strict=True)
             ):
                 return stacked, list(stacked.split(list(b.counts))), None
-        first = local(params[0])
-        stacked = torch.zeros(b.total, b.m, b.n, dtype=first.dtype, device=first.device)
+        stacked = torch.zeros(b.total, b.m, b.n, dtype=dtype, device=local(params[0]).device)
         pieces = list(stacked.split(list(b.counts)))
         for p, piece in zip(params, pieces, strict=True):
             old = state[p].get("momentum_buffer") if p in state else None

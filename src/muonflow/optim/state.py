@@ -53,7 +53,8 @@ def check_param_state(
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{what} must be an int >= 0, got {value!r}")
             continue
-        check_like(value, p, what, exact=exact)
+        # a momentum buffer may be kept in another floating dtype (momentum_dtype)
+        check_like(value, p, what, exact=exact, any_dtype=key == "momentum_buffer")
         if finite and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{what} has NaN or Inf entries")
         if key == "exp_avg_sq" and bool((value < 0).any()):
