@@ -3,7 +3,9 @@ parameters, declared weight matrices), the name rule, the warning, and the recor
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import warnings
 
 import pytest
@@ -354,3 +356,56 @@ def test_adamw_rule_adds_to_the_structure_of_a_model():
     assert r["enc.layers.0.linear2.weight"] == ("regmuon", "hidden matrix")
     assert r["head.weight"] == ("adamw", "output layer")
     assert r["emb.weight"] == ("adamw", "embedding")
+
+
+class HeadBeforeInput(nn.Module):
+    """The head is registered before the input layer (no repeated blocks): registration order
+    alone takes the input layer for the output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.inp = nn.Linear(5, 16)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.inp(x)))
+
+
+def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order():
+    """Defect caught: the input layer, registered after the head, was taken as the output layer
+    (AdamW) and the real head got the matrix update. After the first forward the routing follows
+    the execution order (with a RoutingWarning saying so), before any state exists; the step
+    equals RegMuon(model, output="head")."""
+    torch.manual_seed(0)
+    model = HeadBeforeInput()
+    opt = RegMuon(model)
+    ref_model = copy.deepcopy(model)  # copied before the first forward: its hooks do nothing
+    ref = RegMuon(ref_model, output="head")
+    assert opt.routing.by_name()["inp.weight"].algorithm == "adamw"  # registration order
+    x = torch.randn(8, 5)
+    with pytest.warns(RoutingWarning, match="'head' .* not 'inp'"):
+        loss = model(x).square().mean()
+    assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
+    assert opt.routing.by_name()["head.weight"].algorithm == "adamw"
+    assert "first forward" in opt.routing.output
+    ref_model(x).square().mean().backward()
+    loss.backward()
+    opt.step()
+    ref.step()
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    model(x)  # later forwards change nothing
+    assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
+    pickle.dumps(HeadBeforeInput())  # a model with the hooks stays picklable
+    m2 = HeadBeforeInput()
+    RegMuon(m2)
+    assert pickle.loads(pickle.dumps(m2))(x).shape == (8, 3)
+
+
+def test_a_model_in_registration_order_is_not_rerouted(recwarn):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = RegMuon(model)
+    before = list(opt.routing.routes)
+    model(torch.randn(4, 5))
+    assert opt.routing.routes == before and not [w for w in recwarn if "routed" in str(w.message)]

@@ -11,6 +11,8 @@ import contextlib
 import math
 import signal
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
@@ -21,7 +23,17 @@ from torch.optim import Optimizer
 from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import DEFAULTS, GROUP_KEYS, RegMuonOptions, check_number
 from .plan import MomentumStacks, auto_workspace_cap, build_plan, is_dtensor, matrix_shape
-from .routing import Routing, make_rule, route_module, warn_unrouted
+from .routing import (
+    EXECUTION_ORDER,
+    REGISTRATION_ORDER,
+    FirstForward,
+    Routing,
+    RoutingWarning,
+    make_rule,
+    output_candidates,
+    route_module,
+    warn_unrouted,
+)
 from .state import check_state_dict, collect_updates, group_options, split_group
 
 __all__ = ["RegMuon"]
@@ -117,7 +129,8 @@ class RegMuon(Optimizer):
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
-            model_routing, pairs = route_module(params, output=output, extra_adamw=extra)
+            model, model_routing, pairs = params, *route_module(params, output=output,
+                                                                extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
         elif output is not None:
             raise TypeError("output= needs a model: RegMuon(model, output=...)")
@@ -128,6 +141,10 @@ class RegMuon(Optimizer):
             self._in_init = False
         if model_routing is not None:
             self.routing = model_routing
+            if model_routing.output.endswith(f"({REGISTRATION_ORDER})"):
+                ref = weakref.ref(self)
+                FirstForward(model, output_candidates(model), lambda order: (
+                    opt._reroute(model, order) if (opt := ref()) is not None else None))
         else:
             self.routing.source = "named parameters" if any(
                 "param_names" in g for g in self.param_groups) else "parameters"  # fmt: skip
@@ -144,6 +161,34 @@ class RegMuon(Optimizer):
                 assert route.view is not None and route.layout is not None
                 self._specs[p] = (route.view, route.layout)
         return [groups["regmuon"], groups["adamw"]]
+
+    def _reroute(self, model: nn.Module, order: list[str]) -> None:
+        """After the first forward: if the output layer chosen by registration order is not
+        the last candidate to run, route by the execution order (before any state exists)."""
+        chosen = self.routing.output.split(" (")[0]
+        if not order or order[-1] == chosen:
+            return
+        extra = self._adamw_rule if self._explicit_rule else None
+        routing, pairs = route_module(model, output=order[-1], extra_adamw=extra)
+        routing.output = f"{order[-1]} ({EXECUTION_ORDER})"
+        moved = [(old, new, p) for old, new, (_, p) in zip(self.routing.routes, routing.routes,
+                 pairs, strict=True) if old.algorithm != new.algorithm]  # fmt: skip
+        if any(self.state.get(p) for _, _, p in moved) or len(self.param_groups) < 2:
+            warnings.warn(f"RegMuon(model): the output layer is {order[-1]!r} by the order of "
+                          f"the first forward, not {chosen!r}, but the optimizer has state or "
+                          "groups already; pass output= to route it", RoutingWarning,
+                          stacklevel=2)  # fmt: skip
+            return
+        regmuon, adamw = self._model_groups(routing, pairs)
+        for group, new in zip(self.param_groups[:2], (regmuon, adamw), strict=True):
+            group["params"] = [p for _, p in new["params"]]
+            group["param_names"] = new["param_names"]
+        self._specs = {p: s for p, s in self._specs.items() if any(p is q for q in
+                       self.param_groups[0]["params"])}  # fmt: skip
+        self.routing = routing
+        warnings.warn(f"RegMuon(model): routed by the first forward: the output layer is "
+                      f"{order[-1]!r} (the last to run), not {chosen!r} (the last registered)",
+                      RoutingWarning, stacklevel=2)  # fmt: skip
 
     @property
     def on_nonfinite(self) -> str:

@@ -418,9 +418,10 @@ def output_layers(model: nn.Module, output: Any = None) -> tuple[list[str], str]
     block* — a composite module with a sibling of the same type and parameter shapes, such as
     ``layers.3`` of a transformer. So a head registered before a stack of identical blocks is
     still found, and a model whose logits reuse the embedding (``x @ wte.weight.T``, no head
-    module) has no output layer (the tied embedding already goes to AdamW). A head registered
-    before a non-repeated body is missed: pass ``output=``, e.g. from
-    :func:`last_executed_layer`.
+    module) has no output layer (the tied embedding already goes to AdamW). ``RegMuon(model)``
+    checks this choice against the order in which the candidates run in the model's first
+    forward and re-routes before the first step if they differ (a head registered before the
+    body).
     """
     if output is not None:
         names = _resolve(model, output)
@@ -434,17 +435,63 @@ def output_layers(model: nn.Module, output: Any = None) -> tuple[list[str], str]
         if isinstance(head, nn.Module):
             names = _resolve(model, head)
             return names, "from get_output_embeddings()"
-    blocks = _repeated_blocks(model)
-    last = None
-    for name, module in model.named_modules():
-        if not name or not declared_matrices(module):
-            continue  # the model itself is never its own output layer
-        if any(name == b or name.startswith(b + ".") for b in blocks):
-            continue
-        last = name
-    if last is None:
+    candidates = output_candidates(model)
+    if not candidates:
         return [], "no matrix layer outside repeated blocks"
-    return [last], "the last matrix layer outside repeated blocks, in registration order"
+    return [candidates[-1]], REGISTRATION_ORDER
+
+
+#: How :func:`output_layers` found an output layer by registration order (``RegMuon(model)``
+#: then checks it against the execution order of the first forward, :class:`FirstForward`).
+REGISTRATION_ORDER = "the last matrix layer outside repeated blocks, in registration order"
+EXECUTION_ORDER = "the last matrix layer outside repeated blocks to run in the first forward"
+
+
+def output_candidates(model: nn.Module) -> list[str]:
+    """Modules that may be the output layer, in registration order: those holding declared
+    weight matrices, other than the model itself, outside repeated blocks."""
+    blocks = _repeated_blocks(model)
+    return [name for name, module in model.named_modules()
+            if name and declared_matrices(module)
+            and not any(name == b or name.startswith(b + ".") for b in blocks)]  # fmt: skip
+
+
+class FirstForward:
+    """Forward hooks that record in which order ``names`` (submodules of ``model``) run during
+    the model's first complete forward, call ``done(order)`` once and remove themselves.
+
+    Pickling or deep-copying the model before then copies a hook that does nothing (a copy's
+    first forward must not re-route the original's optimizer)."""
+
+    def __init__(self, model: nn.Module, names: list[str], done: Callable[[list[str]], None]):
+        self.order: list[str] = []
+        self.done = done
+        modules = dict(model.named_modules())
+        self.handles = [modules[n].register_forward_hook(_Ran(self, n)) for n in names]
+        self.handles.append(model.register_forward_hook(_Ran(self, None), always_call=True))
+
+    def ran(self, name: str | None) -> None:
+        if name is not None:
+            self.order.append(name)
+            return
+        for h in self.handles:
+            h.remove()
+        self.done(self.order)
+
+
+class _Ran:
+    def __init__(self, observer: FirstForward, name: str | None) -> None:
+        self.observer, self.name = observer, name
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.observer.ran(self.name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_noop_hook, ())
+
+
+def _noop_hook() -> Callable[..., None]:
+    return lambda module, args, output: None
 
 
 def last_executed_layer(model: nn.Module, *args: Any, **kwargs: Any) -> str:
