@@ -22,6 +22,19 @@ def relativistic_map_ref(P: Tensor, eps: float) -> Tensor:
     return svd_spectral_map(P, lambda s: s / torch.sqrt(s * s + eps * eps))
 
 
+def relativistic_map_mp(G: Tensor, eps: float, *, digits: int = 32) -> Tensor:
+    """``G (GᵀG + ε²I)^{-1/2}`` of the float64 values of ``G: [m, n]`` in ``digits``-digit
+    arithmetic (mpmath SVD), rounded to float64: exact to ``u₆₄`` for any conditioning up to
+    ``10^(digits - 16)``, so it can judge errors near float64's own roundoff."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        U, S, V = mpmath.svd_r(mpmath.matrix(G.detach().double().tolist()))
+        e = mpmath.mpf(eps)
+        g = [S[i] / mpmath.sqrt(S[i] ** 2 + e**2) for i in range(min(G.shape))]
+        return torch.tensor((U * mpmath.diag(g) * V).tolist(), dtype=torch.float64)
+
+
 def polar_ref(P: Tensor) -> Tensor:
     """The polar factor ``U Vᵀ`` (full-rank inputs)."""
     return svd_spectral_map(P, torch.ones_like)

@@ -224,13 +224,19 @@ def test_resume_after_interruption_recomputes_nothing_finished(tmp_path, toy_exp
         reproduce(tmp_path, only=["toy_a", "toy_b"], show_progress=False)
     a_file = tmp_path / "toy_a" / "metrics.json"
     before = a_file.read_text()
-    assert calls == {"a": 1, "b": 1} and not (tmp_path / "toy_b").exists()
+    assert calls == {"a": 1, "b": 1}
+    # the interrupted experiment is recorded as such, and has no result (so it resumes)
+    assert [p.name for p in (tmp_path / "toy_b").iterdir()] == ["failed_run.json"]
+    record = json.loads((tmp_path / "toy_b" / "failed_run.json").read_text())
+    assert record["status"] == "interrupted" and "interrupted by SIGINT" in record["error"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp debris
 
     behaviour["b"] = "ok"
     results = reproduce(tmp_path, only=["toy_a", "toy_b"], show_progress=False)
     assert calls == {"a": 1, "b": 2}  # toy_a reused, toy_b finished
     assert results[0]["skipped"] and a_file.read_text() == before
+    assert not (tmp_path / "toy_b" / "failed_run.json").exists()  # the finished run replaced it
+    build_report(tmp_path, rebuild=False)
     assert (tmp_path / "report.md").exists() and (tmp_path / "report.html").exists()
 
 
@@ -267,6 +273,7 @@ def test_failing_experiment_is_reported_and_others_run(tmp_path, toy_experiments
     results = reproduce(tmp_path, only=["toy_b", "toy_a"], show_progress=False)
     assert results[0]["status"] == "error" and "RuntimeError: boom" in results[0]["error"]
     assert results[1]["status"] == "ok" and calls["a"] == 1
+    build_report(tmp_path, rebuild=False)
     assert "boom" in (tmp_path / "report.md").read_text()
 
 

@@ -202,8 +202,10 @@ def test_within_tol_against_reference(shape, eps_rel, dtype, method, gen):
 def test_tight_tol_promotes_and_stays_within(eps_rel, dtype, tol, gen):
     # Tight requests: float32 work cannot deliver 1e-6 (tol < 64u₃₂ = 3.8e-6), so the path
     # runs in float64; float64 meets 1e-10 while ½u₆₄κ² ≤ tol/2, i.e. ε ≥ 1e-3·||G||. Below
-    # that "poly" keeps its documented floor ½u₆₄κ² per direction (κ² = (||G||²+ε²)/ε²),
-    # while "auto" switches to the SVD (which does not square the conditioning).
+    # that "poly" verifies its result a posteriori and refuses (ValueError) what it cannot
+    # show to be within tol, while "auto" switches to the SVD (which does not square the
+    # conditioning). Fails if "poly" returns a result outside tol (the old floor ½u₆₄κ² was
+    # returned silently), or refuses where its a-priori float64 floor fits tol.
     G = spread_matrix((48, 20), gen).to(dtype)
     eps = eps_rel * op_norm(G)
     ref = relativistic_map_ref(G, eps)
@@ -211,9 +213,13 @@ def test_tight_tol_promotes_and_stays_within(eps_rel, dtype, tol, gen):
     # the first step's rounding relative to its smallest eigenvalue, L/λ_max ≤ r^(1/4).
     kappa2 = 1 + 1 / eps_rel**2
     floor = P.gram_floor(kappa2, torch.float64) * (1 + 20**0.25)
-    assert rel_err(mf.regularized_polar(G, eps, method="poly", tol=tol), ref) <= (
-        tol + floor + unit_roundoff(dtype)
-    )
+    try:
+        out = mf.regularized_polar(G, eps, method="poly", tol=tol)
+    except ValueError as exc:
+        assert "method='poly' cannot meet tol" in str(exc)
+        assert floor > tol / 2, "refused although float64 fits a priori"
+    else:
+        assert rel_err(out, ref) <= tol + unit_roundoff(dtype)
     assert rel_err(mf.regularized_polar(G, eps, method="auto", tol=tol), ref) <= (
         tol + unit_roundoff(dtype)
     )

@@ -2,19 +2,25 @@
 
 Exit codes: 0 success (every check passed); 1 a check failed, an experiment raised, or the
 results folder is incomplete; 2 bad input (rejected before any work: unknown names, invalid
-config values, an output folder that is a file or not writable, a missing results folder).
+config values, an output folder that is a file or not writable, a missing results folder,
+finished results of another profile that only ``--force`` may replace); 130 / 143 interrupted
+by SIGINT / SIGTERM (finished results kept, the interrupted experiment recorded in its
+``failed_run.json``; the same command resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ._deps import missing_repro
-from .experiments.base import PROFILES
+from .experiments.base import INT_MAX, PROFILES
 from .optim.options import DEFAULTS
 
 
@@ -31,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", choices=PROFILES, default="quick")
     rep.add_argument("--out", type=Path, default=Path("results"), help="output folder")
     rep.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
-    rep.add_argument("--force", action="store_true", help="recompute finished experiments")
+    rep.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute finished experiments, replacing results of another profile",
+    )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", help="run one experiment (always recomputed)")
@@ -45,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field (repeatable)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="replace a finished result of another profile"
     )
     run.add_argument("--no-progress", action="store_true")
 
@@ -74,13 +87,46 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: Exit status of a command interrupted by a signal, as a shell reports it (128 + signal).
+INTERRUPTED_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with _sigterm_as_exception():
+            return _dispatch(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"muonflow: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        record = getattr(exc, "record", None)
+        where = f"; the interrupted run is recorded in {record}" if record else ""
+        print(f"muonflow: interrupted by {signal.Signals(signum).name}: finished results were "
+              f"kept{where}; run the same command again to resume", file=sys.stderr)  # fmt: skip
+        return INTERRUPTED_EXIT.get(signum, 128 + int(signum))
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM raises :class:`~muonflow.experiments.runner.Interrupted` (a KeyboardInterrupt)
+    while a command runs, so temporary folders are removed and the run recorded, as on
+    Ctrl-C; Python's default would end the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        from .experiments.runner import Interrupted
+
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -121,6 +167,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             profile=args.profile,
             overrides=args.overrides,
             force=True,
+            replace=args.force,
             show_progress=not args.no_progress,
         )
         keys = ("name", "status", "error", "checks", "wall_time_s", "cpu_time_s")
@@ -137,6 +184,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         force=args.force,
         show_progress=not args.no_progress,
     )
+    build_report(args.out, rebuild=False)
     print(summary_table(results))
     print(f"\nreport: {args.out / 'report.md'}  {args.out / 'report.html'}")
     return 0 if all(passed(m) for m in results) else 1
@@ -146,6 +194,8 @@ def _train(args: argparse.Namespace) -> int:
     from .experiments.store import atomic_write_text, check_out_dir, strict_json
     from .training import train
 
+    if not 0 <= args.seed <= INT_MAX:
+        raise ValueError(f"--seed must be an integer in [0, {INT_MAX}], got {args.seed}")
     if args.out is not None:
         check_out_dir(args.out.parent)  # before training: a bad --out fails at once
         if args.out.is_dir():

@@ -20,9 +20,12 @@ from typing import Any
 from .experiments.store import (
     METRICS,
     CorruptResultError,
+    atomic_write_many,
     atomic_write_text,
+    check_writable,
     counts,
     dumps,
+    figure_path,
     load_metrics,
     load_series,
     passed,
@@ -94,6 +97,7 @@ def collect(out: Path, *, rebuild: bool = False) -> Report:
                 )
             if rebuild and m["status"] == "ok":
                 m = _rebuild(out, m)
+            _check_figures(out / name, m)
         except CorruptResultError as exc:
             rep.problems.append(str(exc))
             continue
@@ -105,6 +109,15 @@ def collect(out: Path, *, rebuild: bool = False) -> Report:
             continue
         rep.results.append(m)
     return rep
+
+
+def _check_figures(folder: Path, m: dict[str, Any]) -> None:
+    """Every figure ``m`` names is a file inside ``folder`` (:func:`figure_path`)."""
+    figures = m.get("figures", [])
+    if not isinstance(figures, list):
+        raise CorruptResultError(f"corrupt result {folder / METRICS} (figures is not a list)")
+    for fig in figures:
+        figure_path(folder, fig)
 
 
 def _fmt(x: Any) -> str:
@@ -287,7 +300,7 @@ def render_html(rep: Report, out: Path) -> str:
         if m["status"] != "ok":
             parts.append(f"<pre>{html.escape(m['error'] or '')}</pre>")
         for fig in m["figures"]:
-            path = Path(out) / m["name"] / fig
+            path = figure_path(Path(out) / m["name"], fig)  # checked by collect() already
             if not path.exists():
                 parts.append(f"<p>(figure {html.escape(fig)} is missing)</p>")
                 continue
@@ -312,14 +325,26 @@ def build_report(out: Path, *, rebuild: bool = True) -> Report:
     """Write ``out/report.md`` and ``out/report.html`` from the saved results in ``out``.
 
     ``rebuild``: re-evaluate checks, notes and figures from the saved series first (never
-    simulates). Raises ``FileNotFoundError`` if ``out`` holds no result at all.
+    simulates). Raises ``FileNotFoundError`` if ``out`` holds no result at all, and
+    ``ValueError`` before writing anything if ``out`` (or, with ``rebuild``, a result folder)
+    is not writable. The two reports are renamed into place together, after both are written.
     """
+    from .experiments import REGISTRY
+
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"{out} is not a results folder; run `muonflow reproduce` first")
+    check_writable(out, "the results folder")
+    if rebuild:  # metrics.json and figures are rewritten in each result folder
+        for name in REGISTRY:
+            if (out / name / METRICS).exists():
+                check_writable(out / name, "the result folder")
     rep = collect(out, rebuild=rebuild)
     if not rep.results and not rep.problems:
         raise FileNotFoundError(f"no {METRICS} found under {out}; run `muonflow reproduce` first")
-    atomic_write_text(out / "report.md", render_markdown(rep))
-    atomic_write_text(out / "report.html", render_html(rep, out))
+    files = {"report.md": render_markdown(rep), "report.html": render_html(rep, out)}
+    try:
+        atomic_write_many(out, {k: v.encode("utf-8") for k, v in files.items()})
+    except OSError as exc:
+        raise ValueError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
     return rep

@@ -249,7 +249,9 @@ class Huber(SpectralPotential):
         return eps * u
 
     def dk_over_s(self, lam: Tensor, eps: Tensor) -> Tensor:
-        return 1 / torch.maximum(torch.sqrt(lam), eps)
+        # 1/max(√λ, ε); √ is taken of ε²/4 in place of λ = 0 (same value, and no 0·∞ = NaN
+        # in its derivative, which is 0 there)
+        return 1 / torch.maximum(torch.sqrt(torch.where(lam > 0, lam, eps.square() / 4)), eps)
 
 
 class Nuclear(SpectralPotential):

@@ -27,8 +27,8 @@ saved series alone. A check is a *claim* check (it tests the paper) or a *sanity
 
 Configs are validated before anything runs: every number must be finite, and positive unless
 the config lists the field in ``NONNEGATIVE`` (``>= 0``) or ``SIGNED`` (any finite value);
-``seed >= 0``. An experiment's ``validate(cfg)`` adds its own relations (e.g. ``n_ref >=
-16·max(Ns)``).
+``seed >= 0``; integers fit a signed 64-bit integer (``INT_MAX``). An experiment's
+``validate(cfg)`` adds its own relations (e.g. ``n_ref >= 16·max(Ns)``).
 """
 
 from __future__ import annotations
@@ -216,12 +216,26 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
+#: Largest integer a config may hold: integers become tensor sizes and seeds, and torch takes
+#: them as signed 64-bit (``torch.manual_seed`` refuses more than 2^64 - 1 and experiments add
+#: small offsets to the seed).
+INT_MAX = 2**63 - 1
+
+
 def validate_numbers(cfg: Any) -> None:
-    """Every number of ``cfg`` finite; positive unless listed in ``NONNEGATIVE`` / ``SIGNED``."""
+    """Every number of ``cfg`` finite; positive unless listed in ``NONNEGATIVE`` / ``SIGNED``;
+    integers within ``±INT_MAX`` (``seed`` in ``[0, INT_MAX]``)."""
     nonneg = set(getattr(cfg, "NONNEGATIVE", ())) | {"seed"}
     signed = set(getattr(cfg, "SIGNED", ()))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        ints = [v for v in (value if isinstance(value, tuple) else (value,))
+                if isinstance(v, int) and not isinstance(v, bool)]  # fmt: skip
+        if any(abs(v) > INT_MAX for v in ints):  # before float(): 10**400 overflows it
+            lo = -INT_MAX if f.name in signed else (0 if f.name in nonneg else 1)
+            raise ValueError(
+                f"{f.name} must be an integer in [{lo}, {INT_MAX}] (2**63 - 1), got {value!r}"
+            )
         nums = _numbers(value)
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(value, tuple) and not value and _numbers(default):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Check, Experiment
-from .store import atomic_write_bytes
+from .store import atomic_write_bytes, is_figure_name
 
 
 def evaluate(
@@ -39,7 +39,7 @@ def save_figures(figures: dict[str, Any], out_dir: Path) -> list[str]:
     names = []
     try:
         for name, fig in figures.items():
-            if not name.endswith(".png") or "/" in name:
+            if not is_figure_name(name):
                 raise ValueError(f"figure names must be plain '*.png' file names, got {name!r}")
             fig.tight_layout()
             buf = io.BytesIO()

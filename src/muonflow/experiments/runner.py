@@ -3,22 +3,29 @@
 A run validates its config and the output folder before any work, simulates into a fresh
 temporary folder beside ``OUT/<name>/`` (series, then checks and figures evaluated on the
 series read back from disk, then ``metrics.json``) and swaps it into place only when it
-finished. A run that raised (or was interrupted) never replaces an earlier finished result:
-its error is written to ``OUT/<name>/failed_run.json`` and the earlier result stays. A later
-``reproduce`` skips an experiment whose saved metrics have the same config hash and finished
-without error; a corrupt, partial or incomplete ``metrics.json`` counts as not finished.
+finished. A run that raised never replaces an earlier finished result: its error is written
+to ``OUT/<name>/failed_run.json`` and the earlier result stays. An interrupted run (SIGINT, or
+SIGTERM delivered as :class:`Interrupted`) is recorded there too, its temporary folder removed,
+and the interruption re-raised. A finished result of another profile is replaced only with
+``replace=True`` (``--force``), checked for every selected experiment before the first runs. A
+later ``reproduce`` skips an experiment whose saved metrics have the same config hash and
+finished without error; a corrupt, partial or incomplete ``metrics.json`` counts as not
+finished. Building the report is the caller's (the CLI's) step: this package never imports
+:mod:`muonflow.report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,7 @@ from .store import (
     METRICS,
     atomic_write_text,
     check_out_dir,
+    clean_stale_temps,
     counts,
     dumps,
     load_series,
@@ -89,15 +97,71 @@ def provenance() -> dict[str, Any]:
     }
 
 
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM) raised as an exception, so that cleanup code runs."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM are held back (delivered on exit) where available: the two renames
+    of a swap must not be separated by an interruption."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # pragma: no cover - no POSIX signal masks (Windows)
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = mask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Replace the folder ``final`` by ``tmp`` (old folder moved aside, then removed)."""
     old = None
-    if final.exists():
-        old = make_temp_dir(final.parent, f".{final.name}.old-")
-        os.replace(final, old / final.name)
-    os.replace(tmp, final)
+    with _signals_deferred():
+        if final.exists():
+            old = make_temp_dir(final.parent, f".{final.name}.old-")
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def replacement_conflicts(exps: Sequence[Experiment], out_root: Path, profile: str) -> list[str]:
+    """The finished results in ``out_root`` that running ``exps`` with ``profile`` would
+    replace although they were made with another profile (one line each)."""
+    lines = []
+    for exp in exps:
+        saved = try_load_metrics(Path(out_root) / exp.name / METRICS)
+        if saved is None or saved["status"] != "ok" or saved.get("profile") == profile:
+            continue
+        verdict = "every check passed" if passed(saved) else "some checks failed"
+        lines.append(
+            f"{Path(out_root) / exp.name} holds a finished result of profile "
+            f"{saved.get('profile')!r} ({verdict}, {saved.get('wall_time_s', 0.0):.0f} s)"
+        )
+    return lines
+
+
+def check_replacements(
+    exps: Sequence[Experiment], out_root: Path, profile: str, *, replace: bool
+) -> None:
+    """Raise ``ValueError`` naming every finished result of another profile that a run with
+    ``profile`` would replace, unless ``replace``; nothing is changed either way."""
+    lines = [] if replace else replacement_conflicts(exps, out_root, profile)
+    if lines:
+        raise ValueError(
+            f"the {profile!r} profile would replace finished results of another profile; "
+            "nothing was changed:\n  "
+            + "\n  ".join(lines)
+            + f"\nuse another --out, or --force to replace {'them' if len(lines) > 1 else 'it'}"
+        )
 
 
 def _progress_bar(name: str, show: bool) -> tuple[Any, Any]:
@@ -122,16 +186,19 @@ def run_experiment(
     profile: str = "quick",
     overrides: Iterable[str] = (),
     force: bool = False,
+    replace: bool | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run one experiment (or reuse its finished result) and return its metrics.
 
-    Raises ``ValueError`` before any work for an invalid config or output folder.
+    ``force``: recompute a finished result of the same config; ``replace`` (default:
+    ``force``): allow replacing a finished result of another profile. Raises ``ValueError``
+    before any work for an invalid config, output folder, or a replacement not allowed.
     """
-    import torch
-
     cfg = exp.make_config(profile, overrides)
     out_root = check_out_dir(Path(out_root))
+    check_replacements([exp], out_root, profile, replace=force if replace is None else replace)
+    clean_stale_temps(out_root)
     digest = config_hash(exp, cfg)
     final = out_root / exp.name
     saved = try_load_metrics(final / METRICS)
@@ -146,45 +213,8 @@ def run_experiment(
 
     tmp = make_temp_dir(out_root, f".{exp.name}.run-")
     try:
-        bar, progress = _progress_bar(exp.name, show_progress)
-        torch.manual_seed(cfg.seed)
-        t0, c0 = time.perf_counter(), time.process_time()
-        error = None
-        checks: dict[str, Any] = {}
-        notes: list[str] = []
-        figures: list[str] = []
-        try:
-            series = exp.simulate(cfg, progress)
-            save_series(series, tmp)
-            t_sim, c_sim = time.perf_counter() - t0, time.process_time() - c0
-            # checks and figures see exactly what `muonflow report` will see: the saved series
-            checks, notes, figures = evaluate(exp, cfg, load_series(tmp), tmp)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-            t_sim, c_sim = time.perf_counter() - t0, time.process_time() - c0
-        finally:
-            bar.close()
-        metrics: dict[str, Any] = {
-            "name": exp.name,
-            "title": exp.title,
-            "claim": exp.claim,
-            "profile": profile,
-            "config": config_dict(cfg),
-            "config_hash": digest,
-            "version": exp.version,
-            "seed": cfg.seed,
-            "status": "ok" if error is None else "error",
-            "error": error,
-            "checks": checks,
-            "notes": notes,
-            "figures": figures,
-            "simulate_wall_s": round(t_sim, 3),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
-            "cpu_time_s": round(time.process_time() - c0, 3),
-            "simulate_cpu_s": round(c_sim, 3),
-            "provenance": provenance(),
-        }
-        if error is not None and saved is not None and saved["status"] == "ok":
+        metrics = _attempt(exp, cfg, profile, digest, tmp, final, show_progress)
+        if metrics["error"] is not None and saved is not None and saved["status"] == "ok":
             # keep the earlier finished result; leave a record of the failed attempt beside it
             atomic_write_text(final / FAILED, dumps(metrics))
             shutil.rmtree(tmp, ignore_errors=True)
@@ -196,6 +226,73 @@ def run_experiment(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _attempt(
+    exp: Experiment,
+    cfg: Any,
+    profile: str,
+    digest: str,
+    tmp: Path,
+    final: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Simulate into ``tmp`` and evaluate; the metrics of the attempt (``error`` set if it
+    raised). An interruption is recorded in ``final/failed_run.json`` and re-raised."""
+    import torch
+
+    bar, progress = _progress_bar(exp.name, show_progress)
+    torch.manual_seed(cfg.seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    error = None
+    checks: dict[str, Any] = {}
+    notes: list[str] = []
+    figures: list[str] = []
+    sim: tuple[float, float] | None = None  # (wall, CPU) seconds of simulate and save
+    try:
+        series = exp.simulate(cfg, progress)
+        save_series(series, tmp)
+        sim = (time.perf_counter() - t0, time.process_time() - c0)
+        # checks and figures see exactly what `muonflow report` will see: the saved series
+        checks, notes, figures = evaluate(exp, cfg, load_series(tmp), tmp)
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM as Interrupted: record, re-raise
+        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+        record = {
+            "name": exp.name, "profile": profile, "config": config_dict(cfg),
+            "config_hash": digest, "status": "interrupted",
+            "error": f"interrupted by {name} after {time.perf_counter() - t0:.1f} s; the "
+                     "earlier result (if any) is kept; run the same command again to resume",
+            "provenance": provenance(),
+        }  # fmt: skip
+        with _signals_deferred():
+            atomic_write_text(final / FAILED, dumps(record))
+        exc.record = final / FAILED  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    finally:
+        bar.close()
+    t_sim, c_sim = sim or (time.perf_counter() - t0, time.process_time() - c0)
+    return {
+        "name": exp.name,
+        "title": exp.title,
+        "claim": exp.claim,
+        "profile": profile,
+        "config": config_dict(cfg),
+        "config_hash": digest,
+        "version": exp.version,
+        "seed": cfg.seed,
+        "status": "ok" if error is None else "error",
+        "error": error,
+        "checks": checks,
+        "notes": notes,
+        "figures": figures,
+        "simulate_wall_s": round(t_sim, 3),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "cpu_time_s": round(time.process_time() - c0, 3),
+        "simulate_cpu_s": round(c_sim, 3),
+        "provenance": provenance(),
+    }
 
 
 def select(only: Sequence[str] | None) -> list[Experiment]:
@@ -245,23 +342,22 @@ def reproduce(
     force: bool = False,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the selected experiments and rebuild the report; returns all metrics.
+    """Run (or resume) the selected experiments; returns all metrics (the caller builds the
+    report, :func:`muonflow.report.build_report`).
 
-    Every selected experiment's config and the output folder are validated before the first
-    one runs.
+    Every selected experiment's config, the output folder and the results a run would replace
+    (another profile's, refused unless ``force``) are validated before the first one runs.
     """
     from tqdm import tqdm
-
-    from ..report import build_report
 
     exps = select(only)
     for exp in exps:
         exp.make_config(profile)
     out = check_out_dir(Path(out))
+    check_replacements(exps, out, profile, replace=force)
     results = []
     for exp in tqdm(exps, desc="reproduce", disable=not show_progress, file=sys.stderr):
         results.append(
             run_experiment(exp, out, profile=profile, force=force, show_progress=show_progress)
         )
-    build_report(out, rebuild=False)
     return results

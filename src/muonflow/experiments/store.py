@@ -12,7 +12,9 @@ An experiment's folder ``OUT/<name>/`` holds
 - the PNG figures.
 
 Files are written through a temporary file renamed into place and get the permissions the
-process umask allows (as ``open()`` would), not ``mkstemp``'s 0600.
+process umask allows (as ``open()`` would), not ``mkstemp``'s 0600. Temporary names carry the
+host and process id that made them (``.NAME.run-HOST-PID-xxxx.tmp``), so a later run removes
+what a killed one left (:func:`clean_stale_temps`) and never what a live one is using.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -53,17 +58,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write_many(path.parent, {path.name: data})
+
+
+def atomic_write_many(folder: Path, files: dict[str, bytes]) -> None:
+    """Write every file of ``files`` (name -> content) in ``folder`` under a temporary name,
+    then rename them all into place: an error before the renames leaves every earlier file as
+    it was."""
+    tmps: dict[str, str] = {}
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _chmod_default(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for name, data in files.items():
+            fd, tmps[name] = tempfile.mkstemp(dir=folder, prefix=_owned(f".{name}."), suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _chmod_default(Path(tmps[name]))
+        for name, tmp in tmps.items():
+            os.replace(tmp, Path(folder) / name)
+    finally:
+        for tmp in tmps.values():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -86,11 +101,69 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _owned(prefix: str) -> str:
+    """``prefix`` + ``HOST-PID-``: whose temporary file or folder this is."""
+    return f"{prefix}{_host()}-{os.getpid()}-"
+
+
+#: ``.NAME.<what>[.-]HOST-PID-xxxxxxxx.tmp`` (host and ``tempfile``'s part have no ``.``/``-``)
+_OWNED = re.compile(r"^\..*[.-](?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]+\.tmp$")
+#: untagged, from older versions: ``.NAME.run-xxxxxxxx.tmp``, ``.metrics.json.xxxxxxxx.tmp``
+_LEGACY = re.compile(
+    r"^\.([A-Za-z0-9_]+\.(run|old)-|(metrics\.json|series\.json|series\.npz|failed_run\.json"
+    r"|report\.md|report\.html|[A-Za-z0-9_.-]+\.png)\.)[a-z0-9_]{8}\.tmp$"
+)
+
+
 def make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A fresh directory under ``parent`` (same file system, for an atomic swap)."""
-    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=".tmp"))
+    """A fresh directory under ``parent`` (same file system, for an atomic swap), named with
+    its owner (:func:`clean_stale_temps`)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=_owned(prefix), suffix=".tmp"))
     _chmod_default(path, directory=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(out: Path) -> list[Path]:
+    """Remove the temporary files and folders that killed runs left in the results folder
+    ``out`` and its result folders: those of this host whose process is gone, and the untagged
+    ones of older versions (only names this module makes). Returns what was removed."""
+    removed = []
+    here = _host()
+    folders = [out, *(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for folder in folders:
+        for p in folder.iterdir():
+            m = _OWNED.match(p.name)
+            stale = (m is not None and m["host"] == here and not _alive(int(m["pid"]))) or (
+                m is None and _LEGACY.match(p.name) is not None
+            )
+            if stale:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise ``ValueError`` (naming ``what`` and the reason) unless files can be created in the
+    existing ``folder``: a temporary folder is made and removed, nothing else is touched."""
+    try:
+        probe = make_temp_dir(folder, ".write-probe-")
+        probe.rmdir()
+    except OSError as exc:
+        raise ValueError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def check_out_dir(out: Path) -> Path:
@@ -103,11 +176,43 @@ def check_out_dir(out: Path) -> Path:
         raise ValueError(f"--out {out} exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = make_temp_dir(out, ".write-probe-")
-        probe.rmdir()
     except OSError as exc:
         raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+    check_writable(out, "--out")
     return out
+
+
+# -- figures -----------------------------------------------------------------------------------
+#: A figure is a plain PNG file name: no folder part, no leading dot.
+_FIGURE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.png$")
+
+
+def is_figure_name(name: Any) -> bool:
+    """Whether ``name`` is a plain ``*.png`` file name (what ``figure`` functions may return)."""
+    return isinstance(name, str) and _FIGURE_NAME.match(name) is not None and ".." not in name
+
+
+def figure_path(folder: Path, name: Any) -> Path:
+    """The file of figure ``name`` in a result ``folder``: a plain ``*.png`` name whose file,
+    symbolic links resolved, lies inside ``folder``. Raises :class:`CorruptResultError`
+    otherwise (a ``metrics.json`` naming ``../../secret.txt`` must not make the report embed
+    that file)."""
+    folder = Path(folder)
+    hint = f"rerun it: muonflow run {folder.name} --out {folder.parent}"
+    if not is_figure_name(name):
+        raise CorruptResultError(
+            f"{folder / METRICS} names figure {name!r}: figures must be plain '*.png' file "
+            f"names inside {folder} (no folders, '..', absolute paths or leading dots); {hint}"
+        )
+    path = folder / name
+    if path.exists() or path.is_symlink():
+        real, root = path.resolve(), folder.resolve()
+        if not real.is_relative_to(root) or not real.is_file():
+            raise CorruptResultError(
+                f"figure {name!r} of {folder.name} is a link to {real}, outside {folder} or not "
+                f"a file; the report embeds only files inside the results folder; {hint}"
+            )
+    return path
 
 
 # -- series ------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ the short side, a spectral bound, the rounding bound) and computes :math:`A^{-1/
 ``"eigh"`` (:mod:`.exact`), ``"svd"`` (the reference) or ``"poly"``, a matmul-only minimax
 polynomial iteration (:mod:`.polynomial`, :mod:`.schedules`); ``"auto"`` (:mod:`.planning`)
 picks the cheapest one meeting ``tol``. :mod:`.baselines` holds Newton–Schulz and Gram
-Newton–Schulz. Design, cost model and precision analysis: ``docs/polar.md``.
+Newton–Schulz; :mod:`.autodiff` the derivatives of the exact paths (Daleckii–Krein), valid at
+repeated singular values. Design, cost model and precision analysis: ``docs/polar.md``.
 """
 
 import sys

@@ -156,8 +156,10 @@ def _eps(eps: float | Tensor, B: int, dtype: torch.dtype, device: torch.device) 
 
 
 def _pow2_at_least(a: Tensor) -> Tensor:
-    """A power of two ``>= min(a, 2^100)`` elementwise (1 where ``a = 0``), ``a >= 0``."""
-    a = a.clamp_max(2.0**100)  # 2^101 stays finite in every floating dtype used here
+    """A power of two ``>= min(a, M/4)`` elementwise (1 where ``a = 0``), ``a >= 0``; ``M``
+    the largest finite number of ``a``'s dtype, so the power of two is finite (and ``a/2^e
+    <= 4``): float64 inputs up to 1.8e308 are scaled to ``O(1)``, not by a fixed cap."""
+    a = a.clamp_max(torch.finfo(a.dtype).max / 4)
     return torch.ldexp(torch.ones_like(a), torch.frexp(a).exponent)  # 2^e >= m 2^e = a
 
 

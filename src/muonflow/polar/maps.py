@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_finite, check_matrix, check_scale
-from .exact import eigh_bad, eigh_inv_sqrt, spectral_map, svd_map
+from .autodiff import singular_value_function
+from .exact import eigh_bad, eigh_inv_sqrt, spectral_map, svd_exact
 from .front import (
     GramFront,
     default_tol,
@@ -84,22 +85,25 @@ def _poly_map(f: GramFront, tol: float, restart: int, phase2: torch.dtype | None
     return f.apply(_poly(f, tol))
 
 
-def _eigh(f: GramFront, tol: float) -> tuple[Tensor, Tensor | None]:
-    """``(A^{-1/2}, bad)``: eigh, and the matrices the a-posteriori bound rejects (``None``
-    when the a-priori bound already guarantees ``tol``)."""
+def _eigh(f: GramFront, tol: float) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(A^{-1/2}, bad, lam)``: eigh, the matrices the a-posteriori bound rejects (``None``
+    when the a-priori bound already guarantees ``tol``) and the computed spectrum."""
     M, lam = eigh_inv_sqrt(f)
     if gram_floor(f.kappa2, f.dtype) <= tol:  # a priori: ½u L/ε² >= the computed ratio
-        return M, None
-    return M, eigh_bad(f, lam, tol)
+        return M, None, lam
+    return M, eigh_bad(f, lam, tol), lam
 
 
-def _svd_redo(out: Tensor, f: GramFront, bad: Tensor | None) -> Tensor:
+def _svd_redo(out: Tensor, f: GramFront, bad: Tensor | None, tol: float) -> Tensor:
     """Recompute the ``bad`` matrices of ``out`` by SVD of the front's (scaled) input."""
     if bad is None or not bool(bad.any()):
         return out
     assert f.X is not None
-    e2 = f.e2[bad].reshape(-1, 1)  # (ε/s)², with the input divided by s too (exact)
-    redo = svd_map(f.X[bad] * f.inv_s[bad], lambda S: S * torch.rsqrt(S.square() + e2))
+    X = f.X[bad] * f.inv_s[bad]  # with ε/s: e2 = (ε/s)² (exact scaling)
+    e2 = f.e2[bad]
+    kappa2 = X.square().sum(dim=(-2, -1), keepdim=True) / e2  # >= (‖X‖_2/ε)²
+    g = lambda S, e2: S * torch.rsqrt(S.square() + e2)  # noqa: E731  σ/√(σ²+ε²)
+    redo = svd_exact(X, e2.reshape(-1, 1), g, kappa2, tol)
     out = out.clone()
     out[bad] = redo.to(out.dtype)
     return out
@@ -115,10 +119,10 @@ def _eigh_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
         if gram_floor(f.kappa2, work) > tol:
             f = gram_front(G, eps, torch.float64, bound="A")
     try:
-        M, bad = _eigh(f, tol)
+        M, bad, _ = _eigh(f, tol)
     except torch.linalg.LinAlgError:  # eigensolver failed to converge: exact SVD path
         return _svd_method(G, eps, tol)
-    return _finish(_svd_redo(f.apply(M), f, bad), G)
+    return _finish(_svd_redo(f.apply(M), f, bad, tol), G)
 
 
 def _svd_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
@@ -127,7 +131,9 @@ def _svd_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
 
 def _poly_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
     """Matmul-only path: float32 work where its rounding fits ``tol`` (restarted if that is
-    what it takes, :func:`~muonflow.polar.planning.best_restart`), else float64."""
+    what it takes, :func:`~muonflow.polar.planning.best_restart`), else float64; where even
+    float64 does not fit a priori, the result is verified (:func:`_poly_error_estimate`)
+    and refused if it misses :func:`poly_floor_tol`."""
     tol = default_tol(G.dtype) if tol is None else tol
     work = work_dtype(G.dtype)
     f = gram_front(G, eps, work)
@@ -140,7 +146,54 @@ def _poly_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
             f = gram_front(G, eps, torch.float64)
         else:
             restart = rs[0]
+    want = poly_floor_tol(tol)
+    if f.dtype == torch.float64 and not fits(f.kappa2, want, f.dtype, G.device.type):
+        A, L = f.A.detach().clone(), f.L  # _poly consumes f.A
+        M = _poly(f, want)
+        est = _poly_error_estimate(A, L, M)
+        if not bool((est <= want).all()):  # NaN counts as a miss
+            raise ValueError(_poly_refusal(f, est, tol, want))
+        return _finish(f.apply(M), G)
     return _finish(_poly_map(f, tol, restart), G)
+
+
+def poly_floor_tol(tol: float) -> float:
+    """The accuracy ``"poly"`` promises for a request ``tol``: ``max(tol, 64 u₆₄)`` (its
+    iteration's own rounding, :data:`~muonflow.polar.planning.ITER_ROUNDOFFS` float64
+    roundoffs, is the floor of a matmul-only path)."""
+    return max(tol, ITER_ROUNDOFFS * unit_roundoff(torch.float64))
+
+
+def _poly_error_estimate(A: Tensor, L: Tensor, M: Tensor) -> Tensor:
+    r"""Estimated relative error ``[B]`` of the map from the polynomial ``M ≈ A^{-1/2}`` of
+    the front's scaled ``A: [B, r, r]`` with spectral bound ``L``.
+
+    A posteriori, for fronts where no dtype fits a priori. In the eigenbasis of ``A`` the
+    map's relative error per direction is :math:`e_i` with :math:`\lambda_i m_i^2 = (1+e_i)^2`,
+    so the iteration's error is :math:`\max|e_i| \approx \tfrac12\|MAM - I\|_2 \le
+    \tfrac12\|MAM - I\|_F`; forming ``A`` and the first step's rounding add
+    :math:`\tfrac12 u L/\lambda_{min}` each, :math:`\lambda_{min} \ge 1/\|M\|_2^2`
+    (:func:`~muonflow.polar.front.lmax_estimate` of ``M``), which also bounds the check's own
+    rounding. Two ``r x r`` products and a few matrix-vector ones.
+    """
+    with torch.no_grad():
+        Md = M.detach()
+        E = Md @ A @ Md
+        E.diagonal(dim1=-2, dim2=-1).sub_(1.0)  # M A M − I
+        m2 = lmax_estimate(Md)[1].reshape(-1).square()  # ≈ ‖M‖_2² >= 1/λ_min
+        floor = unit_roundoff(A.dtype) * L.reshape(-1) * m2  # 2 · ½u L/λ_min
+        return 0.5 * torch.linalg.matrix_norm(E) + floor
+
+
+def _poly_refusal(f: GramFront, est: Tensor, tol: float, want: float) -> str:
+    bad = ~(est <= want)
+    worst = float(est.nan_to_num(math.inf).amax())
+    return (
+        f"method='poly' cannot meet tol={tol:g} (a matmul-only path promises max(tol, 64u₆₄) "
+        f"= {want:.3g}) on {int(bad.sum())} of {bad.numel()} matrices: estimated error up to "
+        f"{worst:.3g}, their shifted Gram matrices are too ill-conditioned (κ² <= "
+        f"{f.kappa2:.3g}); use method='auto' or 'svd', or a larger tol"
+    )
 
 
 #: Registry of methods computing the relativistic map: name -> fn(G, eps, tol).
@@ -216,10 +269,10 @@ def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
     if plan.method == "poly":
         return _finish(_poly_map(f, tol, plan.restart, plan.phase2), G)
     try:
-        M, bad = _eigh(f, tol)
+        M, bad, _ = _eigh(f, tol)
     except torch.linalg.LinAlgError:  # eigensolver failed to converge: exact SVD path
         return _svd_method(G, eps, tol)
-    return _finish(_svd_redo(f.apply(M), f, bad), G)
+    return _finish(_svd_redo(f.apply(M), f, bad, tol), G)
 
 
 # -- public entry points ---------------------------------------------------------------------------
@@ -242,15 +295,27 @@ def regularized_polar(
             for ``tol=None``, else the cheapest path meeting ``tol``) or a key of
             :data:`POLAR_METHODS`.
         tol: requested relative accuracy per singular direction (hence also in the Frobenius
-            norm); default :func:`~muonflow.polar.front.default_tol` of ``G.dtype``.
-            ``"poly"``/``"auto"`` split it: ``<= tol/2`` from the polynomial schedule (exact
-            arithmetic) and a first-order rounding term ``½ u κ² <= tol/2`` by the choice of
-            working dtype, ``κ² = L/ε² >= (||G||² + ε²)/ε²``; ``"poly"`` cannot beat float64's
-            ``½ u₆₄ κ²`` (``"auto"`` takes the SVD there).
+            norm); default :func:`~muonflow.polar.front.default_tol` of ``G.dtype`` (eight
+            unit roundoffs). ``"poly"``/``"auto"`` split it: ``<= tol/2`` from the polynomial
+            schedule (exact arithmetic) and a first-order rounding term ``½ u κ² <= tol/2`` by
+            the choice of working dtype, ``κ² = L/ε² >= (||G||² + ε²)/ε²``.
 
     Returns:
         ``[..., m, n]`` tensor of ``G``'s dtype and device. Differentiable by autograd on
-        every path (``docs/polar.md``).
+        every path, at repeated and zero singular values too (:mod:`.autodiff`; first
+        derivatives). Every finite input is in range (scaled by powers of two first).
+
+    Accuracy promised (relative error in the Frobenius norm against the exact map of ``G`` as
+    given; ``t = tol``, ``u_out`` the unit roundoff of ``G.dtype``, ``u₆₄ = 1.1e-16``,
+    ``κ_F = ||G||_F/ε``, ``n = max(m, n)``; ``docs/polar.md`` §7, held by
+    ``tests/test_polar_accuracy.py`` on twelve-decade spectra):
+
+    - ``"eigh"``, ``"svd"``, ``"auto"``: ``<= max(t, u₆₄(8n + 2κ_F)) + u_out``. ``u‖G‖/ε``
+      is the map's own conditioning: no method reaches below it from a rounded input. float32
+      work runs only where its own floor fits ``t``; ``eigh`` results whose a-posteriori
+      bound misses ``t`` are redone by SVD.
+    - ``"poly"``: ``<= max(t, 64u₆₄) + u_out`` (checked a posteriori where no dtype fits a
+      priori), else ``ValueError`` naming the estimated error.
     """
     G = check_matrix(G, "G", finite=False)
     method = check_choice(method, "method", {"auto", *POLAR_METHODS})
@@ -292,6 +357,7 @@ def inv_sqrt_from_gram(
     tol: float | None = ...,
     method: str = ...,
     return_ok: Literal[False] = ...,
+    validate: bool = ...,
 ) -> Tensor: ...
 @overload
 def inv_sqrt_from_gram(
@@ -301,6 +367,7 @@ def inv_sqrt_from_gram(
     tol: float | None = ...,
     method: str = ...,
     return_ok: Literal[True],
+    validate: bool = ...,
 ) -> tuple[Tensor, Tensor]: ...
 def inv_sqrt_from_gram(
     A: Tensor,
@@ -309,13 +376,17 @@ def inv_sqrt_from_gram(
     tol: float | None = None,
     method: str = "auto",
     return_ok: bool = False,
+    validate: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r""":math:`(A + \varepsilon^2 I)^{-1/2}` of a precomputed Gram matrix ``A = XᵀX``, batched.
 
     For a matrix ``X`` whose Gram matrix is assembled elsewhere (e.g. all-reduced over the row
     shards of a tall ``X``), the regularized map is then ``X_local @ inv_sqrt_from_gram(A, ε)``
     on each shard. Same front, policy and accuracy control as :func:`regularized_polar`:
-    ``A: [..., r, r]`` symmetric positive semi-definite; ``eps > 0`` a float or one value per
+    ``A: [..., r, r]`` symmetric positive semi-definite up to the rounding of a Gram matrix in
+    its dtype (else ``ValueError``: :func:`_gram_tolerance`; ``validate=False`` skips that
+    check for a Gram matrix the caller formed itself, saving a Cholesky factorization on the
+    matmul-only path); ``eps > 0`` a float or one value per
     matrix; ``tol`` the relative accuracy per eigen-direction (default
     :func:`~muonflow.polar.front.default_tol` of ``A.dtype``); ``method`` ``"auto"``, ``"eigh"``
     or ``"poly"``. The working dtype is promoted to float64 where ``½u κ²`` misses ``tol``, and
@@ -341,6 +412,7 @@ def inv_sqrt_from_gram(
     r = A.shape[-1]
     flat = A.reshape(-1, r, r)
     e = eps.reshape(-1) if isinstance(eps, Tensor) else eps
+    tolerance = _gram_tolerance(flat, A.dtype, e) if validate else None
     f = front_from_gram(flat, e, work_dtype(A.dtype), bound="A")
     if method == "auto":
         plan, f = _plan_front(f, r, A.dtype, want)
@@ -353,28 +425,113 @@ def inv_sqrt_from_gram(
                 dtype = torch.float64
     if dtype != f.dtype:
         f = front_from_gram(flat, e, dtype, bound="A")
-    rejected = torch.zeros(flat.shape[0], dtype=torch.bool, device=A.device)
     if choice == "poly":
-        M = _unscale(_poly(f, want), f)
+        if tolerance is not None:
+            _check_gram(flat, *tolerance, lam=None, front=f)  # before f.A is consumed
+        M, bad = _gram_poly(f, want)
     else:
-        M, bad = _eigh(f, want)
-        M = _unscale(M, f)
-        if bad is not None and bool(bad.any()):
-            if f.dtype == torch.float64:
-                rejected = bad
-            else:  # redo the rejected ones in float64, and keep what float64 rejects too
-                e_bad = e[bad] if isinstance(e, Tensor) else e
-                sub = front_from_gram(flat[bad], e_bad, torch.float64, bound="A")
-                M64, bad64 = _eigh(sub, want)
-                M = M.clone()
-                M[bad] = _unscale(M64, sub).to(M.dtype)
-                if bad64 is not None:
-                    rejected = rejected.clone()
-                    rejected[bad] = bad64
+        M, bad, lam = _eigh(f, want)
+        if tolerance is not None:
+            _check_gram(flat, *tolerance, lam=lam, front=f)
+    final = choice == "eigh" and f.dtype == torch.float64  # its rejections are final
+    M, rejected = _redo_in_float64_eigh(flat, e, _unscale(M, f), bad, want, final)
     M = M.reshape(A.shape).to(A.dtype)
     if return_ok:
         return M, ~rejected.reshape(A.shape[:-2])
     return M
+
+
+def _gram_tolerance(flat: Tensor, dtype: torch.dtype, e: float | Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(δ, asym)``: per matrix of ``flat: [B, r, r]`` the tolerance of :func:`_check_gram`
+    and ``max |A_ij − A_ji| / δ`` (no host synchronization).
+
+    :math:`\delta = \sqrt{u}\,\mathrm{tr}|A| + r u \varepsilon^2` (``u`` of ``dtype``,
+    ``tr|A|`` the sum of :math:`|A_{ii}|`): forming :math:`X^\top X` with inner dimension ``M``
+    perturbs it by at most :math:`\gamma_M \mathrm{tr}(A)` in the 2-norm, :math:`\gamma_M
+    \approx Mu` in the worst case and :math:`\approx \sqrt M u` typically, so :math:`\delta`
+    admits typical rounding for any :math:`M \le 1/u` (worst case :math:`M \le u^{-1/2}`) and
+    refuses asymmetry or a negative eigenvalue of relative size :math:`\sqrt u` (float32:
+    2.4e-4) and more; :math:`r u \varepsilon^2` is the rounding of the shift (``A = 0`` is PSD).
+    """
+    A = flat.detach().to(work_dtype(dtype))
+    e2 = torch.as_tensor(e, dtype=A.dtype, device=A.device).detach().square()
+    u = unit_roundoff(dtype)
+    delta = u**0.5 * A.diagonal(dim1=-2, dim2=-1).abs().sum(-1) + A.shape[-1] * u * e2
+    asym = (A - A.mT).abs().amax(dim=(-2, -1)) / delta
+    return delta, asym
+
+
+def _check_gram(
+    flat: Tensor, delta: Tensor, asym: Tensor, *, lam: Tensor | None, front: GramFront
+) -> None:
+    r"""Refuse ``flat: [B, r, r]`` unless symmetric and positive semi-definite up to ``δ``
+    (:func:`_gram_tolerance`): :math:`|A_{ij} - A_{ji}| \le \delta` and :math:`\lambda_{min}(A)
+    \ge -\delta`, the latter from the spectrum ``lam`` of the ``front``'s scaled shifted matrix
+    where ``eigh`` computed it (free: :math:`\lambda_{min}(A) = (\lambda_{min} - \varepsilon^2/s^2)
+    s^2`), else by a Cholesky factorization of :math:`A + \delta I` (it exists iff
+    :math:`\lambda_{min}(A) > -\delta`; :math:`r^3/3` flops). One host synchronization.
+    """
+    if lam is not None:
+        s2 = front.inv_s.reshape(-1).square()
+        low = (lam[..., 0] - front.e2.reshape(-1)) / s2 < -delta.to(lam.dtype)
+    else:
+        A = flat.detach().to(delta.dtype)
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        low = torch.linalg.cholesky_ex(A + delta.reshape(-1, 1, 1) * eye).info > 0
+    worst, k_asym, any_low = torch.stack(
+        (asym.amax(), asym.argmax().to(asym.dtype), low.any().to(asym.dtype))
+    ).tolist()
+    if worst > 1:  # NaN-free: A was checked finite
+        k = int(k_asym)
+        raise ValueError(
+            f"A must be symmetric: matrix {k} has max |A_ij - A_ji| = {worst:.3g} δ, δ = "
+            f"{float(delta[k]):.3g} (√u tr|A| + r u ε²: the rounding of a Gram matrix in its "
+            "dtype)"
+        )
+    if any_low:
+        k = int(low.nonzero()[0, 0])
+        raise ValueError(
+            f"A must be positive semi-definite: matrix {k} has an eigenvalue below "
+            f"-{float(delta[k]):.3g} (-√u tr|A| - r u ε², beyond the rounding of a Gram matrix "
+            "in its dtype)"
+        )
+
+
+def _gram_poly(f: GramFront, tol: float) -> tuple[Tensor, Tensor | None]:
+    """``(A^{-1/2}, bad)`` by the polynomial path; where no dtype fits a priori the result is
+    verified, ``bad`` marking the matrices that miss :func:`poly_floor_tol` (else ``None``)."""
+    want = poly_floor_tol(tol)
+    if f.dtype != torch.float64 or fits(f.kappa2, want, f.dtype, f.A.device.type):
+        return _poly(f, tol), None
+    A, L = f.A.detach().clone(), f.L  # _poly consumes f.A
+    M = _poly(f, want)
+    return M, ~(_poly_error_estimate(A, L, M) <= want)
+
+
+def _redo_in_float64_eigh(
+    flat: Tensor,
+    e: float | Tensor,
+    M: Tensor,
+    bad: Tensor | None,
+    tol: float,
+    final: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(M, rejected)``: the ``bad`` matrices of ``M`` recomputed by float64 ``eigh``; those
+    whose float64 ``eigh`` bound misses ``tol`` too are ``rejected`` (``[B]`` bool). With
+    ``final`` (``M`` is float64 ``eigh`` already) the ``bad`` ones are rejected as they are."""
+    rejected = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+    if bad is None or not bool(bad.any()):
+        return M, rejected
+    if final:
+        return M, bad
+    e_bad = e[bad] if isinstance(e, Tensor) else e
+    sub = front_from_gram(flat[bad], e_bad, torch.float64, bound="A")
+    M64, bad64, _ = _eigh(sub, tol)
+    M = M.clone()
+    M[bad] = _unscale(M64, sub).to(M.dtype)
+    if bad64 is not None:
+        rejected[bad] = bad64
+    return M, rejected
 
 
 def _unscale(M: Tensor, f: GramFront) -> Tensor:
@@ -423,10 +580,12 @@ def polar_factor(
     X = G.to(work_dtype(G.dtype))
     s = torch.linalg.vector_norm(X, float("inf"), dim=(-2, -1), keepdim=True)
     X = X / torch.where(s > 0, s, 1.0)
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    cutoff = S[..., :1] * (min(X.shape[-2:]) * unit_roundoff(X.dtype))
-    keep = (S > cutoff).to(X.dtype)
-    return ((U * keep.unsqueeze(-2)) @ Vh).to(out_dtype)
+    rel = min(X.shape[-2:]) * unit_roundoff(X.dtype)
+
+    def keep(S: Tensor, _: Tensor | None) -> Tensor:  # 1 on σ > r u σ_max, else 0 (g' = 0)
+        return (S > S[..., :1] * rel).to(S.dtype)
+
+    return singular_value_function(X, None, keep).to(out_dtype)
 
 
 def polar(*args: Any, **kwargs: Any) -> Tensor:
