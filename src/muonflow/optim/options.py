@@ -39,10 +39,12 @@ GROUP_KEYS = (*MATRIX_KEYS, "betas", "adamw_eps")
 
 
 def check_number(value: Any, name: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
-    """``float(value)`` if it is a real number (or a 0-dim real tensor) in ``[lo, hi]``
-    (``[lo, hi)``); raise naming ``name`` otherwise."""
-    if isinstance(value, Tensor) and value.ndim == 0 and value.is_floating_point():
-        value = float(value)
+    """``float(value)`` if it is a real number (or a one-element real tensor, as torch.optim
+    accepts for ``lr``) in ``[lo, hi]`` (``[lo, hi)``); raise naming ``name`` otherwise."""
+    if isinstance(value, Tensor) and value.is_floating_point():
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        value = float(value.item())
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     v = float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -142,6 +143,8 @@ def check_state_dict(
                 except ValueError as e:
                     raise ValueError(f"param_groups[{gi}] of the checkpoint: {e}") from None
     for pid, st in state.items():
+        if not isinstance(pid, int):  # not a parameter's state: torch keeps it as it is
+            continue
         if pid not in index:
             raise ValueError(f"the checkpoint has state for unknown parameter id {pid!r}")
         p, algorithm, label = index[pid]
@@ -192,15 +195,23 @@ def check_items(
         if not (p.is_leaf or p.retains_grad):
             raise ValueError("can't optimize a non-leaf Tensor")
         if id(p) in existing:
-            raise ValueError(f"parameter {name or tuple(p.shape)} is already in another group")
-        if id(p) not in seen:  # a tied parameter listed twice is updated once
+            raise ValueError("some parameters appear in more than one parameter group: "
+                             f"{name or tuple(p.shape)} is already in another group")
+        if id(p) in seen:  # updated once, as torch.optim does (with its warning)
+            warnings.warn("optimizer contains a parameter group with duplicate parameters; "
+                          f"{name or tuple(p.shape)} is listed twice and updated once",
+                          UserWarning, stacklevel=5)  # fmt: skip
+        else:
             seen.add(id(p))
             items.append((name, p))
     named = {n is not None for n, _ in items}
     if len(named) > 1:
-        raise ValueError("all parameters of a group must have names, or none")
+        raise ValueError("all optimizer params should be with/without names. Some param names "
+                         "are missing (all parameters of a group must have names, or none)")
     if named and any(("param_names" in g) != (True in named) for g in param_groups):
-        raise ValueError("all parameter groups must have names, or none")
+        raise ValueError("all optimizer param groups should be with/without names. cannot add "
+                         "param group with names to the optimizer (all parameter groups must "
+                         "have names, or none)")
     return items
 
 
