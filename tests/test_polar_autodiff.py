@@ -106,7 +106,7 @@ def test_polar_factor_gradcheck_at_repeated_singular_values(point, gen):
     # made torch's SVD backward NaN. catches: D₂ = (g_i + g_j)/(σ_i + σ_j) or the complement
     # term (I − UUᵀ)Φ̄ V diag(g/σ) Vᵀ missing or wrong
     G = degenerate_points(gen)[point]
-    _check(lambda X: mf.polar(X), G)
+    _check(lambda X: mf.polar_factor(X), G)
     _check(lambda X: Nuclear().grad(X), G)
 
 
