@@ -469,11 +469,24 @@ def _inv_sqrt_from_gram(
     return M, torch.where(ok, flag, 2.0).to(A.dtype)
 
 
-# -- agreement on non-finite gradients -------------------------------------------------------------
+# -- agreement across ranks -----------------------------------------------------------------------
+def _reduce(x: Tensor, meshes: Sequence[Any], op: Any, what: str) -> Tensor:
+    """All-reduce ``x`` in place over every dimension of each mesh (one small collective per
+    dimension of size > 1): the reduction over every rank of the meshes."""
+    for mesh in meshes:
+        for dim in range(mesh.ndim):
+            group, size = mesh.get_group(dim), mesh.size(dim)
+            if size > 1:
+                _count("all_reduce", x.numel() * x.element_size() * 2 * (size - 1) / size)
+                reduce = functools.partial(dist.all_reduce, x, op=op, group=group)
+                collective(reduce, group=group, what=what)
+    return x
+
+
 def agree(tensors: Sequence[Any], flags: Sequence[bool]) -> list[bool]:
     """Per-tensor ``flags`` (this rank's) or'ed over the ranks of each DTensor's mesh, so that a
     NaN on one rank makes every rank raise the same error instead of one rank raising and the
-    others waiting in the next collective. One small all-reduce per mesh dimension."""
+    others waiting in the next collective."""
     from torch.distributed.tensor import DTensor
 
     device = next((t.to_local().device for t in tensors if isinstance(t, DTensor)), None)
@@ -483,47 +496,40 @@ def agree(tensors: Sequence[Any], flags: Sequence[bool]) -> list[bool]:
         if isinstance(t, DTensor):
             meshes.setdefault(t.device_mesh, []).append(i)
     for mesh, idx in meshes.items():
-        sub = out[idx]
-        for dim in range(mesh.ndim):
-            group, size = mesh.get_group(dim), mesh.size(dim)
-            if size > 1:
-                _count("all_reduce", sub.numel() * 8 * 2 * (size - 1) / size)
-                collective(functools.partial(dist.all_reduce, sub, group=group), group=group,
-                           what="the agreement on non-finite gradients")  # fmt: skip
-        out[idx] = sub
+        out[idx] = _reduce(out[idx], [mesh], dist.ReduceOp.SUM,
+                           "the agreement on non-finite gradients")  # fmt: skip
     return (out > 0).tolist()
 
 
 def agree_on(entries: Sequence[str], meshes: Sequence[Any]) -> None:
     """Raise :class:`~muonflow._collective.DistributedError` on every rank of ``meshes`` unless
     all hold the same ``entries`` (the optimizer's fingerprint: parameter names, shapes, routing,
-    options, in order), naming the first difference. One all-reduce of a 64-bit hash and minus
-    itself (their maxima) per mesh dimension; the entries are gathered only on a mismatch."""
-    digest = hashlib.blake2b("\n".join(entries).encode(), digest_size=7).digest()
-    h = int.from_bytes(digest, "little")
-    flags = torch.tensor([h, -h], dtype=torch.int64)
-    groups = [(m.get_group(d), m.size(d)) for m in meshes for d in range(m.ndim) if m.size(d) > 1]
-    for group, _ in groups:
-        reduce = functools.partial(dist.all_reduce, flags, op=dist.ReduceOp.MAX, group=group)
-        collective(reduce, group=group, what="the optimizer fingerprint check")
+    options, in order), naming the first difference. The maxima of a 64-bit hash and of minus
+    itself decide; the entries are gathered only on a mismatch."""
+    h = int.from_bytes(hashlib.blake2b("\n".join(entries).encode(), digest_size=7).digest(),
+                       "little")  # fmt: skip
+    flags = _reduce(torch.tensor([h, -h], dtype=torch.int64), meshes, dist.ReduceOp.MAX,
+                    "the optimizer fingerprint check")  # fmt: skip
     if int(flags[0]) == -int(flags[1]):
         return
     rank = dist.get_rank()
-    for group, size in groups:
-        gathered: list[Any] = [None] * size
-        exchange = functools.partial(dist.all_gather_object, gathered, list(entries), group=group)
-        collective(exchange, group=group, what="the optimizer fingerprint exchange")
-        n = max(len(x) for x in gathered)
-        rows = [list(x) + ["nothing"] * (n - len(x)) for x in gathered]
-        diff = next((i for i in range(n) if len({r[i] for r in rows}) > 1), None)
-        if diff is not None:
-            ranks = dist.get_process_group_ranks(group)
-            seen = "; ".join(f"rank {r} has {row[diff]}"
-                             for r, row in zip(ranks, rows, strict=True))  # fmt: skip
-            raise DistributedError(
-                f"rank {rank}: the optimizers differ across ranks: {seen}. Build the optimizer "
-                "the same way on every rank (the same parameters in the same order, routing and "
-                "options)."
-            )
+    for mesh in meshes:
+        for dim in range(mesh.ndim):
+            group, size = mesh.get_group(dim), mesh.size(dim)
+            gathered: list[Any] = [None] * size
+            exchange = functools.partial(dist.all_gather_object, gathered, list(entries),
+                                         group=group)  # fmt: skip
+            collective(exchange, group=group, what="the optimizer fingerprint exchange")
+            n = max(len(x) for x in gathered)
+            rows = [list(x) + ["nothing"] * (n - len(x)) for x in gathered]
+            diff = next((i for i in range(n) if len({r[i] for r in rows}) > 1), None)
+            if diff is not None:
+                seen = "; ".join(f"rank {r} has {row[diff]}" for r, row in
+                                 zip(dist.get_process_group_ranks(group), rows, strict=True))
+                raise DistributedError(
+                    f"rank {rank}: the optimizers differ across ranks: {seen}. Build the "
+                    "optimizer the same way on every rank (the same parameters in the same "
+                    "order, routing and options)."
+                )
     raise DistributedError(f"rank {rank}: the optimizers differ across ranks (see the other "
                            "ranks' errors for the difference)")  # fmt: skip

@@ -49,11 +49,6 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
 }
 
 
-# Attributes of objects pickled by earlier versions, now options.
-_OLD_ATTRS = {"on_nonfinite": "on_nonfinite", "max_batch_bytes": "max_batch_bytes",
-              "_adamw_lr": "adamw_lr", "_adamw_weight_decay": "adamw_weight_decay"}  # fmt: skip
-
-
 class RegMuon(Optimizer):
     r"""Regularized Muon for a whole model: RegMuon on hidden matrices, AdamW on the rest.
 
@@ -194,17 +189,9 @@ class RegMuon(Optimizer):
     def on_nonfinite(self) -> str:
         return self.options.on_nonfinite
 
-    @on_nonfinite.setter
-    def on_nonfinite(self, value: str) -> None:
-        self.options = self.options.replace(on_nonfinite=value)
-
     @property
     def max_batch_bytes(self) -> int | str | None:
         return self.options.max_batch_bytes
-
-    @max_batch_bytes.setter
-    def max_batch_bytes(self, value: int | str | None) -> None:
-        self.options = self.options.replace(max_batch_bytes=value)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -305,11 +292,6 @@ class RegMuon(Optimizer):
                     st["step"] = int(st["step"])
             self.skipped_steps = self.__dict__.pop("_loading_skipped", 0)
         else:  # pickle, deepcopy
-            if "options" not in self.__dict__:  # an object pickled by an earlier version
-                old = {new: self.__dict__.pop(key) for key, new in _OLD_ATTRS.items()
-                       if key in self.__dict__}  # fmt: skip
-                regmuon = {**self.defaults, "algorithm": "regmuon"}
-                self.options = DEFAULTS.of_group(regmuon).replace(**old)
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
         for group in self.param_groups:  # old checkpoints: new options take their defaults

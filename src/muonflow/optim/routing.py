@@ -503,17 +503,15 @@ def last_executed_layer(model: nn.Module, *args: Any, **kwargs: Any) -> str:
     call and is not seen.
     """
     order: list[str] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if declared_matrices(module):
-            hooks.append(module.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+    names = [name for name, module in model.named_modules() if declared_matrices(module)]
+    observer = FirstForward(model, names, order.extend)
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.no_grad():
             model(*args, **kwargs)
     finally:
-        for h in hooks:
+        for h in observer.handles:  # a forward that raised
             h.remove()
         for m, mode in modes:
             m.train(mode)
