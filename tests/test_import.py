@@ -55,7 +55,7 @@ def test_public_names_resolve_lazily():
     for name in muonflow.__all__:
         assert getattr(muonflow, name) is not None, name
     assert set(muonflow.__all__) <= set(dir(muonflow))
-    assert muonflow.models.moe.ExpertParticles  # submodules too
+    assert muonflow.models.moe.MoEFeedForward  # submodules too
     importlib.import_module("muonflow.polar")  # the submodule, named like the function
     assert not isinstance(muonflow.polar, types.ModuleType) and callable(muonflow.polar)
 
