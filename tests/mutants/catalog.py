@@ -21,7 +21,7 @@ class Mutant:
 
     ``plant(mp)`` applies it through the :class:`pytest.MonkeyPatch` ``mp`` (undone by
     ``mp.undo()``); ``seam`` names what it patches; ``profile`` is the reproduction profile that
-    must catch it; ``experiments`` the experiments to run (empty: all of them).
+    must catch it; ``experiments`` the experiments that must catch it (the suite runs these).
     """
 
     name: str

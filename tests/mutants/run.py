@@ -7,11 +7,12 @@ Usage (from the repository root)::
     python -m tests.mutants --list               # the catalog: mutant, profile, seam, bug
 
 Each mutant runs in a fresh process (one torch thread): the bug is planted with runtime patches
-(:mod:`.patching`), then the experiments of its profile run in-process through
-:func:`muonflow.experiments.runner.run_experiment` — the function ``muonflow reproduce`` calls
-for each experiment — into a temporary folder. The table lists, per mutant, the failed claim
-checks with their margin; a mutant is *caught* when at least one claim check fails. The margin
-of a failed check is how far its value lies beyond the threshold, relative to the threshold
+(:mod:`.patching`), then the experiments it names (``--all-experiments``: every experiment) run
+on its profile in-process through :func:`muonflow.experiments.runner.run_experiment` — the
+function ``muonflow reproduce`` calls for each experiment — into a temporary folder. The table
+lists, per mutant, the failed claim checks with their margin; a mutant is *caught* when at
+least one claim check fails. The margin of a failed check is how far its value lies beyond the
+threshold, relative to the threshold
 (``<=``: ``(value − t)/|t|``; ``>=``: ``(t − value)/|t|``; absolute where ``t = 0``; a band
 ``[lo, hi]``: the distance outside it over its half-width); ``inf`` where the value is not
 finite (no value could be measured).
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action="store_true",
                     help="also run the library without a mutant (every claim check must pass)")
     ap.add_argument("--experiments", nargs="+", metavar="NAME",
-                    help="run only these experiments (default: each mutant's own list, or all)")
+                    help="run these experiments (default: each mutant's own list)")
+    ap.add_argument("--all-experiments", action="store_true",
+                    help="run every experiment of the profile for every mutant (slow)")
     ap.add_argument("--json", type=Path, help="write the full results to this file")
     ap.add_argument("--detail", action="store_true", help="list every failed claim check")
     ap.add_argument("--list", action="store_true", help="print the catalog and exit")
@@ -157,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown mutant(s) {unknown}; see --list")
     chosen = [catalog[n] for n in (args.only or catalog)]
-    jobs = [(BASELINE, "smoke", tuple(args.experiments or ()))] if args.baseline else []
-    jobs += [(m.name, m.profile, tuple(args.experiments or m.experiments)) for m in chosen]
+    def runs(m_experiments: tuple[str, ...]) -> tuple[str, ...]:
+        return () if args.all_experiments else tuple(args.experiments or m_experiments)
+
+    union = tuple(dict.fromkeys(e for m in chosen for e in m.experiments))
+    jobs = [(BASELINE, "smoke", runs(union))] if args.baseline else []
+    jobs += [(m.name, m.profile, runs(m.experiments)) for m in chosen]
     ctx = multiprocessing.get_context("spawn")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx,

@@ -576,7 +576,7 @@ experiment(
     notes=notes,
     validate=validate,
     profiles={
-        "smoke": {"grid": 64, "ns": (16, 64, 256), "particles": 2**13},
+        "smoke": {"ns": (16, 64, 256, 1024), "particles": 2**15},
         "full": {"grid": 256, "ns": (64, 256, 1024, 4096, 16384), "particles": 2**19},
     },
     version=3,

@@ -1,5 +1,7 @@
 r"""Measurements of the mean-field theory: Wasserstein distances, chaos, stability.
 
+The statements measured: docs/theory.md §5 (propagation of chaos, well-posedness).
+
 * :func:`wasserstein2` — the quadratic Wasserstein distance between two particle clouds
   through POT: exact (network simplex, ``ot.emd2``) for small clouds, sliced
   (``ot.sliced_wasserstein_distance``, a lower bound) for large ones.

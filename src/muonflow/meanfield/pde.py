@@ -1,5 +1,7 @@
 r"""Eulerian reference solver of the phase-space mean-field equation for scalar parameters.
 
+The equation and its dissipation identity: docs/theory.md §5.
+
 For a scalar parameter :math:`\theta \in \mathbb R` with momentum :math:`P \in \mathbb R`
 (particles of shape ``[N, 1, 1]``) the mean-field limit of the particle system is the
 Vlasov-type equation on a phase-space density :math:`\mu_t(\theta, P)`
