@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..meanfield import Neuron, ProbabilityObjective, ScalarModel, teacher_student
+from ..meanfield.risks import SquaredRisk
 
 F64 = torch.float64
 
@@ -31,6 +32,13 @@ def teacher_student_problem(
     X = torch.randn(d, points, generator=gen, dtype=F64)
     feature = Neuron(X, width=width)  # tanh
     return feature, teacher_student(feature, feature.sample(teacher, generator=gen))
+
+
+def targets(obj: ProbabilityObjective) -> Tensor:
+    """The targets ``y`` of a teacher–student objective with the squared risk."""
+    risk = obj.risk
+    assert isinstance(risk, SquaredRisk)
+    return risk.target
 
 
 def student_quantile(p: float, dof: int) -> float:

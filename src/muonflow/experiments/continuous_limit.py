@@ -162,7 +162,9 @@ def _particle_orders(cfg: Config, gen: torch.Generator) -> dict[str, Any]:
                           cfg.p_t_end, rtol=cfg.rtol, atol=cfg.rtol)  # fmt: skip
 
     def library_grad(theta: Tensor) -> Tensor:
-        return -obj.value_and_force(theta)[1]  # N ∂J/∂θ_i, the mean-field force's negative
+        F = obj.value_and_force(theta)[1]  # the mean-field force −N ∂J/∂θ_i
+        assert isinstance(F, Tensor)
+        return -F
 
     errors = []
     for h in cfg.hs:

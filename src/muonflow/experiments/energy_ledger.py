@@ -48,7 +48,7 @@ from ._dynamics_problems import (
     single_thread,
     spd,
 )
-from ._meanfield_problems import tanh_force_constants, teacher_student_problem
+from ._meanfield_problems import tanh_force_constants, targets, teacher_student_problem
 from .base import Check, Progress, at_least, at_most, experiment, require, within
 
 SCHEMES = ("muon", "conformal_leapfrog", "hamiltonian_descent", "euler", "rk4", "nesterov")
@@ -178,7 +178,7 @@ def _particle_ledger(cfg: Config, gen: torch.Generator) -> dict[str, Any]:
     for h in cfg.hs:
         H, D = ledger(flow, theta, P, cfg.t_end, h, "muon")
         per_step.append(float(np.abs(np.diff(H - H[0] + D)).mean()))
-    a, _ = tanh_force_constants(feature.X, obj.risk.target, 2)
+    a, _ = tanh_force_constants(feature.X, targets(obj), 2)
     return {"per_step": np.array(per_step), "h_omega_max": max(cfg.hs) * (a / cfg.eps) ** 0.5}
 
 

@@ -349,6 +349,7 @@ def _simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
                            h * cfg.flow_steps, h=h, method="muon")  # fmt: skip
             out["flow_H"][kind][f"h={h:g}"] = tr.H
             if kind == "fast" and h == max(cfg.flow_hs):
+                assert isinstance(tr.P, tuple)
                 out["map_errors_flow"] = _flow_map_errors(tr.P)
     progress(1.0, "done")
     return out

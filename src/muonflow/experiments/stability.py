@@ -56,7 +56,12 @@ from ..meanfield import StabilityResult, coupling_distance, phase_space, stabili
 from ..meanfield.bounds import comparison_bound, comparison_rate, force_bounds
 from ..spectral import Relativistic
 from ._dynamics_problems import F64, U64, dop853, hamiltonian_field, log_slope, single_thread
-from ._meanfield_problems import tanh_force, tanh_force_constants, teacher_student_problem
+from ._meanfield_problems import (
+    tanh_force,
+    tanh_force_constants,
+    targets,
+    teacher_student_problem,
+)
 from .base import Check, Progress, at_most, experiment, require, within
 
 
@@ -124,7 +129,7 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
     perm = torch.randperm(cfg.particles, generator=gen)
     norm = math.sqrt(float((u.square().sum() + v.square().sum()) / cfg.particles))
     fb = force_bounds(feature, obj)  # the library's constants (the bound under test)
-    y = obj.risk.target  # the teacher's outputs
+    y = targets(obj)  # the teacher's outputs
     a_own, c_own = tanh_force_constants(feature.X, y, cfg.width)  # derived here
 
     def measure(delta: float, h: float, order: Tensor | None = None) -> StabilityResult:
