@@ -407,7 +407,7 @@ def test_explicit_euler_gains_energy_at_the_muon_bound(gen):
 
 # -- linearized rates --------------------------------------------------------------------------
 def predicted_rate(a: list[float], eps: float, gamma: float) -> float:
-    """``2 max_j Re λ_j``, ``λ = (−γ + √(γ² − 4a_j/ε))/2`` (SPEC §3)."""
+    """``2 max_j Re λ_j``, ``λ = (−γ + √(γ² − 4a_j/ε))/2`` (docs/theory.md §4)."""
     lam = [(-gamma + complex(gamma * gamma - 4 * aj / eps) ** 0.5) / 2 for aj in a]
     return 2 * max(x.real for x in lam)
 

@@ -20,8 +20,9 @@ from conftest import assert_checks_pass
 
 import muonflow as mf
 from muonflow.experiments import REGISTRY
+from muonflow.experiments._meanfield_problems import scalar_problem, scalar_reference
 from muonflow.experiments.particles_vs_pde import Config as PDEConfig
-from muonflow.experiments.particles_vs_pde import reference_model, scalar_problem, wls_slope
+from muonflow.experiments.particles_vs_pde import wls_slope
 from muonflow.experiments.runner import run_experiment
 from muonflow.experiments.store import METRICS, load_series
 from muonflow.experiments.teacher_student import (
@@ -53,7 +54,8 @@ def test_independent_pde_model_agrees_with_the_library():
     # as the particles' library objective: feature, force (= N·(−∂J/∂θ_i), mean-field
     # scaling), risk and kinetic map agree on random points to float64 round-off.
     cfg = PDEConfig()
-    model, obj = reference_model(cfg), scalar_problem(cfg)
+    model = scalar_reference(cfg.points, cfg.x_max, cfg.teacher, cfg.eps)
+    obj = scalar_problem(cfg.points, cfg.x_max, cfg.teacher)
     gen = torch.Generator().manual_seed(3)
     th = 1.5 * torch.randn(257, generator=gen, dtype=D64)
     P = torch.randn(257, generator=gen, dtype=D64)

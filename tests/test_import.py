@@ -55,10 +55,9 @@ def test_public_names_resolve_lazily():
     for name in muonflow.__all__:
         assert getattr(muonflow, name) is not None, name
     assert set(muonflow.__all__) <= set(dir(muonflow))
-    assert muonflow.models.moe.ExpertParticles  # submodules too
+    assert muonflow.models.moe.MoEFeedForward  # submodules too
     importlib.import_module("muonflow.polar")
     assert isinstance(muonflow.polar, types.ModuleType)  # the package, never a function
-
 
 def test_core_requirements_are_torch_and_numpy():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -1,4 +1,4 @@
-"""Probability objectives J(ρ) = R(∫F dρ): forces, first variation, features, risks (SPEC §4).
+"""Probability objectives J(ρ) = R(∫F dρ) (docs/theory.md §5): forces, features, risks.
 
 Tolerances: float64 throughout. The quantities compared are short sums and products of O(1)
 terms (dot products of length ≤ B·width ≤ 200), so two computations that differ only in

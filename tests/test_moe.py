@@ -11,9 +11,15 @@ import pytest
 import torch
 
 import muonflow as mf
-from muonflow.meanfield.moe import MoEFeature, RatioRisk, moe_objective, softmax_moe_output
+from muonflow.meanfield.moe import (
+    ExpertParticles,
+    MoEFeature,
+    RatioRisk,
+    moe_objective,
+    softmax_moe_output,
+)
 from muonflow.meanfield.risks import SquaredRisk
-from muonflow.models.moe import ExpertParticles, MoEFeedForward, moe_transformer
+from muonflow.models.moe import MoEFeedForward, moe_transformer
 from muonflow.models.transformer import TransformerConfig
 
 U64 = 2.0**-53
@@ -319,3 +325,12 @@ def test_moe_transformer_trains_with_regmuon_and_expert_particles():
     traj = mf.integrate(flow, W, P0, 0.02, h=0.002, method="muon")
     assert traj.H.shape[0] == 11 and bool(torch.isfinite(traj.H).all())
     assert float(traj.J[-1]) < float(traj.J[0])  # the particle flow lowers the loss
+
+
+def test_expert_particles_old_name_is_a_deprecated_alias():
+    import muonflow.models.moe as old
+
+    with pytest.warns(DeprecationWarning, match="meanfield.moe.ExpertParticles"):
+        assert old.ExpertParticles is ExpertParticles
+    with pytest.raises(AttributeError, match="no attribute"):
+        _ = old.NoSuchName

@@ -1,4 +1,4 @@
-"""Spectral potentials: identities of SPEC §2 checked against autograd and SVD references.
+"""Spectral potentials: identities of docs/theory.md §1 checked against autograd and SVD references.
 
 Tolerances: float64 identities hold to a few hundred unit roundoffs (u = 1.1e-16) times the
 condition of the quantity; each test says which condition applies.

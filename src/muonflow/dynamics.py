@@ -1,5 +1,7 @@
 r"""Damped Hamiltonian dynamics of inertial Muon, its integrators and an exact energy ledger.
 
+The mathematics: docs/theory.md §2 (the flow, the dissipation identity) and §3 (the schemes).
+
 For an objective :math:`J` and a spectral potential :math:`K` (the kinetic energy) the flow is
 
 .. math::

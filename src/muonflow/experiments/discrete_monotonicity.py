@@ -156,7 +156,9 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     A = spd(np.geomspace(cfg.a_min, cfg.L, cfg.m).tolist(), gen)
     obj = QuadraticObjective(A)
-    h_max = muon_energy_step_bound(cfg.L, cfg.eps, cfg.gamma)
+    h_max = muon_energy_step_bound(cfg.L, cfg.eps, cfg.gamma)  # the library's bound (tested)
+    # the same bound written out here: the bracket of h_δ, where the worst state's ΔH turns
+    h_formula = 2 * cfg.gamma * cfg.eps / (cfg.L + cfg.gamma**2 * cfg.eps)
     S, shape = cfg.starts, (cfg.m, cfg.n)
     W0 = 2 * torch.randn(3 * S, *shape, generator=gen, dtype=F64)
     P0 = torch.cat([
@@ -204,8 +206,8 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
                 "random_max_relative_rise": np.array(rel_rise),
                 "largest_monotone_h": h_star,
                 # Huber: the worst state's ΔH changes sign exactly at h_max
-                "h_delta": h_delta(cfg.eps, cfg.gamma, cfg.L, cfg.delta, h_max)
-                if pot == "relativistic" else h_max,
+                "h_delta": h_delta(cfg.eps, cfg.gamma, cfg.L, cfg.delta, h_formula)
+                if pot == "relativistic" else h_formula,
                 "worst_dH_near_bound": np.array(dH_fine),
             }
         # explicit Euler on the same starts
@@ -302,5 +304,5 @@ experiment(
         "full": {"m": 16, "n": 8, "starts": 8, "steps": 400, "bisect_rtol": 1e-6,
                  "ratios": tuple(float(r) for r in np.geomspace(0.2, 4.0, 31))},
     },
-    version=2,
+    version=3,
 )

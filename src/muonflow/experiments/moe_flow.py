@@ -26,7 +26,7 @@ integrals against :math:`\rho`, :math:`J(\rho) = R(\int F\,d\rho)` with
    of the paired improvement), so a matrix update that does nothing fails. Reported: training
    loss (fixed training windows) and validation loss after ``train_steps`` steps.
 4. **Does the dissipation identity survive practical approximations?** The experts of the
-   MoE transformer as particles (:class:`~muonflow.models.moe.ExpertParticles`, mean-field
+   MoE transformer as particles (:class:`~muonflow.meanfield.moe.ExpertParticles`, mean-field
    forces) under the ``muon`` scheme at matched step sizes ``h``: the fraction of steps at which
    ``H = J + (1/E)ΣK_ε(P)`` increases when the velocity is the exact map ``∇K_ε``, the
    fast matmul-only map (``tol = 1e-3``), or the classic Newton–Schulz quintic.
@@ -44,13 +44,19 @@ from torch import Tensor
 
 from ..data import stdlib_corpus
 from ..dynamics import HamiltonianFlow, integrate
-from ..meanfield.moe import moe_objective, softmax_moe_output
-from ..models.moe import ExpertParticles, moe_transformer
+from ..meanfield.moe import ExpertParticles, moe_objective, softmax_moe_output
+from ..models.moe import moe_transformer
 from ..models.transformer import TransformerConfig
 from ..polar import newton_schulz
 from ..spectral import Relativistic
 from ..training import make_optimizers
-from ._dynamics_problems import U64, single_thread
+from ._dynamics_problems import (
+    U64,
+    map_checks,
+    optimizer_map_errors,
+    single_thread,
+    svd_relativistic,
+)
 from ._meanfield_problems import student_quantile
 from .base import Check, Progress, at_least, at_most, experiment, require
 
@@ -65,7 +71,11 @@ ARMS: dict[str, tuple[str, str, str, bool]] = {
     "matrices frozen": ("regmuon", "stacked", "lr_blockwise", True),
 }
 CONTROL = "matrices frozen"
+#: the arm whose optimizer's map is probed on the momenta it recorded
+PROBED = "RegMuon blockwise"
 MAPS = ("exact", "fast", "newton_schulz")
+#: the tolerance of the fast map of part 4
+FAST_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ class _MapPotential:
         if self.kind == "exact":
             return self.base.grad(P)
         if self.kind == "fast":
-            return self.base.grad(P, method="auto", tol=1e-3)
+            return self.base.grad(P, method="auto", tol=FAST_TOL)
         return newton_schulz(P)  # Muon's quintic, 5 steps
 
     def __repr__(self) -> str:
@@ -196,11 +206,12 @@ def _transformer_config(cfg: Config, vocab: int) -> TransformerConfig:
 
 def _train(
     cfg: Config, n_experts: int, arm: str, seed: int, corpus: Any, windows: dict[str, Any]
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[Any]]:
     """One run of ``arm`` (:data:`ARMS`): mean losses on the fixed train / val ``windows``.
 
     Returns ``{"train", "val"}`` after ``train_steps`` steps (``inf`` if the loss became
-    non-finite) and ``"initial_val"``, the untrained network's validation loss.
+    non-finite) and ``"initial_val"``, the untrained network's validation loss; and the
+    optimizers (to probe their map on the momenta they recorded).
     """
     opt_name, layout, lr_field, frozen = ARMS[arm]
     torch.manual_seed(seed)  # same initial network in every layout and arm
@@ -227,7 +238,7 @@ def _train(
     for _ in range(steps):
         loss = model.loss(*corpus.batch("train", cfg.batch, cfg.block, gen))
         if not bool(torch.isfinite(loss)):
-            return {"train": math.inf, "val": math.inf, "initial_val": initial}
+            return {"train": math.inf, "val": math.inf, "initial_val": initial}, opts
         for o in opts:
             o.zero_grad()
         loss.backward()
@@ -235,7 +246,24 @@ def _train(
             o.step()
         for sch in scheds:
             sch.step()
-    return {**evaluate(), "initial_val": initial}
+    return {**evaluate(), "initial_val": initial}, opts
+
+
+def _flow_map_errors(P: tuple[Tensor, ...]) -> dict[str, np.ndarray]:
+    """The fast map of part 4 vs the closed form on the final momenta of its run, at an ε per
+    matrix equal to its median singular value (half the directions below ε: far from polar)."""
+    fast, polar, tol = [], [], []
+    for Pb in P:
+        X = Pb.detach().double()
+        U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+        e = S.median(-1).values.clamp_min(1e-300)
+        ref = svd_relativistic(X, e)
+        den = torch.linalg.matrix_norm(ref)
+        D = Relativistic(e).grad(X, method="auto", tol=FAST_TOL)  # the library's fast map
+        fast += (torch.linalg.matrix_norm(D - ref) / den).tolist()
+        polar += (torch.linalg.matrix_norm(U @ Vh - ref) / den).tolist()
+        tol += [FAST_TOL] * X.shape[0]
+    return {"fast": np.array(fast), "polar": np.array(polar), "tol": np.array(tol)}
 
 
 def _unigram_entropy(corpus: Any) -> float:
@@ -296,7 +324,10 @@ def _simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
             rs = []
             for s in seeds:
                 progress(0.2 + 0.55 * done / total, f"train E={E} {arm} seed {s}")
-                rs.append(_train(cfg, E, arm, s, corpus, windows))
+                r, opts = _train(cfg, E, arm, s, corpus, windows)
+                rs.append(r)
+                if arm == PROBED and E == cfg.experts[0] and s == seeds[0]:
+                    out["map_errors_transformer"] = optimizer_map_errors(opts[0])
                 done += 1
             tr_out[f"E{E}"][arm] = {k: np.array([r[k] for r in rs]) for k in rs[0]}
     out["transformer"] = tr_out
@@ -317,6 +348,9 @@ def _simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
             tr = integrate(fl, W0, tuple(torch.zeros_like(w) for w in W0),
                            h * cfg.flow_steps, h=h, method="muon")  # fmt: skip
             out["flow_H"][kind][f"h={h:g}"] = tr.H
+            if kind == "fast" and h == max(cfg.flow_hs):
+                assert isinstance(tr.P, tuple)
+                out["map_errors_flow"] = _flow_map_errors(tr.P)
     progress(1.0, "done")
     return out
 
@@ -417,6 +451,13 @@ def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
             "text (the best input-free predictor): a weak sanity bound, no claim.",
             catches="a diverging run or an optimizer that does not train at all.",
         )
+    if "map_errors_transformer" in s:
+        where = f"the MoE transformer, {PROBED}, E = {cfg.experts[0]}, seed {cfg.seed}"
+        out.update({f"transformer_{k}": c
+                    for k, c in map_checks(s["map_errors_transformer"], where).items()})
+    where = (f"part 4's fast map (tol {FAST_TOL:g}) on the experts' final momenta at h = "
+             f"{max(cfg.flow_hs):g}, at ε = each matrix's median singular value")
+    out.update({f"flow_{k}": c for k, c in map_checks(s["map_errors_flow"], where).items()})
     fr = {k: {h: _rise_fraction(H) for h, H in v.items()} for k, v in s["flow_H"].items()}
     h0 = f"h={min(cfg.flow_hs):g}"
     for kind in MAPS:

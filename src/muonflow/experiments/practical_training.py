@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import training
 from ..optim import DEFAULTS, default_adamw_rule
-from ._dynamics_problems import single_thread
+from ._dynamics_problems import map_checks, optimizer_map_errors, single_thread
 from ._meanfield_problems import student_quantile
 from .base import Check, Progress, at_least, at_most, experiment, require
 
@@ -108,6 +108,17 @@ def _finite_fraction(run: dict[str, Any], opt: str) -> float:
     return float(np.mean([math.isfinite(h) for h in hs])) if hs else 0.0
 
 
+def _keeping(built: list[Any], **options: Any) -> Any:
+    """The factory building RegMuon exactly as ``train(task, "regmuon", ...)`` does, keeping the
+    optimizers in ``built`` (to probe their map on the momenta they recorded)."""
+
+    def factory(model: Any) -> list[Any]:
+        built.extend(training.make_optimizers("regmuon", model, **options))
+        return built
+
+    return factory
+
+
 def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     n_runs = sum(len(seeds) * len(_arms(cfg, t)) for t in cfg.tasks)
@@ -118,17 +129,24 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
             task = training.make_task(name)
             control = _frozen(task)
             steps = getattr(cfg, f"steps_{name}")
+            map_errors: dict[str, Any] = {}
             arms: dict[str, Any] = {}
             for label, opt, eps in _arms(cfg, name):
                 runs = []
                 for s in seeds:
                     progress(done / n_runs, f"{name}: {label}, seed {s}")
+                    lr = getattr(cfg, f"lr_{opt}_{name}")
                     kwargs: dict[str, Any] = {} if eps is None else {"eps": eps}
+                    probe = label == f"RegMuon ε={DEFAULT_EPS:g}" and s == seeds[0]
+                    built: list[Any] = []  # the optimizers of a probed run
+                    factory = _keeping(built, lr=lr, adamw_lr=cfg.adamw_lr, **kwargs)
                     runs.append(training.train(
-                        control if label == CONTROL else task, opt,
-                        lr=getattr(cfg, f"lr_{opt}_{name}"), steps=steps, seed=s,
-                        adamw_lr=cfg.adamw_lr, evals=cfg.evals, **kwargs,
+                        control if label == CONTROL else task, factory if probe else opt,
+                        lr=lr, steps=steps, seed=s, adamw_lr=cfg.adamw_lr, evals=cfg.evals,
+                        **kwargs,
                     ))  # fmt: skip
+                    if probe:  # the fast map vs the exact one on the momenta it recorded
+                        map_errors = optimizer_map_errors(built[0])
                     done += 1
                 arms[label] = {
                     "test_loss": np.array([r["test_loss"] for r in runs]),
@@ -142,7 +160,7 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
                 }
                 if "test_acc" in runs[0]:
                     arms[label]["test_acc"] = np.array([r["test_acc"] for r in runs])
-            out[name] = {"chance_loss": task.chance_loss, "arms": arms}
+            out[name] = {"chance_loss": task.chance_loss, "arms": arms, "map_errors": map_errors}
     progress(1.0, "done")
     return out
 
@@ -217,6 +235,11 @@ def checks(s: dict[str, Any], cfg: Config) -> dict[str, Check]:
             catches="a kinetic-energy diagnostic that overflows or divides by zero (ε = 0 "
             "relative to an all-zero momentum).",
         )
+        if s[name]["map_errors"]:
+            where = (f"{name}, RegMuon ε={DEFAULT_EPS:g}, seed {cfg.seed}, after "
+                     f"{getattr(cfg, f'steps_{name}')} steps")
+            checks_ = map_checks(s[name]["map_errors"], where)
+            out.update({f"{name}_{k}": c for k, c in checks_.items()})
     return out
 
 

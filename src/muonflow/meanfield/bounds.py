@@ -1,5 +1,7 @@
 r"""A-priori constants of the mean-field force and the comparison recursion of the Muon scheme.
 
+The stability statement they quantify: docs/theory.md §5.
+
 For the tanh-neuron feature :math:`F(\theta) = \tanh(\theta X)` and a squared risk, the
 particle force :math:`-DF(\theta_i)^\top\nabla R(m_\rho)` is Lipschitz in the RMS sense
 over clouds coupled particle by particle (constant ``a``), and the force of an i.i.d. mean has

@@ -1,5 +1,7 @@
 r"""Measurements of the mean-field theory: Wasserstein distances, chaos, stability.
 
+The statements measured: docs/theory.md §5 (propagation of chaos, well-posedness).
+
 * :func:`wasserstein2` — the quadratic Wasserstein distance between two particle clouds
   through POT: exact (network simplex, ``ot.emd2``) for small clouds, sliced
   (``ot.sliced_wasserstein_distance``, a lower bound) for large ones.
@@ -172,7 +174,8 @@ class ChaosResult:
     ``slopes[name]``: ``[T]`` fitted exponents per time; ``slope[name]``: the mean of the
     per-time ones; ``w2``: ``[K, len(w2_times)]`` raw ``W₂`` between the first ``N``-system's
     phase-space cloud and the whole reference cloud at the requested time indices (empty if
-    none were asked).
+    none were asked); ``reference``: the reference system's observables, ``"mean_feature"``
+    ``[T, *out]`` and ``"J"`` ``[T]`` (the proxy of the mean-field solution).
     """
 
     Ns: Tensor
@@ -183,6 +186,7 @@ class ChaosResult:
     slopes: dict[str, Tensor]
     slope: dict[str, float]
     w2: Tensor
+    reference: dict[str, Tensor]
 
 
 def propagation_of_chaos(
@@ -213,8 +217,56 @@ def propagation_of_chaos(
         w2_times: indices into ``times`` at which to also compute the raw ``W₂`` (exact LP)
             between the first replica's cloud and the reference cloud.
     """
-    from .risks import Risk
+    blocks, p_blocks, is_tuple, Ns, t = _chaos_inputs(
+        objective, theta_ref, P_ref, Ns, times, w2_times
+    )
+    n_ref = blocks[0].shape[0]
+    ref = _Observed.run(objective, kinetic, gamma, theta_ref, P_ref, t, h=h, method=method,
+                        packed=False)
+    errs: dict[str, list[Tensor]] = {}
+    w2 = torch.zeros(len(Ns), len(w2_times), dtype=torch.float64)
+    reps = []
+    for i, n in enumerate(Ns):
+        S = n_ref // n if max_replicas is None else min(n_ref // n, max_replicas)
+        th0 = from_blocks(tuple(x[: S * n] for x in blocks), is_tuple)
+        P0 = from_blocks(tuple(x[: S * n] for x in p_blocks), is_tuple)
+        obs = _Observed.run(objective.with_systems(S), kinetic, gamma, th0, P0, t, h=h,
+                            method=method, packed=True)  # fmt: skip
+        for key, e in _coupled_errors(obs, ref, objective.risk).items():
+            errs.setdefault(key, []).append(e)
+        for j, k in enumerate(w2_times):
+            w2[i, j] = wasserstein2(obs.z[k, :n], ref.z[k], method="exact")
+        reps.append(S)
+    n_t = torch.tensor(Ns, dtype=torch.float64)
+    errors = {k: torch.stack(v).double() for k, v in errs.items()}
+    slopes = {
+        k: torch.tensor(
+            [fit_power_law(n_t, e[:, j]) for j in range(e.shape[1])], dtype=torch.float64
+        )
+        for k, e in errors.items()
+    }
+    return ChaosResult(
+        Ns=n_t,
+        times=t,
+        replicas=torch.tensor(reps),
+        n_ref=n_ref,
+        errors=errors,
+        slopes=slopes,
+        slope={k: float(s.mean()) for k, s in slopes.items()},
+        w2=w2,
+        reference={"mean_feature": ref.m, "J": ref.J},
+    )
 
+
+def _chaos_inputs(
+    objective: ProbabilityObjective,
+    theta_ref: State,
+    P_ref: State,
+    Ns: list[int],
+    times: Tensor | list[float],
+    w2_times: tuple[int, ...],
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], bool, list[int], Tensor]:
+    """Validate :func:`propagation_of_chaos`'s inputs: ``(θ blocks, P blocks, is_tuple, Ns, t)``."""
     if objective.systems != 1:
         raise ValueError(f"propagation_of_chaos needs a single-system objective, got {objective!r}")
     blocks, is_tuple = as_blocks(theta_ref, "theta_ref")
@@ -230,77 +282,65 @@ def propagation_of_chaos(
     t = torch.as_tensor(times, dtype=torch.float64).flatten()
     if any(not 0 <= k < len(t) for k in w2_times):
         raise ValueError(f"w2_times must index times (0..{len(t) - 1}), got {w2_times}")
-    risk = objective.risk
-    split_J = isinstance(risk, Risk)
+    return blocks, p_blocks, is_tuple, Ns, t
 
-    ref_flow = HamiltonianFlow(objective, kinetic, gamma)
-    ref = _evolve(
-        ref_flow,
-        theta_ref,
-        P_ref,
-        t,
-        lambda th, P: (objective.mean_feature(th), objective.value(th), phase_space(th, P)),
-        h=h,
-        method=method,
-    )
-    m_ref = torch.stack([r[0] for r in ref])  # [T, *out]
-    J_ref = torch.stack([r[1] for r in ref])  # [T]
-    z_ref = torch.stack([r[2] for r in ref])  # [T, N_ref, 2D]
-    g_ref = risk.grad(m_ref).flatten(1) if isinstance(risk, Risk) else None  # ∇R(m_ref(t))
 
-    keys = ["mean_feature", "J", "coupling"] + (["J_linear", "J_remainder"] if split_J else [])
-    errs: dict[str, list[Tensor]] = {k: [] for k in keys}
-    w2 = torch.zeros(len(Ns), len(w2_times), dtype=torch.float64)
-    reps = []
-    for i, n in enumerate(Ns):
-        S = n_ref // n if max_replicas is None else min(n_ref // n, max_replicas)
-        obj_S = objective.with_systems(S)
-        flow = HamiltonianFlow(obj_S, kinetic, gamma)
-        th0 = from_blocks(tuple(x[: S * n] for x in blocks), is_tuple)
-        P0 = from_blocks(tuple(x[: S * n] for x in p_blocks), is_tuple)
-        obs = _evolve(
-            flow,
-            th0,
-            P0,
-            t,
-            lambda th, P, o=obj_S: (o.mean_feature(th), o.values(th), phase_space(th, P)),
-            h=h,
-            method=method,
-        )
-        m = torch.stack([o[0] for o in obs])  # [T, S, *out]
-        J = torch.stack([o[1] for o in obs])  # [T, S]
-        z = torch.stack([o[2] for o in obs])  # [T, S·N, 2D]
-        dm = (m - m_ref.unsqueeze(1)).flatten(2)  # [T, S, |out|]
-        dJ = J - J_ref.unsqueeze(1)
-        errs["mean_feature"].append(dm.square().sum(-1).mean(1).sqrt())
-        errs["J"].append(dJ.square().mean(1).sqrt())
-        errs["coupling"].append((z - z_ref[:, : S * n]).square().sum(-1).mean(1).sqrt())
-        if g_ref is not None:
-            lin = (dm * g_ref.unsqueeze(1)).sum(-1)  # ⟨∇R(m_ref), δm⟩: [T, S]
-            errs["J_linear"].append(lin.square().mean(1).sqrt())
-            errs["J_remainder"].append((dJ - lin).square().mean(1).sqrt())
-        for j, k in enumerate(w2_times):
-            w2[i, j] = wasserstein2(z[k, :n], z_ref[k], method="exact")
-        reps.append(S)
-    n_t = torch.tensor(Ns, dtype=torch.float64)
-    errors = {k: torch.stack(v).double() for k, v in errs.items()}
-    slopes = {
-        k: torch.tensor(
-            [fit_power_law(n_t, e[:, j]) for j in range(e.shape[1])], dtype=torch.float64
-        )
-        for k, e in errors.items()
+@dataclass(frozen=True)
+class _Observed:
+    """Observables at the observation times: ``m: [T, S, *out]``, ``J: [T, S]`` for ``S``
+    packed systems (``packed=True``), ``m: [T, *out]``, ``J: [T]`` for the reference;
+    ``z: [T, S·N, 2D]`` the phase-space cloud."""
+
+    m: Tensor
+    J: Tensor
+    z: Tensor
+
+    @classmethod
+    def run(
+        cls,
+        objective: ProbabilityObjective,
+        kinetic,
+        gamma: float,
+        theta: State,
+        P: State,
+        t: Tensor,
+        *,
+        h: float | None,
+        method: str,
+        packed: bool,
+    ) -> _Observed:
+        S = objective.systems
+
+        def observe(th: State, p: State) -> tuple[Tensor, Tensor, Tensor]:
+            m = objective.mean_feature(th)
+            if packed:  # [S, *out] and [S], also for S = 1
+                return m.reshape(S, *m.shape[S > 1 :]), objective.values(th), phase_space(th, p)
+            return m, objective.value(th), phase_space(th, p)
+
+        obs = _evolve(HamiltonianFlow(objective, kinetic, gamma), theta, P, t, observe, h=h,
+                      method=method)  # fmt: skip
+        return cls(*(torch.stack([o[k] for o in obs]) for k in range(3)))
+
+
+def _coupled_errors(obs: _Observed, ref: _Observed, risk) -> dict[str, Tensor]:
+    """RMS errors over the replicas of ``obs`` against ``ref``, each ``[T]`` (see
+    :class:`ChaosResult`): particle ``i`` of the replicas is coupled to reference particle ``i``
+    (the same initial draw)."""
+    from .risks import Risk
+
+    n = obs.z.shape[1]
+    dm = (obs.m - ref.m.unsqueeze(1)).flatten(2)  # [T, S, |out|]
+    dJ = obs.J - ref.J.unsqueeze(1)  # [T, S]
+    out = {
+        "mean_feature": dm.square().sum(-1).mean(1).sqrt(),
+        "J": dJ.square().mean(1).sqrt(),
+        "coupling": (obs.z - ref.z[:, :n]).square().sum(-1).mean(1).sqrt(),
     }
-    slope = {k: float(s.mean()) for k, s in slopes.items()}
-    return ChaosResult(
-        Ns=n_t,
-        times=t,
-        replicas=torch.tensor(reps),
-        n_ref=n_ref,
-        errors=errors,
-        slopes=slopes,
-        slope=slope,
-        w2=w2,
-    )
+    if isinstance(risk, Risk):  # J's error = ⟨∇R(m_ref), δm⟩ + the rest
+        lin = (dm * risk.grad(ref.m).flatten(1).unsqueeze(1)).sum(-1)  # [T, S]
+        out["J_linear"] = lin.square().mean(1).sqrt()
+        out["J_remainder"] = (dJ - lin).square().mean(1).sqrt()
+    return out
 
 
 @dataclass(frozen=True)

@@ -30,20 +30,26 @@ one call: :func:`moe_objective` builds the objective without particle chunking.
 Shapes follow :mod:`.features`: ``X: [d, B]``, blocks ``r: [N, 1, d]``, ``W1: [N, h, d]``,
 ``W2: [N, o, h]``, features ``[N, o + 1, B]`` (rows ``0..o-1``: numerator ``a``; row ``o``:
 denominator ``b``).
+
+:class:`ExpertParticles` is the same objective on a whole model: the experts of every
+:class:`~muonflow.models.moe.MoEFeedForward` layer of a transformer as particles (force
+``−E ∂L/∂θ_e``, kinetic weight ``1/E``; docs/theory.md §5).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from .._checks import check_finite
+from ..models.moe import MoEFeedForward
 from ._state import State
 from .features import Activation, Feature, Pullback, _activation, _check_dataset
 from .objective import ProbabilityObjective
 from .risks import Risk, SquaredRisk
 
-__all__ = ["MoEFeature", "RatioRisk", "moe_objective", "softmax_moe_output"]
+__all__ = ["ExpertParticles", "MoEFeature", "RatioRisk", "moe_objective", "softmax_moe_output"]
 
 
 class MoEFeature(Feature):
@@ -192,3 +198,80 @@ def moe_objective(
         )
     feature = MoEFeature(X, hidden=hidden, out=y.shape[0], activation=activation, shift=shift)
     return ProbabilityObjective(feature, RatioRisk(SquaredRisk(y)), systems=systems)
+
+
+class ExpertParticles:
+    r"""The experts of a model as interacting particles (an objective of the dynamics).
+
+    State: the tuple of the stacked expert tensors of every :class:`MoEFeedForward` in
+    ``model`` (order ``router, w1, w2`` per layer), each ``[E, ...]``; every block is
+    ``[E, m, n]``, a batch of ``E`` matrices, so the blockwise flow maps each expert's block
+    separately. The rest of the model is frozen. With ``L(θ)`` the mean loss on the fixed
+    batch ``(idx, targets)``:
+
+    .. math::
+        J = L(\theta), \qquad \text{force}_e = -E\,\partial L/\partial\theta_e, \qquad
+        w = 1/E, \qquad H = J + \frac1E \sum_e \sum_b K_b(P_e^b).
+
+    Args:
+        model: a module with at least one :class:`MoEFeedForward`, all with the same ``E``.
+        idx, targets: ``[batch, T]`` token ids and next-token targets (``J`` is the mean
+            next-token cross-entropy of ``functional_call(model, params, (idx,))``).
+    """
+
+    def __init__(self, model: nn.Module, idx: Tensor, targets: Tensor) -> None:
+        self.model = model
+        self.idx, self.targets = idx, targets
+        self.names: list[str] = []
+        counts = set()
+        for name, mod in model.named_modules():
+            if isinstance(mod, MoEFeedForward):
+                if mod.layout != "stacked":
+                    raise ValueError(
+                        f"ExpertParticles: layer {name!r} has layout {mod.layout!r}; experts "
+                        "are particles only in the 'stacked' layout"
+                    )
+                prefix = f"{name}." if name else ""
+                self.names += [prefix + p for p in ("router", "w1", "w2")]
+                counts.add(mod.n_experts)
+        if not self.names:
+            raise ValueError("ExpertParticles: the model has no MoEFeedForward layer")
+        if len(counts) != 1:
+            raise ValueError(f"ExpertParticles: layers disagree on n_experts: {sorted(counts)}")
+        self.n_experts = counts.pop()
+
+    def __repr__(self) -> str:
+        return f"ExpertParticles(E={self.n_experts}, blocks={len(self.names)})"
+
+    def state(self) -> tuple[Tensor, ...]:
+        """The current expert tensors (detached copies)."""
+        params = dict(self.model.named_parameters())
+        return tuple(params[n].detach().clone() for n in self.names)
+
+    def load(self, W: tuple[Tensor, ...]) -> None:
+        """Copy a state into the model's expert parameters."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, w in zip(self.names, W, strict=True):
+                params[n].copy_(w)
+
+    def _loss(self, W: tuple[Tensor, ...]) -> Tensor:
+        if len(W) != len(self.names):
+            raise ValueError(f"{self!r}: expected {len(self.names)} blocks, got {len(W)}")
+        logits = functional_call(self.model, dict(zip(self.names, W, strict=True)), (self.idx,))
+        return nn.functional.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
+
+    def value(self, W: tuple[Tensor, ...]) -> Tensor:
+        with torch.no_grad():
+            return self._loss(W)
+
+    def value_and_force(self, W: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(J, force)`` with ``force = −E ∇J`` (one backward pass)."""
+        with torch.enable_grad():
+            leaves = tuple(w.detach().requires_grad_(True) for w in W)
+            J = self._loss(leaves)
+            grads = torch.autograd.grad(J, leaves)
+        return J.detach(), tuple(-self.n_experts * g for g in grads)
+
+    def kinetic_weight(self, W: tuple[Tensor, ...]) -> float:
+        return 1.0 / self.n_experts

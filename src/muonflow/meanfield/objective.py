@@ -1,5 +1,7 @@
 r"""Probability objectives :math:`J(\rho) = R(\int F\,d\rho)` and their particle forces.
 
+The mathematics: docs/theory.md §5.
+
 For particles :math:`\theta_1..\theta_N` (each a matrix, or a tuple of matrix blocks) with
 empirical measure :math:`\rho_N = \frac1N\sum_i \delta_{\theta_i}`:
 

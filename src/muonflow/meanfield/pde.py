@@ -1,5 +1,7 @@
 r"""Eulerian reference solver of the phase-space mean-field equation for scalar parameters.
 
+The equation and its dissipation identity: docs/theory.md §5.
+
 For a scalar parameter :math:`\theta \in \mathbb R` with momentum :math:`P \in \mathbb R`
 (particles of shape ``[N, 1, 1]``) the mean-field limit of the particle system is the
 Vlasov-type equation on a phase-space density :math:`\mu_t(\theta, P)`
@@ -238,6 +240,49 @@ def solve_vlasov(
     Returns:
         :class:`PDESolution` (float64).
     """
+    model, t_out = _check_vlasov(objective, kinetic, gamma, grid, mass0, times, cfl, limiter)
+    fv = _FiniteVolume(model, float(gamma), grid, limiter)
+    u = mass0.to(torch.float64) / fv.cell
+    t = dissipated = outflow = 0.0
+    steps = 0
+    snaps: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float]] = []
+    for t_next in t_out.tolist():
+        while t < t_next - 1e-14 * max(1.0, t_next):
+            b = fv.field(u)
+            dt = cfl / (fv.a_max / grid.d_theta + float(b.abs().max()) / grid.d_p)
+            dt = min(dt, t_next - t)
+            u, d_diss, d_out = fv.ssp_rk3(u, b, dt)
+            dissipated, outflow = dissipated + d_diss, outflow + d_out
+            t += dt
+            steps += 1
+        m, J, K = fv.observe(u)
+        snaps.append((u * fv.cell, m, J, K, dissipated, outflow))
+    J_t = torch.stack([s[2] for s in snaps])
+    K_t = torch.stack([s[3] for s in snaps])
+    return PDESolution(
+        t=t_out,
+        mass=torch.stack([s[0] for s in snaps]),
+        mean_feature=torch.stack([s[1] for s in snaps]),
+        J=J_t,
+        K=K_t,
+        H=J_t + K_t,
+        dissipated=torch.tensor([s[4] for s in snaps], dtype=torch.float64),
+        outflow=torch.tensor([s[5] for s in snaps], dtype=torch.float64),
+        steps=steps,
+    )
+
+
+def _check_vlasov(
+    objective: ProbabilityObjective | ScalarModel,
+    kinetic: SpectralPotential | None,
+    gamma: float,
+    grid: PhaseGrid,
+    mass0: Tensor,
+    times: Tensor | list[float],
+    cfl: float,
+    limiter: str,
+) -> tuple[ScalarModel, Tensor]:
+    """Validate :func:`solve_vlasov`'s inputs: ``(the model, the output times)``."""
     check_scale(gamma, "gamma", allow_zero=True)
     check_scale(cfl, "cfl", allow_zero=False)
     check_choice(limiter, "limiter", LIMITERS)
@@ -259,83 +304,65 @@ def solve_vlasov(
     t_out = torch.as_tensor(times, dtype=torch.float64).flatten()
     if t_out.numel() == 0 or float(t_out[0]) < 0 or bool((t_out.diff() < 0).any()):
         raise ValueError(f"solve_vlasov: times must be non-negative and increasing, got {t_out}")
+    return model, t_out
 
-    dt64 = torch.float64
-    cell = grid.d_theta * grid.d_p
-    th = grid.theta_centers(dt64)  # scalar parameters at the cell centres: [n_theta]
-    F_nodes = model.feature(th)  # [n_theta, *out]
-    if F_nodes.shape[0] != grid.n_theta:
-        raise ValueError(
-            f"solve_vlasov: the feature must map θ of shape {tuple(th.shape)} to "
-            f"[{grid.n_theta}, ...], got {tuple(F_nodes.shape)}"
-        )
-    p_c = grid.p_centers(dt64)
-    p_f = grid.p_faces(dt64)
-    a = model.velocity(p_c).reshape(1, -1)  # k'(P_j): [1, n_p]
-    a_faces = a  # θ-velocity is constant along θ: the faces of column j share a_j
-    k_c = model.kinetic(p_c).reshape(1, -1)  # k(P_j)
-    power_c = p_c.reshape(1, -1) * a  # P k'(P)
-    a_max = float(a.abs().max())
 
-    def marginal_mean(u: Tensor) -> tuple[Tensor, Tensor]:
-        rho = u.sum(1) * cell  # θ-marginal masses [n_theta]
-        return rho, torch.tensordot(rho, F_nodes, dims=1)  # m = Σ_i ρ_i F(θ_i)
+class _FiniteVolume:
+    """The discretized right-hand side of the scalar Vlasov equation on ``grid`` (densities
+    ``u: [n_theta, n_p]``), its SSP-RK3 step and the observed energies."""
 
-    def field(u: Tensor) -> Tensor:
-        _, m = marginal_mean(u)
-        f = model.force(th, m).reshape(-1, 1)  # f(θ_i; ρ): [n_theta, 1]
-        return f - gamma * p_f.reshape(1, -1)  # b at P-faces: [n_theta, n_p + 1]
+    def __init__(self, model: ScalarModel, gamma: float, grid: PhaseGrid, limiter: str) -> None:
+        f64 = torch.float64
+        self.model, self.gamma, self.grid, self.limiter = model, gamma, grid, limiter
+        self.cell = grid.d_theta * grid.d_p
+        self.th = grid.theta_centers(f64)  # scalar parameters at the cell centres: [n_theta]
+        self.F_nodes = model.feature(self.th)  # [n_theta, *out]
+        if self.F_nodes.shape[0] != grid.n_theta:
+            raise ValueError(
+                f"solve_vlasov: the feature must map θ of shape {tuple(self.th.shape)} to "
+                f"[{grid.n_theta}, ...], got {tuple(self.F_nodes.shape)}"
+            )
+        p_c = grid.p_centers(f64)
+        self.p_f = grid.p_faces(f64)
+        # θ-velocity k'(P_j): [1, n_p], constant along θ: the faces of column j share a_j
+        self.a = model.velocity(p_c).reshape(1, -1)
+        self.k_c = model.kinetic(p_c).reshape(1, -1)  # k(P_j)
+        self.power_c = p_c.reshape(1, -1) * self.a  # P k'(P)
+        self.a_max = float(self.a.abs().max())
 
-    def rhs(u: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        ft = _face_fluxes(u, a_faces, 0, limiter)  # [n_theta + 1, n_p]
-        fp = _face_fluxes(u, b, 1, limiter)  # [n_theta, n_p + 1]
-        du = -torch.diff(ft, dim=0) / grid.d_theta - torch.diff(fp, dim=1) / grid.d_p
-        # net mass leaving through the boundary per unit time (ghost cells carry no inflow)
-        out = (ft[-1].sum() - ft[0].sum()) * grid.d_p
-        out = out + (fp[:, -1].sum() - fp[:, 0].sum()) * grid.d_theta
+    def marginal_mean(self, u: Tensor) -> Tensor:
+        rho = u.sum(1) * self.cell  # θ-marginal masses [n_theta]
+        return torch.tensordot(rho, self.F_nodes, dims=1)  # m = Σ_i ρ_i F(θ_i)
+
+    def field(self, u: Tensor) -> Tensor:
+        """The P-velocity at the P-faces, ``f(θ_i; ρ) − γP``: ``[n_theta, n_p + 1]``."""
+        f = self.model.force(self.th, self.marginal_mean(u)).reshape(-1, 1)
+        return f - self.gamma * self.p_f.reshape(1, -1)
+
+    def rhs(self, u: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``(du/dt, mass leaving through the boundary per unit time)``."""
+        g = self.grid
+        ft = _face_fluxes(u, self.a, 0, self.limiter)  # [n_theta + 1, n_p]
+        fp = _face_fluxes(u, b, 1, self.limiter)  # [n_theta, n_p + 1]
+        du = -torch.diff(ft, dim=0) / g.d_theta - torch.diff(fp, dim=1) / g.d_p
+        # ghost cells carry no inflow, so the boundary fluxes are pure outflow
+        out = (ft[-1].sum() - ft[0].sum()) * g.d_p + (fp[:, -1].sum() - fp[:, 0].sum()) * g.d_theta
         return du, out
 
-    def observe(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        _, m = marginal_mean(u)
-        J = model.risk(m)
-        K = (u * k_c).sum() * cell
-        return m, J, K
+    def ssp_rk3(self, u: Tensor, b: Tensor, dt: float) -> tuple[Tensor, float, float]:
+        """One Shu–Osher SSP-RK3 step: ``(u', dissipated, outflow)`` over the step; the ledger
+        integrals use the same stage weights 1/6, 1/6, 2/3."""
+        k1, o1 = self.rhs(u, b)
+        u1 = u + dt * k1
+        k2, o2 = self.rhs(u1, self.field(u1))
+        u2 = 0.75 * u + 0.25 * (u1 + dt * k2)
+        k3, o3 = self.rhs(u2, self.field(u2))
+        pw = [float((v * self.power_c).sum() * self.cell) for v in (u, u1, u2)]
+        dissipated = self.gamma * dt * (pw[0] / 6 + pw[1] / 6 + 2 * pw[2] / 3)
+        outflow = dt * float(o1 / 6 + o2 / 6 + 2 * o3 / 3)
+        return u / 3 + (2 / 3) * (u2 + dt * k3), dissipated, outflow
 
-    u = mass0.to(dt64) / cell
-    t = 0.0
-    dissipated = 0.0
-    outflow = 0.0
-    steps = 0
-    snaps: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float]] = []
-    for t_next in t_out.tolist():
-        while t < t_next - 1e-14 * max(1.0, t_next):
-            b = field(u)
-            dt = cfl / (a_max / grid.d_theta + float(b.abs().max()) / grid.d_p)
-            dt = min(dt, t_next - t)
-            # SSP-RK3 (Shu–Osher); the ledger integrals use the same stage weights 1/6, 1/6, 2/3
-            k1, o1 = rhs(u, b)
-            u1 = u + dt * k1
-            k2, o2 = rhs(u1, field(u1))
-            u2 = 0.75 * u + 0.25 * (u1 + dt * k2)
-            k3, o3 = rhs(u2, field(u2))
-            pw = [float((v * power_c).sum() * cell) for v in (u, u1, u2)]
-            dissipated += gamma * dt * (pw[0] / 6 + pw[1] / 6 + 2 * pw[2] / 3)
-            outflow += dt * float(o1 / 6 + o2 / 6 + 2 * o3 / 3)
-            u = u / 3 + (2 / 3) * (u2 + dt * k3)
-            t += dt
-            steps += 1
-        m, J, K = observe(u)
-        snaps.append((u * cell, m, J, K, dissipated, outflow))
-    J_t = torch.stack([s[2] for s in snaps])
-    K_t = torch.stack([s[3] for s in snaps])
-    return PDESolution(
-        t=t_out,
-        mass=torch.stack([s[0] for s in snaps]),
-        mean_feature=torch.stack([s[1] for s in snaps]),
-        J=J_t,
-        K=K_t,
-        H=J_t + K_t,
-        dissipated=torch.tensor([s[4] for s in snaps], dtype=dt64),
-        outflow=torch.tensor([s[5] for s in snaps], dtype=dt64),
-        steps=steps,
-    )
+    def observe(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(m, J = R(m), K = ∫k dμ)``."""
+        m = self.marginal_mean(u)
+        return m, self.model.risk(m), (u * self.k_c).sum() * self.cell
