@@ -308,7 +308,7 @@ def test_nuclear_matches_torch_optim_muon_with_exact_polar(monkeypatch):
 
 
 def test_relativistic_tends_to_nuclear():
-    """One step: |∇K_ε(M) − U Vᵀ| ≤ ε²/(2σ_min²) per singular direction (SPEC §2).
+    """One step: |∇K_ε(M) − U Vᵀ| ≤ ε²/(2σ_min²) per singular direction (docs/theory.md, §1).
 
     The spectral error is exactly 1 − σ/√(σ²+ε²) ≤ ε²/(2σ²); the operator norm of the update
     difference is bounded by it at σ_min, plus float64 rounding (≪ the bound at ε = 1e-3).
