@@ -7,8 +7,8 @@ An experiment's folder ``OUT/<name>/`` holds
   scalars and strings are in the ``.json``; non-finite floats are tagged
   (``{"__float__": "nan"}``), so the JSON is strict and round-trips exactly;
 - ``metrics.json`` — the verdict: ``{"name", "status", "checks": {name: {"value",
-  "threshold", "relation", "passed", "kind", "why", "catches"}}, "config", ...}`` (``docs/reproduction.md``;
-  non-finite check values are the strings ``"nan"``/``"inf"``);
+  "threshold", "relation", "passed", "kind", "why", "catches"}}, "config", ...}``
+  (``docs/reproduction.md``; non-finite check values are the strings ``"nan"``/``"inf"``);
 - the PNG figures.
 
 Files are written through a temporary file renamed into place and get the permissions the
