@@ -1,0 +1,167 @@
+"""How accurate must the map be? RegMuon(model, tol=tol) trained on paired seeds per tol.
+
+Every run is ``RegMuon(model, tol=tol)`` at the library's other defaults (the ``cnn`` task at
+its own tuned lr 0.0025, ``docs/benchmark-training.md``), routed by structure, on the tasks
+and step counts of ``benchmarks/bench_training.py``'s full profile; the map runs on its
+default path (``method="auto"``, or ``--method`` to pin one). Seeds are fresh (600 + i): the
+training benchmark tuned on 100-101 and evaluated on 0-4. The same seed gives the same initial
+weights and minibatches for every tol, so differences are paired.
+
+Reported per task and tol: mean test loss ± SE, and the paired difference against the
+tightest tol (``Δ = loss(tol) − loss(tol₀)``, mean ± SE of the per-seed differences); a tol
+"costs nothing measurable" when ``|Δ| < SE`` on every task. The map's plan for each matrix
+shape of each task (on a real gradient, at the tightest and loosest tol) is printed too.
+
+Usage: ``python benchmarks/bench_tol.py --out DIR [--seeds 8] [--jobs 2] [--method auto]
+[--tasks gpt2,sort,moe,cnn] [--tols 1e-2,3e-2,0.1,0.2] [--report-only]``. Results go to
+``DIR/results.json`` after every finished run (a rerun resumes), the table to
+``DIR/summary.md``. Runs use one torch thread each, ``--jobs`` (at most 2) processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_training import FULL_TASKS, Profile, Store, make_spec, run_all
+
+from muonflow.optim import RegMuon
+from muonflow.polar import plan_auto
+from muonflow.training import make_task
+
+#: Tuned lr of tasks whose best lr is far from the default (the CNN: 0.0025 vs 0.04).
+TASK_LR = {"cnn": 0.0025}
+FIRST_SEED = 600
+
+
+def specs(tasks: list[str], tols: list[float], seeds: int, method: str) -> list[dict[str, Any]]:
+    prof = Profile(tasks=FULL_TASKS, tune_seeds=(), eval_seeds=(), start={})
+    out = []
+    for seed in range(FIRST_SEED, FIRST_SEED + seeds):  # seed-major: paired runs finish together
+        for task in tasks:
+            for tol in tols:
+                opt: dict[str, Any] = {"arm": "regmuon_default", "tol": tol}
+                if task in TASK_LR:
+                    opt["lr"] = TASK_LR[task]
+                if method != "auto":
+                    opt["method"] = method
+                out.append(make_spec(task, prof, seed, opt))
+    return out
+
+
+def paired(base: list[float], other: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences ``other − base``."""
+    d = [b - a for a, b in zip(base, other, strict=True)]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return statistics.fmean(d), se
+
+
+def plans(task: str, tols: list[float], method: str) -> list[str]:
+    """The map's plan for each RegMuon-routed matrix shape of ``task`` (one real gradient)."""
+    t = make_task(task, **FULL_TASKS[task]["options"])
+    torch.manual_seed(0)
+    model = t.make_model()
+    t.train_loss(model, torch.Generator().manual_seed(0)).backward()
+    opt = RegMuon(model)
+    rows, seen = [], set()
+    for group in opt.param_groups:
+        if group["algorithm"] != "regmuon":
+            continue
+        for p in group["params"]:
+            if p.grad is None or p.grad.ndim < 2:
+                continue
+            G = p.grad.flatten(1) if p.grad.ndim == 4 else p.grad  # conv kernels: out x rest
+            key = tuple(G.shape)
+            if key in seen:
+                continue
+            seen.add(key)
+            r = min(G.shape[-2:])
+            eps = 0.03 * torch.linalg.vector_norm(G, dim=(-2, -1)) / math.sqrt(r)
+            cells = []
+            for tol in (tols[0], tols[-1]):
+                if method != "auto":
+                    cells.append(method)
+                    continue
+                p_ = plan_auto(G, eps, tol)
+                cells.append(f"{p_.method} {str(p_.dtype)[6:]}")
+            rows.append(f"{task} {'x'.join(map(str, key))}: " + " / ".join(cells))
+    return rows
+
+
+def report(store: Store, tasks: list[str], tols: list[float], seeds: int, method: str) -> str:
+    prof_specs = specs(tasks, tols, seeds, method)
+    by: dict[tuple[str, float], dict[int, float]] = {}
+    for s in prof_specs:
+        r = store.get(s)
+        if r is None or r.get("test_loss") is None:
+            continue
+        by.setdefault((s["task"], s["opt"]["tol"]), {})[s["seed"]] = r["test_loss"]
+    lines = [
+        f"RegMuon(model, tol=tol), method {method}; test loss, mean ± SE over paired seeds; "
+        f"Δ = loss(tol) − loss({tols[0]:g}), mean ± SE of the per-seed differences",
+        "",
+        "| task | seeds | "
+        + " | ".join(f"tol {t:g}" for t in tols)
+        + " | "
+        + " | ".join(f"Δ {t:g}" for t in tols[1:])
+        + " |",
+        "|---|---:|" + "---:|" * (2 * len(tols) - 1),
+    ]
+    ok = dict.fromkeys(tols[1:], True)
+    for task in tasks:
+        base = by.get((task, tols[0]), {})
+        common = sorted(set(base).intersection(*(by.get((task, t), {}) for t in tols[1:])))
+        if len(common) < 2:
+            lines.append(f"| {task} | {len(common)} | (running) |")
+            ok = dict.fromkeys(ok, False)
+            continue
+        cells = []
+        for t in tols:
+            v = [by[(task, t)][s] for s in common]
+            cells.append(f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) / len(v) ** 0.5:.4f}")
+        deltas = []
+        for t in tols[1:]:
+            m, se = paired([base[s] for s in common], [by[(task, t)][s] for s in common])
+            ok[t] = ok[t] and abs(m) < se
+            deltas.append(f"{m:+.4f} ± {se:.4f}" + (" ✓" if abs(m) < se else ""))
+        lines.append(f"| {task} | {len(common)} | " + " | ".join(cells + deltas) + " |")
+    loosest = max([tols[0], *(t for t in tols[1:] if all(ok[u] for u in tols[1:] if u <= t))])
+    lines += [
+        "",
+        f"✓: |Δ| < SE. Loosest tol with |Δ| < SE on every task (and every tighter tol): "
+        f"{loosest:g}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=2, choices=[1, 2])
+    ap.add_argument("--method", default="auto")
+    ap.add_argument("--tasks", default="gpt2,sort,moe,cnn")
+    ap.add_argument("--tols", default="1e-2,3e-2,0.1,0.2")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    tasks = args.tasks.split(",")
+    tols = sorted(float(t) for t in args.tols.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(out / "results.json", profile=f"tol-{args.method}")
+    torch.set_num_threads(1)
+    if not args.report_only:
+        for task in tasks:
+            print("\n".join(plans(task, tols, args.method)), flush=True)
+        run_all(store, specs(tasks, tols, args.seeds, args.method), args.jobs, "tol")
+    text = report(store, tasks, tols, args.seeds, args.method)
+    (out / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
