@@ -32,9 +32,10 @@ and <= 1.0 on stacks and batches. Errors are ``max_b ||out_b − ref_b||_F / ||r
 map's against the exact regularized map, Newton–Schulz's against the polar factor ``U Vᵀ``
 (both float64 SVDs); target: the map's below NS5's.
 
-``--accuracy`` prints instead how the float32 paths fare beyond their Gram floor (singular
-values over six decades, ε down to 3e-4·‖G‖): the plain iteration, the restarted one, its
-first-order bound, and the plan ``auto`` takes.
+``--errors`` prints instead the error of every path (pinned by ``method=``) at each tol, worst
+over the shapes and both spectra. ``--accuracy`` prints instead how the float32 paths fare
+beyond their Gram floor (singular values over six decades, ε down to 3e-4·‖G‖): the plain
+iteration, the restarted one, its first-order bound, and the plan ``auto`` takes.
 
 The optimizer step (``--no-step`` skips it): a transformer-like parameter set (24 x 256x256
 plus 8 x 512x128 matrices, Gaussian or heavy gradients) stepped by ``RegMuon`` (defaults)
@@ -289,6 +290,43 @@ def spread(shape: tuple[int, ...], gen: torch.Generator, decades: float = 6.0) -
     return (U * S) @ Vh
 
 
+def bench_errors(tols: list[float], eps_rel: float) -> list[str]:
+    """Error of every path against the exact regularized map (float64 SVD), pinned by
+    ``method=``, worst over the shapes of each spectrum, and Newton–Schulz's against the
+    polar factor."""
+    spectra = ("gaussian", "heavy")
+    cols = [(sp, t) for sp in spectra for t in tols]
+    lines = [
+        "",
+        f"**error against the exact map** (relative Frobenius, worst matrix over the shapes; "
+        f"ε = {eps_rel:g}·RMS σ; Newton–Schulz against the polar factor)",
+        "",
+        "| path | " + " | ".join(f"{sp} tol {t:g}" for sp, t in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    worst: dict[str, dict[tuple[str, float], float]] = {}
+    for spectrum in spectra:
+        gen = torch.Generator().manual_seed(0)
+        for shape in SHAPES.values():
+            G = make_input(shape, spectrum, gen)
+            eps = relative_eps(G, eps_rel)
+            ref, pol = reference(G, eps), polar_reference(G)
+            for method in ("auto", "eigh", "poly", "mixed", "svd"):
+                for t in tols:
+                    e = rel_err(mf.regularized_polar(G, eps, method=method, tol=t), ref)
+                    row = worst.setdefault(method, {})
+                    row[(spectrum, t)] = max(row.get((spectrum, t), 0.0), e)
+            for name, dt in (("NS5 float32", torch.float32), ("NS5 bfloat16", torch.bfloat16)):
+                e = rel_err(newton_schulz(G, dtype=dt), pol)
+                row = worst.setdefault(name, {})
+                for t in tols:
+                    row[(spectrum, t)] = max(row.get((spectrum, t), 0.0), e)
+    for method, row in worst.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[c]:.1e}" for c in cols) + " |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def bench_accuracy(tol: float) -> list[str]:
     """Float32 Gram paths beyond their floor ½uκ²: plain iteration vs the restarted one."""
     from muonflow.polar.front import gram_front, unit_roundoff
@@ -368,6 +406,7 @@ def main() -> None:
     ap.add_argument("--bf16", default="native", choices=["native", "off", "both"])
     ap.add_argument("--no-step", action="store_true", help="skip the optimizer-step table")
     ap.add_argument("--accuracy", action="store_true", help="only the float32 accuracy table")
+    ap.add_argument("--errors", action="store_true", help="only every path's error")
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args()
     if args.bf16 == "off" and bf16_native(torch.device("cpu")):
@@ -393,6 +432,8 @@ def main() -> None:
     print(header, flush=True)
     if args.accuracy:
         lines = [header, *bench_accuracy(default_tol)]
+    elif args.errors:
+        lines = [header, *bench_errors(tols, eps_rel)]
     else:
         lines = [header, *bench_shapes(args, tols, eps_rel)]
         if not args.no_step:

@@ -148,7 +148,8 @@ def _mixed(G: Tensor, eps: float | Tensor, f: GramFront, tol: float, low: torch.
     rounding estimate (plus the restart's) exceeds ``tol/2`` are recomputed by the float32
     ``"auto"`` plan, as are all where no mixed plan exists."""
     f = tighten(f)
-    plan = mixed_plan(poly_rho(_kappa2(f)), poly_target(tol), low)
+    u32 = gemm_roundoff(torch.float32, G.device.type)
+    plan = mixed_plan(poly_rho(_kappa2(f)), poly_target(tol), low, u32)
     if plan is None:
         return _auto(G, eps, tol, mixed=False)
     out, est = mixed_map(f, plan)

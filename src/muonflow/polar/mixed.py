@@ -65,10 +65,13 @@ class MixedPlan:
 
 
 @functools.lru_cache(maxsize=1024)
-def mixed_plan(rho: float, target: float, low: torch.dtype) -> MixedPlan | None:
+def mixed_plan(
+    rho: float, target: float, low: torch.dtype, u32: float = unit_roundoff(torch.float32)
+) -> MixedPlan | None:
     """The cheapest split: the fewest float32 Gram steps after which ``(lo/hi)² >= 4 u_low``
-    (:data:`HIGH_MARGIN`); ``None`` if the float32 schedule never gets there."""
-    u32, u = unit_roundoff(torch.float32), unit_roundoff(low)
+    (:data:`HIGH_MARGIN`); ``None`` if the float32 schedule never gets there. ``u32``: the
+    roundoff of the device's float32 GEMMs (TF32: 2^-11, which the restart error shows)."""
+    u = unit_roundoff(low)
     first = poly_schedule(rho, target, torch.float32)
     for k in range(len(first.steps)):
         if k == 0:

@@ -250,7 +250,8 @@ def choose_method(
     low = torch.bfloat16
     if (mixed and restart and rates.low_native and work == torch.float32
             and tol >= MIXED_ROUNDOFFS * unit_roundoff(low)):  # fmt: skip
-        mp = mixed_plan(poly_rho(kappa2), poly_target(tol), low)
+        u32 = gemm_roundoff(torch.float32, device_type)
+        mp = mixed_plan(poly_rho(kappa2), poly_target(tol), low, u32)
         if mp is not None and mp.restart_error <= tol / 4:
             cm = c.mixed(mp)
             n = len(mp.second.steps)
