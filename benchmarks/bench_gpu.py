@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_fast_map import fresh_params
 from torch import Tensor
 
 import muonflow as mf
@@ -143,16 +144,8 @@ def step_table(device: torch.device, smoke: bool, repeats: int, warmup: int) -> 
     weights = [torch.randn(s, generator=gen).to(device) / s[0] ** 0.5 for s in shapes]
     grads = [torch.randn(s, generator=gen).to(device) for s in shapes]
 
-    def params() -> list[torch.nn.Parameter]:
-        ps = []
-        for w, g in zip(weights, grads, strict=True):
-            p = torch.nn.Parameter(w.clone())
-            p.grad = g.clone()
-            ps.append(p)
-        return ps
-
-    reg = mf.RegMuon(params(), adamw=())  # every matrix is a hidden weight
-    muon = torch.optim.Muon(params())
+    reg = mf.RegMuon(fresh_params(weights, grads), adamw=())  # every matrix is a hidden weight
+    muon = torch.optim.Muon(fresh_params(weights, grads))
     t = round_robin({"reg": reg.step, "muon": muon.step}, repeats, warmup, device)
     return [
         "",

@@ -14,7 +14,7 @@ import importlib
 import pytest
 import torch
 from reference import svd_spectral_map
-from torch.utils._python_dispatch import TorchDispatchMode
+from test_fast_polar import _CountMatmuls
 
 import muonflow as mf
 
@@ -227,18 +227,6 @@ def test_mixed_is_differentiable(gen):
     (ref,) = torch.autograd.grad((out * W.double()).sum(), G64)
     rel = torch.linalg.vector_norm(grad.double() - ref) / torch.linalg.vector_norm(ref)
     assert torch.isfinite(grad).all() and float(rel) <= 0.3
-
-
-class _CountMatmuls(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        aten = torch.ops.aten
-        if func.overloadpacket in (aten.bmm, aten.baddbmm, aten.baddbmm_):
-            self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("kappa_scale", [3.0, 1.0, 0.3])
