@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 # One intra-op thread: the tests' matrices are small, and results are then independent of the
 # machine's core count and of other processes competing for the cores.
 torch.set_num_threads(1)
+# The "auto" planner prices paths with this machine's measured rates (muonflow.polar
+# .calibration): the tests plan with the fixed reference rates instead, so no plan depends on
+# timing, and nothing is written to the user's cache (calibration tests opt back in).
+os.environ["MUONFLOW_CALIBRATION"] = "off"
+os.environ["MUONFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="muonflow-tests-")
 
 
 def assert_checks_pass(metrics: dict) -> None:

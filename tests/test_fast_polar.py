@@ -12,6 +12,7 @@ rounding is not part of the error.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import math
@@ -30,6 +31,7 @@ P = importlib.import_module("muonflow.polar")
 S = importlib.import_module("muonflow.polar.schedules")
 PN = importlib.import_module("muonflow.polar.polynomial")
 PL = importlib.import_module("muonflow.polar.planning")
+PC = importlib.import_module("muonflow.polar.calibration")
 
 EPS_RELS = [1.0, 1e-1, 1e-2, 1e-3, 1e-4]
 SHAPES = [(96, 24), (24, 96), (40, 40), (3, 40, 16)]
@@ -346,47 +348,74 @@ def test_auto_with_default_tol_is_the_exact_eigh_path(gen):
 
 
 @pytest.mark.parametrize(
-    ("r", "device", "dtype", "tol", "kappa2", "method", "work", "restart"),
+    ("r", "batch", "device", "dtype", "tol", "kappa2", "method", "work", "restart"),
     [
-        (8, "cpu", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # tiny matrices
-        (1024, "cpu", torch.float32, 1e-3, 1e4, "eigh", torch.float32, False),  # big, ε=‖G‖/100
-        (1024, "cpu", torch.float32, 1e-3, 2.0, "poly", torch.float32, False),  # ε = ‖G‖
-        (1024, "cuda", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # no GPU eigh
-        # ½u₃₂κ² = 0.03 > tol/2: a restart keeps float32 (cheaper than float64 at r = 64;
-        # at r = 256 float64 eigh is cheaper)
-        (64, "cpu", torch.float32, 1e-3, 1e6, "poly", torch.float32, True),
-        (256, "cpu", torch.float32, 1e-3, 1e6, "eigh", torch.float64, False),
-        (256, "cuda", torch.bfloat16, 1e-3, 1e6, "poly", torch.float32, True),
-        (64, "cpu", torch.float64, 1e-6, 1e16, "svd", torch.float64, False),  # ½u₆₄κ² > tol/2
-        (64, "cpu", torch.float32, None, 1e4, "eigh", torch.float32, False),  # default: exact
+        (8, 4096, "cpu", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # tiny, many
+        (1024, 1, "cpu", torch.float32, 1e-3, 1e4, "eigh", torch.float32, False),  # ε=‖G‖/100
+        (1024, 1, "cpu", torch.float32, 1e-3, 2.0, "poly", torch.float32, False),  # ε = ‖G‖
+        (1024, 1, "cuda", torch.float32, 1e-3, 1e4, "poly", torch.float32, False),  # no GPU eigh
+        # ½u₃₂κ² = 0.03 > tol/2: a restart keeps float32 (cheaper than float64 at r = 64)
+        (64, 16, "cpu", torch.float32, 1e-3, 1e6, "poly", torch.float32, True),
+        (256, 1, "cuda", torch.bfloat16, 1e-3, 1e6, "poly", torch.float32, True),
+        (64, 1, "cpu", torch.float64, 1e-6, 1e16, "svd", torch.float64, False),  # ½u₆₄κ² > tol/2
+        (64, 1, "cpu", torch.float32, None, 1e4, "eigh", torch.float32, False),  # default: exact
     ],
 )
-def test_choose_method_policy(r, device, dtype, tol, kappa2, method, work, restart):
-    plan = P.choose_method(r=r, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2)
+def test_choose_method_policy(r, batch, device, dtype, tol, kappa2, method, work, restart):
+    # With the reference rates (calibration/reference_rates): what each shape's cheapest
+    # accurate path is.
+    plan = P.choose_method(
+        r=r, batch=batch, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2
+    )
     assert (plan.method, plan.dtype, plan.restart > 0) == (method, work, restart)
     if method in ("poly", "eigh") and tol is not None:
         assert (plan.cost_poly < plan.cost_eigh) == (method == "poly")
     if restart:  # without the input matrix (a given Gram matrix) float64 is the way
         plan = P.choose_method(
-            r=r, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2, restart=False
-        )
+            r=r, batch=batch, dtype=dtype, device_type=device, tol=tol, kappa2=kappa2,
+            restart=False,
+        )  # fmt: skip
         assert (plan.dtype, plan.restart) == (torch.float64, 0)
+
+
+def test_policy_follows_the_rates():
+    # The same call flips between eigh and poly when the host's eigh is 100x faster or slower
+    # (a planner that ignored the rates, or priced eigh by the wrong entry, fails one side).
+    base = PC.reference_rates("cpu")
+    kw = {"r": 256, "batch": 4, "dtype": torch.float32, "device_type": "cpu", "tol": 1e-2,
+          "kappa2": 1e4}  # fmt: skip
+    fast = dataclasses.replace(base, eigh32=tuple((r, t / 100) for r, t in base.eigh32))
+    slow = dataclasses.replace(base, eigh32=tuple((r, t * 100) for r, t in base.eigh32))
+    assert P.choose_method(**kw, rates=fast).method == "eigh"
+    assert P.choose_method(**kw, rates=slow).method == "poly"
+    # per-call overhead: at 1 ms an op the one-call eigh beats any schedule
+    busy = dataclasses.replace(base, overhead=1e-3)
+    assert P.choose_method(**kw, rates=busy).method == "eigh"
 
 
 def test_accelerator_policy_uses_half_precision_only_where_it_fits():
     # float16 (u = 4.9e-4) for the restarted phase at tol 1e-2; never at tol 1e-3, never on CPU
-    plan = P.choose_method(r=64, dtype=torch.float32, device_type="cuda", tol=1e-2, kappa2=1e4)
+    kw = {"r": 256, "batch": 16, "dtype": torch.float32, "kappa2": 1e4}
+    plan = P.choose_method(**kw, device_type="cuda", tol=1e-2)
     assert plan.restart > 0 and plan.phase2 == torch.float16
     for device, tol in [("cuda", 1e-3), ("cpu", 1e-2)]:
-        plan = P.choose_method(r=64, dtype=torch.float32, device_type=device, tol=tol, kappa2=1e4)
+        plan = P.choose_method(**kw, device_type=device, tol=tol)
         assert plan.phase2 is None
 
 
 def test_cost_model_pieces():
-    # eigh in r x r GEMMs on CPU: the measured ratios of the eigh_cost docstring, within 30 %
+    # reference CPU rates: eigh at 5 + 1200/r GEMMs of its size (the AVX2 host's measurements,
+    # docs/polar.md), within 30 %; a GEMM's time grows with its flops; passes with bytes
+    rates = PC.reference_rates("cpu")
+    c = PL.Costs(rates, 1, 256, 256.0)
     for r, measured in [(32, 51), (128, 14.5), (256, 10), (512, 8.2), (1024, 6.3)]:
-        assert abs(P.eigh_cost(r, "cpu") / measured - 1) <= 0.3
-    assert P.eigh_cost(64, "cuda") == math.inf
+        ratio = (rates.eigh(torch.float32, 1, r) - rates.overhead) / (
+            rates.gemm(torch.float32, 1, r, r, r) - rates.overhead
+        )
+        assert abs(ratio / measured - 1) <= 0.3
+    assert c.gemm(torch.float32, 256, 1024, 256) > 3 * (c.rr(torch.float32) - rates.overhead)
+    assert c.gemm(torch.float64, 256, 256, 256) > 1.9 * (c.rr(torch.float32) - rates.overhead)
+    assert c.passes(1, torch.float64) > c.passes(1, torch.float32)
     assert P.float32_gemm_roundoff("cpu") == unit_roundoff(torch.float32)
     # the poly cost model: first step with Y² given, middle and last steps of each degree
     assert [S._step_matmuls(d, True, False) for d in (1, 2, 4)] == [2, 3, 4]

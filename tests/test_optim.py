@@ -479,13 +479,14 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
     "shape",
     [(6, 64, 64), (6, 96, 32), (6, 32, 96), (12, 8, 64), (12, 1, 64), (8, 2, 2), (1, 512, 128)],
 )
-@pytest.mark.parametrize("path", ["poly32", "poly64", "eigh"])
+@pytest.mark.parametrize("path", ["poly32", "poly64", "eigh", "mixed"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
     """The measured peak of the map's temporaries is within ``map_workspace_bytes`` per matrix.
 
     Paths: the fast map in float32 (well-conditioned momentum), forced to float64 by a strong
-    rank-one component (κ² above float32's reach), and the exact ``eigh`` map (``tol=None``);
+    rank-one component (κ² above float32's reach), the exact ``eigh`` map (``tol=None``) and
+    the mixed-precision map (``method="mixed"``, ``tol=0.1``);
     float32 and float64 inputs; square, tall and wide. The estimate is what
     ``max_batch_bytes="auto"`` relies on; the float64 matmul-only path on square float32
     matrices reaches 0.95 of it, so a kernel that grows its workspace by more than ~5% fails
@@ -497,10 +498,12 @@ def test_map_workspace_is_within_the_auto_chunking_estimate(shape, path, dtype):
     if path == "poly64":
         u = torch.randn(B, m, 1, generator=g, dtype=dtype)
         X = X + 30 * u @ torch.randn(B, 1, n, generator=g, dtype=dtype)
-    kw = dict(potential="relativistic", eps=0.03, eps_mode="relative", method="auto")
+    method = "mixed" if path == "mixed" else "auto"
+    kw = dict(potential="relativistic", eps=0.03, eps_mode="relative", method=method)
+    tol = {"eigh": None, "mixed": 0.1}.get(path, 1e-3)
     tracker = _LiveBytes()
     with tracker:
-        mf_optim.mirror_map(X, tol=None if path == "eigh" else 1e-3, **kw)
+        mf_optim.mirror_map(X, tol=tol, **kw)
     assert 0 < tracker.peak <= B * mf_plan.map_workspace_bytes(m, n)
 
 

@@ -170,7 +170,7 @@ def test_bad_eps_tensor():
 
 
 def test_unknown_method_lists_valid():
-    msg = "unknown method 'qr'; valid: 'auto', 'eigh', 'poly', 'svd'"
+    msg = "unknown method 'qr'; valid: 'auto', 'eigh', 'mixed', 'poly', 'svd'"
     with pytest.raises(ValueError, match=msg):
         mf.regularized_polar(torch.ones(2, 2), 0.1, method="qr")
 

@@ -9,9 +9,11 @@ map is
 which tends to the Muon polar factor :math:`U V^\top` as :math:`\varepsilon \to 0`. Every path
 starts from one Gram front (:mod:`.front`: scaling, :math:`A = X^\top X + \varepsilon^2 I` of
 the short side, a spectral bound, the rounding bound) and computes :math:`A^{-1/2}` by
-``"eigh"`` (:mod:`.exact`), ``"svd"`` (the reference) or ``"poly"``, a matmul-only minimax
-polynomial iteration (:mod:`.polynomial`, :mod:`.schedules`); ``"auto"`` (:mod:`.planning`)
-picks the cheapest one meeting ``tol``. :mod:`.baselines` holds Newton–Schulz and Gram
+``"eigh"`` (:mod:`.exact`), ``"svd"`` (the reference), ``"poly"``, a matmul-only minimax
+polynomial iteration (:mod:`.polynomial`, :mod:`.schedules`), or ``"mixed"``, the same
+steps iterated on ``X`` in bfloat16 where that is accurate enough (:mod:`.mixed`);
+``"auto"`` (:mod:`.planning`) picks the one meeting ``tol`` in the least time predicted from
+the host's measured rates (:mod:`.calibration`). :mod:`.baselines` holds Newton–Schulz and Gram
 Newton–Schulz; :mod:`.autodiff` the derivatives of the exact paths (Daleckii–Krein), valid at
 repeated singular values. Design, cost model and precision analysis: ``docs/polar.md``.
 """
@@ -21,6 +23,7 @@ import types
 from typing import Any
 
 from .baselines import NS_COEFFICIENTS, gram_newton_schulz, newton_schulz
+from .calibration import HostRates, bf16_native, clear_cache, host_rates, use_rates
 from .exact import WeightFn, gram_eigh_map, spectral_map, svd_map
 from .front import (
     GramFront,
@@ -42,7 +45,8 @@ from .maps import (
     polar_factor,
     regularized_polar,
 )
-from .planning import AutoPlan, choose_method, eigh_cost
+from .mixed import mixed_map
+from .planning import AutoPlan, choose_method
 from .polynomial import gram_poly_inv_sqrt, step_dtypes
 from .schedules import (
     POLY_DEGREES,
@@ -64,13 +68,15 @@ __all__ = [
     "TARGET_MIN",
     "AutoPlan",
     "GramFront",
+    "HostRates",
     "PolySchedule",
     "PolyStep",
     "WeightFn",
     "amp_limit",
+    "bf16_native",
     "choose_method",
+    "clear_cache",
     "default_tol",
-    "eigh_cost",
     "float32_gemm_roundoff",
     "gram_eigh_map",
     "gram_floor",
@@ -78,9 +84,11 @@ __all__ = [
     "gram_newton_schulz",
     "gram_poly_inv_sqrt",
     "gram_rounding_bound",
+    "host_rates",
     "inv_sqrt_from_gram",
     "lmax_estimate",
     "minimax_odd",
+    "mixed_map",
     "newton_schulz",
     "plan_auto",
     "polar",
@@ -91,6 +99,7 @@ __all__ = [
     "step_dtypes",
     "svd_map",
     "unit_roundoff",
+    "use_rates",
     "work_dtype",
 ]
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .._checks import check_choice, check_finite, check_matrix, check_scale
 from .autodiff import singular_value_function
+from .calibration import HostRates, host_rates
 from .exact import eigh_bad, eigh_inv_sqrt, spectral_map, svd_exact
 from .front import (
     GramFront,
@@ -26,6 +27,7 @@ from .front import (
     unit_roundoff,
     work_dtype,
 )
+from .mixed import mixed_map, mixed_plan
 from .planning import (
     ITER_ROUNDOFFS,
     AutoPlan,
@@ -196,17 +198,54 @@ def _poly_refusal(f: GramFront, est: Tensor, tol: float, want: float) -> str:
     )
 
 
+def _mixed(G: Tensor, eps: float | Tensor, f: GramFront, tol: float, low: torch.dtype) -> Tensor:
+    """The mixed map on a float32 front (:mod:`~muonflow.polar.mixed`); the matrices whose
+    rounding estimate (plus the restart's) exceeds ``tol/2`` are recomputed by the float32
+    ``"auto"`` plan, as are all where no mixed plan exists."""
+    f = tighten(f)
+    u32 = gemm_roundoff(torch.float32, G.device.type)
+    plan = mixed_plan(poly_rho(_kappa2(f)), poly_target(tol), low, u32)
+    if plan is None:
+        return _auto(G, eps, tol, mixed=False)
+    out, est = mixed_map(f, plan)
+    bad = est + plan.restart_error > tol / 2
+    if bool(bad.any()):
+        m, n = G.shape[-2:]
+        flat = G.reshape(-1, m, n)
+        e = eps.reshape(-1) if isinstance(eps, Tensor) else eps
+        e_bad = e[bad] if isinstance(e, Tensor) and e.numel() > 1 else e
+        out = out.clone()
+        out[bad] = _auto(flat[bad], e_bad, tol, mixed=False).to(out.dtype)
+    return _finish(out, G)
+
+
+def _mixed_method(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+    """The mixed path pinned (bfloat16 steps even where bfloat16 is emulated or slow)."""
+    tol = default_tol(G.dtype) if tol is None else tol
+    if work_dtype(G.dtype) == torch.float64:
+        return _poly_method(G, eps, tol)
+    return _mixed(G, eps, gram_front(G, eps, torch.float32), tol, torch.bfloat16)
+
+
 #: Registry of methods computing the relativistic map: name -> fn(G, eps, tol).
 POLAR_METHODS: dict[str, Callable[[Tensor, float | Tensor, float | None], Tensor]] = {
     "eigh": _eigh_method,
     "svd": _svd_method,
     "poly": _poly_method,
+    "mixed": _mixed_method,
 }
 
 
 # -- auto ------------------------------------------------------------------------------------------
 def _plan_front(
-    f: GramFront, r: int, dtype: torch.dtype, tol: float, aspect: float = 1.0
+    f: GramFront,
+    r: int,
+    dtype: torch.dtype,
+    tol: float,
+    aspect: float = 1.0,
+    *,
+    rates: HostRates,
+    mixed: bool = True,
 ) -> tuple[AutoPlan, GramFront]:
     """The plan for a ``bound="A"`` front, tightening its bound (one ``r x r`` product) only
     where the best bound ``‖A²‖_F^{1/2}`` can give (``κ²/r^{1/4}``) could change the plan —
@@ -222,6 +261,9 @@ def _plan_front(
             kappa2=kappa2,
             aspect=aspect,
             restart=f.X is not None,
+            batch=f.A.shape[0],
+            rates=rates,
+            mixed=mixed,
         )
 
     p = plan(_kappa2(f))
@@ -253,17 +295,21 @@ def plan_auto(G: Tensor, eps: float | Tensor, tol: float | None = None) -> AutoP
             r=r, dtype=G.dtype, device_type=G.device.type, tol=None, kappa2=math.nan
         )
     f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
-    return _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)[0]
+    return _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r, rates=host_rates(G.device))[0]
 
 
-def _auto(G: Tensor, eps: float | Tensor, tol: float | None) -> Tensor:
+def _auto(G: Tensor, eps: float | Tensor, tol: float | None, *, mixed: bool = True) -> Tensor:
     if tol is None:
         return _eigh_method(G, eps, None)
     r = min(G.shape[-2:])
     f = gram_front(G, eps, work_dtype(G.dtype), bound=_first_bound(r, G.device.type))
-    plan, f = _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r)
+    rates = host_rates(G.device)
+    plan, f = _plan_front(f, r, G.dtype, tol, max(G.shape[-2:]) / r, rates=rates, mixed=mixed)
     if plan.method == "svd":
         return _svd_method(G, eps, tol)
+    if plan.method == "mixed":
+        assert plan.low is not None
+        return _mixed(G, eps, f, tol, plan.low)
     if plan.dtype != f.dtype:
         f = gram_front(G, eps, plan.dtype, bound="A2" if plan.method == "poly" else "A")
     if plan.method == "poly":
@@ -415,7 +461,7 @@ def inv_sqrt_from_gram(
     tolerance = _gram_tolerance(flat, A.dtype, e) if validate else None
     f = front_from_gram(flat, e, work_dtype(A.dtype), bound="A")
     if method == "auto":
-        plan, f = _plan_front(f, r, A.dtype, want)
+        plan, f = _plan_front(f, r, A.dtype, want, rates=host_rates(A.device))
         choice, dtype = ("eigh" if plan.method == "svd" else plan.method), plan.dtype
     else:
         choice, dtype = method, f.dtype

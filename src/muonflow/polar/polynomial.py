@@ -22,7 +22,7 @@ from torch import Tensor
 from .front import GramFront, unit_roundoff
 from .schedules import PolySchedule, poly_schedule
 
-__all__ = ["gram_poly_inv_sqrt", "poly_inv_sqrt", "step_dtypes"]
+__all__ = ["gram_poly_inv_sqrt", "poly_inv_sqrt", "restart_iterate", "step_dtypes"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -295,6 +295,30 @@ def restart_cushion(schedule: PolySchedule, k: int, u: float) -> float:
     return max(2 * u * F * F / (lo * lo), 1e-3)
 
 
+def restart_iterate(front: GramFront, schedule: PolySchedule, k: int) -> tuple[Tensor, Tensor]:
+    r"""``(X_1, V)``: the first phase of a restart (``front.A``/``A2`` are consumed).
+
+    :math:`V \approx f_k(A)` by the schedule's first ``k`` steps on ``Y = A/L`` (``A`` the
+    front's scaled shifted Gram matrix), and the iterate :math:`X_1 = (X/s) V` (``X V/s`` tall,
+    ``V X/s`` wide): the augmented matrix :math:`[X_1; \varepsilon V]` has its singular values
+    in the schedule's ``[lo_k, hi_k]``.
+    """
+    assert front.X is not None
+    grad = torch.is_grad_enabled() and front.A.requires_grad
+    L = front.L
+    A2 = front.A2 if front.A2 is not None else torch.bmm(front.A, front.A)
+    if grad:
+        Y, Y2 = front.A / L, A2 / L.square()
+    else:
+        Y, Y2 = front.A.div_(L), A2.div_(L.square())
+    first = PolySchedule(schedule.rho, schedule.target, schedule.steps[:k])
+    Q, delta = _poly_kernel(Y, Y2, first, None, consume=True)
+    V = Q * (L.rsqrt() * delta)  # V ≈ f_k(A): V A V has spectrum in [lo_k², hi_k²]
+    W = V * front.inv_s  # the input is X s: X_1 = (X/s) V = X W
+    X1 = torch.bmm(W, front.X) if front.wide else torch.bmm(front.X, W)
+    return X1, V
+
+
 def poly_restart(
     front: GramFront,
     schedule: PolySchedule,
@@ -315,20 +339,9 @@ def poly_restart(
     ``phase2``: dtype of the restarted Gram matrix, iteration and final product (default the
     front's; float16/bfloat16 on accelerators, see :func:`restart_bound`).
     """
-    assert front.X is not None
     work = front.dtype
     grad = torch.is_grad_enabled() and front.A.requires_grad
-    L = front.L
-    A2 = front.A2 if front.A2 is not None else torch.bmm(front.A, front.A)
-    if grad:
-        Y, Y2 = front.A / L, A2 / L.square()
-    else:
-        Y, Y2 = front.A.div_(L), A2.div_(L.square())
-    first = PolySchedule(schedule.rho, schedule.target, schedule.steps[:k])
-    Q, delta = _poly_kernel(Y, Y2, first, None, consume=True)
-    V = Q * (L.rsqrt() * delta)  # V ≈ f_k(A): V A V has spectrum in [lo_k², hi_k²]
-    W = V * front.inv_s  # the input is X s: X_1 = (X/s) V = X W
-    X1 = torch.bmm(W, front.X) if front.wide else torch.bmm(front.X, W)
+    X1, V = restart_iterate(front, schedule, k)
     u = unit_roundoff(work)
     c = restart_cushion(schedule, k, u)
     nxt = schedule.steps[k]
