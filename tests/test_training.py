@@ -61,7 +61,11 @@ def test_optimizer_routing():
         ({"lr": -1.0}, "lr must be a positive finite number"),
         ({"eps": math.nan}, "eps must be a positive finite number"),
         ({"steps": 0}, "steps must be a positive int"),
-        ({"task": "mnist"}, "unknown task 'mnist'; valid: digits, cnn, chars, gpt2, moe, sort"),
+        (
+            {"task": "mnist"},
+            "unknown task 'mnist'; valid: digits, cnn, chars, gpt2, moe, sort, llama, rnn, vit, "
+            "friedman",
+        ),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, message):
@@ -122,11 +126,16 @@ TINY_TASKS = {
     "sort": {"vocab_size": 16, "length": 8, "d_model": 16, "batch": 16, "eval_size": 64},
     "moe": {"n_experts": 2, "d_model": 16, "batch": 4, "block": 16, "eval_batches": 1},
     "gpt2": {"d_model": 16, "n_layers": 1, "batch": 4, "block": 16, "eval_batches": 1},
+    "llama": {"d_model": 16, "n_layers": 1, "batch": 4, "block": 16, "eval_batches": 1},
+    "rnn": {"d_model": 16, "batch": 4, "block": 16, "eval_batches": 1},
+    "vit": {"d_model": 16, "n_layers": 1, "batch": 16},
+    "friedman": {"hidden": 16, "batch": 16},
 }
+HF_TASKS = ("gpt2", "llama", "vit")
 
 
 def _task(name: str) -> training.Task:
-    if name == "gpt2":
+    if name in HF_TASKS:
         pytest.importorskip("transformers")
     return training.make_task(name, **TINY_TASKS[name])
 
@@ -150,20 +159,75 @@ def test_new_tasks_are_deterministic_by_seed_and_learn(name):
     la = task.train_loss(a, torch.Generator().manual_seed(3))
     lb = task.train_loss(b, torch.Generator().manual_seed(3))
     assert float(la.detach()) == float(lb.detach())
-    r1 = training.train(task, "adamw", lr=1e-2, steps=30, seed=1, evals=2)
-    r2 = training.train(task, "adamw", lr=1e-2, steps=30, seed=1, evals=2)
+    # HF's ViT (init std 0.02, a class token) sits on a plateau for ~100 AdamW steps at this
+    # size; RegMuon leaves it within 100 steps
+    opt, lr, steps = ("regmuon", 0.04, 100) if name == "vit" else ("adamw", 1e-2, 30)
+    r1 = training.train(task, opt, lr=lr, steps=steps, seed=1, evals=2)
+    r2 = training.train(task, opt, lr=lr, steps=steps, seed=1, evals=2)
     assert r1["train_loss"] == r2["train_loss"] and r1["test_loss"] == r2["test_loss"]
     assert (
         r1["train_loss"]
-        != training.train(task, "adamw", lr=1e-2, steps=30, seed=2, evals=2)["train_loss"]
+        != training.train(task, opt, lr=lr, steps=steps, seed=2, evals=2)["train_loss"]
     )
-    # 30 AdamW steps move the held-out and training-sample losses down (margin: 5% of the
-    # initial loss; every tiny task drops by more than 10% — a frozen model would fail this)
+    # the steps move the held-out and training-sample losses down (margin: 5% of the initial
+    # loss; every tiny task drops by more than 10% — a frozen model would fail this)
     for split in ("test", "trainset"):
         before, after = r1["initial"][f"{split}_loss"], r1[f"{split}_loss"]
         assert after < 0.95 * before, (split, before, after)
     assert len(r1["curve"]) == len(r1["curve_wall"]) == 3
     assert r1["curve_wall"] == sorted(r1["curve_wall"])
+
+
+def test_suite_models_are_routed_by_structure():
+    """The suite's Hugging Face and recurrent models reach RegMuon's router as users build them:
+    Llama's grouped-query k/v projections ([kv·head, d]) and SwiGLU matrices are hidden
+    matrices and its untied ``lm_head`` the output layer; ViT's patch embedding (a conv reading
+    raw pixels) is a matrix, its class token and positions direct parameters, its classifier
+    the output layer; an LSTM's stacked gates are four matrices each.
+
+    Mutants caught: a tied Llama head (its lm_head would be "tied to embedding"), GQA off (k_proj
+    [d, d]), a ViT without a class token, a GRU instead of an LSTM (three gates).
+    """
+    pytest.importorskip("transformers")
+    from muonflow.optim import route_module
+
+    routes = route_module(_task("llama").make_model())[0].by_name()
+    assert routes["model.layers.0.self_attn.k_proj.weight"].shape == (8, 16)  # 2 of 4 heads
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert routes[f"model.layers.0.self_attn.{name}.weight"].reason == "hidden matrix"
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        assert routes[f"model.layers.0.mlp.{name}.weight"].algorithm == "regmuon"
+    assert routes["lm_head.weight"].reason == "output layer"
+    assert routes["model.embed_tokens.weight"].reason == "embedding"
+    assert routes["model.norm.weight"].reason == "vector"
+    routes = route_module(_task("vit").make_model())[0].by_name()
+    patch = routes["vit.embeddings.patch_embeddings.projection.weight"]
+    assert (patch.algorithm, patch.matrices) == ("regmuon", (1, 16, 4))  # 2x2 patches, 1 channel
+    assert routes["vit.embeddings.cls_token"].reason == "direct parameter"
+    assert routes["vit.embeddings.position_embeddings"].reason == "direct parameter"
+    assert routes["classifier.weight"].reason == "output layer"
+    routes = route_module(_task("rnn").make_model())[0].by_name()
+    assert routes["rnn.weight_ih_l0"].matrices == routes["rnn.weight_hh_l0"].matrices == (4, 16, 16)
+    assert routes["head.weight"].reason == "output layer"
+    with pytest.raises(ValueError, match="unknown cell 'rnn'; valid: lstm, gru"):
+        training.make_task("rnn", cell="rnn")
+
+
+def test_friedman_task_is_standardized_regression():
+    """Friedman #1: standardized targets (predicting the fitting mean scores ~1 on every split),
+    MSE losses; a fitted model goes well below chance. Mutant caught: targets left in their
+    units (variance ~24) or the loss computed on the un-squeezed ``[N, 1]`` output (broadcast
+    to ``[N, N]``: every split near 2)."""
+    task = _task("friedman")
+    assert task.chance_loss == 1.0
+    zero = nn.Linear(10, 1)
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    ev = task.evaluate(zero)
+    for split in ("val", "test"):  # the mean of 1000 fresh samples' targets: variance ~1
+        assert 0.85 < ev[f"{split}_loss"] < 1.15, ev
+    r = training.train(task, "adamw", lr=3e-3, steps=200, seed=0, evals=2)
+    assert r["test_loss"] < 0.5 and r["val_loss"] < 0.5
 
 
 def test_sort_task_targets_and_chance():
@@ -178,7 +242,7 @@ def test_sort_task_targets_and_chance():
         model(torch.zeros(3, 9, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name", ["digits", "cnn", "gpt2", "moe", "sort"])
+@pytest.mark.parametrize("name", ["digits", "cnn", "gpt2", "moe", "sort", "llama", "rnn", "vit"])
 def test_every_arm_routes_as_regmuon_model_does(name):
     """One router: the Muon arms see exactly the matrices RegMuon(model) maps (one 2-D view per
     matrix of its view: experts, packed q/k/v, conv kernels), and share its AdamW part.
@@ -186,7 +250,7 @@ def test_every_arm_routes_as_regmuon_model_does(name):
     Mutant caught: a second router in the training module (in_proj_weight as one matrix, RNN
     weights to AdamW, the output layer found differently) makes the counts differ.
     """
-    if name == "gpt2":
+    if name in HF_TASKS:
         pytest.importorskip("transformers")
     model = training.make_task(name, **TINY_TASKS.get(name, {})).make_model()
     (reg,) = training.make_optimizers("regmuon", model, lr=0.01)
