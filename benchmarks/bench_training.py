@@ -65,6 +65,74 @@ from torch import nn
 from muonflow.optim import DEFAULTS, RegMuon
 from muonflow.training import MatrixMuon, Task, make_task, routed, train
 
+
+# -- the suite: tasks, schedules, the leave-tasks-out split -----------------------------------
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of the suite: a :data:`muonflow.training.TASKS` builder and its ``options``,
+    the kind (the split's stratum), ``steps`` and the schedule: ``"linear"`` (linear warm-up
+    over the first 5% of the steps, then linear decay to 0) or ``"constant"`` (no scheduler)."""
+
+    builder: str
+    kind: str
+    steps: int
+    schedule: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warmup(self) -> int:
+        return self.steps // 20 if self.schedule == "linear" else 0
+
+
+_LM = {"batch": 16, "block": 64, "eval_batches": 8}
+#: The suite: every task runs in seconds on one CPU thread. Language models: byte-level, on
+#: Python standard-library sources; vision and the MLP classifier: scikit-learn's bundled digits.
+SUITE: dict[str, SuiteTask] = {
+    "gpt2_d32_l2": SuiteTask("gpt2", "gpt2", 200, "constant", {**_LM, "d_model": 32}),
+    "gpt2_d64_l2": SuiteTask("gpt2", "gpt2", 200, "linear", {**_LM, "d_model": 64}),
+    "gpt2_d32_l4": SuiteTask("gpt2", "gpt2", 200, "linear", {**_LM, "d_model": 32, "n_layers": 4}),
+    # the long run: three times the steps of its twin gpt2_d32_l2
+    "gpt2_d32_l2_long": SuiteTask("gpt2", "gpt2", 600, "linear", {**_LM, "d_model": 32}),
+    "llama_d32_l2": SuiteTask("llama", "llama", 200, "linear", {"d_model": 32}),
+    "llama_d64_l2": SuiteTask("llama", "llama", 200, "constant", {"d_model": 64}),
+    "llama_d32_l4": SuiteTask("llama", "llama", 200, "constant", {"d_model": 32, "n_layers": 4}),
+    "sort": SuiteTask("sort", "sequence", 150, "constant"),  # the encoder
+    "lstm": SuiteTask("rnn", "sequence", 200, "linear", {"n_layers": 2}),
+    "moe": SuiteTask("moe", "sequence", 200, "linear", {**_LM, "d_model": 64}),
+    "cnn": SuiteTask("cnn", "vision", 200, "linear"),
+    "vit": SuiteTask("vit", "vision", 200, "constant"),
+    "mlp_digits": SuiteTask("digits", "tabular", 200, "constant"),
+    "friedman": SuiteTask("friedman", "tabular", 300, "linear"),
+}
+#: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
+#: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
+SPLIT_SEED = 21
+TUNE_SEEDS = (100, 101)
+EVAL_SEEDS = (0, 1, 2, 3, 4)
+SPLIT_FILE = Path(__file__).with_name("training_split.json")
+
+
+def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """The leave-tasks-out split, stratified by kind.
+
+    Kinds in alphabetical order; each kind's task names, sorted, are shuffled by one
+    ``random.Random(seed)``; the first half go to tuning, the rest are held out. A kind with
+    an odd count gives its extra task to the half that is smaller so far (held out on a tie).
+    """
+    import random
+
+    rng = random.Random(seed)
+    tuning: list[str] = []
+    held: list[str] = []
+    for kind in sorted({t.kind for t in suite.values()}):
+        names = sorted(n for n, t in suite.items() if t.kind == kind)
+        rng.shuffle(names)
+        k = len(names) // 2 + (len(names) % 2 if len(tuning) < len(held) else 0)
+        tuning += names[:k]
+        held += names[k:]
+    return {"tuning": sorted(tuning), "held_out": sorted(held)}
+
+
 #: The knobs the study varies, and RegMuon's defaults of them (``muonflow.optim.DEFAULTS``,
 #: chosen from this benchmark; the evidence is in docs/benchmark-training.md).
 KNOBS = ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr", "adamw_lr",
