@@ -13,8 +13,7 @@ from torch import nn
 
 from muonflow import training
 from muonflow.cli import main
-from muonflow.models import SmallCNN, SortTransformer
-from muonflow.optim import DEFAULTS
+from muonflow.models import SortTransformer
 
 
 @pytest.fixture(scope="module")
@@ -385,92 +384,6 @@ def test_train_accepts_an_optimizer_factory(digits_task):
         training.train(digits_task, "adamw", steps=1)
 
 
-def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
-    spec = importlib.util.spec_from_file_location("bench_training", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_training"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_benchmark_sweep_extends_until_the_optimum_is_bracketed(tmp_path):
-    bench = _bench()
-    prof = bench.PROFILES["smoke"]
-    store = bench.Store(tmp_path / "results.json", "smoke")
-    # A fake val loss with its minimum at lr = 0.01·2^-3, left of the initial grid {-1, 0, 1}.
-    sw = bench.Sweep("sort", "adamw", lambda lr: {"arm": "adamw", "lr": lr}, [-1, 0, 1], (100,))
-    for _ in range(10):
-        need = sw.step(store, prof)
-        if not need:
-            break
-        for spec in need:
-            k = round(math.log2(spec["opt"]["lr"] / 0.01))
-            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": (k + 3) ** 2 + 1.0}
-    # max_extend = 1 in smoke: two points may be added; the optimum -3 needs exactly two.
-    assert sw.ks == [-3, -2, -1, 0, 1]
-    assert sw.best(store, prof) == -3 and not sw.bracketed(store, prof)
-    store = bench.Store(tmp_path / "other.json", "smoke")
-    sw2 = bench.Sweep("sort", "adamw", lambda lr: {"arm": "adamw", "lr": lr}, [-1, 0, 1], (100,))
-    for k, v in ((-1, 1.0), (0, 2.0), (1, None)):  # a diverged run (None) counts as +inf
-        for spec in sw2.specs(prof, k):
-            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": v}
-    assert sw2.step(store, prof) == sw2.specs(prof, -2)  # optimum at the left edge: extend
-    assert bench.score(store, sw2.specs(prof, 1)) == math.inf
-
-
-def test_benchmark_smoke_runs_resumes_and_reports(tmp_path):
-    bench = _bench()
-    out = tmp_path / "bench"
-    assert bench.main(["--profile", "smoke", "--out", str(out)]) == 0
-    data = json.loads((out / "results.json").read_text())
-    n = len(data["runs"])
-    assert n > 40 and set(data["timing"]) == {"gpt2", "sort"}
-    summary = (out / "summary.md").read_text()
-    for needle in (
-        "## Final losses",
-        "### sort",
-        "regmuon_default",
-        "control",
-        "Paired",
-        "## Defaults study",
-        "## lr transfer across widths",
-    ):
-        assert needle in summary, needle
-    for fig in (
-        "bench_training_curves.png",
-        "bench_training_sweeps.png",
-        "bench_training_width.png",
-    ):
-        assert (out / fig).stat().st_size > 0
-    with pytest.raises(SystemExit, match="pass --resume"):
-        bench.main(["--profile", "smoke", "--out", str(out)])  # never overwrite silently
-    calls = []
-    real = bench.execute
-    bench.execute = lambda spec: calls.append(spec) or real(spec)
-    assert bench.main(["--profile", "smoke", "--out", str(out), "--resume"]) == 0
-    assert calls == [] and len(json.loads((out / "results.json").read_text())["runs"]) == n
-    a = json.loads((out / "analysis.json").read_text())
-    res = a["tasks"]["sort"]
-    # paired differences are differences of the per-seed values
-    per = {
-        arm: [
-            data["runs"][
-                bench.run_key(
-                    bench.make_spec("sort", bench.PROFILES["smoke"], s, res["arms"][arm]["opt"])
-                )
-            ]["test_loss"]
-            for s in (0, 1)
-        ]
-        for arm in ("regmuon_default", "adamw")
-    }
-    d = [x - y for x, y in zip(per["regmuon_default"], per["adamw"], strict=True)]
-    assert res["paired"]["adamw"]["test_loss"][0] == pytest.approx(sum(d) / 2)
-
-
 def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task):
     """On plain Linear layers MatrixMuon is torch.optim.Muon: the same training, bit for bit.
 
@@ -496,55 +409,3 @@ def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task
     hidden(torch.ones(2, 4)).sum().backward()
     opt.zero_grad()
     assert hidden[0].weight.grad is None
-
-
-def test_benchmark_default_arm_is_regmuon_out_of_the_box_and_the_study_routes_alike():
-    """Mutants: a default arm that passes its own settings (it would not be what users get), a
-    study arm routed differently from ``RegMuon(model)``."""
-    bench = _bench()
-    model = SmallCNN((4, 8), 16)
-    (opt,) = bench.regmuon_default(model)
-    d = bench.PROPOSED_DEFAULTS
-    assert d == {k: getattr(DEFAULTS, k) for k in bench.KNOBS}
-    by_algo = {g["algorithm"]: g for g in opt.param_groups}
-    assert by_algo["adamw"]["lr"] == DEFAULTS.adamw_lr
-    assert tuple(by_algo["adamw"]["betas"]) == tuple(DEFAULTS.adamw_betas)
-    for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
-        assert by_algo["regmuon"][key] == getattr(DEFAULTS, key), key
-    (study,) = bench.regmuon_study(model)
-    assert study.routing.routes == opt.routing.routes  # RegMuon(model)'s routing, views included
-    by_algo = {g["algorithm"]: g for g in study.param_groups}
-    for key in ("lr", "tol"):
-        assert by_algo["regmuon"][key] == bench.STUDY_CENTRE[key]
-    # the control: the default arm with the matrix lr 0
-    (ctrl,) = bench.build_optimizers(bench.resolved({"arm": "regmuon_default", "lr": 0.0}))(model)
-    assert {g["algorithm"]: g["lr"] for g in ctrl.param_groups} == {
-        "regmuon": 0.0,
-        "adamw": DEFAULTS.adamw_lr,
-    }
-    # spectral: ρ = √(fan_out / fan_in), with fan_in = in·k·k for convs
-    from muonflow.optim import lr_factor
-
-    assert lr_factor(4, 9, "out_in", "spectral") == pytest.approx(math.sqrt(4 / 9))
-    assert lr_factor(36, 8, "in_out", "spectral") == pytest.approx(math.sqrt(8 / 36))
-
-
-def test_benchmark_one_lr_for_every_task():
-    bench = _bench()
-    prof = bench.PROFILES["smoke"]  # tasks gpt2, sort
-    sweeps = {
-        "gpt2/x": {"lrs": [0.01, 0.02, 0.04], "val": [1.0, 1.5, 2.0]},
-        "sort/x": {"lrs": [0.01, 0.02, 0.04], "val": [0.19, 0.15, 0.1]},
-    }
-    r = bench.one_lr(sweeps, prof, "x")
-    assert r["best_lr"] == {"gpt2": 0.01, "sort": 0.04}
-    # regrets 0.01 -> (0, 0.9), 0.02 -> (0.5, 0.5), 0.04 -> (1, 0): the smallest *worst* regret
-    # is at 0.02 (the smallest mean would be 0.01)
-    assert r["single_lr"] == 0.02 and r["worst_regret"] == pytest.approx(0.5)
-    assert r["regret"]["0.01"] == pytest.approx({"gpt2": 0.0, "sort": 0.9})
-    # in units of each task's seed noise: z = (0, 9), (0.5, 5), (1, 0) -> 0.04
-    r = bench.one_lr(sweeps, prof, "x", noise={"gpt2": 1.0, "sort": 0.01})
-    assert r["criterion"] == "z" and r["single_lr"] == 0.04
-    assert r["worst_z"] == pytest.approx(1.0) and r["z"]["0.02"]["sort"] == pytest.approx(5.0)
-    sweeps["sort/x"]["val"][0] = None  # a missing run: no answer yet
-    assert bench.one_lr(sweeps, prof, "x") is None
