@@ -20,9 +20,9 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                worst ratio, over the tuning tasks, to the best tuned baseline's val loss.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
-               it runs), the proposal (:data:`PROPOSAL`, a prototype of what the core should
-               do), torch.optim.Muon at its documented defaults and at its docstring's
-               example, the tuned baselines of the baselines file, and the control (matrix lr 0).
+               it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
+               torch.optim.Muon at its documented defaults and at its docstring's example,
+               the tuned baselines of the baselines file, and the control (matrix lr 0).
                One command; rerun it after the core changes (its runs are keyed by the
                source of ``muonflow.optim``/``polar``/``spectral``, so ``--resume`` redoes
                exactly the runs a change can affect).
@@ -225,11 +225,21 @@ STUDY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "guard": ({}, {"guard": True}),
     "part0.01": ({"adamw_lr": 0.01}, {}),
     "part0.04": ({"adamw_lr": 0.04}, {}),
+    "part0.08": ({"adamw_lr": 0.08}, {}),
     "betas999": ({"adamw_betas": [0.9, 0.999]}, {}),
+    "part0.04+inputs": ({"adamw_lr": 0.04}, {"input_adamw": True}),
+    "adapt0.1L": ({}, {"eps_adapt": {"scale": 0.1, "beta": 0.999}}),
+    "guard3": ({}, {"guard": 3.0}),
+    "guard10": ({}, {"guard": 10.0}),
+    "part0.04+guard1": ({"adamw_lr": 0.04}, {"guard": 1.0}),
+    "part0.04+guard3": ({"adamw_lr": 0.04}, {"guard": 3.0}),
 }
-#: What the study proposes the core should do by default (the ``proposal`` arm): a STUDY
-#: configuration and its lr; ``None`` once ``RegMuon(model)`` does it itself.
-PROPOSAL: tuple[str, float] | None = ("base", 0.04)
+#: A studied configuration that needs behaviour the core lacks, evaluated beside
+#: ``RegMuon(model)`` in the final stage (the ``prototype`` arm): its STUDY name and lr; ``None``
+#: for none. The study's choice (its rule: the smallest worst ratio over the tuning tasks) is
+#: ``part0.04`` at lr 0.02, which needs no new behaviour: it is ``DEFAULTS`` now. The runner-up,
+#: with the smallest mean log ratio, is the graded energy guard: it is evaluated for the record.
+PROTOTYPE: tuple[str, float] | None = ("part0.04+guard1", 0.02)
 
 
 def study_opt(name: str, lr: float) -> dict[str, Any]:
@@ -646,7 +656,10 @@ def stage_baselines(store: Store, prof: Profile, runner: Runner, tasks: list[str
 
 # -- stage 2: the study ---------------------------------------------------------------------------
 def study_sweep(store: Store, prof: Profile, task: str, name: str) -> Sweep:
-    return _sweep(store, prof, task, f"study/{name}", lambda lr: study_opt(name, lr), 2)
+    """The lr sweep of a study configuration: around 0.04, five points for ``base``, three
+    for the others (then extended, as every sweep, until its optimum is inside)."""
+    half = None if name == "base" else min(1, prof.grid_halfwidth)
+    return _sweep(store, prof, task, f"study/{name}", lambda lr: study_opt(name, lr), 2, half)
 
 
 def stage_study(store: Store, prof: Profile, runner: Runner, names: Iterable[str]) -> None:
@@ -661,9 +674,9 @@ def stage_study(store: Store, prof: Profile, runner: Runner, names: Iterable[str
 
 
 # -- stage 3: the final evaluation ----------------------------------------------------------------
-#: The arms of the final stage. ``default`` is ``RegMuon(model)``; ``proposal`` runs while
-#: :data:`PROPOSAL` is set.
-FINAL_ARMS = ("default", "proposal", "muon_tuned", "adamw_tuned", "muon_doc",
+#: The arms of the final stage. ``default`` is ``RegMuon(model)``; ``prototype`` runs while
+#: :data:`PROTOTYPE` is set.
+FINAL_ARMS = ("default", "prototype", "muon_tuned", "adamw_tuned", "muon_doc",
               "muon_doc_example", "control")  # fmt: skip
 
 
@@ -674,7 +687,7 @@ def final_opts(baselines: dict[str, Any], task: str) -> dict[str, dict[str, Any]
     b = baselines["tasks"][task]
     arms = {
         "default": {"arm": "default", "core": core},
-        "proposal": None if PROPOSAL is None else {**study_opt(*PROPOSAL), "core": core},
+        "prototype": None if PROTOTYPE is None else {**study_opt(*PROTOTYPE), "core": core},
         "muon_tuned": {**b["muon"], "core": core},
         "adamw_tuned": b["adamw"],
         "muon_doc": {"arm": "muon_doc", "core": core},
@@ -787,7 +800,7 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 def analyze_final(store: Store, prof: Profile, baselines: dict[str, Any]) -> dict[str, Any]:
     """Per task and arm: the evaluation seeds' test losses, means ± SE, and RegMuon's (and the
-    proposal's) paired comparisons with the best tuned baseline and Muon's documented defaults."""
+    prototype's) paired comparisons with the best tuned baseline and Muon's documented defaults."""
     split = prof.split()
     out = {}
     for task in prof.suite:
@@ -804,7 +817,7 @@ def analyze_final(store: Store, prof: Profile, baselines: dict[str, Any]) -> dic
             best = min(("muon_tuned", "adamw_tuned"), key=lambda a: arms[a]["mean"])
             res: dict[str, Any] = {"half": "held_out" if task in split["held_out"] else "tuning",
                                    "arms": arms, "best": best}  # fmt: skip
-            for arm in ("default", "proposal"):
+            for arm in ("default", "prototype"):
                 if arm not in per:
                     continue
                 d, s = _paired(per[arm], per[best])
@@ -854,7 +867,7 @@ def report(store: Store, prof: Profile, out: Path) -> str:
     lines = [f"# Training benchmark ({store.data['profile']} profile)", ""]
     final = a.get("final", {})
     for half, title in (("held_out", "Held-out tasks"), ("tuning", "Tuning tasks")):
-        for arm in ("default", "proposal"):
+        for arm in ("default", "prototype"):
             if not any(r["half"] == half and arm in r for r in final.values()):
                 continue
             lines += [f"## {title}: `{arm}` on the evaluation seeds "
@@ -870,6 +883,7 @@ def report(store: Store, prof: Profile, out: Path) -> str:
         per = ", ".join(f"{t} {v:.3f}" for t, v in e["ratio"][f"{e['lr']:g}"].items())
         lines.append(f"| {name} | {e['lr']:g} | {e['worst_ratio']:.3f} | "
                      f"{e['mean_log_ratio']:+.3f} | {per} |")  # fmt: skip
+    lines += ["", *_sensitivity_table(a, prof)]
     lines += ["", "## Tuned baselines (tuning seeds, val loss) and lr sensitivity", "",
               f"Width: the lr interval within {TARGET}x of the sweep's best, in factors of 2 "
               "(≥: it reaches the grid's edge).", ""]  # fmt: skip
@@ -889,6 +903,34 @@ def report(store: Store, prof: Profile, out: Path) -> str:
     (out / "analysis.json").write_text(json.dumps(a, indent=1, default=str))
     figures(prof, a, out)
     return text
+
+
+def _sensitivity_table(a: dict[str, Any], prof: Profile) -> list[str]:
+    """Per arm (a baseline sweep or a study configuration) and task: the best lr, its val loss
+    over the best tuned baseline's, and the width of the lr interval within TARGET of it."""
+    base, st = a["baselines"], a["study"]
+    refs = {t: min(b["choice"]["val"].values()) for t, b in base.items() if b["choice"]}
+    rows = {"AdamW": {t: b["sweeps"]["adamw"] for t, b in base.items()},
+            "Muon, part 0.02": {t: b["sweeps"]["muon_lr"] for t, b in base.items()}}  # fmt: skip
+    rows.update({f"RegMuon {n}": e["sweeps"] for n, e in st["configs"].items()})
+    tasks = [t for t in prof.suite if t in refs]
+    lines = [f"## lr sensitivity: best lr / ratio to the best tuned baseline at it / width of the "
+             f"lr interval within {TARGET}x of the arm's best (factors of 2; ≥: at the grid's "
+             "edge)", "", "| arm | " + " | ".join(tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]  # fmt: skip
+    for arm, sweeps in rows.items():
+        cells = []
+        for t in tasks:
+            sw = sweeps.get(t)
+            if sw is None or sw.get("best_lr") is None:
+                cells.append("")
+                continue
+            v = sw["val"][sw["lrs"].index(sw["best_lr"])]
+            w = f"{'≥' if sw['width_open'] else ''}{sw['width']:.1f}"
+            cells.append(f"{sw['best_lr']:g} / {v / refs[t]:.3f} / {w}")
+        if any(cells):
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _curve_text(sw: dict[str, Any]) -> str:
@@ -921,7 +963,7 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
     if final:
         tasks = sorted(final, key=lambda t: (final[t]["half"] != "held_out", t))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks)), 3.6))
-        for j, (arm, color) in enumerate((("default", "C3"), ("proposal", "C1"))):
+        for j, (arm, color) in enumerate((("default", "C3"), ("prototype", "C1"))):
             xs = [i + 0.2 * (2 * j - 1) for i, t in enumerate(tasks) if arm in final[t]]
             ys = [final[t][arm]["ratio"] for t in tasks if arm in final[t]]
             es = [final[t][arm]["ratio_se"] for t in tasks if arm in final[t]]
@@ -944,13 +986,13 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
         cols = min(7, len(tasks))
         rows = -(-len(tasks) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
-        proposal = PROPOSAL[0] if PROPOSAL else None
+        proto = PROTOTYPE[0] if PROTOTYPE else None
         for ax, task in zip(axes.flat, tasks, strict=False):
             curves = {"AdamW": base[task]["sweeps"]["adamw"],
                       "Muon (part 0.02)": base[task]["sweeps"]["muon_lr"]}  # fmt: skip
             if "muon_lr2" in base[task]["sweeps"]:
                 curves["Muon (tuned part)"] = base[task]["sweeps"]["muon_lr2"]
-            for name in dict.fromkeys(("base", proposal)):
+            for name in dict.fromkeys(("base", "part0.04", proto)):
                 sw = st["configs"].get(name, {}).get("sweeps", {}).get(task)
                 if name and sw:
                     curves[f"RegMuon {name}"] = sw
@@ -960,13 +1002,13 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
                     ax.plot(*zip(*pts, strict=True), marker="o", ms=2, lw=1, color=f"C{k}",
                             label=label)  # fmt: skip
             ax.axhline(TARGET, color="k", ls=":", lw=0.8)
-            if PROPOSAL:
-                ax.axvline(PROPOSAL[1], color="0.6", ls="--", lw=0.8)
+            if PROTOTYPE:
+                ax.axvline(PROTOTYPE[1], color="0.6", ls="--", lw=0.8)
             half = "tuning" if task in st["ref"] else "held out"
             ax.set(xscale="log", ylim=(0.97, 1.5), title=f"{task} ({half})")
             ax.tick_params(labelsize=6)
             ax.title.set_fontsize(8)
-        for ax in axes.flat[len(tasks):]:
+        for ax in axes.flat[len(tasks) :]:
             ax.set_visible(False)
         axes[0][0].legend(fontsize=5)
         fig.supxlabel("lr (matrix lr; AdamW: its lr)", fontsize=8)
@@ -1044,8 +1086,9 @@ def _stages(
 ) -> None:
     t0 = time.perf_counter()
     if args.stage in ("baselines", "all"):
-        choices = stage_baselines(store, prof, runner, tasks)
-        if set(choices) == set(prof.suite):
+        stage_baselines(store, prof, runner, tasks)
+        choices = {t: baseline_choice(store, prof, t)[0] for t in prof.suite}
+        if all(choices.values()):  # every task of the suite is tuned (by this or earlier runs)
             (args.out / "baselines.json").write_text(json.dumps(
                 {"profile": args.profile, "torch": torch.__version__, "tasks": choices},
                 indent=1) + "\n")  # fmt: skip

@@ -21,7 +21,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   ``W ← W − η(u + λ 1[u ⊙ W ≥ 0] ⊙ W)`` (cautious weight decay), on both parts.
 - ``guard``: an energy guard. H = f + K falls along the damped flow; a step along which the
   loss rose to first order, ``⟨∇f(W_t), W_t − W_{t−1}⟩ > 0``, overshot: that matrix's
-  momentum is reset before its next step.
+  momentum is reset before its next step (``guard=True``), or, graded (``guard=κ``), damped
+  by ``max(0, 1 − κ c)`` with ``c`` the cosine of the two (extra friction while the
+  potential rises).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from muonflow.optim.routing import declared_matrices, is_embedding
 __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
-LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool}
+LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float}
 
 
 def input_layers(model: nn.Module) -> list[str]:
@@ -65,8 +67,8 @@ class LeverRegMuon(RegMuon):
 
     ``eps_adapt = {"scale": c, "beta": β_v}`` replaces the map's ε by the long-horizon rule of
     the module docstring (``eps``/``eps_mode`` are ignored); ``cautious_wd = λ`` applies the
-    cautious decay (the groups' own ``weight_decay`` must be 0); ``guard`` resets a matrix's
-    momentum after an uphill step.
+    cautious decay (the groups' own ``weight_decay`` must be 0); ``guard`` resets (``True``) or
+    damps (a float κ) a matrix's momentum after an uphill step.
     """
 
     def __init__(
@@ -75,7 +77,7 @@ class LeverRegMuon(RegMuon):
         *,
         eps_adapt: dict[str, float] | None = None,
         cautious_wd: float = 0.0,
-        guard: bool = False,
+        guard: bool | float = False,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -115,8 +117,12 @@ class LeverRegMuon(RegMuon):
                 last = self._last.get(p)
                 buf = self.state[p].get("momentum_buffer")
                 if last is not None and buf is not None and p.grad is not None:
-                    if float((p.grad * (p - last)).sum()) > 0:  # the loss rose along the step
+                    power = float((p.grad * (p - last)).sum())  # > 0: the loss rose along it
+                    if power > 0 and self.guard is True:
                         buf.zero_()
+                    elif power > 0:
+                        c = power / max(float(p.grad.norm() * (p - last).norm()), 1e-30)
+                        buf.mul_(max(0.0, 1.0 - float(self.guard) * c))
         before = {}
         if self.cautious_wd or self.guard:
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}

@@ -236,7 +236,7 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
     baselines = json.loads((out / "baselines.json").read_text())
     assert set(baselines["tasks"]) == set(bench.SMOKE_SUITE)
     summary = (out / "summary.md").read_text()
-    for needle in ("## Held-out tasks: `default`", "## Tuning tasks: `proposal`", "## Study",
+    for needle in ("## Held-out tasks: `default`", "## Tuning tasks: `prototype`", "## Study",
                    "## Tuned baselines", "| inputs_adamw |", "width"):  # fmt: skip
         assert needle in summary, needle
     for fig in ("bench_training_final.png", "bench_training_sensitivity.png"):
@@ -355,5 +355,17 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
         expected = second * g if reset else 0.9 * g + second * g
         torch.testing.assert_close(buf, expected)
     assert isinstance(opt, RegMuon)
+    # graded (guard=κ): the momentum is damped by 1 − κc, c the cosine of −g and the step
+    model = MLP(6, 8, 3)
+    model.load_state_dict(base.state_dict())
+    opt = levers.build_lever_regmuon(model, {"lr": 0.05, "momentum": 0.9}, {"guard": 0.5})
+    w0 = model.layers[1].weight.detach().clone()
+    _step(opt, model, grads)
+    d = model.layers[1].weight.detach() - w0
+    c = float((-grads[2] * d).sum() / (grads[2].norm() * d.norm()))
+    assert 0 < 0.5 * c < 1  # a partial damping
+    _step(opt, model, [-g for g in grads])
+    buf = opt.state[model.layers[1].weight]["momentum_buffer"]
+    torch.testing.assert_close(buf, 0.9 * (1 - 0.5 * c) * grads[2] - grads[2])
     with pytest.raises(ValueError, match="unknown levers"):
         levers.build_lever_regmuon(base, {}, {"magic": True})
