@@ -234,6 +234,9 @@ STUDY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "part0.04+guard1": ({"adamw_lr": 0.04}, {"guard": 1.0}),
     "part0.04+guard3": ({"adamw_lr": 0.04}, {"guard": 3.0}),
 }
+#: The STUDY configuration that is RegMuon's defaults since the study: the ``sensitivity``
+#: stage sweeps its lr on the held-out tasks too, after the choice, for the report only.
+DEFAULTS_CONFIG = "part0.04"
 #: A studied configuration that needs behaviour the core lacks, evaluated beside
 #: ``RegMuon(model)`` in the final stage (the ``prototype`` arm): its STUDY name and lr; ``None``
 #: for none. The study's choice (its rule: the smallest worst ratio over the tuning tasks) is
@@ -662,10 +665,17 @@ def study_sweep(store: Store, prof: Profile, task: str, name: str) -> Sweep:
     return _sweep(store, prof, task, f"study/{name}", lambda lr: study_opt(name, lr), 2, half)
 
 
-def stage_study(store: Store, prof: Profile, runner: Runner, names: Iterable[str]) -> None:
-    tuning = prof.split()["tuning"]
+def stage_study(
+    store: Store,
+    prof: Profile,
+    runner: Runner,
+    names: Iterable[str],
+    tasks: list[str] | None = None,
+) -> None:
+    """The lr sweeps of the study configurations ``names`` on ``tasks`` (the tuning tasks)."""
+    tasks = prof.split()["tuning"] if tasks is None else tasks
     while True:
-        need = [s for name in names for task in tuning
+        need = [s for name in names for task in tasks
                 for s in study_sweep(store, prof, task, name).step(store, prof)]  # fmt: skip
         store.save()
         if not need:
@@ -790,6 +800,9 @@ def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str
                 mean_log_ratio=statistics.fmean(math.log(v) for v in ratio[lr].values()),
             )
         out["configs"][name] = entry
+    held = prof.split()["held_out"]
+    out["heldout"] = {t: _sweep_summary(store, prof, study_sweep(store, prof, t, DEFAULTS_CONFIG))
+                      for t in held}  # fmt: skip
     return out
 
 
@@ -913,6 +926,9 @@ def _sensitivity_table(a: dict[str, Any], prof: Profile) -> list[str]:
     rows = {"AdamW": {t: b["sweeps"]["adamw"] for t, b in base.items()},
             "Muon, part 0.02": {t: b["sweeps"]["muon_lr"] for t, b in base.items()}}  # fmt: skip
     rows.update({f"RegMuon {n}": e["sweeps"] for n, e in st["configs"].items()})
+    if DEFAULTS_CONFIG in st["configs"]:  # with its held-out sweeps (after the choice)
+        rows[f"RegMuon {DEFAULTS_CONFIG}"] = {**st["configs"][DEFAULTS_CONFIG]["sweeps"],
+                                              **st["heldout"]}  # fmt: skip
     tasks = [t for t in prof.suite if t in refs]
     lines = [f"## lr sensitivity: best lr / ratio to the best tuned baseline at it / width of the "
              f"lr interval within {TARGET}x of the arm's best (factors of 2; ≥: at the grid's "
@@ -992,8 +1008,10 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
                       "Muon (part 0.02)": base[task]["sweeps"]["muon_lr"]}  # fmt: skip
             if "muon_lr2" in base[task]["sweeps"]:
                 curves["Muon (tuned part)"] = base[task]["sweeps"]["muon_lr2"]
-            for name in dict.fromkeys(("base", "part0.04", proto)):
+            for name in dict.fromkeys(("base", DEFAULTS_CONFIG, proto)):
                 sw = st["configs"].get(name, {}).get("sweeps", {}).get(task)
+                if name == DEFAULTS_CONFIG and sw is None:
+                    sw = st["heldout"].get(task)
                 if name and sw:
                     curves[f"RegMuon {name}"] = sw
             for k, (label, sw) in enumerate(curves.items()):
@@ -1041,7 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=("baselines", "study", "final", "all"), default="all")
+    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "all"),
+                    default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
     ap.add_argument("--tasks", help="baselines stage: only these tasks (comma-separated)")
@@ -1096,6 +1115,8 @@ def _stages(
         stage_study(store, prof, runner, names)
     if args.stage in ("final", "all"):
         stage_final(store, prof, runner, load_baselines(prof, args.out))
+    if args.stage == "sensitivity":  # after the choice; reported, never used to choose
+        stage_study(store, prof, runner, [DEFAULTS_CONFIG], prof.split()["held_out"])
     meta = store.data.setdefault("meta", {})
     meta["total_s"] = meta.get("total_s", 0.0) + time.perf_counter() - t0
     meta.update(torch=torch.__version__, python=platform.python_version(), jobs=args.jobs)

@@ -136,6 +136,18 @@ def test_default_control_tuned_and_study_arms(bench):
         bench.build_optimizers({"arm": "sgd"})
 
 
+def test_the_defaults_configuration_of_the_study_is_regmuon_out_of_the_box(bench):
+    """The study configuration the sensitivity stage sweeps as "RegMuon's defaults" sets every
+    knob the study varies to DEFAULTS (and the default arm passes nothing). Mutant caught: a
+    change of DEFAULTS without the study's record (the held-out sweep would show another
+    optimizer than the one evaluated)."""
+    opt = bench.study_opt(bench.DEFAULTS_CONFIG, DEFAULTS.lr)
+    for key, value in opt["options"].items():
+        default = getattr(DEFAULTS, key)
+        assert (list(default) if isinstance(default, tuple) else default) == value, key
+    assert opt["levers"] == {}
+
+
 def test_core_fingerprint_follows_the_optimizer_source(bench, monkeypatch):
     a = bench.core_fingerprint()
     assert a == bench.core_fingerprint() and len(a) == 12
