@@ -1,43 +1,41 @@
-"""Training benchmark: RegMuon at its defaults vs tuned torch Muon(+AdamW), fp32-NS Muon, AdamW.
+"""Training benchmark: does ``RegMuon(model)``, untouched, hold up on tasks it was never tuned on?
 
-Tasks (``muonflow.training``; data offline, deterministic by seed; one torch thread)
-    ``gpt2``  Hugging Face GPT2LMHeadModel from a config (tied embeddings), char-level LM on
-              Python standard-library sources.
-    ``sort``  an ``nn.TransformerEncoder`` sorting transformer with a raw positional parameter.
-    ``cnn``   a small CNN on scikit-learn's bundled 8x8 digits.
-    ``moe``   a transformer whose feed-forwards are softmax-gated mixtures of stacked experts
-              ``[E, m, n]``, char-level LM on the same text.
+A suite of 14 small tasks (:data:`SUITE`: GPT-2 and Llama LMs at two widths and two depths, a
+long run, an encoder, an LSTM, a mixture of experts, a CNN and a ViT on the digits, an MLP
+classifier and an MLP regressor; warm-up + decay or a constant lr), split once into a tuning
+half and a held-out half (``training_split.json``, committed before any run). One CPU thread
+per run; data offline; the same seed gives the same weights and minibatches in every arm.
 
-Arms
-    ``regmuon_default``  ``RegMuon(model)``: the library's defaults (:data:`PROPOSED_DEFAULTS`
-                         mirrors them), routed by structure; nothing tuned, the same everywhere.
-    ``regmuon_tuned``    RegMuon at :data:`STUDY_CENTRE` with its lr swept.
-    ``muon``             torch.optim.Muon (torch's defaults: EMA momentum 0.95, Nesterov,
-                         bf16 NS5, ``adjust_lr_fn="original"``) on the hidden matrices — each
-                         expert of a stack and each conv kernel as its own 2-D matrix
-                         (``MatrixMuon``) — plus torch.optim.AdamW on the rest at a fixed lr:
-                         the AdamW arm's tuned lr of the task (favours the baseline).
-    ``muon_f32``         the same with Newton–Schulz in float32.
-    ``adamw``            torch.optim.AdamW on everything (betas (0.9, 0.999), ϵ 1e-8).
-    ``control``          ``RegMuon(model, lr=0)``: the AdamW part alone.
-    No weight decay anywhere; every lr decays linearly to 0; same seed = same initial weights
-    and the same minibatches in every arm.
+Stages (``--stage``; each resumable, every run saved as it finishes):
 
-Protocol
-    1. lr sweeps on the tuning seeds (``val`` split): a x2 grid ``0.01·2^k`` per arm, extended
-       until its optimum is not at an edge (mean of the tuning seeds; a diverged run is +inf).
-    2. The defaults study, on the tuning seeds: one-at-a-time alternatives to each knob of
-       :data:`STUDY_CENTRE` (momentum, Nesterov, ε, ``tol``, the AdamW part's lr and betas),
-       the knobs that change the step's size at the best of three lrs (lr/2, lr, 2lr), and the
-       lr scaling rule (``adjust_lr``) by an lr sweep at three widths of GPT-2.
-    3. Fresh evaluation seeds at the chosen settings for every arm; final ``test`` and
-       ``trainset`` losses, mean ± SE, and paired differences (RegMuon-defaults − arm) ± SE.
-    4. Step time of every arm, interleaved in one process (median ms per step).
-    Results are written to ``OUT/results.json`` after every run (``--resume`` skips finished
-    runs); ``OUT/summary.md`` and ``OUT/*.png`` are generated from it.
+``baselines``  every task, tuning seeds, ``val`` loss: AdamW (torch's defaults, lr swept) and
+               ``torch.optim.Muon`` + an AdamW part, tuned by coordinate descent: the Muon lr
+               swept with the part at lr 0.02, the part's lr swept at the best Muon lr, the
+               Muon lr swept again at the best part lr, then decay 0.1 tried at the best pair.
+               Sweeps run on a x2 grid ``0.01·2^k`` until the optimum is not at an edge.
+               Writes ``OUT/baselines.json``: the tuned settings the final stage uses.
+``study``      tuning tasks only, tuning seeds: RegMuon configurations (:data:`STUDY`: shape
+               scaling, input layers to AdamW, decoupled or cautious decay, an adaptive ε, an
+               energy guard, the AdamW part), each with its lr swept. Each is scored by its
+               worst ratio, over the tuning tasks, to the best tuned baseline's val loss.
+``final``      fresh evaluation seeds, every task, test loss at the end of training:
+               ``RegMuon(model)`` with no argument (whatever the library's defaults are when
+               it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
+               torch.optim.Muon at its documented defaults and at its docstring's example,
+               the tuned baselines of the baselines file, and the control (matrix lr 0).
+               One command; rerun it after the core changes (its runs are keyed by the
+               source of ``muonflow.optim``/``polar``/``spectral``, so ``--resume`` redoes
+               exactly the runs a change can affect).
 
-Usage: ``python benchmarks/bench_training.py --profile {smoke,quick,full} --out DIR [--resume]
-[--jobs N] [--report-only]``. ``smoke`` is a seconds-long sanity run on tiny models.
+Usage::
+
+    python benchmarks/bench_training.py --profile full --stage baselines --out OUT --jobs 2
+    python benchmarks/bench_training.py --profile full --stage study --out OUT --resume
+    python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
+    python benchmarks/bench_training.py --profile full --out OUT --report-only
+
+``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
+``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
 
 from __future__ import annotations
@@ -62,227 +60,284 @@ from typing import Any
 import torch
 from torch import nn
 
-from muonflow.optim import DEFAULTS, RegMuon
+sys.path.insert(0, str(Path(__file__).parent))  # the prototypes beside this script
+from regmuon_levers import build_lever_regmuon
+
+import muonflow
+from muonflow.optim import RegMuon
 from muonflow.training import MatrixMuon, Task, make_task, routed, train
 
-#: The knobs the study varies, and RegMuon's defaults of them (``muonflow.optim.DEFAULTS``,
-#: chosen from this benchmark; the evidence is in docs/benchmark-training.md).
-KNOBS = ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr", "adamw_lr",
-         "adamw_betas")  # fmt: skip
-PROPOSED_DEFAULTS: dict[str, Any] = {k: getattr(DEFAULTS, k) for k in KNOBS}
-#: The settings the lr sweeps and the defaults study vary one knob at a time around (and the
-#: width study uses); fixed before the study. Where the study moved a default (``lr`` 0.02 ->
-#: 0.04, ``tol`` 1e-3 -> 1e-2), the two differ; the ``regmuon_default`` arm is
-#: ``RegMuon(model)`` itself, at the library's defaults.
-STUDY_CENTRE: dict[str, Any] = {
-    "lr": 0.02,
+
+# -- the suite: tasks, schedules, the leave-tasks-out split -----------------------------------
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of the suite: a :data:`muonflow.training.TASKS` builder and its ``options``,
+    the kind (the split's stratum), ``steps`` and the schedule: ``"linear"`` (linear warm-up
+    over the first 5% of the steps, then linear decay to 0) or ``"constant"`` (no scheduler)."""
+
+    builder: str
+    kind: str
+    steps: int
+    schedule: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warmup(self) -> int:
+        return self.steps // 20 if self.schedule == "linear" else 0
+
+
+_LM = {"batch": 16, "block": 64, "eval_batches": 8}
+#: The suite: every task runs in seconds on one CPU thread. Language models: byte-level, on
+#: Python standard-library sources; vision and the MLP classifier: scikit-learn's bundled digits.
+SUITE: dict[str, SuiteTask] = {
+    "gpt2_d32_l2": SuiteTask("gpt2", "gpt2", 200, "constant", {**_LM, "d_model": 32}),
+    "gpt2_d64_l2": SuiteTask("gpt2", "gpt2", 200, "linear", {**_LM, "d_model": 64}),
+    "gpt2_d32_l4": SuiteTask("gpt2", "gpt2", 200, "linear", {**_LM, "d_model": 32, "n_layers": 4}),
+    # the long run: three times the steps of its twin gpt2_d32_l2
+    "gpt2_d32_l2_long": SuiteTask("gpt2", "gpt2", 600, "linear", {**_LM, "d_model": 32}),
+    "llama_d32_l2": SuiteTask("llama", "llama", 200, "linear", {"d_model": 32}),
+    "llama_d64_l2": SuiteTask("llama", "llama", 200, "constant", {"d_model": 64}),
+    "llama_d32_l4": SuiteTask("llama", "llama", 200, "constant", {"d_model": 32, "n_layers": 4}),
+    "sort": SuiteTask("sort", "sequence", 150, "constant"),  # the encoder
+    "lstm": SuiteTask("rnn", "sequence", 200, "linear", {"n_layers": 2}),
+    "moe": SuiteTask("moe", "sequence", 200, "linear", {**_LM, "d_model": 64}),
+    "cnn": SuiteTask("cnn", "vision", 200, "linear"),
+    "vit": SuiteTask("vit", "vision", 200, "constant"),
+    "mlp_digits": SuiteTask("digits", "tabular", 200, "constant"),
+    "friedman": SuiteTask("friedman", "tabular", 300, "linear"),
+}
+#: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
+#: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
+SPLIT_SEED = 21
+TUNE_SEEDS = (100, 101)
+EVAL_SEEDS = (0, 1, 2, 3, 4)
+SPLIT_FILE = Path(__file__).with_name("training_split.json")
+BASELINES_FILE = Path(__file__).with_name("training_baselines.json")
+
+
+def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """The leave-tasks-out split, stratified by kind.
+
+    Kinds in alphabetical order; each kind's task names, sorted, are shuffled by one
+    ``random.Random(seed)``; the first half go to tuning, the rest are held out. A kind with
+    an odd count gives its extra task to the half that is smaller so far (held out on a tie).
+    """
+    import random
+
+    rng = random.Random(seed)
+    tuning: list[str] = []
+    held: list[str] = []
+    for kind in sorted({t.kind for t in suite.values()}):
+        names = sorted(n for n, t in suite.items() if t.kind == kind)
+        rng.shuffle(names)
+        k = len(names) // 2 + (len(names) % 2 if len(tuning) < len(held) else 0)
+        tuning += names[:k]
+        held += names[k:]
+    return {"tuning": sorted(tuning), "held_out": sorted(held)}
+
+
+def committed_split() -> dict[str, list[str]]:
+    """The split of ``training_split.json``, checked against :func:`split_suite` and SUITE."""
+    data = json.loads(SPLIT_FILE.read_text())
+    split = {k: data[k] for k in ("tuning", "held_out")}
+    if split != split_suite(SUITE, data["seed"]) or set(data["tuning"] + data["held_out"]) != set(
+        SUITE
+    ):
+        raise ValueError(f"{SPLIT_FILE.name} does not match the suite and its rule")
+    return split
+
+
+# -- the arms ---------------------------------------------------------------------------------
+Factory = Callable[[nn.Module], list[torch.optim.Optimizer]]
+#: The AdamW part of the tuned Muon baseline: betas (0.9, 0.95) (better than torch's 0.999 for
+#: the part in the previous study), ϵ 1e-8, no decay; its lr is tuned per task.
+MUON_PART_BETAS = (0.9, 0.95)
+
+
+def _muon(model: nn.Module, muon: dict[str, Any], part: dict[str, Any]) -> list[Any]:
+    """torch.optim.Muon (its own code, bf16 Newton–Schulz) on the matrices ``RegMuon(model)``
+    maps, one 2-D view each (:class:`~muonflow.training.MatrixMuon`), AdamW on the rest."""
+    matrices, rest = routed(model)
+    return [MatrixMuon(matrices, **muon), torch.optim.AdamW(rest, **part)]
+
+
+def build_optimizers(opt: dict[str, Any]) -> Factory:
+    """The optimizer factory of a run's ``opt`` spec (its ``"arm"`` and settings)."""
+    arm = opt["arm"]
+    if arm == "adamw":  # torch's defaults (betas (0.9, 0.999), decay 0.01) but the lr
+        return lambda m: [torch.optim.AdamW(m.parameters(), lr=opt["lr"])]
+    if arm == "muon":
+        return lambda m: _muon(
+            m, {"lr": opt["lr"], "weight_decay": opt["wd"]},
+            {"lr": opt["adamw_lr"], "betas": MUON_PART_BETAS, "weight_decay": 0.0},
+        )  # fmt: skip
+    if arm == "muon_doc":  # torch.optim.Muon() and torch.optim.AdamW() as constructed bare
+        return lambda m: _muon(m, {}, {})
+    if arm == "muon_doc_example":  # the example of torch.optim.Muon's docstring
+        return lambda m: _muon(
+            m, {"lr": 0.02, "momentum": 0.95}, {"lr": 3e-4, "weight_decay": 0.01}
+        )
+    if arm == "regmuon":
+        return lambda m: [build_lever_regmuon(m, opt["options"], opt.get("levers", {}))]
+    if arm == "default":
+        return lambda m: [RegMuon(m)]
+    if arm == "default_but":  # RegMuon(model) with one option changed (tol, momentum_dtype)
+        return lambda m: [RegMuon(m, **opt["but"])]
+    if arm == "control":
+        return lambda m: [RegMuon(m, lr=0.0)]
+    raise ValueError(f"unknown arm {arm!r}")
+
+
+def core_fingerprint() -> str:
+    """A hash of the sources that decide what ``RegMuon(model)`` does (optim, polar, spectral)."""
+    root = Path(muonflow.__file__).parent
+    files = sorted([*root.joinpath("optim").rglob("*.py"), *root.joinpath("polar").rglob("*.py"),
+                    root / "spectral.py"])  # fmt: skip
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+#: The settings the study varies one lever at a time around: RegMuon's defaults when the study
+#: began (passed explicitly, so a later change of a default does not change these runs).
+STUDY_BASE: dict[str, Any] = {
     "momentum": 0.95,
     "nesterov": True,
     "eps": 0.03,
     "eps_mode": "relative",
-    "tol": 1e-3,
+    "tol": 1e-2,
     "adjust_lr": "original",
+    "weight_decay": 0.0,
     "adamw_lr": 0.02,
-    "adamw_betas": (0.9, 0.95),
+    "adamw_betas": [0.9, 0.95],
 }
+#: The study's configurations: name -> (options over STUDY_BASE, prototype levers); each has its
+#: matrix lr swept on the tuning tasks.
+STUDY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "base": ({}, {}),
+    "spectral": ({"adjust_lr": "spectral"}, {}),
+    "match_rms": ({"adjust_lr": "match_rms_adamw"}, {}),
+    "inputs_adamw": ({}, {"input_adamw": True}),
+    "wd0.1": ({"weight_decay": 0.1}, {}),
+    "cwd0.1": ({}, {"cautious_wd": 0.1}),
+    "adapt0.1": ({}, {"eps_adapt": {"scale": 0.1, "beta": 0.99}}),
+    "adapt0.3": ({}, {"eps_adapt": {"scale": 0.3, "beta": 0.99}}),
+    "adapt1": ({}, {"eps_adapt": {"scale": 1.0, "beta": 0.99}}),
+    "guard": ({}, {"guard": True}),
+    "part0.01": ({"adamw_lr": 0.01}, {}),
+    "part0.04": ({"adamw_lr": 0.04}, {}),
+    "part0.08": ({"adamw_lr": 0.08}, {}),
+    "betas999": ({"adamw_betas": [0.9, 0.999]}, {}),
+    "part0.04+inputs": ({"adamw_lr": 0.04}, {"input_adamw": True}),
+    "adapt0.1L": ({}, {"eps_adapt": {"scale": 0.1, "beta": 0.999}}),
+    "guard3": ({}, {"guard": 3.0}),
+    "guard10": ({}, {"guard": 10.0}),
+    "part0.04+guard1": ({"adamw_lr": 0.04}, {"guard": 1.0}),
+    "part0.04+guard3": ({"adamw_lr": 0.04}, {"guard": 3.0}),
+    # RegMuon's defaults now: the study's choice (part0.04) and the tol of the tol study
+    # (benchmarks/bench_tol.py), which came after; not part of the study (its record on the
+    # tuning tasks is part0.04's, at tol 0.01)
+    "defaults": ({"adamw_lr": 0.04, "tol": 0.1}, {}),
+}
+#: The STUDY configuration that is RegMuon's defaults: the ``sensitivity`` stage sweeps its lr
+#: on the held-out tasks, after the choice, for the report only.
+DEFAULTS_CONFIG = "defaults"
+#: The study's choice, which DEFAULTS_CONFIG extends (its sweeps on the tuning tasks).
+CHOSEN_CONFIG = "part0.04"
+#: A studied configuration that needs behaviour the core lacks, evaluated beside
+#: ``RegMuon(model)`` in the final stage (the ``prototype`` arm): its STUDY name and lr; ``None``
+#: for none. The study's choice (its rule: the smallest worst ratio over the tuning tasks) is
+#: ``part0.04`` at lr 0.02, which needs no new behaviour: it is ``DEFAULTS`` now. The runner-up,
+#: with the smallest mean log ratio, the graded energy guard (``part0.04+guard1``), had a worse
+#: worst ratio (1.182 vs 1.174), so the final stage evaluates none (its time went to VARIANTS).
+PROTOTYPE: tuple[str, float] | None = None
 
 
-def regmuon_study(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
-    """``RegMuon(model)`` at :data:`STUDY_CENTRE` (``overrides`` replace some)."""
-    kw = {**STUDY_CENTRE, **overrides}
-    kw["adamw_betas"] = tuple(kw["adamw_betas"])
-    return [RegMuon(model, weight_decay=0.0, **kw)]
-
-
-def regmuon_default(model: nn.Module, **overrides: Any) -> list[torch.optim.Optimizer]:
-    """``RegMuon(model)``: what a user gets out of the box (``overrides``: the control's lr 0)."""
-    return [RegMuon(model, **overrides)]
-
-
-def build_optimizers(spec: dict[str, Any]) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
-    """The optimizer factory of a run's ``opt`` spec."""
-    arm = spec["arm"]
-    if arm == "adamw":
-        return lambda m: [torch.optim.AdamW(m.parameters(), lr=spec["lr"], weight_decay=0.0)]
-    if arm in ("muon", "muon_f32"):
-        ns_dtype = torch.float32 if arm == "muon_f32" else None
-
-        def muon(model: nn.Module) -> list[torch.optim.Optimizer]:
-            matrices, rest = routed(model)  # RegMuon's routing: the same matrices
-            return [
-                MatrixMuon(matrices, ns_dtype=ns_dtype, lr=spec["lr"], weight_decay=0.0),
-                torch.optim.AdamW(rest, lr=spec["adamw_lr"],
-                                  betas=tuple(spec.get("adamw_betas", (0.9, 0.999))),
-                                  weight_decay=0.0),
-            ]  # fmt: skip
-
-        return muon
-    if arm == "regmuon":
-        knobs = {k: v for k, v in spec.items() if k != "arm"}
-        return lambda m: regmuon_study(m, **knobs)
-    if arm == "regmuon_default":
-        over = {k: v for k, v in spec.items() if k not in ("arm", "at")}
-        return lambda m: regmuon_default(m, **over)
-    raise ValueError(f"unknown arm {arm!r}")
+def study_opt(name: str, lr: float) -> dict[str, Any]:
+    options, levers = STUDY[name]
+    return {"arm": "regmuon", "options": {**STUDY_BASE, **options, "lr": lr}, "levers": levers}
 
 
 # -- profiles ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Profile:
-    tasks: dict[str, dict[str, Any]]  # name -> {"options": {...}, "steps": int}
+    suite: dict[str, SuiteTask]
+    split: Callable[[], dict[str, list[str]]]
     tune_seeds: tuple[int, ...]
     eval_seeds: tuple[int, ...]
-    start: dict[str, dict[str, int]]  # task -> arm -> initial grid exponents k (lr = 0.01·2^k)
+    study: tuple[str, ...]  # the STUDY configurations this profile runs
+    baselines_file: Path | None  # None: OUT/baselines.json
     grid_halfwidth: int = 2
     max_extend: int = 4
-    ablations: dict[str, list[Any]] = field(default_factory=dict)
-    sized_knobs: tuple[str, ...] = ()  # knobs compared at the best of lr/2, lr, 2lr
-    task_rules: tuple[str, ...] = ()  # lr scaling rules swept on every task (study centre)
-    widths: tuple[int, ...] = ()
-    width_rules: tuple[str, ...] = ()
-    width_seeds: tuple[int, ...] = ()
-    timing_steps: int = 20
+    evals: int = 5  # curve points per run
 
 
-FULL_TASKS = {  # warmup: 5% of the steps
-    "gpt2": {"options": {"d_model": 64}, "steps": 300, "warmup": 15},
-    "sort": {"options": {}, "steps": 400, "warmup": 20},
-    "cnn": {"options": {}, "steps": 200, "warmup": 10},
-    "moe": {"options": {}, "steps": 300, "warmup": 15},
+_TINY_LM = {"d_model": 16, "n_layers": 1, "batch": 4, "block": 16, "eval_batches": 1}
+SMOKE_SUITE = {
+    "gpt2_tiny": SuiteTask("gpt2", "lm", 6, "constant", _TINY_LM),
+    "llama_tiny": SuiteTask("llama", "lm", 6, "linear", _TINY_LM),
+    "digits_tiny": SuiteTask("digits", "tabular", 6, "constant", {"hidden": 16, "batch": 16}),
+    "friedman_tiny": SuiteTask("friedman", "tabular", 6, "linear", {"hidden": 16, "batch": 16}),
 }
-ABLATIONS = {
-    "momentum": [0.9, 0.98],
-    "nesterov": [False],
-    "eps": [0.003, 0.01, 0.1, 0.3],
-    "tol": [1e-2, 3e-2],
-    "adamw_lr": [0.005, 0.01, 0.04],
-    "adamw_betas": [(0.9, 0.999)],
-}
-START = {"adamw": -2, "muon": 1, "muon_f32": 1, "regmuon": 1}
-
 PROFILES = {
     "smoke": Profile(
-        tasks={
-            "gpt2": {
-                "options": {
-                    "d_model": 16,
-                    "n_layers": 1,
-                    "batch": 4,
-                    "block": 16,
-                    "eval_batches": 1,
-                },
-                "steps": 6,
-                "warmup": 1,
-            },
-            "sort": {
-                "options": {
-                    "d_model": 16,
-                    "length": 8,
-                    "vocab_size": 16,
-                    "batch": 8,
-                    "eval_size": 16,
-                },
-                "steps": 6,
-            },
-        },
+        SMOKE_SUITE,
+        lambda: split_suite(SMOKE_SUITE),
         tune_seeds=(100,),
         eval_seeds=(0, 1),
-        start={},
+        study=("base", "inputs_adamw", "adapt0.3"),
+        baselines_file=None,
         grid_halfwidth=1,
         max_extend=1,
-        ablations={"tol": [3e-2]},
-        task_rules=("spectral",),
-        widths=(8, 16),
-        width_rules=("original", "match_rms_adamw"),
-        width_seeds=(100,),
-        timing_steps=2,
-    ),
-    "quick": Profile(
-        tasks={k: {**v, "steps": v["steps"] // 3} for k, v in FULL_TASKS.items()},
-        tune_seeds=(100,),
-        eval_seeds=(0, 1, 2),
-        start={},
-        ablations={"tol": [3e-2], "nesterov": [False]},
-        widths=(32, 64),
-        width_rules=("original", "match_rms_adamw"),
-        width_seeds=(100,),
+        evals=2,
     ),
     "full": Profile(
-        tasks=FULL_TASKS,
-        tune_seeds=(100, 101),
-        eval_seeds=(0, 1, 2, 3, 4),
-        start={},
-        ablations=ABLATIONS,
-        task_rules=("original", "match_rms_adamw", "spectral"),
-        widths=(32, 64, 128),
-        width_rules=("original", "match_rms_adamw"),
-        width_seeds=(100,),
+        SUITE,
+        committed_split,
+        TUNE_SEEDS,
+        EVAL_SEEDS,
+        study=tuple(k for k in STUDY if k != DEFAULTS_CONFIG),
+        baselines_file=BASELINES_FILE,
     ),
 }
-
-WIDTH_TASK = "gpt2"
-TIMING_TOLS = (1e-2, 3e-2)
-ARMS = (
-    "regmuon_default",
-    "regmuon_tuned",
-    "muon",
-    "muon_f32",
-    "muon_awlr",
-    "muon_f32_awlr",
-    "adamw",
-    "control",
-)
-#: The Muon arms: arm -> (optimizer, AdamW part). ``"regmuon"``: RegMuon's default AdamW part
-#: (lr and betas; equal AdamW parts isolate the matrix update); ``"adamw_arm"``: torch's AdamW
-#: betas at the AdamW arm's tuned lr.
-MUON_ARMS = {
-    "muon": ("muon", "regmuon"),
-    "muon_f32": ("muon_f32", "regmuon"),
-    "muon_awlr": ("muon", "adamw_arm"),
-    "muon_f32_awlr": ("muon_f32", "adamw_arm"),
-}
-SWEPT = ("adamw", *MUON_ARMS, "regmuon")
 
 
 def lr_of(k: int) -> float:
+    """The grid's lr ``0.01·2^k`` (rounded to 6 significant digits, as stored)."""
     return float(f"{0.01 * 2.0**k:.6g}")
 
 
-# -- runs -------------------------------------------------------------------------------------
+def k_of(lr: float) -> int:
+    k = math.log2(lr / 0.01)
+    if abs(k - round(k)) > 1e-9:
+        raise ValueError(f"lr {lr} is not on the grid 0.01·2^k")
+    return round(k)
+
+
+# -- runs and the results file ------------------------------------------------------------------
 def run_key(spec: dict[str, Any]) -> str:
     text = json.dumps(spec, sort_keys=True, default=list)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def resolved(opt: dict[str, Any]) -> dict[str, Any]:
-    """An ``opt`` spec with RegMuon's settings filled in (so a cached run is the same run).
-
-    ``regmuon``: the study centre's knobs; ``regmuon_default``: the library's defaults are
-    recorded under ``"at"`` (a change of a default is a new run, not a cached one).
-    """
-    if opt["arm"] == "regmuon_default":
-        at = {**PROPOSED_DEFAULTS, "adamw_betas": list(PROPOSED_DEFAULTS["adamw_betas"])}
-        return {**{k: v for k, v in opt.items() if k != "at"}, "at": at}
-    if opt["arm"] != "regmuon":
-        return opt
-    full = {**STUDY_CENTRE, **{k: v for k, v in opt.items() if k != "arm"}}
-    full["adamw_betas"] = list(full["adamw_betas"])
-    return {"arm": "regmuon", **full}
-
-
-def make_spec(task: str, prof: Profile, seed: int, opt: dict[str, Any], **task_over: Any) -> dict:
-    t = prof.tasks[task]
+def make_spec(prof: Profile, task: str, seed: int, opt: dict[str, Any]) -> dict[str, Any]:
+    t = prof.suite[task]
     return {
         "task": task,
-        "options": {**t["options"], **task_over},
-        "steps": t["steps"],
-        "warmup": t.get("warmup", 0),
+        "builder": t.builder,
+        "options": t.options,
+        "steps": t.steps,
+        "schedule": t.schedule,
+        "warmup": t.warmup,
         "seed": seed,
-        "opt": resolved(opt),
+        "evals": prof.evals,
+        "opt": opt,
     }
 
 
 _TASKS: dict[str, Task] = {}
+METRICS = ("val_loss", "test_loss", "trainset_loss", "val_acc", "test_acc", "trainset_acc")
 
 
 def _init_worker() -> None:
@@ -291,26 +346,20 @@ def _init_worker() -> None:
 
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one training run (in a worker) and summarize it."""
-    tkey = json.dumps([spec["task"], spec["options"]], sort_keys=True)
+    tkey = json.dumps([spec["builder"], spec["options"]], sort_keys=True)
     if tkey not in _TASKS:
-        _TASKS[tkey] = make_task(spec["task"], **spec["options"])
+        _TASKS[tkey] = make_task(spec["builder"], **spec["options"])
     t0, c0 = time.perf_counter(), time.process_time()
     r = train(
         _TASKS[tkey],
         build_optimizers(spec["opt"]),
-        lr=spec["opt"].get("lr"),
         steps=spec["steps"],
         warmup=spec["warmup"],
+        schedule=spec["schedule"],
         seed=spec["seed"],
-        evals=10,
+        evals=spec["evals"],
         diagnostics=False,
     )
-    losses = r["train_loss"]
-    n = max(1, len(losses) // 50)  # ~50 window means of the minibatch loss
-    smooth = [
-        [i + n, statistics.fmean(losses[i : i + n])] for i in range(0, len(losses) - n + 1, n)
-    ]
-    keep = ("val_loss", "test_loss", "trainset_loss", "val_acc", "test_acc", "trainset_acc")
     return {
         "spec": spec,
         "diverged": r["diverged"],
@@ -318,28 +367,72 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         "run_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,
         "curve": r["curve"],
-        "curve_wall": r["curve_wall"],
-        "train_smooth": smooth,
-        "chance_loss": r["chance_loss"],
-        **{k: _finite(r[k]) for k in keep if k in r},
+        **{k: (r[k] if math.isfinite(r[k]) else None) for k in METRICS if k in r},
     }
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+class ResultsError(ValueError):
+    """``results.json`` cannot be used (not JSON, another profile, a malformed record)."""
+
+
+def _check_results(data: Any, path: Path) -> None:
+    """Raise :class:`ResultsError` naming the first malformed part of a results file."""
+
+    def bad(where: str, what: Any) -> ResultsError:
+        return ResultsError(f"{path}: {where} is malformed ({what!r:.80}); the file was not "
+                            "changed: restore it, or move it away to start afresh")  # fmt: skip
+
+    if not isinstance(data, dict):
+        raise bad("the top level", type(data).__name__)
+    if not isinstance(data.get("profile"), str):
+        raise bad("'profile'", data.get("profile"))
+    for key in ("runs", "grids"):
+        if not isinstance(data.get(key, {}), dict):
+            raise bad(f"'{key}'", data[key])
+    for key, run in data.get("runs", {}).items():
+        if not isinstance(run, dict) or not isinstance(run.get("spec"), dict):
+            raise bad(f"run {key}", run)
+        if run_key(run["spec"]) != key:
+            raise bad(f"run {key}", "its key is not the hash of its spec")
+        for m in METRICS:
+            v = run.get(m)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise bad(f"run {key} {m}", v)
+        curve = run.get("curve")
+        if not isinstance(curve, list) or not all(
+            isinstance(c, list) and len(c) == 2 and all(isinstance(x, int | float) for x in c)
+            for c in curve
+        ):
+            raise bad(f"run {key} curve", curve)
+    for key, ks in data.get("grids", {}).items():
+        if (
+            not isinstance(ks, list)
+            or not ks
+            or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks)
+        ):
+            raise bad(f"grid {key}", ks)
 
 
 class Store:
-    """``results.json``: every finished run by key, plus derived records; atomic writes."""
+    """``results.json``: every finished run by key, and the sweeps' grids; atomic writes."""
 
     def __init__(self, path: Path, profile: str) -> None:
         self.path = path
         if path.exists():
-            data = json.loads(path.read_text())
-            if data.get("profile") != profile:
-                raise ValueError(f"{path} holds profile {data.get('profile')!r}, not {profile!r}")
+            try:
+                data = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ResultsError(
+                    f"{path} is not valid JSON ({e}); the file was not changed: restore it, "
+                    "or move it away to start afresh"
+                ) from e
+            _check_results(data, path)
+            if data["profile"] != profile:
+                raise ResultsError(f"{path} holds profile {data['profile']!r}, not {profile!r}")
         else:
-            data = {"profile": profile, "runs": {}, "timing": {}}
+            data = {"profile": profile, "runs": {}, "grids": {}}
+        data.setdefault("runs", {})
+        data.setdefault("grids", {})
         self.data = data
 
     @property
@@ -348,21 +441,39 @@ class Store:
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=None, separators=(",", ":")))
+        tmp.write_text(json.dumps(self.data, separators=(",", ":")))
         os.replace(tmp, self.path)
 
     def get(self, spec: dict[str, Any]) -> dict[str, Any] | None:
         return self.runs.get(run_key(spec))
 
 
-def run_all(store: Store, specs: list[dict[str, Any]], jobs: int, label: str) -> None:
-    """Run the specs not in ``store`` (``jobs`` processes), saving after each one."""
-    todo, seen = [], set()
-    for s in specs:
-        k = run_key(s)
-        if k not in store.runs and k not in seen:
-            todo.append(s)
-            seen.add(k)
+class Runner:
+    """Runs :func:`execute` in ``jobs`` processes (one torch thread each); the worker pool is
+    started once and lives until :meth:`close` (workers keep their built tasks)."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._pool: Any = None
+
+    def map(self, specs: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        if self.jobs <= 1:
+            _init_worker()
+            return map(execute, specs)
+        if self._pool is None:
+            self._pool = mp.get_context("spawn").Pool(self.jobs, initializer=_init_worker)
+        return self._pool.imap_unordered(execute, specs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def run_all(store: Store, specs: list[dict[str, Any]], runner: Runner, label: str) -> None:
+    """Run the specs not in ``store``, saving the results file after each one."""
+    todo = list({run_key(s): s for s in specs if run_key(s) not in store.runs}.values())
     if not todo:
         return
     print(f"[{label}] {len(todo)} runs", flush=True)
@@ -372,38 +483,27 @@ def run_all(store: Store, specs: list[dict[str, Any]], jobs: int, label: str) ->
         store.runs[run_key(res["spec"])] = res
         store.save()
         s = res["spec"]
-        opt = {k: v for k, v in s["opt"].items() if k != "arm" and _differs(k, v)}
         val = res.get("val_loss")
         print(
-            f"  {i}/{len(todo)} {s['task']:5s} {s['opt']['arm']:8s} seed={s['seed']:<3d} "
-            f"{_fmt_opt(opt):40s} val={'diverged' if val is None else f'{val:.4f}'} "
-            f"({res['run_s']:.1f} s; {time.perf_counter() - t0:.0f} s so far)",
+            f"  {i}/{len(todo)} {s['task']:16s} seed={s['seed']:<3d} {_fmt_opt(s['opt']):60.60s} "
+            f"val={'diverged' if val is None else f'{val:.4f}'} ({res['run_s']:.1f} s; "
+            f"{time.perf_counter() - t0:.0f} s so far)",
             flush=True,
         )
 
-    if jobs <= 1:
-        _init_worker()
-        for i, s in enumerate(todo, 1):
-            done(i, execute(s))
-        return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(jobs, initializer=_init_worker) as pool:
-        for i, res in enumerate(pool.imap_unordered(execute, todo), 1):
-            done(i, res)
-
-
-def _differs(k: str, v: Any) -> bool:
-    d = STUDY_CENTRE.get(k, object())
-    return k == "lr" or (list(d) if isinstance(d, tuple) else d) != v
+    for i, res in enumerate(runner.map(todo), 1):
+        done(i, res)
 
 
 def _fmt_opt(opt: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opt.items() if k != "at"
-    )
+    flat = {k: v for k, v in opt.items() if k not in ("options", "levers", "core")}
+    if "options" in opt:
+        flat.update({k: v for k, v in opt["options"].items() if STUDY_BASE.get(k) != v})
+        flat.update(opt.get("levers", {}))
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
 
 
-# -- the protocol -----------------------------------------------------------------------------
+# -- sweeps -------------------------------------------------------------------------------------
 def score(store: Store, specs: Iterable[dict[str, Any]], metric: str = "val_loss") -> float | None:
     """Mean ``metric`` over the specs' runs; ``inf`` if one diverged; ``None`` if one is missing."""
     vals = []
@@ -418,19 +518,15 @@ def score(store: Store, specs: Iterable[dict[str, Any]], metric: str = "val_loss
 
 @dataclass
 class Sweep:
-    """An lr sweep on the tuning seeds: ``opt(lr)`` -> spec opt; grid exponents ``ks``."""
+    """A sweep of one lr over the x2 grid ``lr_of(k)``: ``opt(lr)`` -> the run's opt spec."""
 
     task: str
-    label: str
     opt: Callable[[float], dict[str, Any]]
     ks: list[int]
     seeds: tuple[int, ...]
-    task_over: dict[str, Any] = field(default_factory=dict)
 
     def specs(self, prof: Profile, k: int) -> list[dict[str, Any]]:
-        return [
-            make_spec(self.task, prof, s, self.opt(lr_of(k)), **self.task_over) for s in self.seeds
-        ]
+        return [make_spec(prof, self.task, s, self.opt(lr_of(k))) for s in self.seeds]
 
     def scores(self, store: Store, prof: Profile) -> dict[int, float | None]:
         return {k: score(store, self.specs(prof, k)) for k in self.ks}
@@ -443,9 +539,8 @@ class Sweep:
             return missing
         best = self.best(store, prof)
         lo, hi = min(self.ks), max(self.ks)
-        ext = len(self.ks) - (2 * prof.grid_halfwidth + 1)
-        if ext >= 2 * prof.max_extend:
-            return []
+        if len(self.ks) - (2 * prof.grid_halfwidth + 1) >= 2 * prof.max_extend:
+            return []  # the grid is exhausted
         if best == lo or all(v == math.inf for v in sc.values()):
             self.ks.insert(0, lo - 1)
         elif best == hi:
@@ -458,730 +553,544 @@ class Sweep:
         sc = self.scores(store, prof)
         return min(sc, key=lambda k: (math.inf if sc[k] is None else sc[k], k))
 
-    def bracketed(self, store: Store, prof: Profile) -> bool:
-        b = self.best(store, prof)
-        return min(self.ks) < b < max(self.ks)
+    def done(self, store: Store, prof: Profile) -> bool:
+        return not self.step(store, prof)
+
+    def curve(self, store: Store, prof: Profile) -> dict[str, Any]:
+        sc = self.scores(store, prof)
+        return {"lrs": [lr_of(k) for k in self.ks], "val": [sc[k] for k in self.ks],
+                "best_lr": lr_of(self.best(store, prof)) if None not in sc.values() else None,
+                "bracketed": None not in sc.values() and min(self.ks) < self.best(store, prof)
+                < max(self.ks)}  # fmt: skip
 
 
-def initial_ks(prof: Profile, task: str, arm: str, centre: int | None = None) -> list[int]:
-    c = centre if centre is not None else prof.start.get(task, {}).get(arm, START[arm])
-    h = prof.grid_halfwidth
-    return list(range(c - h, c + h + 1))
-
-
-def default_k(settings: dict[str, Any] | None = None) -> int:
-    """The grid exponent of the lr of ``settings`` (default :data:`PROPOSED_DEFAULTS`)."""
-    lr = (settings or PROPOSED_DEFAULTS)["lr"]
-    k = math.log2(lr / 0.01)
-    if abs(k - round(k)) > 1e-9:
-        raise ValueError(f"the default lr {lr} is not on the grid 0.01·2^k")
-    return round(k)
-
-
-def build_sweeps(store: Store, prof: Profile) -> dict[tuple[str, str], Sweep]:
-    """Every lr sweep of the protocol whose dependencies are met (grids restored from results)."""
-    sweeps: dict[tuple[str, str], Sweep] = {}
-    state = store.data.setdefault("grids", {})
-
-    def add(
-        task: str,
-        label: str,
-        opt: Callable[[float], dict[str, Any]],
-        arm: str,
-        seeds: tuple[int, ...],
-        centre: int | None = None,
-        **task_over: Any,
-    ) -> Sweep:
-        # The grid belongs to this exact sweep (the defaults, the AdamW part's lr, the width).
-        key = f"{task}/{label}/" + run_key({"opt": resolved(opt(0.0)), "over": task_over})
-        ks = state.setdefault(key, initial_ks(prof, task, arm, centre))
-        sw = Sweep(task, label, opt, ks, seeds, task_over)
-        sweeps[(task, label)] = sw
-        return sw
-
-    for task in prof.tasks:
-        aw = add(task, "adamw", lambda lr: {"arm": "adamw", "lr": lr}, "adamw", prof.tune_seeds)
-        add(
-            task,
-            "regmuon",
-            lambda lr: {"arm": "regmuon", "lr": lr},
-            "regmuon",
-            prof.tune_seeds,
-            centre=default_k(STUDY_CENTRE),
-        )
-        for label, (arm, part) in MUON_ARMS.items():
-            if part == "regmuon":
-                aw_part = {
-                    "adamw_lr": PROPOSED_DEFAULTS["adamw_lr"],
-                    "adamw_betas": list(PROPOSED_DEFAULTS["adamw_betas"]),
-                }
-            elif aw.step(store, prof) == []:  # done: bracketed, or its grid exhausted
-                aw_part = {"adamw_lr": lr_of(aw.best(store, prof))}
-            else:
-                continue
-            add(
-                task,
-                label,
-                lambda lr, arm=arm, aw_part=aw_part: {"arm": arm, "lr": lr, **aw_part},
-                arm,
-                prof.tune_seeds,
-            )
-        for rule in prof.task_rules:
-            add(
-                task,
-                f"rule/{rule}",  # at the study centre
-                lambda lr, rule=rule: _centre(lr=lr, adjust_lr=rule),
-                "regmuon",
-                prof.tune_seeds,
-                centre=default_k(STUDY_CENTRE),
-            )
-    for d in prof.widths:
-        for rule in prof.width_rules:
-            add(
-                WIDTH_TASK,
-                f"width{d}/{rule}",  # at the study centre
-                lambda lr, rule=rule: _centre(lr=lr, adjust_lr=rule),
-                "regmuon",
-                prof.width_seeds,
-                centre=default_k(STUDY_CENTRE),
-                d_model=d,
-            )
-    return sweeps
-
-
-def _centre(**over: Any) -> dict[str, Any]:
-    return {"arm": "regmuon", **STUDY_CENTRE, **over}
-
-
-def ablation_specs(prof: Profile) -> list[dict[str, Any]]:
-    """One-at-a-time alternatives to each knob of :data:`STUDY_CENTRE` on the tuning seeds.
-
-    Knobs in ``prof.sized_knobs`` at lr/2, lr and 2lr (each value at its best of the three).
-    """
-    specs = []
-    lr = STUDY_CENTRE["lr"]
-    for task in prof.tasks:
-        for knob, values in prof.ablations.items():
-            lrs = [lr / 2, lr, 2 * lr] if knob in prof.sized_knobs else [lr]
-            for v in [STUDY_CENTRE[knob], *values]:
-                for x in lrs:
-                    for s in prof.tune_seeds:
-                        specs.append(make_spec(task, prof, s, _centre(lr=x, **{knob: v})))
-    return specs
-
-
-def chosen(
+def _sweep(
     store: Store,
     prof: Profile,
-    sweeps: dict[tuple[str, str], Sweep],
     task: str,
-    partial: bool = False,
-) -> dict[str, dict[str, Any]] | None:
-    """The eval arms' opt specs of ``task``, by :data:`ARMS`.
+    label: str,
+    opt: Callable[[float], Any],
+    centre: int,
+    halfwidth: int | None = None,
+) -> Sweep:
+    """A sweep whose grid persists in the store under ``task/label/<hash of its opt>``: grid
+    exponents ``centre ± halfwidth`` (default the profile's) to start with."""
+    key = f"{task}/{label}/" + run_key({"opt": opt(0.0)})
+    h = prof.grid_halfwidth if halfwidth is None else halfwidth
+    ks = store.data["grids"].setdefault(key, list(range(centre - h, centre + h + 1)))
+    return Sweep(task, opt, ks, prof.tune_seeds)
 
-    ``None`` until every sweep is done (bracketed, or its grid exhausted); with ``partial``
-    the arms whose sweeps are done.
-    """
-    lr = {
-        a: lr_of(sweeps[(task, a)].best(store, prof))
-        for a in SWEPT
-        if (task, a) in sweeps and not sweeps[(task, a)].step(store, prof)
+
+# -- stage 1: the tuned baselines ---------------------------------------------------------------
+def muon_opt(lr: float, adamw_lr: float, wd: float = 0.0) -> dict[str, Any]:
+    return {"arm": "muon", "lr": lr, "adamw_lr": adamw_lr, "wd": wd}
+
+
+#: The Muon baseline's first AdamW-part lr (the previous study's best part, on transformers).
+PART_START = 0.02
+
+
+def baseline_sweeps(store: Store, prof: Profile, task: str) -> dict[str, Sweep]:
+    """The task's baseline sweeps whose dependencies are done, in the coordinate-descent order:
+    ``adamw``; ``muon_lr`` (part at :data:`PART_START`); ``muon_part`` (the part's lr at the
+    best Muon lr); ``muon_lr2`` (the Muon lr again at the best part lr, if that moved)."""
+    out = {
+        "adamw": _sweep(store, prof, task, "adamw", lambda lr: {"arm": "adamw", "lr": lr}, -3),
+        "muon_lr": _sweep(store, prof, task, "muon_lr", lambda lr: muon_opt(lr, PART_START), 1),
     }
-    arms: dict[str, dict[str, Any]] = {"regmuon_default": {"arm": "regmuon_default"}}
-    if "regmuon" in lr:
-        arms["regmuon_tuned"] = {"arm": "regmuon", "lr": lr["regmuon"]}
-    for a in MUON_ARMS:
-        if a in lr:
-            arms[a] = sweeps[(task, a)].opt(lr[a])
-    if "adamw" in lr:
-        arms["adamw"] = {"arm": "adamw", "lr": lr["adamw"]}
-    arms["control"] = {"arm": "regmuon_default", "lr": 0.0}
-    if len(arms) < len(ARMS) and not partial:
-        return None
-    return {a: arms[a] for a in ARMS if a in arms}
-
-
-#: What ``--only`` runs: (swept labels, evaluated arms, the defaults study?). A sweep's label is
-#: its arm, or ``width`` for the width study.
-PHASES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
-    "all": ((*SWEPT, "rule", "width"), ARMS, True),
-    "baselines": (("adamw", *MUON_ARMS), ("adamw", *MUON_ARMS), False),
-    "regmuon": (("regmuon",), (), False),
-    "rules": (("rule",), (), False),
-    "study": ((), (), True),
-    "width": (("width",), (), False),
-}
-
-
-def _phase_of(label: str) -> str:
-    """A sweep label's phase key: its arm, ``rule`` or ``width``."""
-    head = label.split("/")[0]
-    return "width" if head.startswith("width") else head
-
-
-def protocol(store: Store, prof: Profile, jobs: int, only: str = "all") -> None:
-    """Run the protocol to completion (the fixpoint of sweeps -> evaluation), resuming.
-
-    ``only``: ``"baselines"``: the AdamW / Muon / fp32-NS Muon sweeps and evaluation runs (they
-    do not depend on RegMuon's defaults); ``"regmuon"``: RegMuon's lr sweeps; ``"study"``: the
-    defaults study; ``"width"``: the width study; ``"all"``: everything, then the step times.
-    """
-    swept, evaluated, study = PHASES[only]
-    while True:
-        sweeps = build_sweeps(store, prof)
-        todo = [
-            s
-            for (_, label), sw in sweeps.items()
-            if _phase_of(label) in swept
-            for s in sw.step(store, prof)
-        ]
-        store.save()  # grids may have grown
-        if todo:  # sweeps first: they unlock the Muon sweeps and the evaluation
-            run_all(store, todo, jobs, "sweeps")
-            continue
-        rest = []
-        for task in prof.tasks:
-            arms = chosen(store, prof, sweeps, task, partial=True) or {}
-            rest += [
-                make_spec(task, prof, s, opt)
-                for a, opt in arms.items()
-                if a in evaluated
-                for s in prof.eval_seeds
-            ]
-        if study:
-            rest += ablation_specs(prof)
-        rest = [s for s in rest if store.get(s) is None]
-        if not rest:
-            break
-        run_all(store, rest, jobs, "evaluation" + (" + defaults study" if study else ""))
-    if only != "all":
-        return
-    for task in prof.tasks:
-        if task not in store.data["timing"]:
-            store.data["timing"][task] = timing(task, prof, chosen(store, prof, sweeps, task))
-            store.save()
-
-
-def timing(task: str, prof: Profile, arms: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """Median ms per training step (forward, backward, step) of each arm, interleaved."""
-    assert arms is not None
-    torch.set_num_threads(1)
-    t = make_task(task, **prof.tasks[task]["options"])
-    specs = {a: arms[a] for a in ("adamw", "muon", "muon_f32", "regmuon_default")}
-    for tol in TIMING_TOLS:  # the map's accuracy: does a coarser tol buy speed?
-        specs[f"regmuon_tol{tol:g}"] = {"arm": "regmuon", "tol": tol}
-    names = list(specs)
-    state = {}
-    for a in names:
-        torch.manual_seed(0)
-        model = t.make_model()
-        state[a] = (
-            model,
-            build_optimizers(resolved(specs[a]))(model),
-            torch.Generator().manual_seed(0),
+    if not out["muon_lr"].done(store, prof):
+        return out
+    m = lr_of(out["muon_lr"].best(store, prof))
+    out["muon_part"] = _sweep(store, prof, task, "muon_part", lambda a: muon_opt(m, a),
+                              k_of(PART_START))  # fmt: skip
+    if not out["muon_part"].done(store, prof):
+        return out
+    a = lr_of(out["muon_part"].best(store, prof))
+    if a != PART_START:
+        out["muon_lr2"] = _sweep(
+            store, prof, task, "muon_lr2", lambda lr: muon_opt(lr, a), k_of(m), halfwidth=1
         )
-    times: dict[str, list[float]] = {a: [] for a in names}
-    for i in range(3 + prof.timing_steps):
-        for a in names:
-            model, opts, gen = state[a]
-            t0 = time.perf_counter()
-            loss = t.train_loss(model, gen)
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
-            if i >= 3:
-                times[a].append(time.perf_counter() - t0)
-    med = {a: 1e3 * statistics.median(v) for a, v in times.items()}
-    print(f"[timing] {task}: " + ", ".join(f"{a} {v:.1f} ms" for a, v in med.items()), flush=True)
-    return {"median_ms": med, "steps": prof.timing_steps}
+    return out
 
 
-# -- analysis ---------------------------------------------------------------------------------
+def _best_point(store: Store, prof: Profile, task: str, opts: Iterable[dict[str, Any]]) -> tuple:
+    """``(val, opt)`` of the lowest mean val loss on the tuning seeds among ``opts`` (run)."""
+    scored = []
+    for opt in opts:
+        v = score(store, [make_spec(prof, task, s, opt) for s in prof.tune_seeds])
+        if v is not None:
+            scored.append((v, json.dumps(opt, sort_keys=True)))
+    v, text = min(scored)
+    return v, json.loads(text)
+
+
+def baseline_choice(store: Store, prof: Profile, task: str) -> tuple[dict[str, Any] | None, list]:
+    """``(choice, specs still needed)``: the tuned AdamW and Muon settings of ``task``.
+
+    The Muon choice is the best point of all its sweeps; then decay 0.1 (torch's default) is
+    tried at that point and kept if better.
+    """
+    sweeps = baseline_sweeps(store, prof, task)
+    need = [s for sw in sweeps.values() for s in sw.step(store, prof)]
+    if need:  # (a sweep is built as soon as the one before it is done)
+        return None, need
+    muon_points = [sw.opt(lr_of(k)) for name, sw in sweeps.items() if name != "adamw"
+                   for k in sw.ks]  # fmt: skip
+    v_m, m = _best_point(store, prof, task, muon_points)
+    wd = {**m, "wd": 0.1}
+    wd_specs = [make_spec(prof, task, s, wd) for s in prof.tune_seeds]
+    v_wd = score(store, wd_specs)
+    if v_wd is None:
+        return None, wd_specs
+    if v_wd < v_m:
+        v_m, m = v_wd, wd
+    aw = sweeps["adamw"]
+    v_a = score(store, aw.specs(prof, aw.best(store, prof)))
+    return {"muon": m, "adamw": aw.opt(lr_of(aw.best(store, prof))),
+            "val": {"muon": v_m, "adamw": v_a}}, []  # fmt: skip
+
+
+def stage_baselines(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> dict:
+    """Run the baseline sweeps of ``tasks`` to completion; return the choices."""
+    while True:
+        need: list[dict[str, Any]] = []
+        choices = {}
+        for task in tasks:
+            c, n = baseline_choice(store, prof, task)
+            need += n
+            if c is not None:
+                choices[task] = c
+        store.save()  # grids may have grown
+        if not need:
+            return choices
+        run_all(store, need, runner, "baselines")
+
+
+# -- stage 2: the study ---------------------------------------------------------------------------
+def study_sweep(store: Store, prof: Profile, task: str, name: str) -> Sweep:
+    """The lr sweep of a study configuration: around 0.04, five points for ``base``, three
+    for the others (then extended, as every sweep, until its optimum is inside)."""
+    half = None if name == "base" else min(1, prof.grid_halfwidth)
+    return _sweep(store, prof, task, f"study/{name}", lambda lr: study_opt(name, lr), 2, half)
+
+
+def stage_study(
+    store: Store,
+    prof: Profile,
+    runner: Runner,
+    names: Iterable[str],
+    tasks: list[str] | None = None,
+) -> None:
+    """The lr sweeps of the study configurations ``names`` on ``tasks`` (the tuning tasks)."""
+    tasks = prof.split()["tuning"] if tasks is None else tasks
+    while True:
+        need = [s for name in names for task in tasks
+                for s in study_sweep(store, prof, task, name).step(store, prof)]  # fmt: skip
+        store.save()
+        if not need:
+            return
+        run_all(store, need, runner, "study")
+
+
+# -- stage 3: the final evaluation ----------------------------------------------------------------
+#: The arms of the final stage. ``default`` is ``RegMuon(model)``; ``prototype`` runs while
+#: :data:`PROTOTYPE` is set.
+FINAL_ARMS = ("default", "prototype", "tol0.01", "bf16_state", "muon_tuned", "adamw_tuned",
+              "muon_doc", "muon_doc_example", "control")  # fmt: skip
+#: Variants of ``RegMuon(model)`` with one default changed, compared with it pair by pair on
+#: every task: the map's tol before the tol study (issue 22) and momentum state in bfloat16.
+VARIANTS = {"tol0.01": {"tol": 0.01}, "bf16_state": {"momentum_dtype": "bfloat16"}}
+
+
+def final_opts(baselines: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
+    """The final stage's opt spec of every arm on ``task``; arms whose optimizer goes through
+    RegMuon's code or router carry :func:`core_fingerprint`."""
+    core = core_fingerprint()
+    b = baselines["tasks"][task]
+    arms = {
+        "default": {"arm": "default", "core": core},
+        "prototype": None if PROTOTYPE is None else {**study_opt(*PROTOTYPE), "core": core},
+        **{v: {"arm": "default_but", "but": but, "core": core} for v, but in VARIANTS.items()},
+        "muon_tuned": {**b["muon"], "core": core},
+        "adamw_tuned": b["adamw"],
+        "muon_doc": {"arm": "muon_doc", "core": core},
+        "muon_doc_example": {"arm": "muon_doc_example", "core": core},
+        "control": {"arm": "control", "core": core},
+    }
+    return {a: arms[a] for a in FINAL_ARMS if arms[a] is not None}
+
+
+def load_baselines(prof: Profile, out: Path) -> dict[str, Any]:
+    path = prof.baselines_file or out / "baselines.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run --stage baselines first")
+    data = json.loads(path.read_text())
+    missing = set(prof.suite) - set(data.get("tasks", {}))
+    if missing:
+        raise SystemExit(f"{path} has no tuned baselines for {sorted(missing)}")
+    return data
+
+
+def stage_final(store: Store, prof: Profile, runner: Runner, baselines: dict[str, Any]) -> None:
+    specs = [make_spec(prof, task, s, opt) for task in prof.suite
+             for opt in final_opts(baselines, task).values() for s in prof.eval_seeds]  # fmt: skip
+    run_all(store, specs, runner, "final")
+
+
+# -- analysis -----------------------------------------------------------------------------------
+#: A task passes when RegMuon's mean test loss is at most this multiple of the best tuned
+#: baseline's; lr-sensitivity is the width of the lr interval within this factor of the best.
+TARGET = 1.03
+
+
 def se(xs: list[float]) -> float:
     return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
 
 
-def analyze(store: Store, prof: Profile) -> dict[str, Any]:
-    """Everything the report shows, from the stored runs."""
-    sweeps = build_sweeps(store, prof)
-    out: dict[str, Any] = {"tasks": {}, "sweeps": {}, "ablations": {}, "width": {}}
-    for (task, label), sw in sweeps.items():
-        sc = sw.scores(store, prof)
-        out["sweeps"][f"{task}/{label}"] = {
-            "lrs": [lr_of(k) for k in sw.ks],
-            "val": [sc[k] for k in sw.ks],
-            "best_lr": lr_of(sw.best(store, prof)) if None not in sc.values() else None,
-            "bracketed": None not in sc.values() and sw.bracketed(store, prof),
-        }
-    for task in prof.tasks:
-        arms = chosen(store, prof, sweeps, task)
-        if arms is None:
-            continue
-        res: dict[str, Any] = {"arms": {}, "paired": {}}
-        per = {}
-        for arm, opt in arms.items():
-            runs = [store.get(make_spec(task, prof, s, opt)) for s in prof.eval_seeds]
-            if any(r is None for r in runs):
-                break  # this task's evaluation is not finished: not reported yet
-            per[arm] = runs
-            entry: dict[str, Any] = {"opt": resolved(opt)}
-            for m in ("test_loss", "trainset_loss", "val_loss", "test_acc"):
-                if not any(m in r for r in runs):
-                    continue  # e.g. no accuracy for language models
-                vals = [r.get(m) for r in runs]
-                finite = [v for v in vals if v is not None]
-                entry[m] = (
-                    (statistics.fmean(finite), se(finite))
-                    if len(finite) == len(vals)
-                    else (math.inf, math.nan)
-                )
-            entry["wall_s"] = statistics.median(r["wall_s"] for r in runs)
-            res["arms"][arm] = entry
-        else:
-            for arm in ARMS:
-                if arm == "regmuon_default":
-                    continue
-                for m in ("test_loss", "trainset_loss"):
-                    d = [
-                        _num(a.get(m)) - _num(b.get(m))
-                        for a, b in zip(per["regmuon_default"], per[arm], strict=True)
-                    ]
-                    res["paired"].setdefault(arm, {})[m] = (statistics.fmean(d), se(d))
-            res["timing"] = store.data["timing"].get(task)
-            out["tasks"][task] = res
-    out["ablations"] = analyze_ablations(store, prof)
-    noise = out["ablations"]["se_two_seed_mean"]
-    out["rules"] = {
-        rule: one_lr(out["sweeps"], prof, f"rule/{rule}", noise) for rule in prof.task_rules
-    }
-    out["rules"]["defaults"] = one_lr(out["sweeps"], prof, "regmuon", noise)
+def width_within(lrs: list[float], vals: list[float | None], factor: float = TARGET) -> tuple:
+    """``(width, open)``: the width, in factors of 2, of the lr interval where the sweep's val
+    loss is at most ``factor`` times its best (the curve linear in log2 lr between grid points;
+    ``open``: the interval reaches an edge of the grid, so the width is a lower bound)."""
+    ks = [math.log2(lr) for lr in lrs]
+    vs = [math.inf if v is None else v for v in vals]
+    i = min(range(len(vs)), key=vs.__getitem__)
+    if not math.isfinite(vs[i]):
+        return 0.0, False
+    top = factor * vs[i]
+
+    def edge(step: int) -> tuple[float, bool]:
+        j = i
+        while 0 <= j + step < len(vs) and vs[j + step] <= top:
+            j += step
+        if not 0 <= j + step < len(vs):
+            return ks[j], True
+        a, b = vs[j], vs[j + step]  # a <= top < b: interpolate the crossing
+        t = 0.0 if not math.isfinite(b) else (top - a) / (b - a)  # diverged: no further
+        return ks[j] + t * (ks[j + step] - ks[j]), False
+
+    (lo, open_lo), (hi, open_hi) = edge(-1), edge(1)
+    return hi - lo, open_lo or open_hi
+
+
+def _sweep_summary(store: Store, prof: Profile, sw: Sweep) -> dict[str, Any]:
+    c = sw.curve(store, prof)
+    if None not in c["val"]:
+        c["width"], c["width_open"] = width_within(c["lrs"], c["val"])
+    return c
+
+
+def analyze_baselines(store: Store, prof: Profile) -> dict[str, Any]:
+    out = {}
+    for task in prof.suite:
+        choice, _ = baseline_choice(store, prof, task)
+        sweeps = baseline_sweeps(store, prof, task)
+        out[task] = {"sweeps": {n: _sweep_summary(store, prof, sw) for n, sw in sweeps.items()},
+                     "choice": choice}  # fmt: skip
     return out
 
 
-def one_lr(
-    sweeps: dict[str, Any], prof: Profile, label: str, noise: dict[str, float] | None = None
-) -> dict[str, Any] | None:
-    """One lr for every task: per grid lr the regret of each task against its best lr.
-
-    The regret is measured in units of the task's seed noise, ``(val − best) / SE`` (``noise``:
-    the SE of a tuning-seed mean per task), or, without ``noise``, relatively,
-    ``val / best − 1``. Returns the per-task best lrs, both regrets per lr, and the lr whose
-    worst regret is smallest.
-    """
-    per = [sweeps.get(f"{task}/{label}") for task in prof.tasks]
-    if any(sw is None or None in sw["val"] for sw in per):
-        return None
-    curves = {
-        task: dict(zip(sw["lrs"], sw["val"], strict=True))
-        for task, sw in zip(prof.tasks, per, strict=True)
-    }
-    common = sorted(set.intersection(*(set(c) for c in curves.values())))
-    regret = {lr: {t: c[lr] / min(c.values()) - 1 for t, c in curves.items()} for lr in common}
-    z = None
-    if noise and all(t in noise for t in curves):
-        z = {
-            lr: {t: (c[lr] - min(c.values())) / noise[t] for t, c in curves.items()}
-            for lr in common
-        }
-    crit = z if z is not None else regret
-    best = min(common, key=lambda lr: max(crit[lr].values()))
-    return {
-        "best_lr": {t: min(c, key=lambda lr: c[lr]) for t, c in curves.items()},
-        "regret": {f"{lr:g}": r for lr, r in regret.items()},
-        "z": None if z is None else {f"{lr:g}": r for lr, r in z.items()},
-        "criterion": "z" if z is not None else "relative",
-        "single_lr": best,
-        "worst_regret": max(regret[best].values()),
-        "worst_z": None if z is None else max(z[best].values()),
-    }
+def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str, Any]:
+    """Per configuration: its sweeps; per lr the ratio of each tuning task's val loss to the
+    best tuned baseline's (tuning seeds); the lr whose worst ratio is smallest."""
+    tuning = prof.split()["tuning"]
+    ref = {t: min(base[t]["choice"]["val"].values()) for t in tuning if base[t]["choice"]}
+    out: dict[str, Any] = {"ref": ref, "configs": {}}
+    for name in prof.study:
+        sweeps = {t: _sweep_summary(store, prof, study_sweep(store, prof, t, name))
+                  for t in tuning}  # fmt: skip
+        entry: dict[str, Any] = {"sweeps": sweeps}
+        if len(ref) == len(tuning) and all(None not in sw["val"] for sw in sweeps.values()):
+            common = sorted(set.intersection(*(set(sw["lrs"]) for sw in sweeps.values())))
+            ratio = {lr: {t: sw["val"][sw["lrs"].index(lr)] / ref[t] for t, sw in sweeps.items()}
+                     for lr in common}  # fmt: skip
+            worst = {lr: max(r.values()) for lr, r in ratio.items()}
+            lr = min(worst, key=lambda x: (worst[x], x))
+            entry.update(
+                ratio={f"{k:g}": v for k, v in ratio.items()},
+                worst={f"{k:g}": v for k, v in worst.items()},
+                lr=lr,
+                worst_ratio=worst[lr],
+                mean_log_ratio=statistics.fmean(math.log(v) for v in ratio[lr].values()),
+            )
+        out["configs"][name] = entry
+    held = prof.split()["held_out"]
+    out["heldout"] = {t: _sweep_summary(store, prof, study_sweep(store, prof, t, DEFAULTS_CONFIG))
+                      for t in held}  # fmt: skip
+    return out
 
 
-def _num(v: float | None) -> float:
-    return math.inf if v is None else v
+def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    return statistics.fmean(d), se(d)
 
 
-def analyze_ablations(store: Store, prof: Profile) -> dict[str, Any]:
-    """Per knob value and task: mean val loss on the tuning seeds (best of the lrs if sized)."""
-    lr = STUDY_CENTRE["lr"]
-    table: dict[str, Any] = {}
-    for knob, values in prof.ablations.items():
-        sized = knob in prof.sized_knobs
-        lrs = [lr / 2, lr, 2 * lr] if sized else [lr]
-        rows = {}
-        for v in [STUDY_CENTRE[knob], *values]:
-            row = {}
-            for task in prof.tasks:
-                cand = {
-                    x: score(
-                        store,
-                        [
-                            make_spec(task, prof, s, _centre(lr=x, **{knob: v}))
-                            for s in prof.tune_seeds
-                        ],
-                    )
-                    for x in lrs
-                }
-                if None in cand.values():
-                    break
-                best = min(cand, key=lambda x: cand[x])
-                row[task] = {"val": cand[best], "lr": best}
-            else:
-                rows[json.dumps(v)] = row
-        table[knob] = {"sized": sized, "centre": json.dumps(STUDY_CENTRE[knob]), "rows": rows}
-    # Seed noise: σ² = E[(v_a − v_b)²] / 2 over every study configuration run on two seeds;
-    # the SE of a two-seed mean is σ/√2.
-    noise = {}
-    if len(prof.tune_seeds) == 2:
-        for task in prof.tasks:
-            d2 = []
-            for spec in ablation_specs(prof):
-                if spec["task"] != task or spec["seed"] != prof.tune_seeds[0]:
+def analyze_final(store: Store, prof: Profile, baselines: dict[str, Any]) -> dict[str, Any]:
+    """Per task and arm: the evaluation seeds' test losses, means ± SE, and RegMuon's (and the
+    prototype's) paired comparisons with the best tuned baseline and Muon's documented defaults."""
+    split = prof.split()
+    out = {}
+    for task in prof.suite:
+        per: dict[str, list[float]] = {}
+        for arm, opt in final_opts(baselines, task).items():
+            runs = [store.get(make_spec(prof, task, s, opt)) for s in prof.eval_seeds]
+            if any(r is None for r in runs):
+                break
+            per[arm] = [math.inf if r.get("test_loss") is None else r["test_loss"] for r in runs]
+        else:
+            arms = {
+                a: {"test": v, "mean": statistics.fmean(v), "se": se(v)} for a, v in per.items()
+            }
+            best = min(("muon_tuned", "adamw_tuned"), key=lambda a: arms[a]["mean"])
+            res: dict[str, Any] = {"half": "held_out" if task in split["held_out"] else "tuning",
+                                   "arms": arms, "best": best}  # fmt: skip
+            for arm in ("default", "prototype"):
+                if arm not in per:
                     continue
-                a = store.get(spec)
-                b = store.get({**spec, "seed": prof.tune_seeds[1]})
-                if a and b and a.get("val_loss") is not None and b.get("val_loss") is not None:
-                    d2.append((a["val_loss"] - b["val_loss"]) ** 2)
-            if d2:
-                noise[task] = math.sqrt(statistics.fmean(d2) / 2) / math.sqrt(2)
-    return {"knobs": table, "se_two_seed_mean": noise}
+                d, s = _paired(per[arm], per[best])
+                m = arms[best]["mean"]
+                res[arm] = {"ratio": arms[arm]["mean"] / m, "ratio_se": s / m, "diff": (d, s),
+                            "pass": arms[arm]["mean"] <= TARGET * m}  # fmt: skip
+                for ref in ("muon_doc", "muon_doc_example", "control"):
+                    res[arm][f"vs_{ref}"] = _paired(per[arm], per[ref])
+            res["variants"] = {v: _paired(per[v], per["default"]) for v in VARIANTS if v in per}
+            out[task] = res
+    return out
 
 
-# -- report -----------------------------------------------------------------------------------
-def _pm(x: tuple[float, float] | None, digits: int = 3) -> str:
+# -- report -------------------------------------------------------------------------------------
+def _pm(x: tuple[float, float] | None, digits: int = 4) -> str:
     if x is None:
         return "—"
     m, s = x
-    if not math.isfinite(m):
-        return "diverged"
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return f"{m:+.{digits}f} ± {s:.{digits}f}"
+
+
+def _final_table(prof: Profile, final: dict[str, Any], half: str, arm: str) -> list[str]:
+    lines = [
+        f"| task | schedule | `{arm}` test loss | best tuned baseline | ratio ± SE (paired) | "
+        f"≤ {TARGET}? | Δ vs Muon defaults | Δ vs Muon doc example | Δ vs control |",
+        "|---|---|---:|---|---:|---|---:|---:|---:|",
+    ]
+    for task, r in final.items():
+        if r["half"] != half or arm not in r:
+            continue
+        a, b, c = r["arms"][arm], r["arms"][r["best"]], r[arm]
+        lines.append(
+            f"| {task} | {prof.suite[task].schedule} | {a['mean']:.4f} ± {a['se']:.4f} | "
+            f"{r['best']} {b['mean']:.4f} ± {b['se']:.4f} | {c['ratio']:.3f} ± "
+            f"{c['ratio_se']:.3f} | {'yes' if c['pass'] else '**no**'} | "
+            f"{_pm(c['vs_muon_doc'])} | {_pm(c['vs_muon_doc_example'])} | {_pm(c['vs_control'])} |"
+        )
+    return lines
+
+
+def _variants_table(prof: Profile, final: dict[str, Any]) -> list[str]:
+    """Each :data:`VARIANTS` arm against ``RegMuon(model)``, paired over the evaluation seeds."""
+    rows = [(t, r) for t, r in final.items() if r.get("variants")]
+    if not rows:
+        return []
+    names = [v for v in VARIANTS if any(v in r["variants"] for _, r in rows)]
+    lines = ["## `RegMuon(model)` with one default changed, every task, evaluation seeds", "",
+             "Δ = test loss(variant) − test loss(`RegMuon(model)`), mean ± SE of the per-seed "
+             "differences; ✓: |Δ| < SE; **worse**: Δ ≥ 2 SE. "
+             + ", ".join(f"`{v}`: {VARIANTS[v]}" for v in names) + ".", "",
+             "| task | half | " + " | ".join(f"Δ `{v}`" for v in names) + " |",
+             "|---|---|" + "---:|" * len(names)]  # fmt: skip
+    for task, r in rows:
+        cells = []
+        for v in names:
+            d = r["variants"].get(v)
+            mark = "" if d is None else (" ✓" if abs(d[0]) < d[1] else
+                                         (" **worse**" if d[0] >= 2 * d[1] else ""))  # fmt: skip
+            cells.append(_pm(d) + mark)
+        lines.append(f"| {task} | {r['half']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def report(store: Store, prof: Profile, out: Path) -> str:
-    a = analyze(store, prof)
+    """``summary.md``, ``analysis.json`` and the figures, from the stored runs."""
+    base = analyze_baselines(store, prof)
+    a: dict[str, Any] = {"baselines": base, "study": analyze_study(store, prof, base)}
+    bpath = prof.baselines_file or out / "baselines.json"
+    if bpath.exists():
+        a["final"] = analyze_final(store, prof, json.loads(bpath.read_text()))
     lines = [f"# Training benchmark ({store.data['profile']} profile)", ""]
-    meta = store.data.get("meta", {})
-    if meta:
-        lines += [
-            f"torch {meta.get('torch')}, transformers {meta.get('transformers')}, "
-            f"Python {meta.get('python')}, 1 thread per run, {meta.get('jobs')} runs at "
-            f"once; wall of the whole benchmark {meta.get('total_s', 0) / 60:.1f} min "
-            f"(runs: {sum(r.get('cpu_s', r['run_s']) for r in store.runs.values()) / 3600:.2f} "
-            "CPU-hours).",
-            "",
-        ]
-    lines += [
-        "## RegMuon's defaults (`muonflow.optim.DEFAULTS`) and the study centre",
-        "",
-        "| knob | default | study centre |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {k} | {v} | {STUDY_CENTRE[k]} |" for k, v in PROPOSED_DEFAULTS.items()]
-    lines += [
-        "",
-        "## Tuned learning rates (tuning seeds "
-        f"{', '.join(map(str, prof.tune_seeds))}; mean val loss; * = chosen)",
-        "",
-    ]
-    for key, sw in a["sweeps"].items():
-        if key.split("/")[1].startswith("width"):
-            continue
-        cells = []
-        for lr, v in zip(sw["lrs"], sw["val"], strict=True):
-            mark = "*" if lr == sw["best_lr"] else ""
-            val = "—" if v is None else ("div." if v == math.inf else f"{v:.4f}")
-            cells.append(f"{lr:g}: {val}{mark}")
-        flag = "" if sw["bracketed"] else " **(not bracketed)**"
-        lines.append(f"- `{key}`{flag}: " + ", ".join(cells))
-    rules = {k: v for k, v in a["rules"].items() if v is not None}
-    if rules:
-        tasks = list(prof.tasks)
-        lines += [
-            "",
-            "## One lr for every task (tuning seeds)",
-            "",
-            "Regret of a task at an lr: its val loss minus the task's best over the grid, in "
-            "units of the task's seed noise (SE of a two-seed mean; the chosen single lr "
-            "minimizes the worst of these) and relative (val / best − 1).",
-            "",
-            "| rule | "
-            + " | ".join(f"best lr {t}" for t in tasks)
-            + " | best single lr | its regret per task (SE units; relative) | worst |",
-            "|---|" + "---:|" * (len(tasks) + 3),
-        ]
-        for rule, r in rules.items():
-            name = f"{rule} (proposed defaults)" if rule == "defaults" else rule
-            key = f"{r['single_lr']:g}"
-            per, zs = r["regret"][key], (r["z"] or {}).get(key, {})
-            worst = f"{100 * r['worst_regret']:.1f}%"
-            if r["worst_z"] is not None:
-                worst = f"{r['worst_z']:.1f} SE; " + worst
-            lines.append(
-                f"| {name} | "
-                + " | ".join(f"{r['best_lr'][t]:g}" for t in tasks)
-                + f" | {r['single_lr']:g} | "
-                + ", ".join(
-                    f"{t} " + (f"{zs[t]:.1f} SE, " if t in zs else "") + f"{100 * per[t]:.1f}%"
-                    for t in tasks
-                )
-                + f" | {worst} |"
-            )
-    lines += [
-        "",
-        f"## Final losses, evaluation seeds {', '.join(map(str, prof.eval_seeds))} (mean ± SE)",
-        "",
-    ]
-    for task, res in a["tasks"].items():
-        steps = prof.tasks[task]["steps"]
-        lines += [
-            f"### {task} ({steps} steps)",
-            "",
-            "| arm | lr (matrix / AdamW part) | test loss | train-set loss | "
-            "Δ test vs default (paired) | Δ train-set vs default | ms/step |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        tim = (res.get("timing") or {}).get("median_ms", {})
-        for arm, e in res["arms"].items():
-            o = e["opt"]
-            lr = f"{o.get('lr', 0):g}"
-            if o["arm"] == "regmuon":
-                lr += f" / {o['adamw_lr']:g}"
-            elif "adamw_lr" in o:
-                lr += f" / {o['adamw_lr']:g}"
-            p = res["paired"].get(arm, {})
-            ms = tim.get(arm)
-            lines.append(
-                f"| {arm} | {lr} | {_pm(e.get('test_loss'))} | {_pm(e.get('trainset_loss'))} | "
-                f"{_pm(p.get('test_loss'))} | {_pm(p.get('trainset_loss'))} | "
-                f"{'' if ms is None else f'{ms:.1f}'} |"
-            )
-        lines.append("")
-        verdict = []
-        for arm in (*MUON_ARMS, "adamw", "regmuon_tuned"):
-            p = res["paired"].get(arm, {}).get("test_loss")
-            if p is None:
+    final = a.get("final", {})
+    for half, title in (("held_out", "Held-out tasks"), ("tuning", "Tuning tasks")):
+        for arm in ("default", "prototype"):
+            if not any(r["half"] == half and arm in r for r in final.values()):
                 continue
-            d, s = p
-            ok = d <= s
-            verdict.append(
-                f"{arm}: default − arm = {d:+.4f} ± {s:.4f} "
-                f"({'within one SE or better' if ok else 'WORSE by more than one SE'})"
-            )
-        lines += [
-            "Paired test-loss differences (RegMuon-defaults − arm; negative = defaults "
-            "better): " + "; ".join(verdict) + ".",
-            "",
-        ]
-    if a["tasks"]:
-        lines += [
-            "## The goal: RegMuon at defaults vs the best-tuned baselines (test loss, paired)",
-            "",
-            "| task | best Muon variant | default − best Muon | default − AdamW | "
-            "default − control | within one SE or better? |",
-            "|---|---|---:|---:|---:|---|",
-        ]
-        for task, res in a["tasks"].items():
-            muons = [m for m in MUON_ARMS if m in res["arms"]]
-            best_m = min(muons, key=lambda m: res["arms"][m]["test_loss"][0])
-            dm = res["paired"][best_m]["test_loss"]
-            da = res["paired"]["adamw"]["test_loss"]
-            dc = res["paired"]["control"]["test_loss"]
-            ok = dm[0] <= dm[1] and da[0] <= da[1]
-            lines.append(
-                f"| {task} | {best_m} | {_pm(dm, 4)} | {_pm(da, 4)} | {_pm(dc, 4)} | "
-                f"{'yes' if ok else '**no**'} |"
-            )
-        lines.append("")
-    lines += [
-        "## Defaults study (tuning seeds; mean val loss; sized knobs at the best of "
-        "lr/2, lr, 2lr — the lr in brackets)",
-        "",
-    ]
-    noise = a["ablations"]["se_two_seed_mean"]
-    if noise:
-        lines += [
-            "Seed noise (SE of a two-seed mean, from every study configuration): "
-            + ", ".join(f"{t} {v:.4f}" for t, v in noise.items())
-            + ". Regret: the value's loss minus the best value's, in nats and relative.",
-            "",
-        ]
-    for knob, t in a["ablations"]["knobs"].items():
-        tasks = list(prof.tasks)
-        lines += [
-            f"### {knob} (study centre {t['centre']})",
-            "",
-            "| value | "
-            + " | ".join(tasks)
-            + " | worst regret (nats) | worst regret (SE units) | worst relative regret |",
-            "|---|" + "---:|" * (len(tasks) + 3),
-        ]
-        best = {
-            task: min(r[task]["val"] for r in t["rows"].values() if task in r)
-            for task in tasks
-            if any(task in r for r in t["rows"].values())
-        }
-        for v, row in t["rows"].items():
-            cells = []
-            for task in tasks:
-                c = row[task]
-                cells.append(f"{c['val']:.4f}" + (f" ({c['lr']:g})" if t["sized"] else ""))
-            regret = max(row[task]["val"] - best[task] for task in tasks)
-            rel = max(row[task]["val"] / best[task] - 1 for task in tasks)
-            zs = [(row[t]["val"] - best[t]) / noise[t] for t in tasks if t in noise]
-            zcell = f"{max(zs):.1f}" if len(zs) == len(tasks) else "—"
-            lines.append(
-                f"| {v} | " + " | ".join(cells) + f" | {regret:.4f} | {zcell} | {100 * rel:.1f}% |"
-            )
-        lines.append("")
-    width = {k: v for k, v in a["sweeps"].items() if "/width" in k}
-    if width:
-        lines += [
-            f"## lr transfer across widths ({WIDTH_TASK}, seeds "
-            f"{', '.join(map(str, prof.width_seeds))}; best lr per width and rule)",
-            "",
-            "| rule | " + " | ".join(f"d={d}" for d in prof.widths) + " |",
-            "|---|" + "---:|" * len(prof.widths),
-        ]
-        for rule in prof.width_rules:
-            cells = []
-            for d in prof.widths:
-                sw = width.get(f"{WIDTH_TASK}/width{d}/{rule}")
-                if sw is None or sw["best_lr"] is None:
-                    cells.append("—")
-                    continue
-                i = sw["lrs"].index(sw["best_lr"])
-                cells.append(
-                    f"{sw['best_lr']:g} ({sw['val'][i]:.3f})" + ("" if sw["bracketed"] else " edge")
-                )
-            lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-        lines.append("")
+            lines += [f"## {title}: `{arm}` on the evaluation seeds "
+                      f"({', '.join(map(str, prof.eval_seeds))})", "",
+                      *_final_table(prof, final, half, arm), ""]  # fmt: skip
+    lines += _variants_table(prof, final)
+    st = a["study"]
+    lines += ["## Study (tuning tasks, tuning seeds): worst ratio to the best tuned baseline", "",
+              "| configuration | lr | worst ratio | mean log ratio | ratios per task |",
+              "|---|---:|---:|---:|---|"]  # fmt: skip
+    for name, e in st["configs"].items():
+        if "lr" not in e:
+            continue
+        per = ", ".join(f"{t} {v:.3f}" for t, v in e["ratio"][f"{e['lr']:g}"].items())
+        lines.append(f"| {name} | {e['lr']:g} | {e['worst_ratio']:.3f} | "
+                     f"{e['mean_log_ratio']:+.3f} | {per} |")  # fmt: skip
+    lines += ["", *_sensitivity_table(a, prof)]
+    lines += ["", "## Tuned baselines (tuning seeds, val loss) and lr sensitivity", "",
+              f"Width: the lr interval within {TARGET}x of the sweep's best, in factors of 2 "
+              "(≥: it reaches the grid's edge).", ""]  # fmt: skip
+    for task, b in base.items():
+        c = b["choice"]
+        head = f"- **{task}**: " + ("not done" if c is None else (
+            f"Muon {_fmt_opt(c['muon'])} (val {c['val']['muon']:.4f}); AdamW lr "
+            f"{c['adamw']['lr']:g} (val {c['val']['adamw']:.4f})"))  # fmt: skip
+        lines.append(head)
+        for n, sw in b["sweeps"].items():
+            lines.append(f"  - `{n}`: " + _curve_text(sw))
+    for name, e in st["configs"].items():
+        lines.append(f"- study `{name}`: " + "; ".join(
+            f"{t} {_curve_text(sw)}" for t, sw in e["sweeps"].items()))  # fmt: skip
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     (out / "analysis.json").write_text(json.dumps(a, indent=1, default=str))
-    figures(store, prof, a, out)
+    figures(prof, a, out)
     return text
 
 
-COLORS = {
-    "muon_awlr": "C4",
-    "muon_f32_awlr": "C5",
-    "regmuon_default": "C3",
-    "regmuon_tuned": "C1",
-    "muon": "C0",
-    "muon_f32": "C9",
-    "adamw": "C2",
-    "control": "0.5",
-}
+def _sensitivity_table(a: dict[str, Any], prof: Profile) -> list[str]:
+    """Per arm (a baseline sweep or a study configuration) and task: the best lr, its val loss
+    over the best tuned baseline's, and the width of the lr interval within TARGET of it."""
+    base, st = a["baselines"], a["study"]
+    refs = {t: min(b["choice"]["val"].values()) for t, b in base.items() if b["choice"]}
+    rows = {"AdamW": {t: b["sweeps"]["adamw"] for t, b in base.items()},
+            "Muon, part 0.02": {t: b["sweeps"]["muon_lr"] for t, b in base.items()}}  # fmt: skip
+    rows.update({f"RegMuon {n}": e["sweeps"] for n, e in st["configs"].items()})
+    if CHOSEN_CONFIG in st["configs"]:  # with the defaults' held-out sweeps (after the choice)
+        rows[f"RegMuon {CHOSEN_CONFIG} / held-out: {DEFAULTS_CONFIG}"] = {
+                                              **st["configs"][CHOSEN_CONFIG]["sweeps"],
+                                              **st["heldout"]}  # fmt: skip
+    tasks = [t for t in prof.suite if t in refs]
+    lines = [f"## lr sensitivity: best lr / ratio to the best tuned baseline at it / width of the "
+             f"lr interval within {TARGET}x of the arm's best (factors of 2; ≥: at the grid's "
+             "edge)", "", "| arm | " + " | ".join(tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]  # fmt: skip
+    for arm, sweeps in rows.items():
+        cells = []
+        for t in tasks:
+            sw = sweeps.get(t)
+            if sw is None or sw.get("best_lr") is None:
+                cells.append("")
+                continue
+            v = sw["val"][sw["lrs"].index(sw["best_lr"])]
+            w = f"{'≥' if sw['width_open'] else ''}{sw['width']:.1f}"
+            cells.append(f"{sw['best_lr']:g} / {v / refs[t]:.3f} / {w}")
+        if any(cells):
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
-def _points(sweep: dict[str, Any] | None) -> list[tuple[float, float]]:
-    """The ``(lr, val)`` points of a sweep summary whose runs finished (finite val)."""
-    if sweep is None:
-        return []
-    return [
-        (lr, v)
-        for lr, v in zip(sweep["lrs"], sweep["val"], strict=True)
-        if v is not None and math.isfinite(v)
-    ]
+def _curve_text(sw: dict[str, Any]) -> str:
+    cells = []
+    for lr, v in zip(sw["lrs"], sw["val"], strict=True):
+        mark = "*" if lr == sw["best_lr"] else ""
+        cells.append(f"{lr:g}: " + ("—" if v is None else "div." if v == math.inf
+                                    else f"{v:.4f}") + mark)  # fmt: skip
+    tail = "" if sw.get("bracketed") else " (not bracketed)"
+    if "width" in sw:
+        tail += f"; width {'≥' if sw['width_open'] else ''}{sw['width']:.1f}"
+    return ", ".join(cells) + tail
 
 
-#: Arms whose step costs what another timed arm's step costs (same optimizer, other lrs).
-TIMED_AS = {
-    "regmuon_tuned": "regmuon_default",
-    "control": "regmuon_default",
-    "muon_awlr": "muon",
-    "muon_f32_awlr": "muon_f32",
-}
+def _ratio_points(sw: dict[str, Any], ref: float) -> list[tuple[float, float]]:
+    return [(lr, v / ref) for lr, v in zip(sw["lrs"], sw["val"], strict=True)
+            if v is not None and math.isfinite(v)]  # fmt: skip
 
 
-def figures(store: Store, prof: Profile, a: dict[str, Any], out: Path) -> None:
+def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
+    """``bench_training_final.png`` (ratios to the best tuned baseline, every task),
+    ``bench_training_sensitivity.png`` (lr sweeps relative to it, every task) and
+    ``bench_training_study.png`` (each configuration's worst ratio over the tuning tasks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in prof.tasks if t in a["tasks"]]
-    if tasks:
-        fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 2.8 * len(tasks)), squeeze=False)
-        for i, task in enumerate(tasks):
-            res = a["tasks"][task]
-            ms = (store.data["timing"].get(task) or {}).get("median_ms", {})
-            for arm, e in res["arms"].items():
-                runs = [store.get(make_spec(task, prof, s, e["opt"])) for s in prof.eval_seeds]
-                if any(r is None or r["diverged"] for r in runs):
-                    continue
-                steps = [p[0] for p in runs[0]["curve"]]
-                val = [statistics.fmean(r["curve"][j][1] for r in runs) for j in range(len(steps))]
-                kw = {"color": COLORS[arm], "label": arm, "lw": 1.2}
-                axes[i][0].plot(steps, val, **kw)
-                # time axis: steps x the arm's median step time, measured interleaved with the
-                # other arms in one process (each run's own clock saw whatever else ran then)
-                per_ms = ms.get(TIMED_AS.get(arm, arm))
-                if per_ms is not None:
-                    axes[i][1].plot([k * per_ms / 1e3 for k in steps], val, **kw)
-            axes[i][0].set(
-                title=f"{task}: val loss vs step (mean of seeds)", xlabel="step", ylabel="val loss"
-            )
-            axes[i][1].set(
-                title=f"{task}: val loss vs training time",
-                xlabel="seconds (steps × interleaved median step time)",
-            )
-            for ax in axes[i]:
-                lo = min(_num(e.get("val_loss", (math.inf,))[0]) for e in res["arms"].values())
-                hi = res["arms"]["control"].get("val_loss", (lo + 1,))[0]
-                if math.isfinite(lo) and math.isfinite(hi):
-                    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
-            axes[i][0].legend(fontsize=7)
+    final = a.get("final", {})
+    if final:
+        tasks = sorted(final, key=lambda t: (final[t]["half"] != "held_out", t))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks)), 3.6))
+        for j, (arm, color) in enumerate((("default", "C3"), ("prototype", "C1"))):
+            xs = [i + 0.2 * (2 * j - 1) for i, t in enumerate(tasks) if arm in final[t]]
+            ys = [final[t][arm]["ratio"] for t in tasks if arm in final[t]]
+            es = [final[t][arm]["ratio_se"] for t in tasks if arm in final[t]]
+            label = "RegMuon(model)" if arm == "default" else arm
+            ax.bar(xs, ys, 0.4, yerr=es, color=color, label=label)
+        ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET}x")
+        ax.axhline(1.0, color="0.5", lw=0.8)
+        names = [t + (" (held out)" if final[t]["half"] == "held_out" else "") for t in tasks]
+        ax.set_xticks(range(len(tasks)), names, rotation=45, ha="right", fontsize=7)
+        ax.set(ylabel="test loss / best tuned baseline", yscale="log",
+               title="RegMuon vs the best tuned baseline (evaluation seeds)")  # fmt: skip
+        ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "bench_training_curves.png", dpi=80)
+        fig.savefig(out / "bench_training_final.png", dpi=90)
         plt.close(fig)
-    sweeps = {k: v for k, v in a["sweeps"].items() if "/width" not in k}
-    if sweeps:
-        fig, axes = plt.subplots(
-            1, len(prof.tasks), figsize=(4 * len(prof.tasks), 3.2), squeeze=False
-        )
-        for j, task in enumerate(prof.tasks):
-            ax = axes[0][j]
-            task_vals: list[float] = []
-            for arm in SWEPT:
-                pts = _points(sweeps.get(f"{task}/{arm}"))
+    base, st = a["baselines"], a["study"]
+    refs = {t: min(b["choice"]["val"].values()) for t, b in base.items() if b["choice"]}
+    if refs:
+        tasks = [t for t in prof.suite if t in refs]
+        cols = min(7, len(tasks))
+        rows = -(-len(tasks) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+        proto = PROTOTYPE[0] if PROTOTYPE else None
+        for ax, task in zip(axes.flat, tasks, strict=False):
+            curves = {"AdamW": base[task]["sweeps"]["adamw"],
+                      "Muon (part 0.02)": base[task]["sweeps"]["muon_lr"]}  # fmt: skip
+            if "muon_lr2" in base[task]["sweeps"]:
+                curves["Muon (tuned part)"] = base[task]["sweeps"]["muon_lr2"]
+            for name in dict.fromkeys(("base", CHOSEN_CONFIG, proto)):
+                sw = st["configs"].get(name, {}).get("sweeps", {}).get(task)
+                label = f"RegMuon {name}"
+                if name == CHOSEN_CONFIG and sw is None:
+                    sw, label = st["heldout"].get(task), f"RegMuon {DEFAULTS_CONFIG}"
+                if name and sw:
+                    curves[label] = sw
+            for k, (label, sw) in enumerate(curves.items()):
+                pts = _ratio_points(sw, refs[task])
                 if pts:
-                    ax.plot(
-                        *zip(*pts, strict=True), "o-", ms=3, label=arm, color=COLORS.get(arm, "C1")
-                    )
-                    task_vals += [v for _, v in pts]
-            ax.axvline(PROPOSED_DEFAULTS["lr"], color="C3", ls=":", lw=1)
-            ax.set(
-                xscale="log",
-                title=f"{task}: lr sweeps",
-                xlabel="lr",
-                ylabel="val loss (tuning seeds)",
-            )
-            if task_vals:
-                ax.set_ylim(min(task_vals) - 0.05, min(task_vals) + 1.0)
-            ax.legend(fontsize=7)
+                    ax.plot(*zip(*pts, strict=True), marker="o", ms=2, lw=1, color=f"C{k}",
+                            label=label)  # fmt: skip
+            ax.axhline(TARGET, color="k", ls=":", lw=0.8)
+            if PROTOTYPE:
+                ax.axvline(PROTOTYPE[1], color="0.6", ls="--", lw=0.8)
+            half = "tuning" if task in st["ref"] else "held out"
+            ax.set(xscale="log", ylim=(0.97, 1.5), title=f"{task} ({half})")
+            ax.tick_params(labelsize=6)
+            ax.title.set_fontsize(8)
+        for ax in axes.flat[len(tasks) :]:
+            ax.set_visible(False)
+        axes[0][0].legend(fontsize=5)
+        fig.supxlabel("lr (matrix lr; AdamW: its lr)", fontsize=8)
+        fig.supylabel("val loss / best tuned baseline (tuning seeds)", fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "bench_training_sweeps.png", dpi=80)
+        fig.savefig(out / "bench_training_sensitivity.png", dpi=90)
         plt.close(fig)
-    width = {k: v for k, v in a["sweeps"].items() if "/width" in k}
-    if width:
-        rules = prof.width_rules
-        fig, axes = plt.subplots(1, len(rules), figsize=(4 * len(rules), 3.2), squeeze=False)
-        for j, rule in enumerate(rules):
-            ax = axes[0][j]
-            for i, d in enumerate(prof.widths):
-                pts = _points(width.get(f"{WIDTH_TASK}/width{d}/{rule}"))
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=f"d={d}", color=f"C{i}")
-            ax.set(xscale="log", title=f"adjust_lr={rule}", xlabel="lr", ylabel="val loss")
-            ax.legend(fontsize=7)
+    worst = {n: e["worst"] for n, e in st["configs"].items() if "worst" in e}
+    if worst:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for k, (name, w) in enumerate(worst.items()):
+            pts = sorted((float(lr), v) for lr, v in w.items())
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1, label=name,
+                    color=f"C{k % 10}", ls="-" if k < 10 else "--")  # fmt: skip
+        ax.axhline(TARGET, color="k", ls=":", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="matrix lr",
+               ylabel="worst val ratio over the tuning tasks", title="The study")  # fmt: skip
+        ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / "bench_training_width.png", dpi=80)
+        fig.savefig(out / "bench_training_study.png", dpi=90)
         plt.close(fig)
 
 
-# -- main -------------------------------------------------------------------------------------
+# -- main ---------------------------------------------------------------------------------------
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # so that the worker pool is terminated with the main process
 
@@ -1190,44 +1099,68 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "all"),
+                    default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
-    ap.add_argument("--jobs", type=int, default=1, help="training processes at once")
+    ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
+    ap.add_argument("--tasks", help="baselines stage: only these tasks (comma-separated)")
+    ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
-    ap.add_argument(
-        "--only",
-        choices=PHASES,
-        default="all",
-        help="run only the baselines' sweeps, or only RegMuon's sweeps and study",
-    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit("--jobs must be >= 1")
     prof = PROFILES[args.profile]
+    tasks = args.tasks.split(",") if args.tasks else list(prof.suite)
+    names = args.study.split(",") if args.study else list(prof.study)
+    for bad, valid in (
+        (set(tasks) - set(prof.suite), prof.suite),
+        (set(names) - set(STUDY), STUDY),
+    ):
+        if bad:
+            raise SystemExit(f"unknown {sorted(bad)}; valid: {', '.join(valid)}")
+    prof.split()  # a split that does not match the suite fails before any run
     path = args.out / "results.json"
     if path.exists() and not (args.resume or args.report_only):
         raise SystemExit(f"{path} exists: pass --resume to continue it (or choose another --out)")
     args.out.mkdir(parents=True, exist_ok=True)
-    store = Store(path, args.profile)
-    default_k(PROPOSED_DEFAULTS)  # validates the lrs before any run
-    default_k(STUDY_CENTRE)
+    try:
+        store = Store(path, args.profile)
+    except ResultsError as e:
+        raise SystemExit(str(e)) from None
     torch.set_num_threads(1)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
     if not args.report_only:
-        t0 = time.perf_counter()
-        protocol(store, prof, args.jobs, args.only)
-        meta = store.data.setdefault("meta", {})
-        meta["total_s"] = meta.get("total_s", 0.0) + time.perf_counter() - t0
+        runner = Runner(args.jobs)
         try:
-            import transformers
-
-            meta["transformers"] = transformers.__version__
-        except ImportError:  # pragma: no cover
-            meta["transformers"] = None
-        meta.update(torch=torch.__version__, python=platform.python_version(), jobs=args.jobs)
-        store.save()
+            _stages(args, prof, store, runner, tasks, names)
+        finally:
+            runner.close()
     print(report(store, prof, args.out))
     return 0
+
+
+def _stages(
+    args: argparse.Namespace, prof: Profile, store: Store, runner: Runner, tasks: list, names: list
+) -> None:
+    t0 = time.perf_counter()
+    if args.stage in ("baselines", "all"):
+        stage_baselines(store, prof, runner, tasks)
+        choices = {t: baseline_choice(store, prof, t)[0] for t in prof.suite}
+        if all(choices.values()):  # every task of the suite is tuned (by this or earlier runs)
+            (args.out / "baselines.json").write_text(json.dumps(
+                {"profile": args.profile, "torch": torch.__version__, "tasks": choices},
+                indent=1) + "\n")  # fmt: skip
+    if args.stage in ("study", "all"):
+        stage_study(store, prof, runner, names)
+    if args.stage in ("final", "all"):
+        stage_final(store, prof, runner, load_baselines(prof, args.out))
+    if args.stage == "sensitivity":  # after the choice; reported, never used to choose
+        stage_study(store, prof, runner, [DEFAULTS_CONFIG], prof.split()["held_out"])
+    meta = store.data.setdefault("meta", {})
+    meta["total_s"] = meta.get("total_s", 0.0) + time.perf_counter() - t0
+    meta.update(torch=torch.__version__, python=platform.python_version(), jobs=args.jobs)
+    store.save()
 
 
 if __name__ == "__main__":

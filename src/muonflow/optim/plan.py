@@ -94,10 +94,12 @@ def relative_eps(fro: Tensor, r: int, eps: float) -> Tensor:
 
 # -- the workspace rule --------------------------------------------------------------------------
 #: ``max_batch_bytes="auto"``: a map call may use the workspace of mapping the largest matrix
-#: alone (what any per-matrix method pays anyway, so batching adds no memory at the peak), or
-#: this many bytes if more. 1 MiB lets stacks of small matrices (experts, heads) share a call:
-#: below ~100 KiB of workspace per matrix the fixed cost per call (~1 ms on a CPU core) dominates.
-AUTO_WORKSPACE_FLOOR = 2**20
+#: alone (what any per-matrix method pays anyway), or this many bytes if more. The fixed cost
+#: of a call (~1 ms on a CPU core) is 40% of a 256² map at tol 0.1: at the former floor of
+#: 1 MiB, 24 such matrices went one per call and a step on 24 x 256² + 8 x 512x128 took 1.4x
+#: its time at 32 MiB (``benchmarks/bench_fast_map.py``'s step), which maps them 6 at a time.
+#: Large models are unaffected: there the largest matrix's own workspace exceeds it.
+AUTO_WORKSPACE_FLOOR = 32 * 2**20
 #: Workspace of one map call on an ``m x n`` matrix, ``r = min(m, n)``: about
 #: ``MAP_WORKSPACE_MN · m·n + MAP_WORKSPACE_RR · r²`` float64 numbers, fitted as an upper bound
 #: of the measured peak of live temporaries over square, tall and wide shapes, float32/float64

@@ -13,12 +13,22 @@
 ``sort``    :class:`~muonflow.models.SortTransformer` (``nn.TransformerEncoder``, a raw
             positional ``nn.Parameter``) sorting 24 tokens from a vocabulary of 64; fresh
             random sequences every step.
+``llama``   Hugging Face ``LlamaForCausalLM`` from a ``LlamaConfig`` (RMSNorm, rotary
+            positions, grouped-query attention 4 query / 2 key-value heads, SwiGLU, untied
+            head; d_model 32, 2 layers) on the text; needs ``transformers``.
+``rnn``     :class:`~muonflow.models.CharRNN` (an ``nn.LSTM``, or ``nn.GRU``) on the text.
+``vit``     Hugging Face ``ViTForImageClassification`` from a ``ViTConfig`` (2x2 patches of
+            the 8x8 digits, a class token, d_model 32, 2 layers) on the digits.
+``friedman`` an MLP 10-128-128-1 regressor (MSE) on scikit-learn's generated Friedman #1
+            problem (``make_friedman1``: 10 uniform features, 5 of them used, noise 1).
 
 Splits: ``val`` tunes (learning rates, defaults), ``test`` is reported, ``trainset`` is the loss
 on a fixed sample of the training data (the digits fit set; fixed training windows; a fixed
 batch of sequences). Digits: the last 20% of the 75% train split is ``val``, the 25% test split
 is ``test``. Text: the held-out tail of the corpus, its first half ``val``, its second half
 ``test``, fixed windows whatever the seed. Sort: fixed sequences from their own generators.
+Friedman: 2000 fitting, 1000 ``val`` and 1000 ``test`` samples, features and targets
+standardized with the fitting statistics.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import digits, stdlib_corpus
-from ..models import MLP, SmallCNN, SortTransformer, Transformer, TransformerConfig
+from ..models import MLP, CharRNN, SmallCNN, SortTransformer, Transformer, TransformerConfig
 
 __all__ = ["TASKS", "Task", "make_task"]
 
@@ -75,7 +85,12 @@ def _pick(all_splits: tuple[str, ...], splits: Sequence[str] | None) -> tuple[st
 
 
 def _image_task(
-    name: str, make_model: Callable[[], nn.Module], *, batch: int, trainset_size: int = 512
+    name: str,
+    make_model: Callable[[], nn.Module],
+    *,
+    batch: int,
+    trainset_size: int = 512,
+    logits: Callable[[nn.Module, Tensor], Tensor] = lambda m, x: m(x),
 ) -> Task:
     data = digits()  # 75% train / 25% test; the last 20% of train is the tuning split
     n_fit = round(0.8 * len(data.y_train))
@@ -89,16 +104,16 @@ def _image_task(
 
     def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
         idx = torch.randint(0, n_fit, (batch,), generator=gen)
-        return nn.functional.cross_entropy(model(X_fit[idx]), y_fit[idx])
+        return nn.functional.cross_entropy(logits(model, X_fit[idx]), y_fit[idx])
 
     @torch.no_grad()
     def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
         out = {}
         for split in _pick(tuple(held), splits):
             X, y = held[split]
-            logits = model(X)
-            out[f"{split}_loss"] = float(nn.functional.cross_entropy(logits, y))
-            out[f"{split}_acc"] = float((logits.argmax(1) == y).float().mean())
+            z = logits(model, X)
+            out[f"{split}_loss"] = float(nn.functional.cross_entropy(z, y))
+            out[f"{split}_acc"] = float((z.argmax(1) == y).float().mean())
         return out
 
     return Task(name, make_model, train_loss, evaluate, _entropy(y_fit, data.n_classes))
@@ -310,6 +325,132 @@ def sort_task(
     )
 
 
+def llama_task(
+    *,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    batch: int = 16,
+    block: int = 64,
+    eval_batches: int = 8,
+) -> Task:
+    """HF ``LlamaForCausalLM`` on the text (needs ``transformers``).
+
+    RMSNorm, rotary positions, grouped-query attention (``n_kv_heads`` key/value heads shared
+    by ``n_heads`` query heads), a SwiGLU feed-forward of width ``8·d_model/3`` rounded down to
+    a multiple of 8 and an untied LM head.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=d_model,
+        intermediate_size=max(8, 8 * d_model // 3 // 8 * 8),
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=block,
+        tie_word_embeddings=False,
+    )
+    return _char_lm_task(
+        "llama",
+        lambda: LlamaForCausalLM(cfg),
+        lambda m, x: m(input_ids=x).logits,
+        batch=batch,
+        block=block,
+        eval_batches=eval_batches,
+    )
+
+
+def rnn_task(
+    *,
+    cell: str = "lstm",
+    d_model: int = 64,
+    n_layers: int = 1,
+    batch: int = 16,
+    block: int = 64,
+    eval_batches: int = 8,
+) -> Task:
+    """:class:`~muonflow.models.CharRNN` (``cell`` ``"lstm"`` or ``"gru"``) on the text."""
+    CharRNN(d_model=1, cell=cell)  # checks ``cell`` now, not at the first model
+    return _char_lm_task(
+        "rnn",
+        lambda: CharRNN(128, d_model, n_layers, cell),
+        lambda m, x: m(x),
+        batch=batch,
+        block=block,
+        eval_batches=eval_batches,
+    )
+
+
+def vit_task(
+    *, d_model: int = 32, n_layers: int = 2, n_heads: int = 4, patch: int = 2, batch: int = 64
+) -> Task:
+    """HF ``ViTForImageClassification`` on the 8x8 digits (``patch x patch`` patches, a class
+    token, learned positions, MLP ``4·d_model``, no dropout; needs ``transformers``)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=8,
+        patch_size=patch,
+        num_channels=1,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=4 * d_model,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=10,
+    )
+    return _image_task(
+        "vit",
+        lambda: ViTForImageClassification(cfg),
+        batch=batch,
+        logits=lambda m, x: m(pixel_values=x.reshape(-1, 1, 8, 8)).logits,
+    )
+
+
+def friedman_task(
+    *, hidden: int = 128, depth: int = 2, batch: int = 64, noise: float = 1.0
+) -> Task:
+    """An MLP ``10 -> hidden (x depth) -> 1`` regressor (MSE) on Friedman #1.
+
+    ``y = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅ + noise·N(0, 1)``, ``x ~ U[0, 1]¹⁰``
+    (scikit-learn's ``make_friedman1``, seeded: nothing is downloaded). 4000 samples: the
+    first 2000 fit, then 1000 ``val``, 1000 ``test``; features and target standardized with
+    the fitting statistics, so predicting the mean scores about 1 (``chance_loss``: exactly
+    the fitting set's variance, 1).
+    """
+    from sklearn.datasets import make_friedman1
+
+    X_np, y_np = make_friedman1(n_samples=4000, n_features=10, noise=noise, random_state=0)
+    X = torch.as_tensor(X_np, dtype=torch.float32)
+    y = torch.as_tensor(y_np, dtype=torch.float32)
+    mean, std = X[:2000].mean(0), X[:2000].std(0)
+    X = (X - mean) / std
+    y = (y - y[:2000].mean()) / y[:2000].std(correction=0)
+    held = {"val": (X[2000:3000], y[2000:3000]), "test": (X[3000:], y[3000:]),
+            "trainset": (X[:1000], y[:1000])}  # fmt: skip
+
+    def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
+        idx = torch.randint(0, 2000, (batch,), generator=gen)
+        return nn.functional.mse_loss(model(X[idx]).squeeze(-1), y[idx])
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
+        return {
+            f"{split}_loss": float(
+                nn.functional.mse_loss(model(held[split][0]).squeeze(-1), held[split][1])
+            )
+            for split in _pick(tuple(held), splits)
+        }
+
+    return Task(
+        "friedman", lambda: MLP(10, hidden, 1, depth=depth), train_loss, evaluate, chance_loss=1.0
+    )
+
+
 #: Task factories by name.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": digits_task,
@@ -318,7 +459,13 @@ TASKS: dict[str, Callable[..., Task]] = {
     "gpt2": gpt2_task,
     "moe": moe_task,
     "sort": sort_task,
+    "llama": llama_task,
+    "rnn": rnn_task,
+    "vit": vit_task,
+    "friedman": friedman_task,
 }
+
+
 def make_task(name: str, **options: Any) -> Task:
     """The task ``name`` (a key of :data:`TASKS`), built with keyword ``options``."""
     if name not in TASKS:

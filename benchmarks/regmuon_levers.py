@@ -1,0 +1,177 @@
+r"""Prototypes of RegMuon levers the core does not have yet, for ``bench_training.py``'s study.
+
+Each is built from RegMuon's public options, its ``adamw=`` predicate and one subclass hook
+(``_map_stack``, through which every map call of a step goes); none changes the library.
+``docs/benchmark-training.md`` reports what each one did and what the core would need.
+
+- :func:`input_layers`: the layers that read the model's raw input (the first module, in
+  registration order, that is an embedding or holds a declared weight matrix, unless it is
+  the embedding) — sent to the AdamW part with ``RegMuon(model, adamw=...)``.
+- ``eps_adapt``: an ε relative to a *long-horizon* average of the map input's scale instead
+  of the current one. Per matrix ``X_t`` (``m x n``, ``r = min(m, n)``),
+
+  .. math::
+      v_t = \beta_v v_{t-1} + (1-\beta_v) \|X_t\|_F^2 / r, \qquad
+      \varepsilon_t = c \sqrt{v_t / (1 - \beta_v^t)},
+
+  so while the scale holds the update is RegMuon's with relative ε ≈ ``c``, and as the
+  signal fades (``‖X_t‖ ≪ √v_t``) the step shrinks like ``X_t / ε_t`` (heavy ball) instead
+  of keeping Muon's size.
+- ``cautious_wd``: decoupled decay applied only where the step already shrinks the weight,
+  ``W ← W − η(u + λ 1[u ⊙ W ≥ 0] ⊙ W)`` (cautious weight decay), on both parts.
+- ``guard``: an energy guard. H = f + K falls along the damped flow; a step along which the
+  loss rose to first order, ``⟨∇f(W_t), W_t − W_{t−1}⟩ > 0``, overshot: that matrix's
+  momentum is reset before its next step (``guard=True``), or, graded (``guard=κ``), damped
+  by ``max(0, 1 − κ c)`` with ``c`` the cosine of the two (extra friction while the
+  potential rises).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, kernel
+from muonflow.optim.routing import declared_matrices, is_embedding
+
+__all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
+
+#: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
+LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float}
+
+
+def input_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that read ``model``'s raw input (``[]`` if an embedding does).
+
+    The first module, in registration order, that is an embedding or holds a declared weight
+    matrix (:data:`muonflow.optim.MATRIX_PARAMETERS`): if it is not an embedding, it reads raw
+    features (a first ``Linear`` on tabular inputs, a first conv on pixels, a ViT's patch
+    projection). A model that registers its input layer after another matrix layer is missed.
+    """
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if is_embedding(module):
+            return []
+        if declared_matrices(module):
+            return [name]
+    return []
+
+
+class LeverRegMuon(RegMuon):
+    """``RegMuon`` with the prototype levers ``eps_adapt``, ``cautious_wd`` and ``guard``.
+
+    ``eps_adapt = {"scale": c, "beta": β_v}`` replaces the map's ε by the long-horizon rule of
+    the module docstring (``eps``/``eps_mode`` are ignored); ``cautious_wd = λ`` applies the
+    cautious decay (the groups' own ``weight_decay`` must be 0); ``guard`` resets (``True``) or
+    damps (a float κ) a matrix's momentum after an uphill step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps_adapt: dict[str, float] | None = None,
+        cautious_wd: float = 0.0,
+        guard: bool | float = False,
+        **options: Any,
+    ) -> None:
+        if cautious_wd and options.get("weight_decay", 0.0):
+            raise ValueError("cautious_wd replaces weight_decay: pass one of them")
+        super().__init__(model, **options)
+        self.eps_adapt = eps_adapt
+        self.cautious_wd = cautious_wd
+        self.guard = guard
+        self._scale: dict[int, tuple[Tensor, int]] = {}  # map call index -> (v, t)
+        self._calls = 0
+        self._last: dict[Tensor, Tensor] = {}  # guard: the weights before the last step
+
+    def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
+        """The map with the long-horizon ε (per map call of the step, in order)."""
+        assert self.eps_adapt is not None
+        c, beta = self.eps_adapt["scale"], self.eps_adapt["beta"]
+        ms = X.float().square().sum((-2, -1)) / min(X.shape[-2:])  # mean squared singular value
+        v, t = self._scale.get(self._calls, (torch.zeros_like(ms), 0))
+        v, t = beta * v + (1 - beta) * ms, t + 1
+        self._scale[self._calls] = (v, t)
+        self._calls += 1
+        eps = c * (v / (1 - beta**t)).sqrt()
+        eps = torch.where(eps > 0, eps, torch.ones_like(eps))  # a zero stack maps to zero anyway
+        return o.kinetic.at(eps).grad(X, method=o.method, tol=o.tol)
+
+    def _step_with_adaptive_eps(self) -> None:
+        """RegMuon's step with :func:`muonflow.optim.kernel.mirror_map`, the step's one
+        interception point, replaced by :meth:`_adaptive_map` while it runs."""
+        real = kernel.mirror_map
+
+        def adaptive(X: Tensor, o: RegMuonOptions = DEFAULTS, /, **overrides: Any) -> Tensor:
+            return self._adaptive_map(X, o.replace(**overrides) if overrides else o)
+
+        kernel.mirror_map = adaptive
+        try:
+            super().step()
+        finally:
+            kernel.mirror_map = real
+
+    def _matrices(self) -> list[Tensor]:
+        return [p for g in self.param_groups if g["algorithm"] == "regmuon" for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if closure is not None:
+            raise ValueError("LeverRegMuon.step takes no closure")
+        self._calls = 0
+        if self.guard:
+            for p in self._matrices():
+                last = self._last.get(p)
+                buf = self.state[p].get("momentum_buffer")
+                if last is not None and buf is not None and p.grad is not None:
+                    power = float((p.grad * (p - last)).sum())  # > 0: the loss rose along it
+                    if power > 0 and self.guard is True:
+                        buf.zero_()
+                    elif power > 0:
+                        c = power / max(float(p.grad.norm() * (p - last).norm()), 1e-30)
+                        buf.mul_(max(0.0, 1.0 - float(self.guard) * c))
+        before = {}
+        if self.cautious_wd or self.guard:
+            before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
+        if self.eps_adapt is None:
+            super().step()
+        else:
+            self._step_with_adaptive_eps()
+        if self.guard:
+            self._last = {p: before[p] for p in self._matrices()}
+        if self.cautious_wd:
+            for g in self.param_groups:
+                for p in g["params"]:
+                    old = before[p]
+                    mask = (p - old) * old <= 0  # u ⊙ W >= 0 with u = -(p - old)/lr
+                    p.sub_(old * mask, alpha=g["lr"] * self.cautious_wd)
+        return None
+
+
+def build_lever_regmuon(
+    model: nn.Module, options: dict[str, Any], levers: dict[str, Any]
+) -> RegMuon:
+    """``RegMuon(model, **options)`` with the prototype ``levers`` (keys of :data:`LEVERS`)."""
+    bad = set(levers) - set(LEVERS)
+    if bad:
+        raise ValueError(f"unknown levers {sorted(bad)}; valid: {sorted(LEVERS)}")
+    kw = dict(options)
+    if "adamw_betas" in kw:
+        kw["adamw_betas"] = tuple(kw["adamw_betas"])
+    if levers.get("input_adamw"):
+        names = {f"{m}." for m in input_layers(model)}
+        kw["adamw"] = lambda name, p: name is not None and any(name.startswith(m) for m in names)
+    rest = {k: v for k, v in levers.items() if k != "input_adamw"}
+    if not rest:
+        return RegMuon(model, **kw)
+    if "eps_adapt" in rest:
+        e = rest["eps_adapt"]
+        if not (math.isfinite(e["scale"]) and e["scale"] > 0 and 0 < e["beta"] < 1):
+            raise ValueError(f"eps_adapt needs scale > 0 and beta in (0, 1), got {e!r}")
+    return LeverRegMuon(model, **rest, **kw)

@@ -1,0 +1,391 @@
+"""The training benchmark (``benchmarks/bench_training.py``): the suite and its committed split,
+the arms, the sweeps, the results file, a smoke run of every stage; and the prototype levers of
+``benchmarks/regmuon_levers.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
+from muonflow.optim import DEFAULTS, RegMuon
+from muonflow.training import MatrixMuon
+
+BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_training", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_training"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def levers(bench):
+    return sys.modules["regmuon_levers"]  # imported by the benchmark
+
+
+# -- the suite and its split ----------------------------------------------------------------------
+def test_suite_covers_the_kinds_schedules_and_a_long_run(bench):
+    suite = bench.SUITE
+    assert len(suite) >= 12
+    builders = {t.builder for t in suite.values()}
+    assert builders >= {"gpt2", "llama", "sort", "rnn", "moe", "cnn", "vit", "digits", "friedman"}
+    for arch in ("gpt2", "llama"):  # two widths and two depths each
+        opts = [t.options for t in suite.values() if t.builder == arch]
+        assert len({o.get("d_model") for o in opts}) >= 2
+        assert len({o.get("n_layers", 2) for o in opts}) >= 2
+    long = suite["gpt2_d32_l2_long"]
+    assert long.options == suite["gpt2_d32_l2"].options
+    assert long.steps >= 3 * suite["gpt2_d32_l2"].steps
+    split = bench.committed_split()
+    for half in split.values():  # both schedule regimes on both sides of the split
+        assert {suite[t].schedule for t in half} == {"linear", "constant"}
+    assert suite["gpt2_d64_l2"].warmup == 10 and suite["sort"].warmup == 0
+
+
+def test_committed_split_follows_its_stated_rule(bench, monkeypatch):
+    """The committed file is what the rule gives (so it was not picked by hand after results),
+    stratified: every kind with two or more tasks has tasks on both sides; halves differ by at
+    most one. Mutant caught: a suite changed after the split was committed."""
+    split = bench.committed_split()
+    assert split == bench.split_suite(bench.SUITE, bench.SPLIT_SEED)
+    assert abs(len(split["tuning"]) - len(split["held_out"])) <= 1
+    for kind in {t.kind for t in bench.SUITE.values()}:
+        names = {n for n, t in bench.SUITE.items() if t.kind == kind}
+        if len(names) >= 2:
+            assert names & set(split["tuning"]) and names & set(split["held_out"]), kind
+    data = json.loads(bench.SPLIT_FILE.read_text())
+    assert (data["tune_seeds"], data["eval_seeds"]) == ([100, 101], [0, 1, 2, 3, 4])
+    assert not set(data["tune_seeds"]) & set(data["eval_seeds"])  # fresh evaluation seeds
+    renamed = {("cnn2" if n == "cnn" else n): t for n, t in bench.SUITE.items()}
+    monkeypatch.setattr(bench, "SUITE", renamed)
+    with pytest.raises(ValueError, match="does not match"):
+        bench.committed_split()
+
+
+def test_split_rule_gives_odd_kinds_extra_task_to_the_smaller_half(bench):
+    t = bench.SuiteTask
+    suite = {f"{k}{i}": t("digits", k, 1, "constant") for k in "ab" for i in range(3)}
+    split = bench.split_suite(suite, 0)
+    # kind a (a tie so far): its extra task is held out; kind b: its extra goes to tuning
+    assert len(split["tuning"]) == len(split["held_out"]) == 3
+    assert sum(n.startswith("a") for n in split["tuning"]) == 1
+
+
+# -- the arms ------------------------------------------------------------------------------------
+def _opts(bench, opt, model):
+    return bench.build_optimizers(opt)(model)
+
+
+def test_muon_documented_defaults_arm_is_torch_muon_constructed_bare(bench):
+    """``muon_doc`` is ``torch.optim.Muon(matrices)`` with nothing passed (its signature's
+    defaults: lr 1e-3 and decay 0.1 in torch 2.13, not the docstring example's lr 0.02) and a
+    bare ``torch.optim.AdamW(rest)``; ``muon_doc_example`` is the docstring's example."""
+    model = MLP(6, 8, 3)
+    muon, adamw = _opts(bench, {"arm": "muon_doc"}, model)
+    assert isinstance(muon, MatrixMuon) and isinstance(adamw, torch.optim.AdamW)
+    sig = inspect.signature(torch.optim.Muon).parameters
+    for key in ("lr", "weight_decay", "momentum", "nesterov", "ns_steps", "adjust_lr_fn"):
+        assert muon.defaults[key] == sig[key].default, key
+    assert (muon.defaults["lr"], muon.defaults["weight_decay"]) == (1e-3, 0.1)
+    aw = inspect.signature(torch.optim.AdamW).parameters
+    for key in ("lr", "betas", "weight_decay"):
+        assert adamw.defaults[key] == aw[key].default, key
+    muon, adamw = _opts(bench, {"arm": "muon_doc_example"}, model)
+    assert (muon.defaults["lr"], muon.defaults["momentum"], muon.defaults["weight_decay"]) == (
+        0.02, 0.95, 0.1)  # fmt: skip
+    assert (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (3e-4, 0.01)
+
+
+def test_default_control_tuned_and_study_arms(bench):
+    """``default`` is ``RegMuon(model)`` at :data:`DEFAULTS`; ``control`` the same with the matrix
+    lr 0; the tuned Muon its lr, decay and AdamW part; a study arm its options and levers."""
+    model = SmallCNN((4, 8), 16)
+    (opt,) = _opts(bench, {"arm": "default", "core": "x"}, model)
+    groups = {g["algorithm"]: g for g in opt.param_groups}
+    for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
+        assert groups["regmuon"][key] == getattr(DEFAULTS, key), key
+    assert groups["adamw"]["lr"] == DEFAULTS.adamw_lr
+    (ctrl,) = _opts(bench, {"arm": "control"}, model)
+    assert {g["algorithm"]: g["lr"] for g in ctrl.param_groups} == {
+        "regmuon": 0.0, "adamw": DEFAULTS.adamw_lr}  # fmt: skip
+    muon, part = _opts(bench, bench.muon_opt(0.03, 0.004, 0.1), model)
+    assert (muon.defaults["lr"], muon.defaults["weight_decay"]) == (0.03, 0.1)
+    assert (part.defaults["lr"], part.defaults["betas"], part.defaults["weight_decay"]) == (
+        0.004, (0.9, 0.95), 0.0)  # fmt: skip
+    (aw,) = _opts(bench, {"arm": "adamw", "lr": 0.003}, model)
+    assert aw.defaults["lr"] == 0.003 and len(aw.param_groups[0]["params"]) == 8
+    (study,) = _opts(bench, bench.study_opt("inputs_adamw", 0.05), model)
+    assert study.routing.by_name()["conv1.weight"].reason == "adamw rule"
+    assert study.routing.by_name()["conv2.weight"].algorithm == "regmuon"
+    groups = {g["algorithm"]: g for g in study.param_groups}
+    assert groups["regmuon"]["lr"] == 0.05 and groups["adamw"]["lr"] == 0.02
+    with pytest.raises(ValueError, match="unknown arm"):
+        bench.build_optimizers({"arm": "sgd"})
+
+
+def test_the_defaults_configuration_of_the_study_is_regmuon_out_of_the_box(bench):
+    """The study configuration the sensitivity stage sweeps as "RegMuon's defaults" sets every
+    knob the study varies to DEFAULTS (and the default arm passes nothing). Mutant caught: a
+    change of DEFAULTS without the study's record (the held-out sweep would show another
+    optimizer than the one evaluated)."""
+    opt = bench.study_opt(bench.DEFAULTS_CONFIG, DEFAULTS.lr)
+    chosen = bench.study_opt(bench.CHOSEN_CONFIG, DEFAULTS.lr)["options"]
+    assert {k: v for k, v in opt["options"].items() if chosen[k] != v} == {"tol": DEFAULTS.tol}
+    assert bench.DEFAULTS_CONFIG not in bench.PROFILES["full"].study  # not a study result
+    for key, value in opt["options"].items():
+        default = getattr(DEFAULTS, key)
+        assert (list(default) if isinstance(default, tuple) else default) == value, key
+    assert opt["levers"] == {}
+
+
+def test_core_fingerprint_follows_the_optimizer_source(bench, monkeypatch):
+    a = bench.core_fingerprint()
+    assert a == bench.core_fingerprint() and len(a) == 12
+    root = Path(sys.modules["muonflow"].__file__).parent
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: real(p) + (
+        b"#" if p == root / "optim" / "options.py" else b""))  # fmt: skip
+    assert bench.core_fingerprint() != a
+
+
+# -- sweeps and sensitivity -----------------------------------------------------------------------
+def test_sweep_extends_until_the_optimum_is_bracketed(bench, tmp_path):
+    prof = bench.PROFILES["smoke"]
+    store = bench.Store(tmp_path / "results.json", "smoke")
+    opt = lambda lr: {"arm": "adamw", "lr": lr}  # noqa: E731
+    # A fake val loss with its minimum at lr = 0.01·2^-3, left of the initial grid {-1, 0, 1}.
+    sw = bench.Sweep("gpt2_tiny", opt, [-1, 0, 1], (100,))
+    for _ in range(10):
+        need = sw.step(store, prof)
+        if not need:
+            break
+        for spec in need:
+            k = round(math.log2(spec["opt"]["lr"] / 0.01))
+            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": (k + 3) ** 2 + 1.0}
+    # max_extend = 1 in smoke: two points may be added; the optimum -3 needs exactly two.
+    assert sw.ks == [-3, -2, -1, 0, 1]
+    assert sw.best(store, prof) == -3 and not sw.curve(store, prof)["bracketed"]
+    store = bench.Store(tmp_path / "other.json", "smoke")
+    sw2 = bench.Sweep("gpt2_tiny", opt, [-1, 0, 1], (100,))
+    for k, v in ((-1, 1.0), (0, 2.0), (1, None)):  # a diverged run (None) counts as +inf
+        for spec in sw2.specs(prof, k):
+            store.runs[bench.run_key(spec)] = {"spec": spec, "val_loss": v}
+    assert sw2.step(store, prof) == sw2.specs(prof, -2)  # optimum at the left edge: extend
+    assert bench.score(store, sw2.specs(prof, 1)) == math.inf
+
+
+def test_width_within_interpolates_the_crossings(bench):
+    """Best 1.0 at 0.02; 3% above is 1.03, crossed 0.15 of the way to 0.01 (1.2) and 1/48 of
+    the way from 0.04 (1.02) to 0.08 (1.5): width 1 + 0.15 + 1/48 factors of 2."""
+    w, open_ = bench.width_within([0.01, 0.02, 0.04, 0.08], [1.2, 1.0, 1.02, 1.5])
+    assert w == pytest.approx(1 + 0.15 + 1 / 48) and not open_
+    w, open_ = bench.width_within([0.01, 0.02, 0.04], [1.01, 1.0, None])  # diverged: +inf
+    assert w == pytest.approx(1.0) and open_  # reaches the left edge: a lower bound
+
+
+# -- the results file -----------------------------------------------------------------------------
+def _valid_run(bench):
+    spec = {"task": "gpt2_tiny", "seed": 0, "opt": {"arm": "adamw", "lr": 0.01}}
+    return bench.run_key(spec), {"spec": spec, "val_loss": 1.0, "curve": [[0, 2.0], [6, 1.0]]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "the top level is malformed"),
+        ('{"profile": "smoke", "runs": []}', "'runs' is malformed"),
+        ('{"runs": {}}', "'profile' is malformed"),
+        ("RUN spec", "run K is malformed"),
+        ("RUN key", "its key is not the hash of its spec"),
+        ("RUN val_loss", "run K val_loss is malformed"),
+        ("RUN curve", "run K curve is malformed"),
+        ('{"profile": "smoke", "runs": {}, "grids": {"g": [1, "2"]}}', "grid g is malformed"),
+        ('{"profile": "full", "runs": {}}', "holds profile 'full', not 'smoke'"),
+    ],
+)
+def test_a_corrupted_results_file_gives_a_clear_error(bench, tmp_path, content, message):
+    """Never a raw JSONDecodeError/KeyError/TypeError later on: the file is checked when it is
+    opened, the error names the part, and the file is left as it was. Mutant caught: loading
+    without the check (the malformed run fails deep in the analysis with a TypeError)."""
+    key, run = _valid_run(bench)
+    if content.startswith("RUN"):
+        what = content.split()[1]
+        if what == "spec":
+            run["spec"] = "x"
+        elif what == "key":
+            key = "0" * 16
+        elif what == "val_loss":
+            run["val_loss"] = "1.0"
+        else:
+            run["curve"] = [[0, "a"]]
+        content = json.dumps({"profile": "smoke", "runs": {key: run}})
+        message = message.replace("K", key)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(content)
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+        bench.main(["--profile", "smoke", "--out", str(out), "--resume"])
+    assert (out / "results.json").read_text() == content
+
+
+# -- every stage, on tiny tasks ------------------------------------------------------------------
+def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    assert bench.main(["--profile", "smoke", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    n = len(data["runs"])
+    baselines = json.loads((out / "baselines.json").read_text())
+    assert set(baselines["tasks"]) == set(bench.SMOKE_SUITE)
+    summary = (out / "summary.md").read_text()
+    for needle in ("## Held-out tasks: `default`", "## Tuning tasks: `default`", "## Study",
+                   "## `RegMuon(model)` with one default changed", "Δ `bf16_state`",
+                   "## Tuned baselines", "| inputs_adamw |", "width"):  # fmt: skip
+        assert needle in summary, needle
+    for fig in ("bench_training_final.png", "bench_training_sensitivity.png"):
+        assert (out / fig).stat().st_size > 0
+    with pytest.raises(SystemExit, match="pass --resume"):
+        bench.main(["--profile", "smoke", "--out", str(out)])  # never overwrite silently
+    calls = []
+    real = bench.execute
+    monkeypatch.setattr(bench, "execute", lambda spec: calls.append(spec) or real(spec))
+    assert bench.main(["--profile", "smoke", "--out", str(out), "--resume"]) == 0
+    assert calls == [] and len(json.loads((out / "results.json").read_text())["runs"]) == n
+    # the final stage again after a change of the core: exactly the arms that use its code
+    monkeypatch.setattr(bench, "core_fingerprint", lambda: "changed")
+    bench.main(["--profile", "smoke", "--out", str(out), "--resume", "--stage", "final"])
+    arms = {c["opt"]["arm"] for c in calls}
+    assert arms == {"default", "default_but", "muon", "muon_doc", "muon_doc_example", "control"}
+    assert len(calls) == 4 * 2 * 7  # tasks x seeds x arms (not adamw_tuned)
+    a = json.loads((out / "analysis.json").read_text())
+    res = a["final"]["llama_tiny"]
+    # paired differences are differences of the per-seed values; the ratio is of the means
+    d = [x - y for x, y in zip(res["arms"]["default"]["test"],
+                               res["arms"][res["best"]]["test"], strict=True)]  # fmt: skip
+    assert res["default"]["diff"][0] == pytest.approx(sum(d) / 2)
+    for v in bench.VARIANTS:  # each variant against RegMuon(model), seed by seed
+        dv = [x - y for x, y in zip(res["arms"][v]["test"], res["arms"]["default"]["test"],
+                                    strict=True)]  # fmt: skip
+        assert res["variants"][v][0] == pytest.approx(sum(dv) / 2)
+    assert res["default"]["ratio"] == pytest.approx(
+        res["arms"]["default"]["mean"] / res["arms"][res["best"]]["mean"])  # fmt: skip
+    assert res["half"] == ("held_out" if "llama_tiny" in bench.split_suite(bench.SMOKE_SUITE)[
+        "held_out"] else "tuning")  # fmt: skip
+
+
+# -- the prototype levers -------------------------------------------------------------------------
+def test_input_layers_are_the_first_matrix_layers_unless_an_embedding_reads_the_input(levers):
+    """Mutant caught: taking the first matrix layer even after an embedding (the sorter's and
+    the LSTM's first matrices read embeddings, not raw features)."""
+    assert levers.input_layers(MLP(6, 8, 3)) == ["layers.0"]
+    assert levers.input_layers(SmallCNN((4, 8), 16)) == ["conv1"]
+    assert levers.input_layers(SortTransformer(16, 8, d_model=16, d_ff=32)) == []
+    assert levers.input_layers(CharRNN(32, 8)) == []
+    assert levers.input_layers(nn.Sequential(nn.ReLU())) == []
+
+
+def _step(opt, model, grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    opt.step()
+
+
+def test_adaptive_eps_is_relative_eps_while_the_scale_holds_and_shrinks_as_it_fades(levers):
+    """At step 1 (bias-corrected average = the current scale) the adaptive ε is exactly the
+    relative ε ``c``; when the gradients then fall 1000x for 20 steps (momentum 0.5 forgets
+    them in a few), relative ε keeps Muon-size steps while the adaptive one, against the
+    1000-step average (``β_v`` 0.999: ``√v̂`` ≈ 0.22 of the first scale), sees ``X/ε`` ≈ 0.03
+    and shrinks the step to a few percent (heavy ball). Mutant caught: ε from the current
+    scale (no long horizon), or an average without the bias correction (step 1 differs)."""
+    torch.manual_seed(0)
+    base = MLP(6, 8, 3)
+    grads = [torch.randn_like(p) for p in base.parameters()]
+    runs = {}
+    for name in ("relative", "adaptive"):
+        model = MLP(6, 8, 3)
+        model.load_state_dict(base.state_dict())
+        kw = {"lr": 0.05, "momentum": 0.5, "eps": 0.3, "eps_mode": "relative", "tol": None}
+        levers_ = {"eps_adapt": {"scale": 0.3, "beta": 0.999}} if name == "adaptive" else {}
+        opt = levers.build_lever_regmuon(model, kw, levers_)
+        _step(opt, model, grads)
+        first = model.layers[1].weight.detach().clone()
+        for _ in range(20):
+            last = model.layers[1].weight.detach().clone()
+            _step(opt, model, [g * 1e-3 for g in grads])
+        runs[name] = (first, model.layers[1].weight.detach() - last)
+    start = base.layers[1].weight.detach()
+    torch.testing.assert_close(runs["adaptive"][0], runs["relative"][0], rtol=0, atol=1e-6)
+    assert (runs["relative"][0] - start).norm() > 0.05  # a real first step
+    rel, ada = runs["relative"][1].norm(), runs["adaptive"][1].norm()
+    assert rel > 0.05 and ada < 0.1 * rel
+
+
+def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
+    """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
+    entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
+    torch.manual_seed(1)
+    base = MLP(6, 8, 3)
+    grads = [torch.randn_like(p) for p in base.parameters()]
+    after = {}
+    for wd in (0.0, 0.5):
+        model = MLP(6, 8, 3)
+        model.load_state_dict(base.state_dict())
+        opt = levers.build_lever_regmuon(model, {"lr": 0.05, "tol": None},
+                                         {"cautious_wd": wd} if wd else {})  # fmt: skip
+        _step(opt, model, grads)
+        after[wd] = model.layers[1].weight.detach().clone()
+    w0 = base.layers[1].weight.detach()
+    u = -(after[0.0] - w0)  # the undecayed step is -η u
+    mask = u * w0 >= 0
+    assert 0 < int(mask.sum()) < mask.numel()
+    torch.testing.assert_close(after[0.5], after[0.0] - 0.05 * 0.5 * w0 * mask)
+    with pytest.raises(ValueError, match="replaces weight_decay"):
+        levers.LeverRegMuon(base, cautious_wd=0.1, weight_decay=0.1)
+
+
+def test_guard_resets_momentum_after_an_uphill_step(levers):
+    """Gradient g, then −g: the first step went uphill for the second gradient
+    (⟨−g, −η∇K(g)⟩ > 0), so the guarded momentum restarts from −g (sum form) while the plain one
+    is βg − g. A downhill second step (g again) keeps the momentum. Mutant caught: the sign of
+    the test flipped."""
+    torch.manual_seed(2)
+    base = MLP(6, 8, 3)
+    grads = [torch.randn_like(p) for p in base.parameters()]
+    for second, reset in ((-1.0, True), (1.0, False)):
+        model = MLP(6, 8, 3)
+        model.load_state_dict(base.state_dict())
+        opt = levers.build_lever_regmuon(model, {"lr": 0.05, "momentum": 0.9}, {"guard": True})
+        _step(opt, model, grads)
+        _step(opt, model, [second * g for g in grads])
+        buf = opt.state[model.layers[1].weight]["momentum_buffer"]
+        g = grads[2]  # layers.1.weight
+        expected = second * g if reset else 0.9 * g + second * g
+        torch.testing.assert_close(buf, expected)
+    assert isinstance(opt, RegMuon)
+    # graded (guard=κ): the momentum is damped by 1 − κc, c the cosine of −g and the step
+    model = MLP(6, 8, 3)
+    model.load_state_dict(base.state_dict())
+    opt = levers.build_lever_regmuon(model, {"lr": 0.05, "momentum": 0.9}, {"guard": 0.5})
+    w0 = model.layers[1].weight.detach().clone()
+    _step(opt, model, grads)
+    d = model.layers[1].weight.detach() - w0
+    c = float((-grads[2] * d).sum() / (grads[2].norm() * d.norm()))
+    assert 0 < 0.5 * c < 1  # a partial damping
+    _step(opt, model, [-g for g in grads])
+    buf = opt.state[model.layers[1].weight]["momentum_buffer"]
+    torch.testing.assert_close(buf, 0.9 * (1 - 0.5 * c) * grads[2] - grads[2])
+    with pytest.raises(ValueError, match="unknown levers"):
+        levers.build_lever_regmuon(base, {}, {"magic": True})
