@@ -10,7 +10,7 @@ One process per table, every number a ratio against baselines measured in the sa
 spectrum whose top singular value is 12x the RMS one (what transformer gradients look like:
 8-13x measured on this repository's transformer; matrices with r <= 144 cannot reach 12x and
 get the steepest law tried, nearly rank one). ``ε`` is RegMuon's: its default ``eps`` (read
-from :class:`muonflow.RegMuon` at run time) times the RMS singular value of each matrix.
+from :data:`muonflow.optim.DEFAULTS` at run time) times the RMS singular value of each matrix.
 
 Timed (warm-up call each, then ``--repeats`` rounds of A B C ... in turn, medians):
 
@@ -86,7 +86,7 @@ HEAVY_RATIO = 12.0
 
 
 def regmuon_defaults() -> dict[str, object]:
-    """RegMuon's defaults, read from its signature (another part of the code owns them)."""
+    """RegMuon's defaults, from ``muonflow.optim.DEFAULTS`` (other code owns them)."""
     d = mf.optim.DEFAULTS
     return {k: getattr(d, k) for k in ("eps", "eps_mode", "tol", "method")}
 

@@ -7,7 +7,7 @@ Run (on a machine with a CUDA device): ``python benchmarks/bench_gpu.py [--repea
 For every shape, ``G`` is seeded (Gaussian entries, or ``heavy``: a power-law spectrum with
 top/RMS singular value 12, as transformer gradients have) and ``ε`` is RegMuon's relative ε
 (its default ``eps`` times the RMS singular value of each matrix, read from
-:class:`muonflow.RegMuon`). The planner calibrates on the device first
+:data:`muonflow.optim.DEFAULTS`). The planner calibrates on the device first
 (:mod:`muonflow.polar.calibration`; cached). Timed with CUDA events after ``--warmup`` calls,
 the functions interleaved round-robin, medians of ``--repeats``:
 

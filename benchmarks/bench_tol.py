@@ -1,10 +1,10 @@
 """How accurate must the map be? RegMuon(model, tol=tol) trained on paired seeds per tol.
 
 Every run is ``RegMuon(model, tol=tol)`` at the library's other defaults (the ``cnn`` task at
-its own tuned lr 0.0025, ``docs/benchmark-training.md``), routed by structure, on the tasks
-and step counts of ``benchmarks/bench_training.py``'s full profile; the map runs on its
+a small lr, 0.0025, where its tuned Muon lr lies), routed by structure, on tasks of
+``benchmarks/bench_training.py``'s suite (its runner and results file); the map runs on its
 default path (``method="auto"``, or ``--method`` to pin one). Seeds are fresh (600 + i): the
-training benchmark tuned on 100-101 and evaluated on 0-4. The same seed gives the same initial
+training benchmark tunes on 100-101 and evaluates on 0-4. The same seed gives the same initial
 weights and minibatches for every tol, so differences are paired.
 
 Reported per task and tol: mean test loss ± SE, and the paired difference against the
@@ -13,7 +13,8 @@ tightest tol (``Δ = loss(tol) − loss(tol₀)``, mean ± SE of the per-seed di
 shape of each task (on a real gradient, at the tightest and loosest tol) is printed too.
 
 Usage: ``python benchmarks/bench_tol.py --out DIR [--seeds 8] [--jobs 2] [--method auto]
-[--also mixed@0.1] [--tasks gpt2,sort,moe,cnn] [--tols 1e-2,3e-2,0.1,0.2] [--report-only]``
+[--also mixed@0.1] [--tasks gpt2_d64_l2,sort,moe,cnn] [--tols 1e-2,3e-2,0.1,0.2]
+[--report-only]``
 (``--also``: extra ``method@tol`` arms on the same seeds, compared with the tightest tol).
 Results go to ``DIR/results.json`` after every finished run (a rerun resumes), the table to
 ``DIR/summary.md``. Runs use one torch thread each, ``--jobs`` (at most 2) processes.
@@ -22,19 +23,20 @@ Results go to ``DIR/results.json`` after every finished run (a rerun resumes), t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import FULL_TASKS, Profile, Store, make_spec, run_all
+from bench_training import PROFILES, SUITE, Runner, Store, make_spec, run_all
 
 from muonflow.optim import RegMuon
 from muonflow.polar import plan_auto
 from muonflow.training import make_task
 
-#: Tuned lr of tasks whose best lr is far from the default (the CNN: 0.0025 vs 0.04).
+#: lr of tasks whose best lr is far from the default (the CNN: its tuned Muon lr is 0.0025-0.005).
 TASK_LR = {"cnn": 0.0025}
 FIRST_SEED = 600
 
@@ -43,17 +45,17 @@ Arm = tuple[str, float]  # (method, tol)
 
 
 def specs(tasks: list[str], arms: list[Arm], seeds: int) -> list[dict[str, Any]]:
-    prof = Profile(tasks=FULL_TASKS, tune_seeds=(), eval_seeds=(), start={})
+    prof = dataclasses.replace(PROFILES["full"], tune_seeds=(), eval_seeds=())
     out = []
     for seed in range(FIRST_SEED, FIRST_SEED + seeds):  # seed-major: paired runs finish together
         for task in tasks:
             for method, tol in arms:
-                opt: dict[str, Any] = {"arm": "regmuon_default", "tol": tol}
+                but: dict[str, Any] = {"tol": tol}
                 if task in TASK_LR:
-                    opt["lr"] = TASK_LR[task]
+                    but["lr"] = TASK_LR[task]
                 if method != "auto":
-                    opt["method"] = method
-                out.append(make_spec(task, prof, seed, opt))
+                    but["method"] = method
+                out.append(make_spec(prof, task, seed, {"arm": "default_but", "but": but}))
     return out
 
 
@@ -70,7 +72,7 @@ def paired(base: list[float], other: list[float]) -> tuple[float, float]:
 
 def plans(task: str, tols: list[float], method: str) -> list[str]:
     """The map's plan for each RegMuon-routed matrix shape of ``task`` (one real gradient)."""
-    t = make_task(task, **FULL_TASKS[task]["options"])
+    t = make_task(SUITE[task].builder, **SUITE[task].options)
     torch.manual_seed(0)
     model = t.make_model()
     t.train_loss(model, torch.Generator().manual_seed(0)).backward()
@@ -106,7 +108,7 @@ def report(store: Store, tasks: list[str], arms: list[Arm], seeds: int) -> str:
         r = store.get(s)
         if r is None or r.get("test_loss") is None:
             continue
-        arm = (s["opt"].get("method", "auto"), s["opt"]["tol"])
+        arm = (s["opt"]["but"].get("method", "auto"), s["opt"]["but"]["tol"])
         by.setdefault((s["task"], arm), {})[s["seed"]] = r["test_loss"]
     base, rest = arms[0], arms[1:]
     lines = [
@@ -154,11 +156,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, choices=[1, 2])
     ap.add_argument("--method", default="auto")
     ap.add_argument("--also", default="", help="extra arms, e.g. mixed@0.1")
-    ap.add_argument("--tasks", default="gpt2,sort,moe,cnn")
+    ap.add_argument("--tasks", default="gpt2_d64_l2,sort,moe,cnn")
     ap.add_argument("--tols", default="1e-2,3e-2,0.1,0.2")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     tasks = args.tasks.split(",")
+    unknown = sorted(set(tasks) - set(SUITE))
+    if unknown:
+        raise SystemExit(f"unknown tasks {unknown}; valid: {', '.join(SUITE)}")
     tols = sorted(float(t) for t in args.tols.split(","))
     arms: list[Arm] = [(args.method, t) for t in tols]
     for extra in filter(None, args.also.split(",")):
@@ -171,7 +176,11 @@ def main() -> None:
     if not args.report_only:
         for task in tasks:
             print("\n".join(plans(task, tols, args.method)), flush=True)
-        run_all(store, specs(tasks, arms, args.seeds), args.jobs, "tol")
+        runner = Runner(args.jobs)
+        try:
+            run_all(store, specs(tasks, arms, args.seeds), runner, "tol")
+        finally:
+            runner.close()
     text = report(store, tasks, arms, args.seeds)
     (out / "summary.md").write_text(text + "\n")
     print(text)

@@ -14,7 +14,9 @@ torch.set_num_threads(1)
 # The "auto" planner prices paths with this machine's measured rates (muonflow.polar
 # .calibration): the tests plan with the fixed reference rates instead, so no plan depends on
 # timing, and nothing is written to the user's cache (calibration tests opt back in).
-os.environ["MUONFLOW_CALIBRATION"] = "off"
+# MUONFLOW_CALIBRATION=on runs the suite with this host's rates (mixed paths where bfloat16
+# is native): a check of the plans the reference rates never take.
+os.environ.setdefault("MUONFLOW_CALIBRATION", "off")
 os.environ["MUONFLOW_CACHE_DIR"] = tempfile.mkdtemp(prefix="muonflow-tests-")
 
 

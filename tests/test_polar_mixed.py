@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from reference import svd_spectral_map
@@ -244,3 +245,34 @@ def test_mixed_product_count_matches_the_cost_model(kappa_scale, gen):
     with _CountMatmuls() as count:
         PM.mixed_map(f, plan)
     assert count.n == first + second
+
+
+@pytest.mark.parametrize("tol", [0.0625, 0.1, 0.2])
+def test_mixed_plan_skips_restarts_whose_rounding_covers_the_interval(tol):
+    # Far from the polar factor (ρ down to 1e-4: heavy spectra, tiny ε) the float32 phase's
+    # rounding cushion after one step can exceed the restarted interval itself (c >= 1). Bug
+    # caught: the plan then had a negative lower end and `mixed_plan` raised ("rho must be a
+    # finite number > 0"), so RegMuon's step at tol 0.1 failed wherever bfloat16 is native.
+    for rho in np.geomspace(1e-4, 0.9, 60):
+        mp = PM.mixed_plan(float(rho), tol / 2, torch.bfloat16)
+        assert mp is None or 0 < mp.lo < mp.hi
+
+
+def test_regmuon_at_its_defaults_steps_where_the_planner_prices_mixed(gen):
+    # The step at the default tol with rates where bfloat16 is much faster (mixed is a
+    # candidate for every matrix), on small matrices with ε far below their spectrum (ρ ~ 1e-4,
+    # where torch's generic optimizer tests met it). Bug caught: the mixed plan's negative
+    # interval above, reached only with bfloat16 rates (the suite prices with reference rates).
+    base = PC.reference_rates("cpu")
+    fast = dataclasses.replace(base, gemm_low=tuple((s, 16 * v) for s, v in base.gemm32))
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s)) for s in ((10, 5), (5, 10), (3, 3), (64, 16))]
+    opt = mf.RegMuon([(f"w{i}", p) for i, p in enumerate(ps)], adamw=(), eps=1e-4,
+                     eps_mode="absolute")  # fmt: skip
+    assert opt.param_groups[0]["tol"] == mf.optim.DEFAULTS.tol >= 0.0625  # mixed is offered
+    with P.use_rates(fast):
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+    assert all(torch.isfinite(p).all() for p in ps)

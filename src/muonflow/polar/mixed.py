@@ -78,6 +78,8 @@ def mixed_plan(
             lo, hi = first.rho, 1.0
         else:
             c = restart_cushion(first, k, u32)
+            if c >= 1:  # the float32 phase's rounding could cover the whole interval
+                continue
             lo, hi = first.steps[k].lo * (1 - c), first.steps[k].hi * (1 + c)
         if (lo / hi) ** 2 >= HIGH_MARGIN * u:
             err = _T_WEIGHT * u32 * restart_profile(first, k)[0] if k else 0.0
