@@ -1018,12 +1018,17 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
     if final:
         tasks = sorted(final, key=lambda t: (final[t]["half"] != "held_out", t))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(tasks)), 3.6))
-        for j, (arm, color) in enumerate((("default", "C3"), ("prototype", "C1"))):
-            xs = [i + 0.2 * (2 * j - 1) for i, t in enumerate(tasks) if arm in final[t]]
-            ys = [final[t][arm]["ratio"] for t in tasks if arm in final[t]]
-            es = [final[t][arm]["ratio_se"] for t in tasks if arm in final[t]]
-            label = "RegMuon(model)" if arm == "default" else arm
-            ax.bar(xs, ys, 0.4, yerr=es, color=color, label=label)
+        bars = [("default", "C3", "RegMuon(model)"), ("prototype", "C1", "prototype"),
+                ("muon_doc", "C0", "torch.optim.Muon, documented defaults")]  # fmt: skip
+        bars = [b for b in bars if any(b[0] in final[t]["arms"] for t in tasks)]
+        width = 0.8 / len(bars)
+        for j, (arm, color, label) in enumerate(bars):
+            have = [(i, t) for i, t in enumerate(tasks) if arm in final[t]["arms"]]
+            xs = [i + width * (j - (len(bars) - 1) / 2) for i, _ in have]
+            ys = [final[t]["arms"][arm]["mean"] / final[t]["arms"][final[t]["best"]]["mean"]
+                  for _, t in have]  # fmt: skip
+            es = [final[t][arm]["ratio_se"] if arm in final[t] else 0.0 for _, t in have]
+            ax.bar(xs, ys, width, yerr=es, color=color, label=label)
         ax.axhline(TARGET, color="k", ls=":", lw=1, label=f"{TARGET}x")
         ax.axhline(1.0, color="0.5", lw=0.8)
         names = [t + (" (held out)" if final[t]["half"] == "held_out" else "") for t in tasks]
@@ -1042,6 +1047,7 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
         rows = -(-len(tasks) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
         proto = PROTOTYPE[0] if PROTOTYPE else None
+        colors: dict[str, str] = {}
         for ax, task in zip(axes.flat, tasks, strict=False):
             curves = {"AdamW": base[task]["sweeps"]["adamw"],
                       "Muon (part 0.02)": base[task]["sweeps"]["muon_lr"]}  # fmt: skip
@@ -1054,10 +1060,11 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
                     sw, label = st["heldout"].get(task), f"RegMuon {DEFAULTS_CONFIG}"
                 if name and sw:
                     curves[label] = sw
-            for k, (label, sw) in enumerate(curves.items()):
+            for label, sw in curves.items():
                 pts = _ratio_points(sw, refs[task])
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", ms=2, lw=1, color=f"C{k}",
+                if pts:  # one colour per curve kind, in every panel
+                    color = colors.setdefault(label, f"C{len(colors)}")
+                    ax.plot(*zip(*pts, strict=True), marker="o", ms=2, lw=1, color=color,
                             label=label)  # fmt: skip
             ax.axhline(TARGET, color="k", ls=":", lw=0.8)
             if PROTOTYPE:
@@ -1068,10 +1075,11 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
             ax.title.set_fontsize(8)
         for ax in axes.flat[len(tasks) :]:
             ax.set_visible(False)
-        axes[0][0].legend(fontsize=5)
+        handles = [plt.Line2D([], [], color=c, marker="o", ms=2, lw=1) for c in colors.values()]
+        fig.legend(handles, list(colors), loc="upper center", ncol=len(colors), fontsize=7)
         fig.supxlabel("lr (matrix lr; AdamW: its lr)", fontsize=8)
         fig.supylabel("val loss / best tuned baseline (tuning seeds)", fontsize=8)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         fig.savefig(out / "bench_training_sensitivity.png", dpi=90)
         plt.close(fig)
     worst = {n: e["worst"] for n, e in st["configs"].items() if "worst" in e}

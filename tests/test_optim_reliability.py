@@ -186,8 +186,14 @@ def test_ctrl_c_during_the_commit_is_held_until_the_step_is_whole(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optimizer_module, "commit", commit)
-    with pytest.raises(KeyboardInterrupt):
-        opt.step()
+    # Python's own SIGINT handler, as in a terminal (a test runner started in the background
+    # by a non-interactive shell inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            opt.step()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     ref.step()
     for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
         assert torch.equal(p, q)

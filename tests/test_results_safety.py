@@ -258,11 +258,19 @@ def _start_slow(tmp_path: Path, out: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "simulating"  # inside simulate, temp folder made
     assert [p for p in out.iterdir() if p.name.startswith(".toy_slow.run-")]
     return proc
+
+
+def _sigint_default() -> None:
+    """In the child: SIGINT as in a terminal, whatever the test runner inherited (a job started
+    in the background by a non-interactive shell, or under nohup, has SIGINT ignored, and an
+    ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

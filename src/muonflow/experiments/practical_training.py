@@ -55,6 +55,9 @@ class Config:
     lr_muon_chars: float = 0.05
     lr_regmuon_chars: float = 0.05
     adamw_lr: float = 0.003         # Muon/RegMuon's AdamW part (embeddings, head, biases)
+    # RegMuon's map accuracy, pinned: the map check is sized for it (the ε = 0 polar factor must
+    # miss it by 10x), whatever the library's default (0.1 since its tol study) becomes
+    tol: float = 0.01
     eps_digits: tuple[float, ...] = (DEFAULT_EPS,)  # RegMuon's relative ε sweep
     eps_chars: tuple[float, ...] = (DEFAULT_EPS,)
     evals: int = 5                  # evaluations of the validation loss along a run
@@ -139,11 +142,11 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
                     kwargs: dict[str, Any] = {} if eps is None else {"eps": eps}
                     probe = label == f"RegMuon ε={DEFAULT_EPS:g}" and s == seeds[0]
                     built: list[Any] = []  # the optimizers of a probed run
-                    factory = _keeping(built, lr=lr, adamw_lr=cfg.adamw_lr, **kwargs)
+                    factory = _keeping(built, lr=lr, adamw_lr=cfg.adamw_lr, tol=cfg.tol, **kwargs)
                     runs.append(training.train(
                         control if label == CONTROL else task, factory if probe else opt,
                         lr=lr, steps=steps, seed=s, adamw_lr=cfg.adamw_lr, evals=cfg.evals,
-                        **kwargs,
+                        tol=cfg.tol, **kwargs,
                     ))  # fmt: skip
                     if probe:  # the fast map vs the exact one on the momenta it recorded
                         map_errors = optimizer_map_errors(built[0])

@@ -42,7 +42,7 @@ def lr_factor(k: int, steps: int, warmup: int = 0, schedule: str = "linear") -> 
 
 
 def _factory(
-    optimizer: str | Factory, lr: float | None, eps: float, adamw_lr: float
+    optimizer: str | Factory, lr: float | None, eps: float, adamw_lr: float, tol: float | None
 ) -> tuple[str, Factory]:
     if not isinstance(optimizer, str):
         return getattr(optimizer, "__name__", "custom"), optimizer
@@ -50,7 +50,7 @@ def _factory(
         raise ValueError("lr is required with a named optimizer")
     kw = {"lr": lr, "eps": eps, "adamw_lr": adamw_lr}
     _check(optimizer, **kw)  # before building anything
-    return optimizer, lambda model: make_optimizers(optimizer, model, **kw)
+    return optimizer, lambda model: make_optimizers(optimizer, model, **kw, tol=tol)
 
 
 def _check_counts(steps: Any, evals: Any, warmup: Any, schedule: Any) -> None:
@@ -114,6 +114,7 @@ def train(
     seed: int = 0,
     eps: float = DEFAULTS.eps,
     adamw_lr: float = float(DEFAULTS.adamw_lr),
+    tol: float | None = DEFAULTS.tol,
     evals: int = 10,
     diagnostics: bool = True,
     warmup: int = 0,
@@ -122,8 +123,8 @@ def train(
     """Train ``task``'s model with ``optimizer`` for ``steps`` steps from ``seed``.
 
     ``optimizer``: a name of :data:`~muonflow.training.OPTIMIZERS` (built by
-    :func:`~muonflow.training.make_optimizers` with ``lr``, ``eps``, ``adamw_lr``) or a factory
-    ``model -> [optimizers]`` (then ``lr``, ``eps`` and ``adamw_lr`` are only recorded). The
+    :func:`~muonflow.training.make_optimizers` with ``lr``, ``eps``, ``adamw_lr``, ``tol``) or a
+    factory ``model -> [optimizers]`` (then those are only recorded). The
     weights are initialized after ``torch.manual_seed(seed)``; minibatches come from a
     generator seeded with ``10_000 + seed``. Every learning rate is multiplied by
     :func:`lr_factor` (``schedule``, ``warmup``).
@@ -137,7 +138,7 @@ def train(
     :meth:`~muonflow.optim.RegMuon.hamiltonian` of the minibatch loss, before the step).
     """
     _check_counts(steps, evals, warmup, schedule)
-    name, factory = _factory(optimizer, lr, eps, adamw_lr)
+    name, factory = _factory(optimizer, lr, eps, adamw_lr, tol)
     t = make_task(task) if isinstance(task, str) else task
     torch.manual_seed(seed)
     model = t.make_model()
@@ -147,7 +148,8 @@ def train(
     out: dict[str, Any] = {
         "task": t.name, "optimizer": name, "lr": lr, "adamw_lr": adamw_lr, "seed": seed,
         "steps": steps, "warmup": warmup, "schedule": schedule,
-        "eps": eps if name == "regmuon" else None, "curve_metric": t.metric,
+        "eps": eps if name == "regmuon" else None, "tol": tol if name == "regmuon" else None,
+        "curve_metric": t.metric,
         "chance_loss": t.chance_loss,
     }  # fmt: skip
     initial = t.evaluate(model)

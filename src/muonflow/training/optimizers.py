@@ -137,17 +137,18 @@ def make_optimizers(
     lr: float,
     eps: float = DEFAULTS.eps,
     adamw_lr: float = float(DEFAULTS.adamw_lr),
+    tol: float | None = DEFAULTS.tol,
 ) -> list[torch.optim.Optimizer]:
     """The optimizer(s) ``name`` (see the module docstring) over ``model``'s parameters.
 
     ``lr`` is the learning rate of the matrices (of everything for ``adamw``); ``adamw_lr``
-    that of the AdamW part of ``muon``/``muon_f32``/``regmuon``; ``eps`` RegMuon's ε.
+    that of the AdamW part of ``muon``/``muon_f32``/``regmuon``; ``eps`` and ``tol`` RegMuon's.
     """
     _check(name, lr=lr, eps=eps, adamw_lr=adamw_lr)
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)]
     if name == "regmuon":
-        return [RegMuon(model, lr=lr, eps=eps, adamw_lr=adamw_lr)]
+        return [RegMuon(model, lr=lr, eps=eps, adamw_lr=adamw_lr, tol=tol)]
     matrices, rest = routed(model)
     ns_dtype = torch.float32 if name == "muon_f32" else None
     return [
