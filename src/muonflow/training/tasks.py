@@ -391,7 +391,7 @@ def vit_task(
     token, learned positions, MLP ``4·d_model``, no dropout; needs ``transformers``)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = ViTConfig(
+    cfg = ViTConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
         image_size=8,
         patch_size=patch,
         num_channels=1,
