@@ -429,6 +429,11 @@ def main() -> None:
     ap.add_argument("--errors", action="store_true", help="only every path's error")
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = ap.parse_args()
+    if args.shapes:
+        known = {"x".join(map(str, shape)) for shape in SHAPES.values()}
+        unknown = sorted(set(args.shapes.split(",")) - known)
+        if unknown:
+            raise SystemExit(f"unknown --shapes {unknown}; valid: {', '.join(sorted(known))}")
     if args.bf16 == "off" and bf16_native(torch.device("cpu")):
         print("\n".join(without_bf16(sys.argv[1:])[2:]), flush=True)
         return

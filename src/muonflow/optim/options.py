@@ -13,6 +13,7 @@ dict uses the keys of :data:`GROUP_KEYS` (``"betas"`` and ``"adamw_eps"`` for Ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -185,10 +186,21 @@ class RegMuonOptions:
 
     def of_group(self, group: Mapping[str, Any]) -> RegMuonOptions:
         """These options with a group's entries (an AdamW group's ``lr``/``weight_decay`` are
-        AdamW's), validated; missing entries keep these values."""
+        AdamW's), validated; missing entries keep these values. Validated once per distinct
+        entries (every step reads every group: the result is kept, keyed by the entries' values
+        and types; a Tensor lr, unhashable, is validated each time)."""
         get = {k: group[k] for k in GROUP_KEYS if k in group}
+        adamw = group.get("algorithm") == "adamw"
+        try:
+            key = (self, adamw, tuple((k, type(v), v) for k, v in get.items()))
+            return _of_group_cached(key)
+        except TypeError:  # unhashable (a Tensor lr, a list of betas)
+            return self._of_entries(get, adamw)
+
+    def _of_entries(self, get: dict[str, Any], adamw: bool) -> RegMuonOptions:
+        get = dict(get)
         betas, adamw_eps = get.pop("betas", self.adamw_betas), get.pop("adamw_eps", self.adamw_eps)
-        if group.get("algorithm") == "adamw":
+        if adamw:
             return self.replace(adamw_lr=get.get("lr", self.adamw_lr), adamw_betas=betas,
                                 adamw_eps=adamw_eps,
                                 adamw_weight_decay=get.get("weight_decay", self.adamw_decay))
@@ -204,6 +216,12 @@ class RegMuonOptions:
 
 
 #: The defaults every entry point uses.
+@functools.lru_cache(maxsize=256)
+def _of_group_cached(key: tuple[Any, ...]) -> RegMuonOptions:
+    base, adamw, items = key
+    return base._of_entries({k: v for k, _, v in items}, adamw)
+
+
 DEFAULTS = RegMuonOptions()
 
 

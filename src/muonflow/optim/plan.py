@@ -140,13 +140,19 @@ def chunk_rows(
 
 
 # -- the plan ------------------------------------------------------------------------------------
-def is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a DTensor (imports nothing unless DTensors can exist)."""
-    if "torch.distributed.tensor" not in sys.modules:
-        return False
-    from torch.distributed.tensor import DTensor
+_DTENSOR: list[type] = []  # DTensor's class, once torch.distributed.tensor is imported
 
-    return isinstance(t, DTensor)
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (imports nothing unless DTensors can exist; called per tensor
+    per step, so the class is looked up once)."""
+    if not _DTENSOR:
+        if "torch.distributed.tensor" not in sys.modules:
+            return False
+        from torch.distributed.tensor import DTensor
+
+        _DTENSOR.append(DTensor)
+    return isinstance(t, _DTENSOR[0])
 
 
 def local(t: Any) -> Tensor:

@@ -148,7 +148,9 @@ def bf16_native(device: torch.device) -> bool:
     return bool(check()) if check is not None else False
 
 
+@functools.lru_cache(maxsize=64)
 def _device_name(device: torch.device) -> str:
+    """(Kept per device: every planned map call reads the cache key.)"""
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         cap = ".".join(map(str, torch.cuda.get_device_capability(idx)))
