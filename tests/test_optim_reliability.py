@@ -275,3 +275,25 @@ def test_a_reordered_named_parameter_list_loads_by_name():
         opt2.step()
     for p, q in zip(net.parameters(), net2.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("lr", [0.02, torch.tensor(0.02)], ids=["float", "tensor"])
+def test_a_group_lr_made_invalid_between_steps_is_refused_at_the_next_step(lr):
+    """A scheduler (or a user) changes a group's lr between steps: a NaN or negative value is
+    refused at the next step, nothing changed. Defect caught: validating a group's options
+    once and reusing them (a Tensor lr changed in place kept its first, valid, validation and
+    stepped NaN into the parameters)."""
+    W = nn.Parameter(torch.randn(4, 3))
+    opt = RegMuon([("w", W)], lr=lr, adamw=())
+    W.grad = torch.randn(4, 3)
+    opt.step()
+    for bad in (math.nan, -1.0):
+        if isinstance(lr, torch.Tensor):
+            lr.fill_(bad)
+        else:
+            opt.param_groups[0]["lr"] = bad
+        W.grad = torch.randn(4, 3)
+        before = W.detach().clone()
+        with pytest.raises(ValueError, match="lr must be a finite number"):
+            opt.step()
+        assert torch.equal(W, before)

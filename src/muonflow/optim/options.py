@@ -188,14 +188,17 @@ class RegMuonOptions:
         """These options with a group's entries (an AdamW group's ``lr``/``weight_decay`` are
         AdamW's), validated; missing entries keep these values. Validated once per distinct
         entries (every step reads every group: the result is kept, keyed by the entries' values
-        and types; a Tensor lr, unhashable, is validated each time)."""
+        and types); a Tensor lr, which a scheduler may change in place, is validated each time.
+        """
         get = {k: group[k] for k in GROUP_KEYS if k in group}
         adamw = group.get("algorithm") == "adamw"
-        try:
-            key = (self, adamw, tuple((k, type(v), v) for k, v in get.items()))
-            return _of_group_cached(key)
-        except TypeError:  # unhashable (a Tensor lr, a list of betas)
-            return self._of_entries(get, adamw)
+        if not any(isinstance(v, Tensor) for v in (*get.values(), self.lr, self.adamw_lr)):
+            try:
+                key = tuple((k, type(v), v) for k, v in get.items())
+                return _of_group_cached((self, adamw, key))
+            except TypeError:  # unhashable entries (a list of betas)
+                pass
+        return self._of_entries(get, adamw)
 
     def _of_entries(self, get: dict[str, Any], adamw: bool) -> RegMuonOptions:
         get = dict(get)
