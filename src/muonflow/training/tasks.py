@@ -119,9 +119,9 @@ def _image_task(
     return Task(name, make_model, train_loss, evaluate, _entropy(y_fit, data.n_classes))
 
 
-def digits_task(*, batch: int = 128, hidden: int = 128) -> Task:
-    """An MLP ``64 -> hidden -> hidden -> 10`` on the digits."""
-    return _image_task("digits", lambda: MLP(64, hidden, 10, depth=2), batch=batch)
+def digits_task(*, batch: int = 128, hidden: int = 128, depth: int = 2) -> Task:
+    """An MLP ``64 -> hidden (x depth) -> 10`` on the digits."""
+    return _image_task("digits", lambda: MLP(64, hidden, 10, depth=depth), batch=batch)
 
 
 def cnn_task(*, batch: int = 64, channels: tuple[int, int] = (16, 32), hidden: int = 64) -> Task:
