@@ -112,8 +112,9 @@ SUITE: dict[str, SuiteTask] = {
 #: report are chosen on all of SUITE and reported here. Its baselines are tuned per task as
 #: SUITE's are (tuning seeds); RegMuon never is.
 TRANSFER: dict[str, SuiteTask] = {
-    "gpt2_d48_l3": SuiteTask("gpt2", "gpt2", 200, "constant",
-                             {**_LM, "d_model": 48, "n_layers": 3}),  # fmt: skip
+    "gpt2_d48_l3": SuiteTask(
+        "gpt2", "gpt2", 200, "constant", {**_LM, "d_model": 48, "n_layers": 3}
+    ),
     "llama_d48_l3": SuiteTask("llama", "llama", 200, "linear", {"d_model": 48, "n_layers": 3}),
     "gru": SuiteTask("rnn", "sequence", 200, "constant", {"cell": "gru", "d_model": 96}),
     "moe_d32": SuiteTask("moe", "sequence", 200, "constant", {**_LM, "d_model": 32}),
@@ -121,10 +122,12 @@ TRANSFER: dict[str, SuiteTask] = {
     "sort_long": SuiteTask("sort", "sequence", 450, "linear"),
     "cnn_small": SuiteTask("cnn", "vision", 200, "constant", {"channels": [8, 16], "hidden": 32}),
     "vit_p4": SuiteTask("vit", "vision", 200, "linear", {"d_model": 48, "patch": 4}),
-    "mlp_digits_deep": SuiteTask("digits", "tabular", 300, "linear",
-                                 {"hidden": 256, "depth": 3, "batch": 64}),  # fmt: skip
-    "friedman_deep": SuiteTask("friedman", "tabular", 300, "constant",
-                               {"hidden": 64, "depth": 3, "noise": 0.5}),  # fmt: skip
+    "mlp_digits_deep": SuiteTask(
+        "digits", "tabular", 300, "linear", {"hidden": 256, "depth": 3, "batch": 64}
+    ),
+    "friedman_deep": SuiteTask(
+        "friedman", "tabular", 300, "constant", {"hidden": 64, "depth": 3, "noise": 0.5}
+    ),
 }
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
