@@ -137,7 +137,7 @@ def test_attention_in_proj_is_three_matrices():
     net.add_module("attn", mha)
     net.add_module("head", nn.Linear(8, 3, dtype=F64))
     W0 = mha.in_proj_weight.detach().clone()
-    opt = RegMuon(net, lr=0.1, eps=0.3, tol=None)
+    opt = RegMuon(net, lr=0.1, eps=0.3, tol=None, weight_decay=0.0)  # (none by structure)
     x = torch.randn(5, 2, 8, dtype=F64)
     net.head(mha(x, x, x)[0]).square().sum().backward()
     G = mha.in_proj_weight.grad.detach().clone()
@@ -409,3 +409,99 @@ def test_a_model_in_registration_order_is_not_rerouted(recwarn):
     before = list(opt.routing.routes)
     model(torch.randn(4, 5))
     assert opt.routing.routes == before and not [w for w in recwarn if "routed" in str(w.message)]
+
+
+# -- the decay RegMuon(model) sets by structure -------------------------------------------------
+class _LlamaStyleRMSNorm(nn.Module):  # a norm layer of a foreign library, known by its name only
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x / x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 3))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"),
+    [
+        (None, None),
+        (nn.Conv2d(1, 4, 3), None),
+        (nn.LayerNorm(16), "normalization"),
+        (nn.BatchNorm1d(16), "normalization"),
+        (nn.GroupNorm(2, 16), "normalization"),
+        (_LlamaStyleRMSNorm(16), "normalization"),
+        (nn.Embedding(10, 16), "embedding"),
+        (nn.GRU(16, 16), "recurrent"),
+        (nn.LSTMCell(16, 16), "recurrent"),
+    ],
+)
+def test_decay_by_structure_names_the_layer_that_decided(extra, kind):
+    model = _mlp()
+    if extra is not None:
+        model.add_module("extra", extra)
+    decay, why = mf.optim.decay_by_structure(model)
+    if kind is None:  # a feed-forward net on features: its output scales with its weights
+        assert decay == mf.optim.UNNORMALIZED_DECAY > 0 and "no normalization" in why
+    else:
+        assert decay == 0 and kind in why and "'extra'" in why
+
+
+def _decay_check(make_opt) -> None:
+    """``make_opt(model)`` on an MLP steps exactly as decay 2 on the matrices and none on the
+    AdamW part, and says so in its routing; an explicit decay (or options) turns the rule off."""
+    torch.manual_seed(0)
+    model = _mlp()
+    ref_model = copy.deepcopy(model)
+    opt = make_opt(model)
+    ref = RegMuon(ref_model, weight_decay=mf.optim.UNNORMALIZED_DECAY, adamw_weight_decay=0.0)
+    x = torch.randn(32, 6)
+    for _ in range(3):
+        for m, o in ((model, opt), (ref_model, ref)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert "matrix weight decay by structure: 2" in str(opt.routing)
+    groups = {g["algorithm"]: g["weight_decay"] for g in opt.param_groups}
+    assert groups == {"regmuon": mf.optim.UNNORMALIZED_DECAY, "adamw": 0.0}
+    for explicit in ({"weight_decay": 0.0}, {"options": mf.optim.DEFAULTS}):
+        o = make_opt(_mlp(), **explicit)
+        assert all(g["weight_decay"] == 0.0 for g in o.param_groups), explicit
+    # kept through a checkpoint into an optimizer built with the decay turned off
+    fresh = RegMuon(copy.deepcopy(model), weight_decay=0.0)
+    fresh.load_state_dict(opt.state_dict())
+    assert [g["weight_decay"] for g in fresh.param_groups] == [g["weight_decay"] for g in
+                                                                opt.param_groups]  # fmt: skip
+
+
+def test_regmuon_model_decays_the_matrices_of_an_unnormalized_network():
+    _decay_check(RegMuon)
+    model = nn.Sequential(nn.Embedding(10, 16), _mlp()[2:])  # reads tokens: no decay
+    assert all(g["weight_decay"] == 0.0 for g in RegMuon(model).param_groups)
+
+
+def test_the_decay_check_fails_each_plausible_bug(monkeypatch):
+    """Mutants of the rule: never applied, applied to the AdamW part too, explicit decay ignored."""
+
+    def never(model, **kw):
+        return RegMuon(model, **{"weight_decay": 0.0, **kw})
+
+    def adamw_too(model, **kw):
+        if kw:
+            return RegMuon(model, **kw)
+        return RegMuon(model, weight_decay=mf.optim.UNNORMALIZED_DECAY)
+
+    def ignores_explicit(model, **kw):
+        o = RegMuon(model, **kw)
+        o.param_groups[0]["weight_decay"] = mf.optim.UNNORMALIZED_DECAY
+        return o
+
+    for mutant in (never, adamw_too, ignores_explicit):
+        with pytest.raises(AssertionError):
+            _decay_check(mutant)

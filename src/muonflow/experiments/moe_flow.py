@@ -220,7 +220,7 @@ def _train(
     torch.manual_seed(seed)  # same initial network in every layout and arm
     model = moe_transformer(_transformer_config(cfg, corpus.vocab_size), n_experts, layout=layout)
     opts = make_optimizers(opt_name, model, lr=getattr(cfg, lr_field), adamw_lr=cfg.adamw_lr,
-                           tol=cfg.tol)  # fmt: skip
+                           tol=cfg.tol, weight_decay=0.0)  # fmt: skip
     if frozen:  # the control: every matrix RegMuon would orthogonalize stays at its init
         for o in opts:
             for g in o.param_groups:

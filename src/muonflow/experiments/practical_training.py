@@ -142,6 +142,7 @@ def simulate(cfg: Config, progress: Progress) -> dict[str, Any]:
                     kwargs: dict[str, Any] = {} if eps is None else {"eps": eps}
                     probe = label == f"RegMuon ε={DEFAULT_EPS:g}" and s == seeds[0]
                     built: list[Any] = []  # the optimizers of a probed run
+                    kwargs["weight_decay"] = 0.0  # no decay in any arm (nor by structure)
                     factory = _keeping(built, lr=lr, adamw_lr=cfg.adamw_lr, tol=cfg.tol, **kwargs)
                     runs.append(training.train(
                         control if label == CONTROL else task, factory if probe else opt,

@@ -27,7 +27,7 @@ Design notes and recipes: ``docs/optimizer.md``; the package map: ``docs/archite
 from .kernel import adamw, kinetic_energy, mirror_map, regmuon
 from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
-from .options import DEFAULTS, RegMuonOptions
+from .options import DEFAULTS, UNNORMALIZED_DECAY, RegMuonOptions
 from .plan import ADJUST_LR, MATRIX_VIEWS, lr_factor, matrix_shape
 from .routing import (
     EMBEDDINGS,
@@ -36,6 +36,7 @@ from .routing import (
     Route,
     Routing,
     RoutingWarning,
+    decay_by_structure,
     default_adamw_rule,
     last_executed_layer,
     output_layers,
@@ -51,6 +52,7 @@ __all__ = [
     "EMBEDDINGS",
     "MATRIX_PARAMETERS",
     "MATRIX_VIEWS",
+    "UNNORMALIZED_DECAY",
     "MatrixSpec",
     "RegMuon",
     "RegMuonOptions",
@@ -58,6 +60,7 @@ __all__ = [
     "Routing",
     "RoutingWarning",
     "adamw",
+    "decay_by_structure",
     "default_adamw_rule",
     "kinetic_energy",
     "last_executed_layer",

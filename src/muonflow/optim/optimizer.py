@@ -29,6 +29,7 @@ from .routing import (
     FirstForward,
     Routing,
     RoutingWarning,
+    decay_by_structure,
     make_rule,
     output_candidates,
     route_module,
@@ -127,6 +128,10 @@ class RegMuon(Optimizer):
             model, model_routing, pairs = params, *route_module(params, output=output,
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
+            if options is None and "weight_decay" not in overrides:  # none given: by structure
+                decay, model_routing.decay = decay_by_structure(model)
+                if decay:
+                    params[0]["weight_decay"] = decay
         elif output is not None:
             raise TypeError("output= needs a model: RegMuon(model, output=...)")
         self._in_init = True

@@ -166,6 +166,30 @@ def is_embedding(module: nn.Module) -> bool:
     return bool(_lookup(EMBEDDINGS, module))
 
 
+def decay_by_structure(model: nn.Module) -> tuple[float, str]:
+    """``(λ, why)``: the matrices' decay ``RegMuon(model)`` sets when none is given.
+
+    :data:`~muonflow.optim.options.UNNORMALIZED_DECAY` for a model with no normalization
+    layer (a module whose class name contains ``"Norm"``: batch, layer, group, RMS and their
+    Hugging Face kin), no embedding and no recurrent layer (``nn.RNNBase``, ``nn.RNNCellBase``):
+    a feed-forward network on real-valued features whose output scale is its weights' (an MLP,
+    a CNN without batch norm). 0 otherwise, with the layer that decided it.
+    """
+    from .options import UNNORMALIZED_DECAY
+
+    for name, module in model.named_modules():
+        kind = (
+            "normalization" if "norm" in type(module).__name__.lower()
+            else "embedding" if is_embedding(module)
+            else "recurrent" if isinstance(module, nn.RNNBase | nn.RNNCellBase)
+            else None
+        )  # fmt: skip
+        if kind is not None:
+            return 0.0, f"0 ({kind} layer {name or '(the model)'!r})"
+    why = "no normalization, embedding or recurrent layer: the output scales with the weights"
+    return UNNORMALIZED_DECAY, f"{UNNORMALIZED_DECAY:g} ({why})"
+
+
 # -- names -----------------------------------------------------------------------------------------
 _STRONG_EXACT = frozenset({"wte", "wpe", "head", "lm_head", "classifier", "unembed"})
 _WEAK_EXACT = frozenset({"out", "output", "pos", "logits", "readout"})
@@ -257,6 +281,7 @@ class Routing:
     routes: list[Route] = field(default_factory=list)
     source: str = ""  # "module Foo", "named parameters", ...
     output: str = ""  # the output layer(s) and how they were found
+    decay: str = ""  # the matrices' decay RegMuon(model) set by structure, and why
 
     REASONS = (
         "hidden matrix",  # a declared weight matrix of a known layer -> RegMuon
@@ -297,6 +322,8 @@ class Routing:
         ]
         if self.output:
             lines.append(f"output layer: {self.output}")
+        if self.decay:
+            lines.append(f"matrix weight decay by structure: {self.decay}")
         table: list[tuple[str, str, str, str]] = []
         for algo in ("regmuon", "adamw"):
             for key, members in rows.items():

@@ -42,7 +42,12 @@ def lr_factor(k: int, steps: int, warmup: int = 0, schedule: str = "linear") -> 
 
 
 def _factory(
-    optimizer: str | Factory, lr: float | None, eps: float, adamw_lr: float, tol: float | None
+    optimizer: str | Factory,
+    lr: float | None,
+    eps: float,
+    adamw_lr: float,
+    tol: float | None,
+    weight_decay: float | None = None,
 ) -> tuple[str, Factory]:
     if not isinstance(optimizer, str):
         return getattr(optimizer, "__name__", "custom"), optimizer
@@ -50,7 +55,9 @@ def _factory(
         raise ValueError("lr is required with a named optimizer")
     kw = {"lr": lr, "eps": eps, "adamw_lr": adamw_lr}
     _check(optimizer, **kw)  # before building anything
-    return optimizer, lambda model: make_optimizers(optimizer, model, **kw, tol=tol)
+    return optimizer, lambda model: make_optimizers(
+        optimizer, model, **kw, tol=tol, weight_decay=weight_decay
+    )
 
 
 def _check_counts(steps: Any, evals: Any, warmup: Any, schedule: Any) -> None:
@@ -115,6 +122,7 @@ def train(
     eps: float = DEFAULTS.eps,
     adamw_lr: float = float(DEFAULTS.adamw_lr),
     tol: float | None = DEFAULTS.tol,
+    weight_decay: float | None = None,
     evals: int = 10,
     diagnostics: bool = True,
     warmup: int = 0,
@@ -123,7 +131,8 @@ def train(
     """Train ``task``'s model with ``optimizer`` for ``steps`` steps from ``seed``.
 
     ``optimizer``: a name of :data:`~muonflow.training.OPTIMIZERS` (built by
-    :func:`~muonflow.training.make_optimizers` with ``lr``, ``eps``, ``adamw_lr``, ``tol``) or a
+    :func:`~muonflow.training.make_optimizers` with ``lr``, ``eps``, ``adamw_lr``, ``tol``,
+    ``weight_decay``) or a
     factory ``model -> [optimizers]`` (then those are only recorded). The
     weights are initialized after ``torch.manual_seed(seed)``; minibatches come from a
     generator seeded with ``10_000 + seed``. Every learning rate is multiplied by
@@ -138,7 +147,7 @@ def train(
     :meth:`~muonflow.optim.RegMuon.hamiltonian` of the minibatch loss, before the step).
     """
     _check_counts(steps, evals, warmup, schedule)
-    name, factory = _factory(optimizer, lr, eps, adamw_lr, tol)
+    name, factory = _factory(optimizer, lr, eps, adamw_lr, tol, weight_decay)
     t = make_task(task) if isinstance(task, str) else task
     torch.manual_seed(seed)
     model = t.make_model()

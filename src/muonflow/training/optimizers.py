@@ -7,7 +7,8 @@ r"""The optimizers the training loop compares, all routed by ``RegMuon(model)``'
               ``fan_out x fan_in`` matrices RegMuon maps (:class:`MatrixMuon`); AdamW with
               RegMuon's AdamW part (lr, betas of :data:`~muonflow.optim.DEFAULTS`) on the rest.
 ``muon_f32``  the same with float32 Newton–Schulz (:func:`muonflow.polar.newton_schulz`).
-``regmuon``   ``RegMuon(model, lr=..., eps=..., adamw_lr=...)``: every other option its default.
+``regmuon``   ``RegMuon(model, lr=..., eps=..., adamw_lr=...)``: every other option its default
+              (the experiments pass ``weight_decay=0``: no decay in any arm).
 
 So the matrix arms differ in the matrix update only: the same matrices, the same AdamW part.
 """
@@ -138,17 +139,21 @@ def make_optimizers(
     eps: float = DEFAULTS.eps,
     adamw_lr: float = float(DEFAULTS.adamw_lr),
     tol: float | None = DEFAULTS.tol,
+    weight_decay: float | None = None,
 ) -> list[torch.optim.Optimizer]:
     """The optimizer(s) ``name`` (see the module docstring) over ``model``'s parameters.
 
     ``lr`` is the learning rate of the matrices (of everything for ``adamw``); ``adamw_lr``
-    that of the AdamW part of ``muon``/``muon_f32``/``regmuon``; ``eps`` and ``tol`` RegMuon's.
+    that of the AdamW part of ``muon``/``muon_f32``/``regmuon``; ``eps`` and ``tol`` RegMuon's;
+    ``weight_decay`` RegMuon's matrices' (``None``: ``RegMuon(model)``'s, by structure; the
+    other arms have none).
     """
     _check(name, lr=lr, eps=eps, adamw_lr=adamw_lr)
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)]
     if name == "regmuon":
-        return [RegMuon(model, lr=lr, eps=eps, adamw_lr=adamw_lr, tol=tol)]
+        wd = {} if weight_decay is None else {"weight_decay": weight_decay}
+        return [RegMuon(model, lr=lr, eps=eps, adamw_lr=adamw_lr, tol=tol, **wd)]
     matrices, rest = routed(model)
     ns_dtype = torch.float32 if name == "muon_f32" else None
     return [
