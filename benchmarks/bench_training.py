@@ -830,6 +830,40 @@ def analyze_baselines(store: Store, prof: Profile) -> dict[str, Any]:
     return out
 
 
+#: The ``decay`` stage: the matrices' decay λ of ``RegMuon(model)``'s other defaults (lr 0.02,
+#: the AdamW part's 0.04 without decay), tuning seeds, on the development tasks RegMuon's decay
+#: by structure covers (no normalization, embedding or recurrent layer) and, for contrast, on
+#: the others. It chose :data:`muonflow.optim.UNNORMALIZED_DECAY` (the smallest worst ratio to
+#: the best tuned baseline over the covered tasks); reported in ``docs/benchmark-training.md``.
+DECAYS = (0.0, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def decay_opt(decay: float) -> dict[str, Any]:
+    options = {**STUDY_BASE, "lr": 0.02, "adamw_lr": 0.04, "tol": 0.1,
+               "weight_decay": decay, "adamw_weight_decay": 0.0}  # fmt: skip
+    return {"arm": "regmuon", "options": options, "levers": {}}
+
+
+def stage_decay(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
+    """Run the :data:`DECAYS` grid on ``tasks``; return its table (mean val loss, tuning seeds;
+    ratio to the task's best tuned baseline)."""
+    specs = [make_spec(prof, t, s, decay_opt(d)) for t in tasks for d in DECAYS
+             for s in prof.tune_seeds]  # fmt: skip
+    run_all(store, [s for s in specs if store.get(s) is None], runner, "decay")
+    path = prof.baselines_file or Path(store.path).parent / "baselines.json"
+    vals = json.loads(path.read_text())["tasks"] if path.exists() else {}
+    lines = ["| task | " + " | ".join(f"λ = {d:g}" for d in DECAYS) + " |",
+             "|---|" + "---:|" * len(DECAYS)]  # fmt: skip
+    for t in tasks:
+        best = min(vals[t]["val"].values()) if t in vals else None
+        cells = []
+        for d in DECAYS:
+            v = score(store, [make_spec(prof, t, s, decay_opt(d)) for s in prof.tune_seeds])
+            cells.append("—" if v is None else f"{v:.4f}" + (f" ({v / best:.2f}x)" if best else ""))
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str, Any]:
     """Per configuration: its sweeps; per lr the ratio of each tuning task's val loss to the
     best tuned baseline's (tuning seeds); the lr whose worst ratio is smallest."""
@@ -1150,11 +1184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "all"),
+    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "decay",
+                                        "all"),
                     default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
-    ap.add_argument("--tasks", help="baselines stage: only these tasks (comma-separated)")
+    ap.add_argument("--tasks", help="baselines, decay stages: only these tasks (comma-separated)")
     ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
     args = ap.parse_args(argv)
@@ -1206,6 +1241,10 @@ def _stages(
         stage_study(store, prof, runner, names)
     if args.stage in ("final", "all"):
         stage_final(store, prof, runner, load_baselines(prof, args.out))
+    if args.stage == "decay":
+        table = stage_decay(store, prof, runner, tasks)
+        (args.out / "decay.md").write_text(table + "\n")
+        print(table)
     if args.stage == "sensitivity":  # after the choice; reported, never used to choose
         stage_study(store, prof, runner, [DEFAULTS_CONFIG], prof.split()["held_out"])
     meta = store.data.setdefault("meta", {})

@@ -405,3 +405,15 @@ def test_the_transfer_set_is_new_models_all_held_out(bench):
     for name, t in bench.TRANSFER.items():
         assert name not in bench.SUITE and key(t) not in suite, name
         assert make_task(t.builder, **t.options).make_model() is not None
+
+
+def test_decay_stage_runs_its_grid_and_tabulates_it(bench, tmp_path):
+    """Every λ of the grid runs on the tuning seeds with the other defaults, and the table has
+    one value per λ. Mutant caught: the decay not passed to the runs (every λ's value equal)."""
+    out = tmp_path / "decay"
+    assert bench.main(["--profile", "smoke", "--out", str(out), "--stage", "decay",
+                       "--tasks", "digits_tiny"]) == 0  # fmt: skip
+    row = [ln for ln in (out / "decay.md").read_text().splitlines() if ln.startswith("| digits")]
+    values = [c.strip() for c in row[0].strip("|").split("|")[1:]]
+    assert len(values) == len(bench.DECAYS) and "—" not in values
+    assert len(set(values)) > 1
