@@ -136,6 +136,7 @@ TUNE_SEEDS = (100, 101)
 EVAL_SEEDS = (0, 1, 2, 3, 4)
 SPLIT_FILE = Path(__file__).with_name("training_split.json")
 BASELINES_FILE = Path(__file__).with_name("training_baselines.json")
+TRANSFER_BASELINES_FILE = Path(__file__).with_name("training_baselines_transfer.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -331,7 +332,7 @@ PROFILES = {
         TUNE_SEEDS,
         EVAL_SEEDS,
         study=(),
-        baselines_file=None,
+        baselines_file=TRANSFER_BASELINES_FILE,
     ),
 }
 
