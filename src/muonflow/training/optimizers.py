@@ -152,7 +152,7 @@ def make_optimizers(
     if name == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)]
     if name == "regmuon":
-        wd = {} if weight_decay is None else {"weight_decay": weight_decay}
+        wd: dict[str, Any] = {} if weight_decay is None else {"weight_decay": weight_decay}
         return [RegMuon(model, lr=lr, eps=eps, adamw_lr=adamw_lr, tol=tol, **wd)]
     matrices, rest = routed(model)
     ns_dtype = torch.float32 if name == "muon_f32" else None
