@@ -680,9 +680,10 @@ def baseline_choice(store: Store, prof: Profile, task: str) -> tuple[dict[str, A
     a = aw.opt(lr_of(aw.best(store, prof)))
     v_a = score(store, aw.specs(prof, aw.best(store, prof)))
     tries = [*({**m, "wd": wd} for wd in MUON_DECAYS), *({**a, "wd": wd} for wd in ADAMW_DECAYS)]
-    specs = [make_spec(prof, task, s, opt) for opt in tries for s in prof.tune_seeds]
-    if any(store.get(sp) is None for sp in specs):
-        return None, [sp for sp in specs if store.get(sp) is None]
+    missing = [sp for opt in tries for s in prof.tune_seeds
+               if store.get(sp := make_spec(prof, task, s, opt)) is None]  # fmt: skip
+    if missing:
+        return None, missing
     for opt in tries:
         v = score(store, [make_spec(prof, task, s, opt) for s in prof.tune_seeds])
         if v is not None and opt["arm"] == "muon" and v < v_m:
@@ -756,10 +757,9 @@ def final_opts(baselines: dict[str, Any], task: str) -> dict[str, dict[str, Any]
         "muon_tuned": {**b["muon"], "core": core},
         "adamw_tuned": b["adamw"],
         "muon_doc": {"arm": "muon_doc", "core": core},
-        "muon_doc_example": {"arm": "muon_doc_example", "core": core},
         "control": {"arm": "control", "core": core},
     }
-    return {a: arms[a] for a in FINAL_ARMS if arms[a] is not None}
+    return {a: arms[a] for a in (*FINAL_ARMS, *VARIANTS) if arms[a] is not None}
 
 
 def load_baselines(prof: Profile, out: Path) -> dict[str, Any]:
@@ -851,7 +851,7 @@ def stage_decay(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
     specs = [make_spec(prof, t, s, decay_opt(d)) for t in tasks for d in DECAYS
              for s in prof.tune_seeds]  # fmt: skip
     run_all(store, [s for s in specs if store.get(s) is None], runner, "decay")
-    path = prof.baselines_file or Path(store.path).parent / "baselines.json"
+    path = prof.baselines_file or store.path.parent / "baselines.json"
     vals = json.loads(path.read_text())["tasks"] if path.exists() else {}
     lines = ["| task | " + " | ".join(f"λ = {d:g}" for d in DECAYS) + " |",
              "|---|" + "---:|" * len(DECAYS)]  # fmt: skip
@@ -926,9 +926,8 @@ def analyze_final(store: Store, prof: Profile, baselines: dict[str, Any]) -> dic
                 m = arms[best]["mean"]
                 res[arm] = {"ratio": arms[arm]["mean"] / m, "ratio_se": s / m, "diff": (d, s),
                             "pass": arms[arm]["mean"] <= TARGET * m}  # fmt: skip
-                for ref in ("muon_doc", "muon_doc_example", "control"):
-                    if ref in per:
-                        res[arm][f"vs_{ref}"] = _paired(per[arm], per[ref])
+                for ref in ("muon_doc", "control"):
+                    res[arm][f"vs_{ref}"] = _paired(per[arm], per[ref])
             res["variants"] = {v: _paired(per[v], per["default"]) for v in VARIANTS if v in per}
             out[task] = res
     return out
@@ -945,8 +944,8 @@ def _pm(x: tuple[float, float] | None, digits: int = 4) -> str:
 def _final_table(prof: Profile, final: dict[str, Any], half: str, arm: str) -> list[str]:
     lines = [
         f"| task | schedule | `{arm}` test loss | best tuned baseline | ratio ± SE (paired) | "
-        f"≤ {TARGET}? | Δ vs Muon defaults | Δ vs Muon doc example | Δ vs control |",
-        "|---|---|---:|---|---:|---|---:|---:|---:|",
+        f"≤ {TARGET}? | Δ vs Muon defaults | Δ vs control |",
+        "|---|---|---:|---|---:|---|---:|---:|",
     ]
     for task, r in final.items():
         if r["half"] != half or arm not in r:
@@ -956,8 +955,7 @@ def _final_table(prof: Profile, final: dict[str, Any], half: str, arm: str) -> l
             f"| {task} | {prof.suite[task].schedule} | {a['mean']:.4f} ± {a['se']:.4f} | "
             f"{r['best']} {b['mean']:.4f} ± {b['se']:.4f} | {c['ratio']:.3f} ± "
             f"{c['ratio_se']:.3f} | {'yes' if c['pass'] else '**no**'} | "
-            f"{_pm(c['vs_muon_doc'])} | {_pm(c.get('vs_muon_doc_example'))} | "
-            f"{_pm(c['vs_control'])} |"
+            f"{_pm(c['vs_muon_doc'])} | {_pm(c['vs_control'])} |"
         )
     return lines
 

@@ -244,6 +244,7 @@ def test_a_corrupted_results_file_gives_a_clear_error(bench, tmp_path, content, 
 
 # -- every stage, on tiny tasks ------------------------------------------------------------------
 def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "VARIANTS", {"tol0.01": {"tol": 0.01}})  # (none in the suite now)
     out = tmp_path / "bench"
     assert bench.main(["--profile", "smoke", "--out", str(out)]) == 0
     data = json.loads((out / "results.json").read_text())
@@ -252,6 +253,7 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
     assert set(baselines["tasks"]) == set(bench.SMOKE_SUITE)
     summary = (out / "summary.md").read_text()
     for needle in ("## Held-out tasks: `default`", "## Tuning tasks: `default`", "## Study",
+                   "## `RegMuon(model)` with one default changed", "Δ `tol0.01`",
                    "## Tuned baselines", "| inputs_adamw |", "width"):  # fmt: skip
         assert needle in summary, needle
     for fig in ("bench_training_final.png", "bench_training_sensitivity.png"):
@@ -267,14 +269,15 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
     monkeypatch.setattr(bench, "core_fingerprint", lambda: "changed")
     bench.main(["--profile", "smoke", "--out", str(out), "--resume", "--stage", "final"])
     arms = {c["opt"]["arm"] for c in calls}
-    assert arms == {"default", "muon", "muon_doc", "control"}
-    assert len(calls) == 4 * 2 * 4  # tasks x seeds x arms (not adamw_tuned)
+    assert arms == {"default", "default_but", "muon", "muon_doc", "control"}
+    assert len(calls) == 4 * 2 * 5  # tasks x seeds x arms (not adamw_tuned)
     a = json.loads((out / "analysis.json").read_text())
     res = a["final"]["llama_tiny"]
     # paired differences are differences of the per-seed values; the ratio is of the means
     d = [x - y for x, y in zip(res["arms"]["default"]["test"],
                                res["arms"][res["best"]]["test"], strict=True)]  # fmt: skip
     assert res["default"]["diff"][0] == pytest.approx(sum(d) / 2)
+    assert set(res["variants"]) == {"tol0.01"}
     for v in bench.VARIANTS:  # each variant against RegMuon(model), seed by seed
         dv = [x - y for x, y in zip(res["arms"][v]["test"], res["arms"]["default"]["test"],
                                     strict=True)]  # fmt: skip
