@@ -235,9 +235,7 @@ DEFAULTS = RegMuonOptions()
 #: norm of each matrix settles near ``ρ(m, n)/λ``. Chosen on the training benchmark's 14
 #: development tasks (tuning seeds; the three such models there): the smallest worst ratio to
 #: the best tuned baseline, 1.13, at 2 (1: 1.67, 1.5: 1.22, 3: 1.19, 4: 2.68; 0, the default
-#: before: 7.3). On the held-out transfer set it serves classifiers (a CNN 0.72x, an MLP 0.78x
-#: the tuned loss) and hurts a regressor (a deep MLP on MSE, 4.2x; ``weight_decay=0`` there):
-#: the margins it caps are a classification loss's. ``docs/benchmark-training.md``.
+#: before: 7.3); ``docs/benchmark-training.md``.
 UNNORMALIZED_DECAY = 2.0
 
 

@@ -173,9 +173,7 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     layer (a module whose class name contains ``"Norm"``: batch, layer, group, RMS and their
     Hugging Face kin), no embedding and no recurrent layer (``nn.RNNBase``, ``nn.RNNCellBase``):
     a feed-forward network on real-valued features whose output scale is its weights' (an MLP,
-    a CNN without batch norm). 0 otherwise, with the layer that decided it. It serves
-    classifiers; on a regressor it can hurt (``docs/benchmark-training.md``): pass
-    ``weight_decay=0`` there.
+    a CNN without batch norm). 0 otherwise, with the layer that decided it.
     """
     from .options import UNNORMALIZED_DECAY
 
