@@ -394,19 +394,26 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
         levers.build_lever_regmuon(base, {}, {"magic": True})
 
 
-def test_the_transfer_set_is_new_models_all_held_out(bench):
-    """Every transfer task is held out, none is a task of the suite (a new configuration of one
-    of its builders), and each builds. Mutant caught: a suite task reused as a transfer task."""
+@pytest.mark.parametrize("profile, name, earlier", [
+    ("transfer", "TRANSFER", ("SUITE",)),
+    ("round3", "ROUND3", ("SUITE", "TRANSFER")),
+])  # fmt: skip
+def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
+    """Every task of a later held-out set is held out, none is a task of an earlier set (a new
+    configuration of one of their builders), and each builds. Mutant caught: an earlier task
+    reused in a later set."""
     from muonflow.training import make_task
 
-    split = bench.PROFILES["transfer"].split()
-    assert split == {"tuning": [], "held_out": sorted(bench.TRANSFER)}
+    tasks = getattr(bench, name)
+    assert bench.PROFILES[profile].split() == {"tuning": [], "held_out": sorted(tasks)}
+
     def key(t):
         return t.builder, json.dumps(t.options, sort_keys=True), t.steps, t.schedule
 
-    suite = {key(t) for t in bench.SUITE.values()}
-    for name, t in bench.TRANSFER.items():
-        assert name not in bench.SUITE and key(t) not in suite, name
+    seen = {key(t) for e in earlier for t in getattr(bench, e).values()}
+    names = {n for e in earlier for n in getattr(bench, e)}
+    for task, t in tasks.items():
+        assert task not in names and key(t) not in seen, task
         assert make_task(t.builder, **t.options).make_model() is not None
 
 
