@@ -14,6 +14,7 @@ from conftest import unit_roundoff
 from torch import nn
 
 import muonflow as mf
+import muonflow.optim.routing as routing_module
 from muonflow.optim import (
     MATRIX_PARAMETERS,
     RegMuon,
@@ -451,30 +452,50 @@ def test_decay_by_structure_names_the_layer_that_decided(extra, kind):
         assert decay == 0 and kind in why and "'extra'" in why
 
 
-def _decay_check(make_opt) -> None:
-    """``make_opt(model)`` on an MLP steps exactly as decay 2 on the matrices and none on the
-    AdamW part, and says so in its routing; an explicit decay (or options) turns the rule off."""
+def _classify(m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # a softmax head
+    return nn.functional.cross_entropy(m(x), torch.arange(len(x)) % 3)
+
+
+def _regress(m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # three outputs, MSE
+    return nn.functional.mse_loss(m(x), x[:, :3].sin())
+
+
+def _steps_as(make_opt, loss, ref_kw) -> nn.Module:
+    """Three steps of ``make_opt(model)`` under ``loss`` equal (bitwise) those of
+    ``RegMuon(model, **ref_kw)``; returns the optimizer."""
     torch.manual_seed(0)
     model = _mlp()
     ref_model = copy.deepcopy(model)
-    opt = make_opt(model)
-    ref = RegMuon(ref_model, weight_decay=mf.optim.UNNORMALIZED_DECAY, adamw_weight_decay=0.0)
+    opt, ref = make_opt(model), RegMuon(ref_model, **ref_kw)
     x = torch.randn(32, 6)
     for _ in range(3):
         for m, o in ((model, opt), (ref_model, ref)):
             o.zero_grad()
-            m(x).square().mean().backward()
+            loss(m, x).backward()
             o.step()
     for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert "matrix weight decay by structure: 2" in str(opt.routing)
+    return opt
+
+
+def _decay_check(make_opt) -> None:
+    """``make_opt(model)`` on an MLP with a softmax head steps exactly as decay 2 on the
+    matrices and none on the AdamW part, and says so in its routing; as a regressor, exactly as
+    no decay; an explicit decay (or options) turns the rule off."""
+    opt = _steps_as(make_opt, _regress, {"weight_decay": 0.0})
+    assert "matrix weight decay by structure: 0 (the output layer's gradient" in str(opt.routing)
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    opt = _steps_as(make_opt, _classify, {"weight_decay": mf.optim.UNNORMALIZED_DECAY,
+                                          "adamw_weight_decay": 0.0})  # fmt: skip
+    assert "matrix weight decay by structure: 2 (" in str(opt.routing)
+    assert "softmax head" in str(opt.routing)
     groups = {g["algorithm"]: g["weight_decay"] for g in opt.param_groups}
     assert groups == {"regmuon": mf.optim.UNNORMALIZED_DECAY, "adamw": 0.0}
     for explicit in ({"weight_decay": 0.0}, {"options": mf.optim.DEFAULTS}):
         o = make_opt(_mlp(), **explicit)
         assert all(g["weight_decay"] == 0.0 for g in o.param_groups), explicit
     # kept through a checkpoint into an optimizer built with the decay turned off
-    fresh = RegMuon(copy.deepcopy(model), weight_decay=0.0)
+    fresh = RegMuon(_mlp(), weight_decay=0.0)
     fresh.load_state_dict(opt.state_dict())
     assert [g["weight_decay"] for g in fresh.param_groups] == [g["weight_decay"] for g in
                                                                 opt.param_groups]  # fmt: skip
@@ -492,6 +513,10 @@ def test_the_decay_check_fails_each_plausible_bug(monkeypatch):
     def never(model, **kw):
         return RegMuon(model, **{"weight_decay": 0.0, **kw})
 
+    def regressors_too(model, **kw):  # round 2's rule: by structure alone, no head test
+        monkeypatch.setattr(routing_module, "SOFTMAX_TOL", 2.0)
+        return RegMuon(model, **kw)
+
     def adamw_too(model, **kw):
         if kw:
             return RegMuon(model, **kw)
@@ -502,9 +527,10 @@ def test_the_decay_check_fails_each_plausible_bug(monkeypatch):
         o.param_groups[0]["weight_decay"] = mf.optim.UNNORMALIZED_DECAY
         return o
 
-    for mutant in (never, adamw_too, ignores_explicit):
+    for mutant in (never, adamw_too, ignores_explicit, regressors_too):
         with pytest.raises(AssertionError):
             _decay_check(mutant)
+        monkeypatch.undo()
 
 
 def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():
@@ -521,6 +547,7 @@ def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():
     rho = [max(1.0, p.shape[0] / p.shape[1]) ** 0.5 for p in mats]
     w0 = [float(torch.linalg.matrix_norm(p.detach(), 2)) for p in mats]
     grads = {p: torch.randn_like(p) for p in model.parameters()}
+    grads[model[4].weight] -= grads[model[4].weight].mean(0)  # a softmax head's: zero-sum
     a = 1 - 0.05 * lam
     for t in range(1, 201):
         for p in model.parameters():
@@ -531,3 +558,121 @@ def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():
             assert float(torch.linalg.matrix_norm(p.detach(), 2)) <= bound * (1 + 1e-12)
     for p, r in zip(mats, rho, strict=True):  # it gets there: the bound is the attractor
         assert float(torch.linalg.matrix_norm(p.detach(), 2)) >= 0.9 * r / lam
+
+
+# -- the head test that decides the decay ---------------------------------------------------------
+def _head_grad(loss_of, k: int, autocast: bool = False) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, k))
+    x = torch.randn(64, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss_of(model(x).float()).backward()
+    return model[2].weight.grad
+
+
+_TARGET = torch.arange(64) % 10
+
+
+@pytest.mark.parametrize(
+    ("case", "loss_of", "k", "autocast", "softmax"),
+    [
+        ("cross-entropy", lambda z: nn.functional.cross_entropy(z, _TARGET), 10, False, True),
+        ("cross-entropy, bf16 autocast", lambda z: nn.functional.cross_entropy(z, _TARGET), 10,
+         True, True),
+        ("label smoothing", lambda z: nn.functional.cross_entropy(z, _TARGET,
+                                                                  label_smoothing=0.1), 10,
+         False, True),
+        ("ignored targets", lambda z: nn.functional.cross_entropy(
+            z, torch.where(_TARGET < 3, -100, _TARGET)), 10, False, True),
+        ("two classes", lambda z: nn.functional.cross_entropy(z, _TARGET % 2), 2, False, True),
+        ("MSE, one output", lambda z: z.square().mean(), 1, False, False),
+        ("MSE, three outputs", lambda z: (z - 1).square().mean(), 3, False, False),
+        ("MSE, ten outputs", lambda z: (z - _TARGET[:, None] / 10).square().mean(), 10, False,
+         False),
+        ("logistic, one logit", lambda z: nn.functional.binary_cross_entropy_with_logits(
+            z[:, 0], (_TARGET % 2).float()), 1, False, False),
+    ],
+)  # fmt: skip
+def test_softmax_head_reads_the_shift_invariance_of_the_output_gradient(
+    case, loss_of, k, autocast, softmax
+):
+    """A softmax head's gradient sums to 0 over its outputs (rounding: float32 ~1e-7, a bf16
+    backward ~1e-3, both far under SOFTMAX_TOL); a regression head's does not (~1/√K or more;
+    one output: exactly 1). A one-logit logistic head is not a softmax head (stated in the
+    docs). Mutant caught (below): the sum over the wrong axis."""
+    ok, r = mf.optim.routing.softmax_head(_head_grad(loss_of, k, autocast))
+    assert ok is softmax, (case, r)
+    u = unit_roundoff(torch.bfloat16 if autocast else torch.float32)
+    if softmax:  # rounding only: bf16 rounds each logit gradient once (a few u); float32
+        # accumulates over the 64 examples (at most 64 u); both far below the tolerance
+        bound = (4 if autocast else 64) * u
+        assert r <= bound < mf.optim.routing.SOFTMAX_TOL, (case, r)
+    else:
+        assert r >= 0.3, (case, r)
+
+
+def test_softmax_head_fails_the_wrong_axis():
+    """The mutant that sums each output's row instead of each input's column is caught: a
+    cross-entropy head's rows do not sum to 0."""
+    G = _head_grad(lambda z: nn.functional.cross_entropy(z, _TARGET), 10)
+    assert mf.optim.routing.softmax_head(G)[0]
+    assert not mf.optim.routing.softmax_head(G.T.contiguous())[0]  # rows and columns swapped
+
+
+def test_the_decay_is_decided_once_and_only_from_a_step_that_commits():
+    """Pending until the first step that commits: a step skipped for a non-finite gradient
+    decides nothing; a checkpoint taken before the decision carries it pending, one taken
+    after carries the decision; a corrupt pending value is refused with nothing changed; the
+    decision stands when the loss changes later (decided once)."""
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = RegMuon(model, on_nonfinite="skip")
+    assert "decided at the first step" in str(opt.routing)
+    x = torch.randn(32, 6)
+    before = opt.state_dict()
+    assert before["regmuon"]["decay_pending"] == mf.optim.UNNORMALIZED_DECAY
+    _classify(model, x).backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1 and opt._decay_pending == mf.optim.UNNORMALIZED_DECAY
+    pending = RegMuon(_mlp(), weight_decay=0.0)
+    pending.load_state_dict(before)  # the pending decision travels with the checkpoint
+    assert pending._decay_pending == mf.optim.UNNORMALIZED_DECAY
+    bad = copy.deepcopy(before)
+    bad["regmuon"]["decay_pending"] = float("nan")
+    with pytest.raises(ValueError, match="decay_pending"):
+        pending.load_state_dict(bad)
+    assert pending._decay_pending == mf.optim.UNNORMALIZED_DECAY
+    opt.zero_grad()
+    _classify(model, x).backward()
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == mf.optim.UNNORMALIZED_DECAY
+    after = opt.state_dict()
+    assert "decay_pending" not in after["regmuon"]
+    opt.zero_grad()
+    _regress(model, x).backward()  # decided once: a later loss does not change it
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == mf.optim.UNNORMALIZED_DECAY
+    pending.load_state_dict(after)
+    assert pending._decay_pending is None
+    assert pending.param_groups[0]["weight_decay"] == mf.optim.UNNORMALIZED_DECAY
+
+
+def test_a_decay_set_by_hand_before_the_first_step_stands():
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = RegMuon(model)
+    opt.param_groups[0]["weight_decay"] = 0.5
+    _regress(model, torch.randn(32, 6)).backward()
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == 0.5 and opt._decay_pending is None
+
+
+def test_no_output_layer_means_no_decay():
+    """With ``output=()`` nothing can tell a softmax head: no decay (plain RegMuon)."""
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = RegMuon(model, output=())
+    _classify(model, torch.randn(32, 6)).backward()
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == 0.0 and "no output layer" in str(opt.routing)

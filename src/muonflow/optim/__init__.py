@@ -42,6 +42,7 @@ from .routing import (
     output_layers,
     register_matrices,
     route_module,
+    softmax_head,
 )
 
 RegMuonDefaults = RegMuonOptions  # the earlier name of the options type
@@ -71,4 +72,5 @@ __all__ = [
     "register_matrices",
     "regmuon",
     "route_module",
+    "softmax_head",
 ]

@@ -33,6 +33,7 @@ from .routing import (
     make_rule,
     output_candidates,
     route_module,
+    softmax_head,
     warn_unrouted,
 )
 from .state import check_state_dict, collect_updates, group_options, split_group
@@ -47,6 +48,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_explicit_rule": lambda: False,
     "_specs": dict,
     "routing": Routing,
+    "_decay_pending": lambda: None,
 }
 
 
@@ -122,6 +124,7 @@ class RegMuon(Optimizer):
         self.routing = Routing()
         self._stacks = MomentumStacks()
         self._unrouted = 0
+        self._decay_pending: float | None = None  # RegMuon(model)'s decay, until decided
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -129,9 +132,13 @@ class RegMuon(Optimizer):
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
             if options is None and "weight_decay" not in overrides:  # none given: by structure
-                decay, model_routing.decay = decay_by_structure(model)
-                if decay:
-                    params[0]["weight_decay"] = decay
+                decay, why = decay_by_structure(model)
+                model_routing.decay = why
+                if decay:  # set at the first step, if the output layer is a softmax head's
+                    self._decay_pending = decay
+                    model_routing.decay = (f"decided at the first step: {decay:g} if the output "
+                                           f"layer is a softmax head, else 0 "
+                                           f"{why.split(' ', 1)[1]}")  # fmt: skip
         elif output is not None:
             raise TypeError("output= needs a model: RegMuon(model, output=...)")
         self._in_init = True
@@ -171,6 +178,7 @@ class RegMuon(Optimizer):
         extra = self._adamw_rule if self._explicit_rule else None
         routing, pairs = route_module(model, output=order[-1], extra_adamw=extra)
         routing.output = f"{order[-1]} ({EXECUTION_ORDER})"
+        routing.decay = self.routing.decay
         moved = [(old, new, p) for old, new, (_, p) in zip(self.routing.routes, routing.routes,
                  pairs, strict=True) if old.algorithm != new.algorithm]  # fmt: skip
         if any(self.state.get(p) for _, _, p in moved) or len(self.param_groups) < 2:
@@ -296,6 +304,7 @@ class RegMuon(Optimizer):
                 if isinstance(st, dict) and "step" in st:
                     st["step"] = int(st["step"])
             self.skipped_steps = self.__dict__.pop("_loading_skipped", 0)
+            self._decay_pending = self.__dict__.pop("_loading_decay", None)
         else:  # pickle, deepcopy
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
@@ -325,6 +334,7 @@ class RegMuon(Optimizer):
         finally:
             handle.remove()
             self.__dict__.pop("_loading_skipped", None)
+            self.__dict__.pop("_loading_decay", None)
 
     # -- the step -------------------------------------------------------------------------------
     def _spec(self, p: Tensor, o: RegMuonOptions) -> tuple[str, str]:
@@ -348,6 +358,10 @@ class RegMuon(Optimizer):
         if todo is None:
             self.skipped_steps += 1
             return loss
+        decided = self._decide_decay() if self._decay_pending is not None else None
+        if decided is not None and decided[0]:
+            opts[0] = group_options({**self.param_groups[0], "weight_decay": decided[0]},
+                                    self.options)  # fmt: skip
         cap = None
         if self.options.max_batch_bytes == "auto":  # one workspace rule for the whole step
             cap = auto_workspace_cap(
@@ -361,6 +375,10 @@ class RegMuon(Optimizer):
                 works, installs = self._works(gi, o, items, cap)
                 pending.append((works, [directions(w, o) for w in works], o, installs))
         with _holding_interrupts():  # the commit
+            if decided is not None:
+                self._decay_pending = None
+                self.param_groups[0]["weight_decay"] = decided[0]
+                self.routing.decay = decided[1]
             for works, ds, o, installs in pending:
                 for install in installs:
                     install()
@@ -370,6 +388,33 @@ class RegMuon(Optimizer):
                 if items and group["algorithm"] == "adamw":
                     self._adamw_group(o, items)
         return loss
+
+    def _decide_decay(self) -> tuple[float, str] | None:
+        """RegMuon(model)'s pending decay by structure, decided from the output layer's
+        gradient (:func:`~muonflow.optim.routing.softmax_head`): ``(λ, why)`` for a softmax
+        head, ``(0, why)`` otherwise or with no output layer; ``None`` (still pending) while the
+        output layer has no gradient. Changes nothing."""
+        decay = self._decay_pending
+        assert decay is not None
+        if set_by_hand := self.param_groups[0]["weight_decay"]:  # the user's, since: it stands
+            return set_by_hand, f"{set_by_hand:g} (set in param_groups[0] before the first step)"
+        outputs = {r.name for r in self.routing.routes
+                   if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
+        heads = [p for g in self.param_groups for n, p in
+                 zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
+                     strict=True) if n in outputs]  # fmt: skip
+        if not heads:
+            return 0.0, "0 (no output layer: its gradient decides the decay by structure)"
+        if any(p.grad is None for p in heads):
+            return None
+        grads = [p.grad.full_tensor() if is_dtensor(p.grad) else p.grad for p in heads]
+        found = [softmax_head(g) for g in grads]
+        r = max(x for _, x in found)
+        if all(ok for ok, _ in found):
+            return decay, (f"{decay:g} (no normalization, embedding or recurrent layer, and a "
+                           f"softmax head: its gradient sums to 0 over the outputs, r = {r:.1e})")
+        return 0.0, (f"0 (the output layer's gradient does not sum to 0 over the outputs, "
+                     f"r = {r:.2g}: not a softmax head, the output's scale is the weights')")
 
     def _agree(self, opts: list[RegMuonOptions]) -> None:
         """With DTensor parameters, every rank must hold the same optimizer (names, shapes,
@@ -475,7 +520,10 @@ def _holding_interrupts() -> Iterator[None]:
 
 
 def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
-    state_dict["regmuon"] = {"skipped_steps": cast(RegMuon, opt).skipped_steps}
+    extras: dict[str, Any] = {"skipped_steps": cast(RegMuon, opt).skipped_steps}
+    if cast(RegMuon, opt)._decay_pending is not None:
+        extras["decay_pending"] = cast(RegMuon, opt)._decay_pending
+    state_dict["regmuon"] = extras
 
 
 def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -484,6 +532,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     opt = cast(RegMuon, optimizer)
     groups = check_state_dict(state_dict, opt.param_groups, opt._specs, opt.options)
     opt.__dict__["_loading_skipped"] = int(state_dict.get("regmuon", {}).get("skipped_steps", 0))
+    opt.__dict__["_loading_decay"] = state_dict.get("regmuon", {}).get("decay_pending")
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip

@@ -20,6 +20,7 @@ Parameters given without a module (``named_parameters()``, plain tensors) are ro
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -167,7 +168,8 @@ def is_embedding(module: nn.Module) -> bool:
 
 
 def decay_by_structure(model: nn.Module) -> tuple[float, str]:
-    """``(λ, why)``: the matrices' decay ``RegMuon(model)`` sets when none is given.
+    """``(λ, why)``: the matrices' decay ``RegMuon(model)`` sets when none is given, if its
+    output layer turns out to be a softmax head (:func:`softmax_head`, read at the first step).
 
     :data:`~muonflow.optim.options.UNNORMALIZED_DECAY` for a model with no normalization
     layer (a module whose class name contains ``"Norm"``: batch, layer, group, RMS and their
@@ -188,6 +190,33 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
             return 0.0, f"0 ({kind} layer {name or '(the model)'!r})"
     why = "no normalization, embedding or recurrent layer: the output scales with the weights"
     return UNNORMALIZED_DECAY, f"{UNNORMALIZED_DECAY:g} ({why})"
+
+
+#: The largest :func:`softmax_head` ratio read as a softmax head's. A softmax head's ratio is
+#: rounding: about 1e-7 with float32 gradients, below 1e-2 when the head's backward runs in
+#: bfloat16 (autocast); an unstructured residual over ``K`` outputs gives about ``1/√K``, and a
+#: single output exactly 1 (tests/test_optim_decay.py measures each).
+SOFTMAX_TOL = 0.05
+
+
+def softmax_head(grad: Tensor) -> tuple[bool, float]:
+    r"""Whether an output layer's gradient ``grad`` (``[K, ...]``, ``K`` outputs) is a softmax
+    head's, and the ratio :math:`r = \|\mathbf 1^\top G\| / (\sqrt K \|G\|_F) \in [0, 1]`
+    that decides it (``G``: ``grad`` as ``K`` rows).
+
+    A loss that sees the logits through a softmax (cross-entropy, with label smoothing or
+    ignored targets too) is invariant to adding a constant to every logit, so its gradient on
+    them sums to zero over the outputs for every example, and so does every column of ``G``:
+    :math:`r = 0` up to rounding. A regression head (MSE on ``K`` outputs) has no such
+    identity, and one output (``K = 1``) gives ``r = 1``. Softmax iff ``K >= 2``, ``G != 0``
+    and ``r <= SOFTMAX_TOL``.
+    """
+    G = grad.detach().reshape(grad.shape[0], -1).double()
+    total = float(torch.linalg.vector_norm(G))
+    if G.shape[0] < 2 or total == 0.0:
+        return False, 1.0
+    r = float(torch.linalg.vector_norm(G.sum(0))) / (math.sqrt(G.shape[0]) * total)
+    return r <= SOFTMAX_TOL, r
 
 
 # -- names -----------------------------------------------------------------------------------------

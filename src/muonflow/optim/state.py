@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -157,6 +158,12 @@ def check_state_dict(
     if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
         raise ValueError(
             f"state_dict['regmuon']['skipped_steps'] must be an int >= 0, got {skipped!r}"
+        )
+    pending = extra.get("decay_pending")
+    if pending is not None and (isinstance(pending, bool) or not isinstance(pending, int | float)
+                                or not math.isfinite(pending) or pending <= 0):  # fmt: skip
+        raise ValueError(
+            f"state_dict['regmuon']['decay_pending'] must be a finite float > 0, got {pending!r}"
         )
     return list(saved_groups)
 
