@@ -676,3 +676,23 @@ def test_no_output_layer_means_no_decay():
     _classify(model, torch.randn(32, 6)).backward()
     opt.step()
     assert opt.param_groups[0]["weight_decay"] == 0.0 and "no output layer" in str(opt.routing)
+
+
+@pytest.mark.parametrize(("loss", "decay"), [(_classify, mf.optim.UNNORMALIZED_DECAY),
+                                              (_regress, 0.0)])  # fmt: skip
+def test_a_resume_without_the_extras_keeps_the_decision(loss, decay):
+    """DCP keeps ``state`` and ``param_groups`` only: a fresh ``RegMuon(model)`` loading them
+    after the decision ends with the same decay (a kept decision stands, a zero one is taken
+    again from the same head)."""
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 6)
+    opt = RegMuon(model)
+    loss(model, x).backward()
+    opt.step()
+    sd = {k: v for k, v in opt.state_dict().items() if k != "regmuon"}
+    fresh = RegMuon(model)
+    fresh.load_state_dict(sd)
+    fresh.zero_grad()
+    loss(model, x).backward()
+    fresh.step()
+    assert opt.param_groups[0]["weight_decay"] == fresh.param_groups[0]["weight_decay"] == decay

@@ -63,7 +63,7 @@ def test_optimizer_routing():
         (
             {"task": "mnist"},
             "unknown task 'mnist'; valid: digits, cnn, chars, gpt2, moe, sort, llama, rnn, vit, "
-            "friedman",
+            "friedman, tabular",
         ),
     ],
 )
@@ -227,6 +227,32 @@ def test_friedman_task_is_standardized_regression():
         assert 0.85 < ev[f"{split}_loss"] < 1.15, ev
     r = training.train(task, "adamw", lr=3e-3, steps=200, seed=0, evals=2)
     assert r["test_loss"] < 0.5 and r["val_loss"] < 0.5
+
+
+@pytest.mark.parametrize(("dataset", "outputs"), [("breast_cancer", 2), ("wine", 3),
+                                                  ("diabetes", 1)])  # fmt: skip
+def test_tabular_tasks_split_standardize_and_learn(dataset, outputs):
+    """Bundled tables: 60/20/20 splits that cover every row once, standardized features (and
+    regression target: predicting 0 scores about 1), a chance loss an input-blind model cannot
+    beat on ``trainset``, and AdamW well below chance. Mutant caught: a regression target left
+    in its units (the zero model scores thousands)."""
+    task = training.make_task("tabular", dataset=dataset, hidden=32)
+    model = task.make_model()
+    assert model.head.out_features == outputs
+    blind = nn.Linear(model.layers[0].in_features, outputs)
+    nn.init.zeros_(blind.weight)
+    nn.init.zeros_(blind.bias)
+    ev = task.evaluate(blind)
+    if outputs == 1:
+        assert task.chance_loss == 1.0 and abs(ev["trainset_loss"] - 1.0) < 1e-5
+        assert all(0.6 < ev[f"{s}_loss"] < 1.6 for s in ("val", "test")), ev
+    else:  # uniform logits: log K on every split, at least the fitting labels' entropy
+        assert ev["trainset_loss"] == pytest.approx(math.log(outputs), rel=1e-6)
+        assert task.chance_loss <= math.log(outputs) + 1e-9
+    r = training.train(task, "adamw", lr=3e-3, steps=200, seed=0, evals=2)
+    assert r["test_loss"] < 0.6 * task.chance_loss, r["test_loss"]
+    with pytest.raises(ValueError, match="unknown dataset 'iris'; valid: breast_cancer"):
+        training.make_task("tabular", dataset="iris")
 
 
 def test_sort_task_targets_and_chance():

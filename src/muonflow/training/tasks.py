@@ -21,6 +21,8 @@
             the 8x8 digits, a class token, d_model 32, 2 layers) on the digits.
 ``friedman`` an MLP 10-128-128-1 regressor (MSE) on scikit-learn's generated Friedman #1
             problem (``make_friedman1``: 10 uniform features, 5 of them used, noise 1).
+``tabular`` an MLP on one of scikit-learn's bundled tables: the breast-cancer (2 classes) and
+            wine (3 classes) classifiers, the diabetes regressor (:data:`TABLES`).
 
 Splits: ``val`` tunes (learning rates, defaults), ``test`` is reported, ``trainset`` is the loss
 on a fixed sample of the training data (the digits fit set; fixed training windows; a fixed
@@ -451,6 +453,71 @@ def friedman_task(
     )
 
 
+#: The scikit-learn bundled tables :func:`tabular_task` reads: loader, number of classes (0 for
+#: a regression target).
+TABLES: dict[str, tuple[str, int]] = {
+    "breast_cancer": ("load_breast_cancer", 2),
+    "wine": ("load_wine", 3),
+    "diabetes": ("load_diabetes", 0),
+}
+
+
+def tabular_task(
+    *, dataset: str = "breast_cancer", hidden: int = 64, depth: int = 2, batch: int = 32
+) -> Task:
+    """An MLP ``features -> hidden (x depth) -> outputs`` on one of scikit-learn's bundled
+    tables (:data:`TABLES`; nothing is downloaded): cross-entropy over the classes of
+    ``breast_cancer`` (2) and ``wine`` (3), MSE on the standardized target of ``diabetes``.
+
+    The rows in a fixed shuffled order (seed 0): 60% fit, 20% ``val``, 20% ``test``; features
+    (and a regression target) standardized with the fitting statistics; ``trainset`` is the
+    whole fitting set. ``chance_loss``: the fitting labels' entropy, or 1 for a regression.
+    """
+    import sklearn.datasets
+
+    if dataset not in TABLES:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(TABLES)}")
+    loader, classes = TABLES[dataset]
+    bunch = getattr(sklearn.datasets, loader)()
+    order = torch.randperm(len(bunch.target), generator=torch.Generator().manual_seed(0))
+    X = torch.as_tensor(bunch.data, dtype=torch.float32)[order]
+    y = torch.as_tensor(bunch.target)[order]
+    n_fit, n_val = round(0.6 * len(y)), round(0.2 * len(y))
+    X = (X - X[:n_fit].mean(0)) / X[:n_fit].std(0)
+    if classes:
+        y = y.long()
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy
+        chance = _entropy(y[:n_fit], classes)
+    else:
+        y = y.float()
+        y = (y - y[:n_fit].mean()) / y[:n_fit].std(correction=0)
+        loss_fn = lambda z, t: nn.functional.mse_loss(z.squeeze(-1), t)  # noqa: E731
+        chance = 1.0
+    end = n_fit + n_val
+    held = {"val": (X[n_fit:end], y[n_fit:end]), "test": (X[end:], y[end:]),
+            "trainset": (X[:n_fit], y[:n_fit])}  # fmt: skip
+
+    def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
+        idx = torch.randint(0, n_fit, (batch,), generator=gen)
+        return loss_fn(model(X[idx]), y[idx])
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
+        out = {}
+        for split in _pick(tuple(held), splits):
+            Xs, ys = held[split]
+            z = model(Xs)
+            out[f"{split}_loss"] = float(loss_fn(z, ys))
+            if classes:
+                out[f"{split}_acc"] = float((z.argmax(1) == ys).float().mean())
+        return out
+
+    features, outputs = X.shape[1], classes or 1
+    return Task(
+        dataset, lambda: MLP(features, hidden, outputs, depth=depth), train_loss, evaluate, chance
+    )
+
+
 #: Task factories by name.
 TASKS: dict[str, Callable[..., Task]] = {
     "digits": digits_task,
@@ -463,6 +530,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "rnn": rnn_task,
     "vit": vit_task,
     "friedman": friedman_task,
+    "tabular": tabular_task,
 }
 
 
