@@ -696,3 +696,57 @@ def test_a_resume_without_the_extras_keeps_the_decision(loss, decay):
     loss(model, x).backward()
     fresh.step()
     assert opt.param_groups[0]["weight_decay"] == fresh.param_groups[0]["weight_decay"] == decay
+
+
+# -- the lr RegMuon(model) sets by structure -----------------------------------------------------
+def _lr_check(make_opt) -> None:
+    """An unnormalized MLP's matrices get UNNORMALIZED_LR, its AdamW part keeps DEFAULTS'; a
+    normalized one keeps DEFAULTS' lr; an explicit lr or options turn the rule off, an explicit
+    decay does not; the routing says so."""
+    lrs = [g["lr"] for g in make_opt(_mlp()).param_groups]
+    assert lrs == [mf.optim.UNNORMALIZED_LR, mf.optim.DEFAULTS.adamw_lr], lrs
+    assert "matrix lr by structure: 0.01 (no normalization" in str(make_opt(_mlp()).routing)
+    assert [g["lr"] for g in make_opt(_mlp(), weight_decay=0.0).param_groups] == lrs
+    normed = _mlp()
+    normed.add_module("norm", nn.LayerNorm(16))
+    assert make_opt(normed).param_groups[0]["lr"] == mf.optim.DEFAULTS.lr
+    assert make_opt(_mlp(), lr=0.05).param_groups[0]["lr"] == 0.05
+    assert make_opt(_mlp(), options=mf.optim.DEFAULTS).param_groups[0]["lr"] == mf.optim.DEFAULTS.lr
+
+
+def test_regmuon_model_halves_the_lr_of_an_unnormalized_network():
+    assert mf.optim.UNNORMALIZED_LR < mf.optim.DEFAULTS.lr
+    _lr_check(RegMuon)
+
+
+def test_the_lr_check_fails_each_plausible_bug():
+    """Mutants of the rule: never applied, applied to the AdamW part too, applied to a
+    normalized network, an explicit lr ignored."""
+
+    def never(model, **kw):
+        o = RegMuon(model, **kw)
+        if "lr" not in kw and "options" not in kw:
+            o.param_groups[0]["lr"] = mf.optim.DEFAULTS.lr
+        return o
+
+    def adamw_too(model, **kw):
+        o = RegMuon(model, **kw)
+        if o.param_groups[0]["lr"] == mf.optim.UNNORMALIZED_LR:
+            o.param_groups[1]["lr"] = mf.optim.UNNORMALIZED_LR
+        return o
+
+    def normalized_too(model, **kw):
+        o = RegMuon(model, **kw)
+        if "lr" not in kw and "options" not in kw:
+            o.param_groups[0]["lr"] = mf.optim.UNNORMALIZED_LR
+        return o
+
+    def ignores_explicit(model, **kw):
+        o = RegMuon(model, **kw)
+        if kw.get("lr"):
+            o.param_groups[0]["lr"] = mf.optim.UNNORMALIZED_LR
+        return o
+
+    for mutant in (never, adamw_too, normalized_too, ignores_explicit):
+        with pytest.raises(AssertionError):
+            _lr_check(mutant)
