@@ -919,6 +919,69 @@ def stage_decay(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
     return "\n".join(lines)
 
 
+#: The ``lr`` stage: candidates for the step of a network without normalization (matrix lr,
+#: AdamW part's lr), each at the decay ``RegMuon(model)`` gives it (2 under a softmax head, 0
+#: otherwise); run on tuning seeds 100-103 (two more than the baselines', for a steadier
+#: choice). Round 4 chose ``UNNORMALIZED_LR`` from this table (its rule: the smallest worst
+#: ratio, ties within 5% broken by the smaller mean log ratio).
+LR_CANDIDATES: dict[str, tuple[float, float]] = {
+    "0.02 (round 3)": (0.02, 0.04),
+    "0.01": (0.01, 0.04),
+    "0.01, part 0.02": (0.01, 0.02),
+    "0.01, part 0.01": (0.01, 0.01),
+    "0.005, part 0.02": (0.005, 0.02),
+    "0.02, part 0.02": (0.02, 0.02),
+}
+LR_SEEDS = (100, 101, 102, 103)
+
+
+def head_decay(task: str, prof: Profile) -> float:
+    """The decay ``RegMuon(model)`` gives ``task``'s model: :func:`decay_by_structure`'s, kept
+    when its first minibatch gradient reads as a softmax head's."""
+    from muonflow.optim import decay_by_structure, softmax_head
+
+    t = prof.suite[task]
+    built = make_task(t.builder, **t.options)
+    torch.manual_seed(0)
+    model = built.make_model()
+    decay, _ = decay_by_structure(model)
+    head = RegMuon(model).routing.output.split(" (")[0]
+    built.train_loss(model, torch.Generator().manual_seed(0)).backward()
+    return decay if softmax_head(model.get_submodule(head).weight.grad)[0] else 0.0
+
+
+def lr_opt(lr: float, part: float, decay: float) -> dict[str, Any]:
+    options = {**STUDY_BASE, "lr": lr, "adamw_lr": part, "tol": 0.1,
+               "weight_decay": decay, "adamw_weight_decay": 0.0}  # fmt: skip
+    return {"arm": "regmuon", "options": options, "levers": {}}
+
+
+def stage_lr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
+    """Run :data:`LR_CANDIDATES` on ``tasks`` (seeds :data:`LR_SEEDS`); return the table of
+    ratios of mean val loss to the task's best tuned baseline, with each candidate's worst
+    ratio and mean log ratio over ``tasks``."""
+    decays = {t: head_decay(t, prof) for t in tasks}
+    opts = {(t, c): lr_opt(*LR_CANDIDATES[c], decays[t]) for t in tasks for c in LR_CANDIDATES}
+    specs = [make_spec(prof, t, s, o) for (t, _), o in opts.items() for s in LR_SEEDS]
+    run_all(store, [s for s in specs if store.get(s) is None], runner, "lr")
+    vals = load_baselines(prof, store.path.parent)["tasks"]
+    ratios: dict[str, list[float]] = {c: [] for c in LR_CANDIDATES}
+    lines = ["| task | decay | " + " | ".join(LR_CANDIDATES) + " |",
+             "|---|---:|" + "---:|" * len(LR_CANDIDATES)]  # fmt: skip
+    for t in tasks:
+        cells = []
+        for c in LR_CANDIDATES:
+            v = score(store, [make_spec(prof, t, s, opts[(t, c)]) for s in LR_SEEDS])
+            r = math.inf if v is None else v / min(vals[t]["val"].values())
+            ratios[c].append(r)
+            cells.append(f"{r:.3f}")
+        lines.append(f"| {t} | {decays[t]:g} | " + " | ".join(cells) + " |")
+    lines.append("| worst | | " + " | ".join(f"{max(r):.3f}" for r in ratios.values()) + " |")
+    lines.append("| mean log ratio | | " + " | ".join(
+        f"{sum(map(math.log, r)) / len(r):.3f}" for r in ratios.values()) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str, Any]:
     """Per configuration: its sweeps; per lr the ratio of each tuning task's val loss to the
     best tuned baseline's (tuning seeds); the lr whose worst ratio is smallest."""
@@ -1237,12 +1300,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "decay",
+    ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "decay", "lr",
                                         "all"),
                     default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
-    ap.add_argument("--tasks", help="baselines, decay stages: only these tasks (comma-separated)")
+    ap.add_argument("--tasks", help="baselines, decay, lr stages: only these tasks (comma list)")
     ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
     args = ap.parse_args(argv)
@@ -1294,6 +1357,10 @@ def _stages(
         stage_study(store, prof, runner, names)
     if args.stage in ("final", "all"):
         stage_final(store, prof, runner, load_baselines(prof, args.out))
+    if args.stage == "lr":
+        table = stage_lr(store, prof, runner, tasks)
+        (args.out / "lr.md").write_text(table + "\n")
+        print(table)
     if args.stage == "decay":
         table = stage_decay(store, prof, runner, tasks)
         (args.out / "decay.md").write_text(table + "\n")

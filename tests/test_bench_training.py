@@ -420,6 +420,28 @@ def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earl
         assert make_task(t.builder, **t.options).make_model() is not None
 
 
+def test_lr_stage_runs_each_candidate_at_the_head_decay(bench, tmp_path):
+    """Each candidate of LR_CANDIDATES runs on LR_SEEDS at the decay RegMuon(model) would give
+    the model (2 for the classifier's softmax head, 0 for the regressor), and the table has a
+    ratio per candidate, a worst row and a mean-log row. Mutants caught: the decay by head
+    skipped (the regressor decayed), one lr for every candidate (every column equal)."""
+    out = tmp_path / "lr"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "lr", "--tasks",
+                       "digits_tiny,friedman_tiny"]) == 0  # fmt: skip
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
+            for ln in (out / "lr.md").read_text().splitlines()[2:]}  # fmt: skip
+    assert rows["digits_tiny"][0] == "2" and rows["friedman_tiny"][0] == "0"
+    assert len(rows["digits_tiny"]) == 1 + len(bench.LR_CANDIDATES)
+    assert len(set(rows["digits_tiny"][1:])) > 1 and "worst" in rows and "mean log ratio" in rows
+    runs = json.loads((out / "results.json").read_text())["runs"].values()
+    lr_runs = [r["spec"] for r in runs if r["spec"]["seed"] in bench.LR_SEEDS
+               and r["spec"]["opt"].get("arm") == "regmuon"
+               and r["spec"]["opt"]["options"].get("adamw_weight_decay") == 0.0]  # fmt: skip
+    assert len(lr_runs) == 2 * len(bench.LR_CANDIDATES) * len(bench.LR_SEEDS)
+
+
 def test_decay_stage_runs_its_grid_and_tabulates_it(bench, tmp_path):
     """Every λ of the grid runs on the tuning seeds with the other defaults, and the table has
     one value per λ. Mutant caught: the decay not passed to the runs (every λ's value equal)."""
