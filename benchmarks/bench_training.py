@@ -797,6 +797,11 @@ FINAL_ARMS = ("default", "prototype", "muon_tuned", "adamw_tuned", "muon_doc", "
 #: every task, as extra final arms. The last ones (the map's tol 0.01, bfloat16 momentum) ran
 #: on the core of commit 1816a71 and are reported in ``docs/benchmark-training.md``; none now.
 VARIANTS: dict[str, dict[str, Any]] = {}
+#: Variants a run adds with ``--variant NAME`` (on one profile, for one question). ``lr_0.02``:
+#: round 3's ``RegMuon(model)`` (the matrices' lr before round 4's lr by structure; an explicit
+#: lr keeps the decay by head), paired with today's on round 4's held-out tasks: did the change
+#: chosen before them help there?
+OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {"lr_0.02": {"lr": 0.02}}
 
 
 def final_opts(baselines: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
@@ -1308,10 +1313,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", help="baselines, decay, lr stages: only these tasks (comma list)")
     ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
+    ap.add_argument("--variant", action="append", choices=list(OPTIONAL_VARIANTS), default=[],
+                    help="final stage and report: add this variant arm (OPTIONAL_VARIANTS)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit("--jobs must be >= 1")
     prof = PROFILES[args.profile]
+    VARIANTS.update({v: OPTIONAL_VARIANTS[v] for v in args.variant})
     tasks = args.tasks.split(",") if args.tasks else list(prof.suite)
     names = args.study.split(",") if args.study else list(prof.study)
     for bad, valid in (

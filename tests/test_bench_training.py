@@ -246,9 +246,11 @@ def test_a_corrupted_results_file_gives_a_clear_error(bench, tmp_path, content, 
 
 # -- every stage, on tiny tasks ------------------------------------------------------------------
 def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "VARIANTS", {"tol0.01": {"tol": 0.01}})  # (none in the suite now)
+    # a variant added by --variant (none in the suite now); the flag adds it for the run
+    monkeypatch.setattr(bench, "VARIANTS", {})
+    monkeypatch.setattr(bench, "OPTIONAL_VARIANTS", {"tol0.01": {"tol": 0.01}})
     out = tmp_path / "bench"
-    assert bench.main(["--profile", "smoke", "--out", str(out)]) == 0
+    assert bench.main(["--profile", "smoke", "--out", str(out), "--variant", "tol0.01"]) == 0
     data = json.loads((out / "results.json").read_text())
     n = len(data["runs"])
     baselines = json.loads((out / "baselines.json").read_text())
