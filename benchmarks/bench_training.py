@@ -797,11 +797,11 @@ FINAL_ARMS = ("default", "prototype", "muon_tuned", "adamw_tuned", "muon_doc", "
 #: every task, as extra final arms. The last ones (the map's tol 0.01, bfloat16 momentum) ran
 #: on the core of commit 1816a71 and are reported in ``docs/benchmark-training.md``; none now.
 VARIANTS: dict[str, dict[str, Any]] = {}
-#: Variants a run adds with ``--variant NAME`` (on one profile, for one question). ``lr_0.02``:
-#: round 3's ``RegMuon(model)`` (the matrices' lr before round 4's lr by structure; an explicit
-#: lr keeps the decay by head), paired with today's on round 4's held-out tasks: did the change
-#: chosen before them help there?
-OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {"lr_0.02": {"lr": 0.02}}
+#: Variants a run adds with ``--variant NAME`` (on one profile, for one question). ``lr_0.01``:
+#: round 4's candidate, matrix lr 0.01 on networks without normalization (every ROUND4 model is
+#: one; an explicit lr keeps the decay by head), paired with ``RegMuon(model)`` on round 4's
+#: held-out tasks: did the change chosen before them help there? (No: it was not adopted.)
+OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {"lr_0.01": {"lr": 0.01}}
 
 
 def final_opts(baselines: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
@@ -927,8 +927,9 @@ def stage_decay(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
 #: The ``lr`` stage: candidates for the step of a network without normalization (matrix lr,
 #: AdamW part's lr), each at the decay ``RegMuon(model)`` gives it (2 under a softmax head, 0
 #: otherwise); run on tuning seeds 100-103 (two more than the baselines', for a steadier
-#: choice). Round 4 chose ``UNNORMALIZED_LR`` from this table (its rule: the smallest worst
-#: ratio, ties within 5% broken by the smaller mean log ratio).
+#: choice). Round 4 chose its candidate from this table (matrix lr 0.01 on such networks; the
+#: rule: the smallest worst ratio, ties within 5% broken by the smaller mean log ratio); its
+#: held-out test (``--variant lr_0.01`` on ROUND4) rejected it.
 LR_CANDIDATES: dict[str, tuple[float, float]] = {
     "0.02 (round 3)": (0.02, 0.04),
     "0.01": (0.01, 0.04),

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
-from muonflow.optim import DEFAULTS, UNNORMALIZED_LR, RegMuon
+from muonflow.optim import DEFAULTS, RegMuon
 from muonflow.training import MatrixMuon
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
@@ -110,14 +110,12 @@ def test_muon_documented_defaults_arm_is_torch_muon_constructed_bare(bench):
 
 
 def test_default_control_tuned_and_study_arms(bench):
-    """``default`` is ``RegMuon(model)`` at :data:`DEFAULTS` (the CNN has no normalization: its
-    matrices' lr by structure); ``control`` the same with the matrix lr 0; the tuned Muon its
-    lr, decay and AdamW part; a study arm its options and levers."""
+    """``default`` is ``RegMuon(model)`` at :data:`DEFAULTS`; ``control`` the same with the matrix
+    lr 0; the tuned Muon its lr, decay and AdamW part; a study arm its options and levers."""
     model = SmallCNN((4, 8), 16)
     (opt,) = _opts(bench, {"arm": "default", "core": "x"}, model)
     groups = {g["algorithm"]: g for g in opt.param_groups}
-    assert groups["regmuon"]["lr"] == UNNORMALIZED_LR
-    for key in ("momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
+    for key in ("lr", "momentum", "nesterov", "eps", "eps_mode", "tol", "adjust_lr"):
         assert groups["regmuon"][key] == getattr(DEFAULTS, key), key
     assert groups["adamw"]["lr"] == DEFAULTS.adamw_lr
     (ctrl,) = _opts(bench, {"arm": "control"}, model)

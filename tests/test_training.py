@@ -288,15 +288,14 @@ def test_every_arm_routes_as_regmuon_model_does(name):
 
 
 def test_train_regmuon_is_regmuon_model_out_of_the_box(digits_task):
-    """``muonflow train --optimizer regmuon`` at the lr ``RegMuon(model)`` gives the model (the
-    digits MLP has no normalization: ``UNNORMALIZED_LR``) is ``RegMuon(model)``, bit for bit.
+    """``muonflow train --optimizer regmuon`` at the default lr is ``RegMuon(model)``, bit for bit.
 
     Mutant caught: a training arm with its own options (AdamW betas (0.9, 0.999), AdamW lr
     3e-3, its own routing) changes the losses.
     """
-    from muonflow.optim import UNNORMALIZED_LR, RegMuon
+    from muonflow.optim import DEFAULTS, RegMuon
 
-    a = training.train(digits_task, "regmuon", lr=UNNORMALIZED_LR, steps=6, seed=0, evals=2)
+    a = training.train(digits_task, "regmuon", lr=DEFAULTS.lr, steps=6, seed=0, evals=2)
     b = training.train(digits_task, lambda m: [RegMuon(m)], steps=6, seed=0, evals=2)
     assert a["train_loss"] == b["train_loss"] and a["test_loss"] == b["test_loss"]
 

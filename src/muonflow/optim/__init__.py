@@ -27,7 +27,7 @@ Design notes and recipes: ``docs/optimizer.md``; the package map: ``docs/archite
 from .kernel import adamw, kinetic_energy, mirror_map, regmuon
 from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
-from .options import DEFAULTS, UNNORMALIZED_DECAY, UNNORMALIZED_LR, RegMuonOptions
+from .options import DEFAULTS, UNNORMALIZED_DECAY, RegMuonOptions
 from .plan import ADJUST_LR, MATRIX_VIEWS, lr_factor, matrix_shape
 from .routing import (
     EMBEDDINGS,
@@ -54,7 +54,6 @@ __all__ = [
     "MATRIX_PARAMETERS",
     "MATRIX_VIEWS",
     "UNNORMALIZED_DECAY",
-    "UNNORMALIZED_LR",
     "MatrixSpec",
     "RegMuon",
     "RegMuonOptions",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
-from .options import DEFAULTS, GROUP_KEYS, UNNORMALIZED_LR, RegMuonOptions, check_number
+from .options import DEFAULTS, GROUP_KEYS, RegMuonOptions, check_number
 from .plan import MomentumStacks, auto_workspace_cap, build_plan, is_dtensor, matrix_shape
 from .routing import (
     EXECUTION_ORDER,
@@ -114,7 +114,6 @@ class RegMuon(Optimizer):
         base = DEFAULTS if options is None else options
         if not isinstance(base, RegMuonOptions):
             raise TypeError(f"options must be a RegMuonOptions, got {type(base).__name__}")
-        lr_given = lr is not None or "lr" in overrides
         if lr is not None:
             overrides["lr"] = lr
         self.options = base.replace(**overrides) if overrides else base
@@ -132,11 +131,8 @@ class RegMuon(Optimizer):
             model, model_routing, pairs = params, *route_module(params, output=output,
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
-            decay, why = decay_by_structure(model)
-            if options is None and not lr_given and decay:  # none given: by structure
-                params[0]["lr"] = UNNORMALIZED_LR
-                model_routing.lr = f"{UNNORMALIZED_LR:g} {why.split(' ', 1)[1]}"
             if options is None and "weight_decay" not in overrides:  # none given: by structure
+                decay, why = decay_by_structure(model)
                 model_routing.decay = why
                 if decay:  # set at the first step, if the output layer is a softmax head's
                     self._decay_pending = decay
@@ -182,7 +178,7 @@ class RegMuon(Optimizer):
         extra = self._adamw_rule if self._explicit_rule else None
         routing, pairs = route_module(model, output=order[-1], extra_adamw=extra)
         routing.output = f"{order[-1]} ({EXECUTION_ORDER})"
-        routing.decay, routing.lr = self.routing.decay, self.routing.lr
+        routing.decay = self.routing.decay
         moved = [(old, new, p) for old, new, (_, p) in zip(self.routing.routes, routing.routes,
                  pairs, strict=True) if old.algorithm != new.algorithm]  # fmt: skip
         if any(self.state.get(p) for _, _, p in moved) or len(self.param_groups) < 2:

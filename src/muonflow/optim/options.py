@@ -241,18 +241,6 @@ DEFAULTS = RegMuonOptions()
 #: 7.3); ``docs/benchmark-training.md``.
 UNNORMALIZED_DECAY = 2.0
 
-#: The matrices' lr that ``RegMuon(model)`` sets, by structure, for the same networks
-#: (:func:`.routing.decay_by_structure` nonzero; the AdamW part keeps ``DEFAULTS``' 0.04),
-#: unless an ``lr`` or ``options`` is given. Nothing in such a network rescales a step (no
-#: normalization makes the loss blind to a matrix's scale), and Muon's step has a fixed
-#: spectral size: half the default step. Chosen after round 3 on the ten such models of the
-#: benchmark's development, transfer and round-3 sets (tuning seeds 100-103, validation loss;
-#: rule: the smallest worst ratio to the best tuned baseline, ties within 5% broken by the mean
-#: log ratio): 0.01 (worst 1.59, mean log ratio 0.07) over 0.02 (3.50, 0.20), 0.005 with the
-#: AdamW part at 0.02 (1.54, 0.14) and 0.01 with the part at 0.02 (1.55, 0.10) or 0.01 (1.61,
-#: 0.21); ``docs/benchmark-training.md``.
-UNNORMALIZED_LR = 0.01
-
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

@@ -311,7 +311,6 @@ class Routing:
     source: str = ""  # "module Foo", "named parameters", ...
     output: str = ""  # the output layer(s) and how they were found
     decay: str = ""  # the matrices' decay RegMuon(model) set by structure, and why
-    lr: str = ""  # the matrices' lr RegMuon(model) set by structure, and why
 
     REASONS = (
         "hidden matrix",  # a declared weight matrix of a known layer -> RegMuon
@@ -352,8 +351,6 @@ class Routing:
         ]
         if self.output:
             lines.append(f"output layer: {self.output}")
-        if self.lr:
-            lines.append(f"matrix lr by structure: {self.lr}")
         if self.decay:
             lines.append(f"matrix weight decay by structure: {self.decay}")
         table: list[tuple[str, str, str, str]] = []
