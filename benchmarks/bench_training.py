@@ -18,6 +18,9 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                scaling, input layers to AdamW, decoupled or cautious decay, an adaptive ε, an
                energy guard, the AdamW part), each with its lr swept. Each is scored by its
                worst ratio, over the tuning tasks, to the best tuned baseline's val loss.
+``decay``      the matrices' decay grid (:data:`DECAYS`) at the other defaults, on ``--tasks``.
+``lr``         :data:`LR_CANDIDATES` (a network without normalization's step) at each model's
+               head decay, on ``--tasks``; writes ``OUT/lr.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -25,7 +28,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                the tuned baselines of the baselines file, and the control (matrix lr 0).
                One command; rerun it after the core changes (its runs are keyed by the
                source of ``muonflow.optim``/``polar``/``spectral``, so ``--resume`` redoes
-               exactly the runs a change can affect).
+               exactly the runs a change can affect). ``--variant NAME`` adds an arm of
+               :data:`OPTIONAL_VARIANTS` for that run.
 
 Usage::
 
