@@ -678,22 +678,28 @@ def test_no_output_layer_means_no_decay():
     assert opt.param_groups[0]["weight_decay"] == 0.0 and "no output layer" in str(opt.routing)
 
 
+@pytest.mark.parametrize("before_first_step", [False, True])
 @pytest.mark.parametrize(("loss", "decay"), [(_classify, mf.optim.UNNORMALIZED_DECAY),
                                               (_regress, 0.0)])  # fmt: skip
-def test_a_resume_without_the_extras_keeps_the_decision(loss, decay):
+def test_a_resume_without_the_extras_keeps_the_decision(loss, decay, before_first_step):
     """DCP keeps ``state`` and ``param_groups`` only: a fresh ``RegMuon(model)`` loading them
-    after the decision ends with the same decay (a kept decision stands, a zero one is taken
-    again from the same head)."""
+    ends with the decay the uninterrupted run has — after the decision (a kept decay stands, a
+    zero one is taken again from the same head) and before it (its own pending decision is
+    kept, not cleared by a checkpoint that says nothing about it). Mutant caught: a load
+    without extras clearing the pending decision (the classifier resumed before its first
+    step never decays)."""
     torch.manual_seed(0)
     model, x = _mlp(), torch.randn(32, 6)
     opt = RegMuon(model)
-    loss(model, x).backward()
-    opt.step()
+    if not before_first_step:
+        loss(model, x).backward()
+        opt.step()
     sd = {k: v for k, v in opt.state_dict().items() if k != "regmuon"}
     fresh = RegMuon(model)
     fresh.load_state_dict(sd)
-    fresh.zero_grad()
-    loss(model, x).backward()
-    fresh.step()
+    for o in (opt, fresh):
+        o.zero_grad()
+        loss(model, x).backward()
+        o.step()
     assert opt.param_groups[0]["weight_decay"] == fresh.param_groups[0]["weight_decay"] == decay
 

@@ -304,7 +304,8 @@ class RegMuon(Optimizer):
                 if isinstance(st, dict) and "step" in st:
                     st["step"] = int(st["step"])
             self.skipped_steps = self.__dict__.pop("_loading_skipped", 0)
-            self._decay_pending = self.__dict__.pop("_loading_decay", None)
+            if "_loading_decay" in self.__dict__:  # a checkpoint without extras keeps ours
+                self._decay_pending = self.__dict__.pop("_loading_decay")
         else:  # pickle, deepcopy
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
@@ -396,8 +397,8 @@ class RegMuon(Optimizer):
         output layer has no gradient. Changes nothing."""
         decay = self._decay_pending
         assert decay is not None
-        if set_by_hand := self.param_groups[0]["weight_decay"]:  # the user's, since: it stands
-            return set_by_hand, f"{set_by_hand:g} (set in param_groups[0] before the first step)"
+        if given := self.param_groups[0]["weight_decay"]:  # set by hand, or loaded: it stands
+            return given, f"{given:g} (in param_groups[0] before the first step: set or loaded)"
         outputs = {r.name for r in self.routing.routes
                    if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
         heads = [p for g in self.param_groups for n, p in
@@ -532,7 +533,8 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     opt = cast(RegMuon, optimizer)
     groups = check_state_dict(state_dict, opt.param_groups, opt._specs, opt.options)
     opt.__dict__["_loading_skipped"] = int(state_dict.get("regmuon", {}).get("skipped_steps", 0))
-    opt.__dict__["_loading_decay"] = state_dict.get("regmuon", {}).get("decay_pending")
+    if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
+        opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip

@@ -195,7 +195,7 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
 #: The largest :func:`softmax_head` ratio read as a softmax head's. A softmax head's ratio is
 #: rounding: about 1e-7 with float32 gradients, below 1e-2 when the head's backward runs in
 #: bfloat16 (autocast); an unstructured residual over ``K`` outputs gives about ``1/√K``, and a
-#: single output exactly 1 (tests/test_optim_decay.py measures each).
+#: single output exactly 1 (tests/test_optim_routing.py measures each).
 SOFTMAX_TOL = 0.05
 
 
