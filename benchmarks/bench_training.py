@@ -348,6 +348,12 @@ SMOKE_SUITE = {
     "digits_tiny": SuiteTask("digits", "tabular", 6, "constant", {"hidden": 16, "batch": 16}),
     "friedman_tiny": SuiteTask("friedman", "tabular", 6, "linear", {"hidden": 16, "batch": 16}),
 }
+def held_out_profile(suite: dict[str, SuiteTask], baselines_file: Path) -> Profile:
+    """A later held-out set: every task held out, no study, the suite's seeds."""
+    return Profile(suite, lambda: {"tuning": [], "held_out": sorted(suite)}, TUNE_SEEDS,
+                   EVAL_SEEDS, study=(), baselines_file=baselines_file)  # fmt: skip
+
+
 PROFILES = {
     "smoke": Profile(
         SMOKE_SUITE,
@@ -368,30 +374,9 @@ PROFILES = {
         study=tuple(k for k in STUDY if k != DEFAULTS_CONFIG),
         baselines_file=BASELINES_FILE,
     ),
-    "transfer": Profile(
-        TRANSFER,
-        lambda: {"tuning": [], "held_out": sorted(TRANSFER)},
-        TUNE_SEEDS,
-        EVAL_SEEDS,
-        study=(),
-        baselines_file=TRANSFER_BASELINES_FILE,
-    ),
-    "round3": Profile(
-        ROUND3,
-        lambda: {"tuning": [], "held_out": sorted(ROUND3)},
-        TUNE_SEEDS,
-        EVAL_SEEDS,
-        study=(),
-        baselines_file=ROUND3_BASELINES_FILE,
-    ),
-    "round4": Profile(
-        ROUND4,
-        lambda: {"tuning": [], "held_out": sorted(ROUND4)},
-        TUNE_SEEDS,
-        EVAL_SEEDS,
-        study=(),
-        baselines_file=ROUND4_BASELINES_FILE,
-    ),
+    "transfer": held_out_profile(TRANSFER, TRANSFER_BASELINES_FILE),
+    "round3": held_out_profile(ROUND3, ROUND3_BASELINES_FILE),
+    "round4": held_out_profile(ROUND4, ROUND4_BASELINES_FILE),
 }
 
 
@@ -946,18 +931,16 @@ LR_SEEDS = (100, 101, 102, 103)
 
 
 def head_decay(task: str, prof: Profile) -> float:
-    """The decay ``RegMuon(model)`` gives ``task``'s model: :func:`decay_by_structure`'s, kept
-    when its first minibatch gradient reads as a softmax head's."""
-    from muonflow.optim import decay_by_structure, softmax_head
-
+    """The decay ``RegMuon(model)`` gives ``task``'s model: the one it settles at its first
+    step (on a throwaway model and one minibatch)."""
     t = prof.suite[task]
     built = make_task(t.builder, **t.options)
     torch.manual_seed(0)
     model = built.make_model()
-    decay, _ = decay_by_structure(model)
-    head = RegMuon(model).routing.output.split(" (")[0]
+    opt = RegMuon(model)
     built.train_loss(model, torch.Generator().manual_seed(0)).backward()
-    return decay if softmax_head(model.get_submodule(head).weight.grad)[0] else 0.0
+    opt.step()
+    return float(opt.param_groups[0]["weight_decay"])
 
 
 def lr_opt(lr: float, part: float, decay: float) -> dict[str, Any]:
