@@ -414,19 +414,42 @@ def vit_task(
 
 
 def friedman_task(
-    *, hidden: int = 128, depth: int = 2, batch: int = 64, noise: float = 1.0
+    *,
+    hidden: int = 128,
+    depth: int = 2,
+    batch: int = 64,
+    noise: float = 1.0,
+    function: int = 1,
+    features: int | None = None,
 ) -> Task:
-    """An MLP ``10 -> hidden (x depth) -> 1`` regressor (MSE) on Friedman #1.
+    """An MLP ``features -> hidden (x depth) -> 1`` regressor (MSE) on a Friedman problem.
 
-    ``y = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅ + noise·N(0, 1)``, ``x ~ U[0, 1]¹⁰``
-    (scikit-learn's ``make_friedman1``, seeded: nothing is downloaded). 4000 samples: the
-    first 2000 fit, then 1000 ``val``, 1000 ``test``; features and target standardized with
-    the fitting statistics, so predicting the mean scores about 1 (``chance_loss``: exactly
-    the fitting set's variance, 1).
+    ``function`` 1: ``y = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅``, ``x ~ U[0, 1]^features``
+    (10 unless given, at least 5; the rest are noise inputs); 2: ``y = (x₁² + (x₂x₃ −
+    1/(x₂x₄))²)^½`` and 3: ``y = atan((x₂x₃ − 1/(x₂x₄)) / x₁)``, on four inputs over
+    Friedman's ranges. ``noise·N(0, 1)`` is added to ``y`` in its own units (scikit-learn's
+    ``make_friedman1/2/3``, seeded: nothing is downloaded). 4000 samples: the first 2000 fit,
+    then 1000 ``val``, 1000 ``test``; features and target standardized with the fitting
+    statistics, so predicting the mean scores about 1 (``chance_loss``: exactly the fitting
+    set's variance, 1).
     """
-    from sklearn.datasets import make_friedman1
+    import sklearn.datasets
 
-    X_np, y_np = make_friedman1(n_samples=4000, n_features=10, noise=noise, random_state=0)
+    if function not in (1, 2, 3):
+        raise ValueError(f"unknown Friedman function {function!r}; valid: 1, 2, 3")
+    if function == 1:
+        if features is None:
+            features = 10
+        if features < 5:
+            raise ValueError(f"Friedman #1 reads 5 inputs: features must be >= 5, got {features}")
+        X_np, y_np = sklearn.datasets.make_friedman1(
+            n_samples=4000, n_features=features, noise=noise, random_state=0
+        )
+    else:
+        if features not in (None, 4):
+            raise ValueError(f"Friedman #{function} has 4 inputs, got features={features}")
+        make = getattr(sklearn.datasets, f"make_friedman{function}")
+        X_np, y_np = make(n_samples=4000, noise=noise, random_state=0)
     X = torch.as_tensor(X_np, dtype=torch.float32)
     y = torch.as_tensor(y_np, dtype=torch.float32)
     mean, std = X[:2000].mean(0), X[:2000].std(0)
@@ -448,9 +471,9 @@ def friedman_task(
             for split in _pick(tuple(held), splits)
         }
 
-    return Task(
-        "friedman", lambda: MLP(10, hidden, 1, depth=depth), train_loss, evaluate, chance_loss=1.0
-    )
+    inputs = X.shape[1]
+    make_model = lambda: MLP(inputs, hidden, 1, depth=depth)  # noqa: E731
+    return Task("friedman", make_model, train_loss, evaluate, chance_loss=1.0)
 
 
 #: The scikit-learn bundled tables :func:`tabular_task` reads: loader, number of classes (0 for
