@@ -453,3 +453,13 @@ def test_decay_stage_runs_its_grid_and_tabulates_it(bench, tmp_path):
     values = [c.strip() for c in row[0].strip("|").split("|")[1:]]
     assert len(values) == len(bench.DECAYS) and "—" not in values
     assert len(set(values)) > 1
+
+
+def test_grid_index_round_trips_every_stored_lr(bench):
+    """``k_of(lr_of(k)) == k`` down to the small lrs a bracketed sweep can reach (a regressor's
+    tuned Muon went to 0.01·2⁻⁹, stored as 1.95313e-05), and an lr off the grid is refused.
+    Mutant caught: the exact-float tolerance (1e-9) that refused 1.95313e-05."""
+    for k in range(-30, 11):
+        assert bench.k_of(bench.lr_of(k)) == k
+    with pytest.raises(ValueError, match="not on the grid"):
+        bench.k_of(0.015)
