@@ -999,8 +999,8 @@ def stage_lr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> s
     ratios of mean val loss to the task's best tuned baseline, with each candidate's worst
     ratio and mean log ratio over ``tasks``."""
     decays = {t: head_decay(t, prof) for t in tasks}
-    opts = {(t, c): lr_opt(*LR_CANDIDATES[c][:2], decays[t], LR_CANDIDATES[c][2])
-            for t in tasks for c in LR_CANDIDATES}  # fmt: skip
+    opts = {(t, c): lr_opt(lr, part, decays[t], levers)
+            for t in tasks for c, (lr, part, levers) in LR_CANDIDATES.items()}  # fmt: skip
     specs = [make_spec(prof, t, s, o) for (t, _), o in opts.items() for s in LR_SEEDS]
     run_all(store, [s for s in specs if store.get(s) is None], runner, "lr")
     vals = load_baselines(prof, store.path.parent)["tasks"]
