@@ -1056,21 +1056,37 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.fmean(d), se(d)
 
 
+def _mean_curve(curves: list[list[list[float]]]) -> list[list[float]] | None:
+    """The seeds' mean of the tuning metric along training, ``[[step, mean], ...]``; ``None``
+    when the seeds' evaluation steps differ or a value is not finite (a diverged run)."""
+    steps = [[c[0] for c in curve] for curve in curves]
+    if not curves or any(s != steps[0] for s in steps):
+        return None
+    means = [statistics.fmean(curve[i][1] for curve in curves) for i in range(len(steps[0]))]
+    if not all(math.isfinite(m) for m in means):
+        return None
+    return [[step, m] for step, m in zip(steps[0], means, strict=True)]
+
+
 def analyze_final(store: Store, prof: Profile, baselines: dict[str, Any]) -> dict[str, Any]:
-    """Per task and arm: the evaluation seeds' test losses, means ± SE, and RegMuon's (and the
-    prototype's) paired comparisons with the best tuned baseline and Muon's documented defaults."""
+    """Per task and arm: the evaluation seeds' test losses, means ± SE, the seeds' mean
+    validation curve, and RegMuon's (and the prototype's) paired comparisons with the best
+    tuned baseline and Muon's documented defaults."""
     split = prof.split()
     out = {}
     for task in prof.suite:
         per: dict[str, list[float]] = {}
+        curves: dict[str, list[list[float]] | None] = {}
         for arm, opt in final_opts(baselines, task).items():
             runs = [store.get(make_spec(prof, task, s, opt)) for s in prof.eval_seeds]
             if any(r is None for r in runs):
                 break
             per[arm] = [math.inf if r.get("test_loss") is None else r["test_loss"] for r in runs]
+            curves[arm] = _mean_curve([r["curve"] for r in runs])
         else:
             arms = {
-                a: {"test": v, "mean": statistics.fmean(v), "se": se(v)} for a, v in per.items()
+                a: {"test": v, "mean": statistics.fmean(v), "se": se(v), "curve": curves[a]}
+                for a, v in per.items()
             }
             best = min(("muon_tuned", "adamw_tuned"), key=lambda a: arms[a]["mean"])
             res: dict[str, Any] = {"half": "held_out" if task in split["held_out"] else "tuning",
@@ -1239,6 +1255,7 @@ def _ratio_points(sw: dict[str, Any], ref: float) -> list[tuple[float, float]]:
 
 def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
     """``bench_training_final.png`` (ratios to the best tuned baseline, every task),
+    ``bench_training_curves.png`` (validation curves of the final stage's arms),
     ``bench_training_sensitivity.png`` (lr sweeps relative to it, every task) and
     ``bench_training_study.png`` (each configuration's worst ratio over the tuning tasks)."""
     import matplotlib
@@ -1271,6 +1288,7 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "bench_training_final.png", dpi=90)
         plt.close(fig)
+        _curves_figure(plt, final, tasks, out / "bench_training_curves.png")
     base, st = a["baselines"], a["study"]
     refs = {t: min(b["choice"]["val"].values()) for t, b in base.items() if b["choice"]}
     if refs:
@@ -1328,6 +1346,43 @@ def figures(prof: Profile, a: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "bench_training_study.png", dpi=90)
         plt.close(fig)
+
+
+def _curves_figure(plt: Any, final: dict[str, Any], tasks: list[str], path: Path) -> None:
+    """``bench_training_curves.png``: each task's validation loss along training, the mean
+    over the evaluation seeds, for RegMuon, the best tuned baseline, Muon's documented
+    defaults and the control — where a run overfits or stalls, which the final ratio hides."""
+    from matplotlib import ticker
+
+    lines = [("default", "C3", "-", "RegMuon(model)"), ("best", "k", "-", "best tuned baseline"),
+             ("muon_doc", "C0", "--", "torch.optim.Muon, documented defaults"),
+             ("control", "0.5", ":", "control (matrices frozen)")]  # fmt: skip
+    cols = min(6, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        arms = final[task]["arms"]
+        for arm, color, ls, _ in lines:
+            curve = arms.get(final[task]["best"] if arm == "best" else arm, {}).get("curve")
+            if curve:
+                ax.plot(*zip(*curve, strict=True), color=color, ls=ls, lw=1.2, marker="o", ms=2)
+        ax.set(yscale="log", title=task + (" (held out)" if final[task]["half"] == "held_out"
+                                           else ""))  # fmt: skip
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.StrMethodFormatter("{x:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(labelsize=6)
+        ax.title.set_fontsize(8)
+    for ax in axes.flat[len(tasks) :]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=c, ls=ls, lw=1.2) for _, c, ls, _ in lines]
+    fig.legend(handles, [label for *_, label in lines], loc="upper center", ncol=len(lines),
+               fontsize=7)  # fmt: skip
+    fig.supxlabel("step", fontsize=8)
+    fig.supylabel("val loss (mean over evaluation seeds)", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # -- main ---------------------------------------------------------------------------------------

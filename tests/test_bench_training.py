@@ -258,7 +258,8 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
                    "## `RegMuon(model)` with one default changed", "Δ `tol0.01`",
                    "## Tuned baselines", "| inputs_adamw |", "width"):  # fmt: skip
         assert needle in summary, needle
-    for fig in ("bench_training_final.png", "bench_training_sensitivity.png"):
+    for fig in ("bench_training_final.png", "bench_training_curves.png",
+                "bench_training_sensitivity.png"):  # fmt: skip
         assert (out / fig).stat().st_size > 0
     with pytest.raises(SystemExit, match="pass --resume"):
         bench.main(["--profile", "smoke", "--out", str(out)])  # never overwrite silently
@@ -286,8 +287,28 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
         assert res["variants"][v][0] == pytest.approx(sum(dv) / 2)
     assert res["default"]["ratio"] == pytest.approx(
         res["arms"]["default"]["mean"] / res["arms"][res["best"]]["mean"])  # fmt: skip
+    # the curve in the analysis is the seeds' mean, step by step (mutant: the first seed's)
+    runs = [r for r in json.loads((out / "results.json").read_text())["runs"].values()
+            if r["spec"]["task"] == "llama_tiny"
+            and r["spec"]["opt"] == {"arm": "default", "core": "changed"}]  # fmt: skip
+    assert len(runs) == 2 and runs[0]["curve"] != runs[1]["curve"]
+    mean = [[a[0], (a[1] + b[1]) / 2] for a, b in zip(runs[0]["curve"], runs[1]["curve"],
+                                                        strict=True)]  # fmt: skip
+    got = res["arms"]["default"]["curve"]
+    assert [s for s, _ in got] == [s for s, _ in mean]
+    assert [v for _, v in got] == pytest.approx([v for _, v in mean])
     assert res["half"] == ("held_out" if "llama_tiny" in bench.split_suite(bench.SMOKE_SUITE)[
         "held_out"] else "tuning")  # fmt: skip
+
+
+def test_mean_curve_is_the_seeds_mean_or_none_when_it_cannot_be(bench):
+    """The final stage's curve per arm. Mutants caught: the first seed's curve (wrong mean),
+    averaging curves evaluated at different steps, keeping a diverged seed's inf."""
+    assert bench._mean_curve([[[0, 2.0], [5, 1.0]], [[0, 4.0], [5, 0.5]]]) == [[0, 3.0], [5, 0.75]]
+    assert bench._mean_curve([[[0, 2.0], [5, 1.0]], [[0, 2.0], [4, 1.0]]]) is None
+    assert bench._mean_curve([[[0, 2.0], [5, 1.0]], [[0, 2.0]]]) is None
+    assert bench._mean_curve([[[0, 2.0], [5, math.inf]], [[0, 2.0], [5, 1.0]]]) is None
+    assert bench._mean_curve([]) is None
 
 
 # -- the prototype levers -------------------------------------------------------------------------
