@@ -38,9 +38,9 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3``, ``round4``, ``round5``: later held-out sets
-(:data:`TRANSFER`, :data:`ROUND3`, :data:`ROUND4`, :data:`ROUND5`), every task held out,
-baselines tuned as the suite's are.
+``--profile transfer``, ``round3``, ``round4``, ``round5``, ``round6``: later held-out sets
+(:data:`TRANSFER`, :data:`ROUND3`, :data:`ROUND4`, :data:`ROUND5`, :data:`ROUND6`), every task
+held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -190,6 +190,30 @@ ROUND5: dict[str, SuiteTask] = {
     "diabetes_wide": SuiteTask("tabular", "tabular", 300, "linear",
                                {"dataset": "diabetes", "hidden": 256, "depth": 1, "batch": 64}),
 }  # fmt: skip
+#: Round 6's held-out set: eight models whose first layer reads raw inputs (a first ``Linear``
+#: on table columns or pixels, a first conv, a ViT's patch projection: what ``original``'s
+#: shape factor √(fan_out/fan_in) boosts most), committed before any of their runs and before
+#: the change they test was chosen (on every earlier task, after round 5's report): a new table
+#: (iris: 4 inputs, the issue's ``Linear(4, 64)``), new depths and widths of the breast-cancer,
+#: digits, Friedman and diabetes MLPs, a CNN and a ViT of new shapes.
+ROUND6: dict[str, SuiteTask] = {
+    "iris_mlp": SuiteTask("tabular", "tabular", 200, "constant",
+                          {"dataset": "iris", "hidden": 64, "depth": 2, "batch": 16}),
+    "cancer_d3": SuiteTask("tabular", "tabular", 200, "linear",
+                           {"dataset": "breast_cancer", "hidden": 128, "depth": 3}),
+    "digits_h96": SuiteTask("digits", "tabular", 300, "linear",
+                            {"hidden": 96, "depth": 2, "batch": 32}),
+    "friedman_h32": SuiteTask("friedman", "tabular", 300, "constant",
+                              {"hidden": 32, "depth": 2}),
+    "friedman2_d3": SuiteTask("friedman", "tabular", 300, "linear",
+                              {"function": 2, "noise": 30.0, "hidden": 128, "depth": 3}),
+    "diabetes_narrow": SuiteTask("tabular", "tabular", 200, "constant",
+                                 {"dataset": "diabetes", "hidden": 32, "depth": 2, "batch": 16}),
+    "cnn_c32": SuiteTask("cnn", "vision", 200, "constant",
+                         {"channels": [32, 32], "hidden": 64}),
+    "vit_p4_l3": SuiteTask("vit", "vision", 200, "linear",
+                           {"d_model": 32, "patch": 4, "n_layers": 3}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -201,6 +225,7 @@ TRANSFER_BASELINES_FILE = Path(__file__).with_name("training_baselines_transfer.
 ROUND3_BASELINES_FILE = Path(__file__).with_name("training_baselines_round3.json")
 ROUND4_BASELINES_FILE = Path(__file__).with_name("training_baselines_round4.json")
 ROUND5_BASELINES_FILE = Path(__file__).with_name("training_baselines_round5.json")
+ROUND6_BASELINES_FILE = Path(__file__).with_name("training_baselines_round6.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -400,6 +425,7 @@ PROFILES = {
     "round3": held_out_profile(ROUND3, ROUND3_BASELINES_FILE),
     "round4": held_out_profile(ROUND4, ROUND4_BASELINES_FILE),
     "round5": held_out_profile(ROUND5, ROUND5_BASELINES_FILE),
+    "round6": held_out_profile(ROUND6, ROUND6_BASELINES_FILE),
 }
 
 

@@ -262,7 +262,7 @@ def test_friedman_rejects_bad_options():
 
 
 @pytest.mark.parametrize(("dataset", "outputs"), [("breast_cancer", 2), ("wine", 3),
-                                                  ("diabetes", 1)])  # fmt: skip
+                                                  ("iris", 3), ("diabetes", 1)])  # fmt: skip
 def test_tabular_tasks_split_standardize_and_learn(dataset, outputs):
     """Bundled tables: 60/20/20 splits that cover every row once, standardized features (and
     regression target: predicting 0 scores about 1), a chance loss an input-blind model cannot
@@ -283,8 +283,8 @@ def test_tabular_tasks_split_standardize_and_learn(dataset, outputs):
         assert task.chance_loss <= math.log(outputs) + 1e-9
     r = training.train(task, "adamw", lr=3e-3, steps=200, seed=0, evals=2)
     assert r["test_loss"] < 0.6 * task.chance_loss, r["test_loss"]
-    with pytest.raises(ValueError, match="unknown dataset 'iris'; valid: breast_cancer"):
-        training.make_task("tabular", dataset="iris")
+    with pytest.raises(ValueError, match="unknown dataset 'boston'; valid: breast_cancer"):
+        training.make_task("tabular", dataset="boston")
 
 
 def test_sort_task_targets_and_chance():

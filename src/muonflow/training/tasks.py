@@ -482,6 +482,7 @@ TABLES: dict[str, tuple[str, int]] = {
     "breast_cancer": ("load_breast_cancer", 2),
     "wine": ("load_wine", 3),
     "diabetes": ("load_diabetes", 0),
+    "iris": ("load_iris", 3),
 }
 
 
@@ -490,7 +491,8 @@ def tabular_task(
 ) -> Task:
     """An MLP ``features -> hidden (x depth) -> outputs`` on one of scikit-learn's bundled
     tables (:data:`TABLES`; nothing is downloaded): cross-entropy over the classes of
-    ``breast_cancer`` (2) and ``wine`` (3), MSE on the standardized target of ``diabetes``.
+    ``breast_cancer`` (2), ``wine`` (3) and ``iris`` (3), MSE on the standardized target of
+    ``diabetes``.
 
     The rows in a fixed shuffled order (seed 0): 60% fit, 20% ``val``, 20% ``test``; features
     (and a regression target) standardized with the fitting statistics; ``trainset`` is the
