@@ -19,6 +19,11 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   of keeping Muon's size.
 - ``cautious_wd``: decoupled decay applied only where the step already shrinks the weight,
   ``W ← W − η(u + λ 1[u ⊙ W ≥ 0] ⊙ W)`` (cautious weight decay), on both parts.
+- ``input_rho``: the shape factor of the input layer (:func:`input_layers`). Under
+  ``original`` a first ``Linear(4, 64)`` gets ρ = √(64/4) = 4 times a hidden layer's step;
+  ``"one"`` maps it with ρ = 1, ``"sqrt"`` with √ρ, ``"one_regression"`` with ρ = 1 only when
+  the output layer's first gradient is not a softmax head's
+  (:func:`muonflow.optim.routing.softmax_head`, as the decay by structure reads it).
 - ``guard``: an energy guard. H = f + K falls along the damped flow; a step along which the
   loss rose to first order, ``⟨∇f(W_t), W_t − W_{t−1}⟩ > 0``, overshot: that matrix's
   momentum is reset before its next step (``guard=True``), or, graded (``guard=κ``), damped
@@ -28,6 +33,7 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +42,18 @@ import torch
 from torch import Tensor, nn
 
 from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, kernel
-from muonflow.optim.routing import declared_matrices, is_embedding
+from muonflow.optim import optimizer as optimizer_module
+from muonflow.optim.routing import declared_matrices, is_embedding, softmax_head
 
 __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
-LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float}
+LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
+          "input_rho": str}
+#: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
+INPUT_RHO: dict[str, Callable[[float], float]] = {
+    "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
+}
 
 
 def input_layers(model: nn.Module) -> list[str]:
@@ -63,12 +75,14 @@ def input_layers(model: nn.Module) -> list[str]:
 
 
 class LeverRegMuon(RegMuon):
-    """``RegMuon`` with the prototype levers ``eps_adapt``, ``cautious_wd`` and ``guard``.
+    """``RegMuon`` with the prototype levers ``eps_adapt``, ``cautious_wd``, ``guard`` and
+    ``input_rho``.
 
     ``eps_adapt = {"scale": c, "beta": β_v}`` replaces the map's ε by the long-horizon rule of
     the module docstring (``eps``/``eps_mode`` are ignored); ``cautious_wd = λ`` applies the
     cautious decay (the groups' own ``weight_decay`` must be 0); ``guard`` resets (``True``) or
-    damps (a float κ) a matrix's momentum after an uphill step.
+    damps (a float κ) a matrix's momentum after an uphill step; ``input_rho`` (a key of
+    :data:`INPUT_RHO`) changes the input layer's shape factor in the step's bucket plan.
     """
 
     def __init__(
@@ -78,14 +92,24 @@ class LeverRegMuon(RegMuon):
         eps_adapt: dict[str, float] | None = None,
         cautious_wd: float = 0.0,
         guard: bool | float = False,
+        input_rho: str | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
             raise ValueError("cautious_wd replaces weight_decay: pass one of them")
+        if input_rho is not None and input_rho not in INPUT_RHO:
+            raise ValueError(f"input_rho must be one of {sorted(INPUT_RHO)}, got {input_rho!r}")
         super().__init__(model, **options)
         self.eps_adapt = eps_adapt
         self.cautious_wd = cautious_wd
         self.guard = guard
+        self.input_rho = input_rho
+        modules = dict(model.named_modules())
+        mapped = {id(p) for g in self.param_groups if g["algorithm"] == "regmuon"
+                  for p in g["params"]}  # fmt: skip
+        self._inputs = {id(p) for name in input_layers(model)
+                        for p in modules[name].parameters() if id(p) in mapped}  # fmt: skip
+        self._input_on: bool | None = None if input_rho == "one_regression" else True
         self._scale: dict[int, tuple[Tensor, int]] = {}  # map call index -> (v, t)
         self._calls = 0
         self._last: dict[Tensor, Tensor] = {}  # guard: the weights before the last step
@@ -117,6 +141,41 @@ class LeverRegMuon(RegMuon):
         finally:
             kernel.mirror_map = real
 
+    def _input_rho_on(self) -> bool | None:
+        """Whether ``input_rho`` applies: always, or (``"one_regression"``) when the output
+        layer's first gradient is not a softmax head's; ``None`` while it has no gradient."""
+        if self._input_on is None:
+            outputs = {r.name for r in self.routing.routes if r.reason == "output layer"}
+            heads = [p for g in self.param_groups for n, p in
+                     zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
+                         strict=True) if n in outputs and p.dim() >= 2]  # fmt: skip
+            if heads and all(p.grad is not None for p in heads):
+                self._input_on = not all(softmax_head(p.grad)[0] for p in heads)
+        return self._input_on
+
+    def _step_with_input_rho(self, step: Callable[[], None]) -> None:
+        """``step`` with the bucket plan's ρ of the input layer's matrices changed (they must
+        form their own buckets: their shapes are their own in every model the study runs)."""
+        real = optimizer_module.build_plan
+        scale = INPUT_RHO[self.input_rho or "one"]
+        inputs = self._inputs
+
+        def plan(params: Any, *args: Any, **kwargs: Any) -> Any:
+            out = []
+            for b in real(params, *args, **kwargs):
+                mine = [id(params[i]) in inputs for i in b.members]
+                if any(mine) and not all(mine):
+                    raise ValueError("input_rho: the input layer shares a bucket with other "
+                                     "matrices of its shape")  # fmt: skip
+                out.append(dataclasses.replace(b, rho=scale(b.rho)) if any(mine) else b)
+            return out
+
+        optimizer_module.build_plan = plan
+        try:
+            step()
+        finally:
+            optimizer_module.build_plan = real
+
     def _matrices(self) -> list[Tensor]:
         return [p for g in self.param_groups if g["algorithm"] == "regmuon" for p in g["params"]]
 
@@ -139,10 +198,11 @@ class LeverRegMuon(RegMuon):
         before = {}
         if self.cautious_wd or self.guard:
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
-        if self.eps_adapt is None:
-            super().step()
+        inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
+        if self.input_rho is not None and self._inputs and self._input_rho_on():
+            self._step_with_input_rho(inner)
         else:
-            self._step_with_adaptive_eps()
+            inner()
         if self.guard:
             self._last = {p: before[p] for p in self._matrices()}
         if self.cautious_wd:

@@ -382,6 +382,46 @@ def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
         levers.LeverRegMuon(base, cautious_wd=0.1, weight_decay=0.1)
 
 
+def test_input_rho_changes_only_the_input_layers_step(levers):
+    """The input layer ``Linear(4, 64)`` gets ρ = √(64/4) = 4 under ``original``: ``"one"``
+    divides its first step by 4, ``"sqrt"`` by 2, and every other parameter's step (a hidden
+    ``Linear(64, 256)``'s too, ρ = 2) is unchanged; ``"one_regression"`` is RegMuon's step
+    exactly under a softmax head and ``"one"``'s under a regression head. Mutants caught: ρ
+    left as it was, every matrix's ρ changed, ``"one_regression"`` blind to the head."""
+    torch.manual_seed(3)
+    x, labels, target = torch.randn(32, 4), torch.randint(0, 3, (32,)), torch.randn(32)
+    def net(outputs):
+        return nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 256), nn.ReLU(),
+                             nn.Linear(256, outputs))  # fmt: skip
+
+    bases = {3: net(3), 1: net(1)}
+
+    def first_step(outputs, lever):
+        model = net(outputs)
+        model.load_state_dict(bases[outputs].state_dict())
+        opt = levers.build_lever_regmuon(model, {"tol": None, "weight_decay": 0.0},
+                                         {"input_rho": lever} if lever else {})  # fmt: skip
+        z = model(x)
+        loss = (nn.functional.cross_entropy(z, labels) if outputs > 1
+                else nn.functional.mse_loss(z.squeeze(-1), target))  # fmt: skip
+        loss.backward()
+        opt.step()
+        pairs = zip(model.named_parameters(), bases[outputs].parameters(), strict=True)
+        return {n: (p - q).detach() for (n, p), q in pairs}
+
+    for outputs in (3, 1):
+        plain = first_step(outputs, None)
+        expect = {"one": 4.0, "sqrt": 2.0,
+                  "one_regression": 4.0 if outputs == 1 else 1.0}  # fmt: skip
+        for lever, factor in expect.items():
+            got = first_step(outputs, lever)
+            for name, d in plain.items():
+                want = d / factor if name == "0.weight" else d
+                torch.testing.assert_close(got[name], want, msg=f"{lever} {outputs} {name}")
+    with pytest.raises(ValueError, match="input_rho must be one of"):
+        levers.LeverRegMuon(bases[3], input_rho="half")
+
+
 def test_guard_resets_momentum_after_an_uphill_step(levers):
     """Gradient g, then −g: the first step went uphill for the second gradient
     (⟨−g, −η∇K(g)⟩ > 0), so the guarded momentum restarts from −g (sum form) while the plain one
@@ -463,6 +503,31 @@ def test_lr_stage_runs_each_candidate_at_the_head_decay(bench, tmp_path):
                and r["spec"]["opt"].get("arm") == "regmuon"
                and r["spec"]["opt"]["options"].get("adamw_weight_decay") == 0.0]  # fmt: skip
     assert len(lr_runs) == 2 * len(bench.LR_CANDIDATES) * len(bench.LR_SEEDS)
+
+
+def test_input_stage_runs_each_candidate_and_only_the_regression_one_follows_the_head(
+    bench, tmp_path
+):
+    """Each candidate of INPUT_CANDIDATES runs on LR_SEEDS; under the classifier's softmax head
+    "ρ 1 under a regression head" is RegMuon(model) exactly (same ratio; its input layer
+    ``Linear(64, 16)`` has ρ = 1 anyway), under the regressor's (``Linear(10, 16)``, ρ = 1.26)
+    it is "ρ 1" exactly, and that differs from today's. Mutants caught: the lever's head test
+    inverted (the regressor's column is today's), the lever ignored (every column equal)."""
+    out = tmp_path / "input"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "input", "--tasks",
+                       "digits_tiny,friedman_tiny"]) == 0  # fmt: skip
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
+            for ln in (out / "input.md").read_text().splitlines()[2:]}  # fmt: skip
+    today, one, _, one_reg = rows["digits_tiny"][1:]
+    assert one_reg == today == one
+    today, one, _, one_reg = rows["friedman_tiny"][1:]
+    assert one_reg == one != today
+    assert "worst" in rows and "mean log ratio" in rows
+    runs = json.loads((out / "results.json").read_text())["runs"].values()
+    lever_runs = [r for r in runs if r["spec"]["opt"]["arm"] == "default_lever"]
+    assert len(lever_runs) == 2 * 3 * len(bench.LR_SEEDS)
 
 
 def test_decay_stage_runs_its_grid_and_tabulates_it(bench, tmp_path):
