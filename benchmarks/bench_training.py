@@ -1221,7 +1221,8 @@ def _variants_table(prof: Profile, final: dict[str, Any]) -> list[str]:
     names = [v for v in VARIANTS if any(v in r["variants"] for _, r in rows)]
     lines = ["## `RegMuon(model)` with one default changed, every task, evaluation seeds", "",
              "Δ = test loss(variant) − test loss(`RegMuon(model)`), mean ± SE of the per-seed "
-             "differences; ✓: |Δ| < SE; **worse**: Δ ≥ 2 SE. "
+             "differences; ✓: |Δ| < SE; **worse**: Δ > 0 and Δ ≥ 2 SE; = : the same runs "
+             "(every difference 0). "
              + ", ".join(f"`{v}`: {VARIANTS[v]}" for v in names) + ".", "",
              "| task | half | " + " | ".join(f"Δ `{v}`" for v in names) + " |",
              "|---|---|" + "---:|" * len(names)]  # fmt: skip
@@ -1229,8 +1230,12 @@ def _variants_table(prof: Profile, final: dict[str, Any]) -> list[str]:
         cells = []
         for v in names:
             d = r["variants"].get(v)
+            if d is not None and tuple(d) == (0.0, 0.0):
+                cells.append("=")
+                continue
             mark = "" if d is None else (" ✓" if abs(d[0]) < d[1] else
-                                         (" **worse**" if d[0] >= 2 * d[1] else ""))  # fmt: skip
+                                         (" **worse**" if d[0] > 0 and d[0] >= 2 * d[1]
+                                          else ""))  # fmt: skip
             cells.append(_pm(d) + mark)
         lines.append(f"| {task} | {r['half']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -1461,7 +1466,7 @@ def _curves_figure(plt: Any, final: dict[str, Any], tasks: list[str], path: Path
                fontsize=7)  # fmt: skip
     fig.supxlabel("step", fontsize=8)
     fig.supylabel("val loss (mean over evaluation seeds)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if rows == 1 else 0.93))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -301,6 +301,22 @@ def test_smoke_runs_every_stage_resumes_and_reports(bench, tmp_path, monkeypatch
         "held_out"] else "tuning")  # fmt: skip
 
 
+def test_variants_table_marks_worse_only_for_a_positive_difference(bench, monkeypatch):
+    """A variant whose runs are RegMuon(model)'s (every paired difference 0) is "=", not
+    "worse" (0 ≥ 2·0); a difference within its SE is ✓; a better one beyond 2 SE is unmarked.
+    Mutant caught: Δ ≥ 2 SE alone (identical runs marked worse)."""
+    monkeypatch.setattr(bench, "VARIANTS", {"v": {"lr": 0.01}})
+    final = {t: {"half": "held_out", "variants": {"v": d}} for t, d in
+             {"same": (0.0, 0.0), "worse": (0.3, 0.1), "noise": (0.05, 0.1),
+              "better": (-0.3, 0.1)}.items()}  # fmt: skip
+    rows = {ln.split("|")[1].strip(): ln.split("|")[3].strip()
+            for ln in bench._variants_table(bench.PROFILES["smoke"], final) if ln.count("|") > 3}
+    assert rows["same"] == "="
+    assert rows["worse"] == "+0.3000 ± 0.1000 **worse**"
+    assert rows["noise"] == "+0.0500 ± 0.1000 ✓"
+    assert rows["better"] == "-0.3000 ± 0.1000"
+
+
 def test_mean_curve_is_the_seeds_mean_or_none_when_it_cannot_be(bench):
     """The final stage's curve per arm. Mutants caught: the first seed's curve (wrong mean),
     averaging curves evaluated at different steps, keeping a diverged seed's inf."""
