@@ -879,7 +879,13 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: before its held-out runs, the test: adopted only if, paired by seed on ROUND6 (test loss,
 #: evaluation seeds), it is better in the mean on at least six of the eight tasks and worse by
 #: more than two paired SEs on none. ``input_rho1_regression`` (ρ = 1 under a head that is not
-#: a softmax one) runs beside it as a diagnostic, not a candidate of this round.
+#: a softmax one) ran beside it as a diagnostic, not a candidate of round 6. It is round 7's
+#: candidate, chosen by the same rule on the 15 regressors seen (rounds 1-6; the ``input``
+#: stage, tuning seeds 100-103; under a softmax head it is RegMuon(model) exactly, so the
+#: classifiers cannot choose): worst ratio 1.995 -> 1.805 (√ρ: 1.919), mean log ratio 0.301 ->
+#: 0.233, better on 9 of the 15. Fixed before its held-out runs, the test: adopted only if,
+#: paired by seed on ROUND7 (test loss, evaluation seeds), it is better in the mean on at least
+#: four of the six regressors and worse by more than two paired SEs on none.
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},
