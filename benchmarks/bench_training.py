@@ -1107,12 +1107,13 @@ def stage_lr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> s
     return _candidate_table(store, prof, runner, tasks, opts, "lr", decays)
 
 
-#: The ``input`` stage's candidates: ``RegMuon(model)`` (today's defaults) and with the
-#: prototype lever ``input_rho`` (the shape factor of the layer that reads raw inputs: ρ = 1,
-#: √ρ, or ρ = 1 under a head that is not a softmax one). Round 6 chose among them on the models
-#: seen that have such a layer (seeds :data:`LR_SEEDS`, the ``lr`` stage's rule).
+#: The ``input`` stage's candidates: ``RegMuon(model)`` with round 3's defaults (an explicit
+#: ``adjust_lr`` turns off round 7's input-layer rule, nothing else) and with the prototype
+#: lever ``input_rho`` over them (the shape factor of the layer that reads raw inputs: ρ = 1,
+#: √ρ, or ρ = 1 under a head that is not a softmax one — round 7's rule, now the default).
+#: Rounds 6 and 7 chose among them (seeds :data:`LR_SEEDS`, the ``lr`` stage's rule).
 INPUT_CANDIDATES: dict[str, dict[str, Any]] = {
-    "today": {"arm": "default"},
+    "round 3": {"arm": "default_but", "but": {"adjust_lr": "original"}},
     "input ρ 1": {"arm": "default_lever", "levers": {"input_rho": "one"}},
     "input √ρ": {"arm": "default_lever", "levers": {"input_rho": "sqrt"}},
     "input ρ 1 under a regression head": {"arm": "default_lever",

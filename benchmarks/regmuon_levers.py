@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, kernel
+from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, input_layer, kernel
 from muonflow.optim import optimizer as optimizer_module
-from muonflow.optim.routing import declared_matrices, is_embedding, softmax_head
+from muonflow.optim.routing import softmax_head
 
 __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
@@ -57,21 +57,10 @@ INPUT_RHO: dict[str, Callable[[float], float]] = {
 
 
 def input_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that read ``model``'s raw input (``[]`` if an embedding does).
-
-    The first module, in registration order, that is an embedding or holds a declared weight
-    matrix (:data:`muonflow.optim.MATRIX_PARAMETERS`): if it is not an embedding, it reads raw
-    features (a first ``Linear`` on tabular inputs, a first conv on pixels, a ViT's patch
-    projection). A model that registers its input layer after another matrix layer is missed.
-    """
-    for name, module in model.named_modules():
-        if not name:
-            continue
-        if is_embedding(module):
-            return []
-        if declared_matrices(module):
-            return [name]
-    return []
+    """Names of the modules that read ``model``'s raw input (``[]`` if an embedding does):
+    :func:`muonflow.optim.input_layer`, as a list."""
+    name = input_layer(model)
+    return [] if name is None else [name]
 
 
 class LeverRegMuon(RegMuon):
@@ -227,6 +216,8 @@ def build_lever_regmuon(
     if levers.get("input_adamw"):
         names = {f"{m}." for m in input_layers(model)}
         kw["adamw"] = lambda name, p: name is not None and any(name.startswith(m) for m in names)
+    if "input_rho" in levers:  # over `original`'s ρ: RegMuon(model)'s own input rule off
+        kw.setdefault("adjust_lr", "original")
     rest = {k: v for k, v in levers.items() if k != "input_adamw"}
     if not rest:
         return RegMuon(model, **kw)

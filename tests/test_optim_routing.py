@@ -460,21 +460,32 @@ def _regress(m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # three outputs, M
     return nn.functional.mse_loss(m(x), x[:, :3].sin())
 
 
-def _steps_as(make_opt, loss, ref_kw) -> nn.Module:
+#: ``original``'s shape factor of ``_mlp``'s input layer ``Linear(6, 16)``: √(16/6).
+_INPUT_RHO = math.sqrt(16 / 6)
+
+
+def _steps_as(make_opt, loss, ref_kw, input_rho_one=False) -> nn.Module:
     """Three steps of ``make_opt(model)`` under ``loss`` equal (bitwise) those of
-    ``RegMuon(model, **ref_kw)``; returns the optimizer."""
+    ``RegMuon(model, **ref_kw)``; with ``input_rho_one``, one step, the input layer's equal to
+    the reference's divided by its shape factor (mapped at ρ = 1: the same map times a ρ
+    times smaller step) and every other one bitwise. Returns the optimizer."""
     torch.manual_seed(0)
     model = _mlp()
-    ref_model = copy.deepcopy(model)
+    ref_model, start = copy.deepcopy(model), copy.deepcopy(model)
     opt, ref = make_opt(model), RegMuon(ref_model, **ref_kw)
     x = torch.randn(32, 6)
-    for _ in range(3):
+    for _ in range(1 if input_rho_one else 3):
         for m, o in ((model, opt), (ref_model, ref)):
             o.zero_grad()
             loss(m, x).backward()
             o.step()
-    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
-        assert torch.equal(p, q)
+    for (name, p), q, p0 in zip(model.named_parameters(), ref_model.parameters(),
+                                start.parameters(), strict=True):  # fmt: skip
+        if input_rho_one and name == "0.weight":
+            torch.testing.assert_close(p - p0, (q - p0) / _INPUT_RHO, rtol=1e-5, atol=1e-7)
+            assert not torch.equal(p, q)
+        else:
+            assert torch.equal(p, q), name
     return opt
 
 
@@ -482,13 +493,14 @@ def _decay_check(make_opt) -> None:
     """``make_opt(model)`` on an MLP with a softmax head steps exactly as decay 2 on the
     matrices and none on the AdamW part, and says so in its routing; as a regressor, exactly as
     no decay; an explicit decay (or options) turns the rule off."""
-    opt = _steps_as(make_opt, _regress, {"weight_decay": 0.0})
+    opt = _steps_as(make_opt, _regress, {"weight_decay": 0.0}, input_rho_one=True)
     assert "matrix weight decay by structure: 0 (the output layer's gradient" in str(opt.routing)
+    assert "input layer's matrices (0.weight) are mapped with ρ = 1" in str(opt.routing)
     assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
     opt = _steps_as(make_opt, _classify, {"weight_decay": mf.optim.UNNORMALIZED_DECAY,
                                           "adamw_weight_decay": 0.0})  # fmt: skip
     assert "matrix weight decay by structure: 2 (" in str(opt.routing)
-    assert "softmax head" in str(opt.routing)
+    assert "softmax head" in str(opt.routing) and "ρ = 1" not in str(opt.routing)
     groups = {g["algorithm"]: g["weight_decay"] for g in opt.param_groups}
     assert groups == {"regmuon": mf.optim.UNNORMALIZED_DECAY, "adamw": 0.0}
     for explicit in ({"weight_decay": 0.0}, {"options": mf.optim.DEFAULTS}):
@@ -531,6 +543,88 @@ def test_the_decay_check_fails_each_plausible_bug(monkeypatch):
         with pytest.raises(AssertionError):
             _decay_check(mutant)
         monkeypatch.undo()
+
+
+def _tall() -> nn.Module:  # a hidden layer with ρ = 2 besides the input layer's √(16/6)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 64), nn.ReLU(),
+                         nn.Linear(64, 3))  # fmt: skip
+
+
+def _first_step(base, loss, x, **kw):
+    model = copy.deepcopy(base)
+    opt = RegMuon(model, **kw)
+    loss(model, x).backward()
+    opt.step()
+    pairs = zip(model.named_parameters(), base.parameters(), strict=True)
+    return model, opt, {n: (p - q).detach() for (n, p), q in pairs}
+
+
+def test_a_regression_head_maps_the_input_layer_at_rho_one():
+    """Under a regression head ``RegMuon(model)`` maps the layer that reads raw inputs with
+    ρ = 1: its first step is ``original``'s divided by √(16/6), every other step (the hidden
+    ``Linear(16, 64)``'s, ρ = 2, too) unchanged; under a softmax head nothing changes; an
+    explicit ``adjust_lr`` turns the rule off. Mutants caught: the rule skipped, ρ = 1 for
+    every matrix, applied under a softmax head too."""
+    torch.manual_seed(0)
+    base, x = _tall(), torch.randn(32, 6)
+    _, opt, new = _first_step(base, _regress, x)
+    _, _, plain = _first_step(base, _regress, x, weight_decay=0.0)
+    assert new.keys() == plain.keys()
+    for name in new:
+        if name == "0.weight":
+            torch.testing.assert_close(new[name], plain[name] / _INPUT_RHO, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(new[name], plain[name]), name
+    assert "ρ = 1" in str(opt.routing)
+    _, _, chosen = _first_step(base, _regress, x, adjust_lr="original")
+    assert all(torch.equal(chosen[n], plain[n]) for n in plain)
+    _, opt, new = _first_step(base, _classify, x)
+    _, _, plain = _first_step(base, _classify, x, weight_decay=mf.optim.UNNORMALIZED_DECAY,
+                              adamw_weight_decay=0.0)  # fmt: skip
+    assert all(torch.equal(new[n], plain[n]) for n in plain) and not opt._unit_rho
+
+
+def test_the_input_layers_rho_travels_with_the_checkpoint():
+    """Decided at the first step, the input layer's ρ = 1 is in the state dict's extras by
+    name: a fresh ``RegMuon(model)`` that loads it steps bit for bit as the uninterrupted one,
+    and so does one that loads ``state`` and ``param_groups`` only (DCP), deciding again from
+    the same head; names that are not its matrices are refused with nothing changed. Mutant
+    caught: the decision not restored from the extras (the loaded optimizer's input layer
+    back at √(16/6))."""
+    torch.manual_seed(0)
+    base, x = _tall(), torch.randn(32, 6)
+    model, opt, _ = _first_step(base, _regress, x)
+    sd = opt.state_dict()
+    assert sd["regmuon"]["unit_rho"] == ["0.weight"]
+    for extras in (True, False):
+        twin = copy.deepcopy(model)
+        fresh = RegMuon(twin)
+        fresh.load_state_dict(sd if extras else {k: v for k, v in sd.items() if k != "regmuon"})
+        ref_model, ref = copy.deepcopy((model, opt))  # one copy: ref steps ref_model
+        for m, o in ((twin, fresh), (ref_model, ref)):
+            o.zero_grad()
+            _regress(m, x).backward()
+            o.step()
+        for p, q in zip(twin.parameters(), ref_model.parameters(), strict=True):
+            assert torch.equal(p, q), extras
+    fresh = RegMuon(copy.deepcopy(model))
+    pending = fresh.state_dict()
+    for bad, match in ((["0.weight", "nope"], r"names \['nope'\]"), ("0.weight", "a list")):
+        corrupt = copy.deepcopy(sd)
+        corrupt["regmuon"]["unit_rho"] = bad
+        with pytest.raises(ValueError, match=match):
+            fresh.load_state_dict(corrupt)
+        assert fresh._decay_pending == mf.optim.UNNORMALIZED_DECAY and not fresh._unit_rho
+        assert fresh.state_dict()["regmuon"] == pending["regmuon"]
+
+
+def test_the_input_layer_is_the_first_matrix_layer_unless_an_embedding_reads_the_input():
+    """Mutant caught: the first matrix layer even after an embedding."""
+    input_layer = mf.optim.routing.input_layer
+    assert input_layer(_mlp()) == "0"
+    assert input_layer(nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16))) is None
+    assert input_layer(nn.Sequential(nn.ReLU(), nn.Conv2d(1, 8, 3))) == "1"
+    assert input_layer(nn.Sequential(nn.ReLU())) is None
 
 
 def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():

@@ -30,6 +30,7 @@ from .routing import (
     Routing,
     RoutingWarning,
     decay_by_structure,
+    input_layer,
     make_rule,
     output_candidates,
     route_module,
@@ -40,6 +41,11 @@ from .state import check_state_dict, collect_updates, group_options, split_group
 
 __all__ = ["RegMuon"]
 
+#: Why ``RegMuon(model)`` maps the input layer of a network with a regression head at ρ = 1.
+INPUT_RHO_WHY = ("(not `original`'s √(fan_out/fan_in): under a regression head the layer that "
+                 "reads raw inputs takes a hidden layer's step; docs/benchmark-training.md, "
+                 "round 7)")  # fmt: skip
+
 # Attributes that are not torch.optim.Optimizer state but survive deepcopy and pickle.
 _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "options": lambda: DEFAULTS,
@@ -49,6 +55,8 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_specs": dict,
     "routing": Routing,
     "_decay_pending": lambda: None,
+    "_input_pending": tuple,
+    "_unit_rho": dict,
 }
 
 
@@ -125,6 +133,9 @@ class RegMuon(Optimizer):
         self._stacks = MomentumStacks()
         self._unrouted = 0
         self._decay_pending: float | None = None  # RegMuon(model)'s decay, until decided
+        # RegMuon(model)'s input layer, until the head decides (ρ = 1 under a regression head)
+        self._input_pending: tuple[tuple[str, Tensor], ...] = ()
+        self._unit_rho: dict[Tensor, str] = {}  # matrices mapped with ρ = 1, by name
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -136,6 +147,8 @@ class RegMuon(Optimizer):
                 model_routing.decay = why
                 if decay:  # set at the first step, if the output layer is a softmax head's
                     self._decay_pending = decay
+                    if "adjust_lr" not in overrides:  # else the user chose the shape factor
+                        self._input_pending = _input_matrices(model, model_routing, pairs)
                     model_routing.decay = (f"decided at the first step: {decay:g} if the output "
                                            f"layer is a softmax head, else 0 "
                                            f"{why.split(' ', 1)[1]}")  # fmt: skip
@@ -306,6 +319,9 @@ class RegMuon(Optimizer):
             self.skipped_steps = self.__dict__.pop("_loading_skipped", 0)
             if "_loading_decay" in self.__dict__:  # a checkpoint without extras keeps ours
                 self._decay_pending = self.__dict__.pop("_loading_decay")
+                self._unit_rho = self.__dict__.pop("_loading_unit")
+                if self._decay_pending is None:  # decided: so is the input layer's ρ
+                    self._input_pending = ()
         else:  # pickle, deepcopy
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
@@ -336,6 +352,7 @@ class RegMuon(Optimizer):
             handle.remove()
             self.__dict__.pop("_loading_skipped", None)
             self.__dict__.pop("_loading_decay", None)
+            self.__dict__.pop("_loading_unit", None)
 
     # -- the step -------------------------------------------------------------------------------
     def _spec(self, p: Tensor, o: RegMuonOptions) -> tuple[str, str]:
@@ -360,6 +377,9 @@ class RegMuon(Optimizer):
             self.skipped_steps += 1
             return loss
         decided = self._decide_decay() if self._decay_pending is not None else None
+        unit = self._unit_rho
+        if decided is not None and decided[2]:  # a regression head: the input layer at ρ = 1
+            unit = {**unit, **{p: name for name, p in self._input_pending}}
         if decided is not None and decided[0]:
             opts[0] = group_options({**self.param_groups[0], "weight_decay": decided[0]},
                                     self.options)  # fmt: skip
@@ -373,13 +393,19 @@ class RegMuon(Optimizer):
         pending = []  # every map of the step, before any change
         for gi, (group, o, items) in enumerate(zip(self.param_groups, opts, todo, strict=True)):
             if items and group["algorithm"] == "regmuon":
-                works, installs = self._works(gi, o, items, cap)
+                works, installs = self._works(gi, o, items, cap, unit)
                 pending.append((works, [directions(w, o) for w in works], o, installs))
         with _holding_interrupts():  # the commit
             if decided is not None:
                 self._decay_pending = None
                 self.param_groups[0]["weight_decay"] = decided[0]
                 self.routing.decay = decided[1]
+                if decided[2] and self._input_pending:
+                    self._unit_rho = unit
+                    self.routing.decay += (f"; the input layer's matrices ("
+                                           f"{', '.join(n for n, _ in self._input_pending)}) "
+                                           f"are mapped with ρ = 1 {INPUT_RHO_WHY}")  # fmt: skip
+                self._input_pending = ()
             for works, ds, o, installs in pending:
                 for install in installs:
                     install()
@@ -390,22 +416,24 @@ class RegMuon(Optimizer):
                     self._adamw_group(o, items)
         return loss
 
-    def _decide_decay(self) -> tuple[float, str] | None:
+    def _decide_decay(self) -> tuple[float, str, bool] | None:
         """RegMuon(model)'s pending decay by structure, decided from the output layer's
-        gradient (:func:`~muonflow.optim.routing.softmax_head`): ``(λ, why)`` for a softmax
-        head, ``(0, why)`` otherwise or with no output layer; ``None`` (still pending) while the
-        output layer has no gradient. Changes nothing."""
+        gradient (:func:`~muonflow.optim.routing.softmax_head`): ``(λ, why, False)`` for a
+        softmax head, ``(0, why, True)`` for another head (a regression: the input layer then
+        gets ρ = 1), ``(0, why, False)`` with no output layer; ``None`` (still pending) while
+        the output layer has no gradient. Changes nothing."""
         decay = self._decay_pending
         assert decay is not None
         if given := self.param_groups[0]["weight_decay"]:  # set by hand, or loaded: it stands
-            return given, f"{given:g} (in param_groups[0] before the first step: set or loaded)"
+            return (given, f"{given:g} (in param_groups[0] before the first step: set or "
+                    "loaded)", False)  # fmt: skip
         outputs = {r.name for r in self.routing.routes
                    if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
         heads = [p for g in self.param_groups for n, p in
                  zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
                      strict=True) if n in outputs]  # fmt: skip
         if not heads:
-            return 0.0, "0 (no output layer: its gradient decides the decay by structure)"
+            return 0.0, "0 (no output layer: its gradient decides the decay by structure)", False
         if any(p.grad is None for p in heads):
             return None
         grads = [p.grad.full_tensor() if is_dtensor(p.grad) else p.grad for p in heads]
@@ -413,9 +441,11 @@ class RegMuon(Optimizer):
         r = max(x for _, x in found)
         if all(ok for ok, _ in found):
             return decay, (f"{decay:g} (no normalization, embedding or recurrent layer, and a "
-                           f"softmax head: its gradient sums to 0 over the outputs, r = {r:.1e})")
+                           f"softmax head: its gradient sums to 0 over the outputs, r = {r:.1e})"
+                           ), False  # fmt: skip
         return 0.0, (f"0 (the output layer's gradient does not sum to 0 over the outputs, "
-                     f"r = {r:.2g}: not a softmax head, the output's scale is the weights')")
+                     f"r = {r:.2g}: not a softmax head, the output's scale is the weights')"
+                     ), True  # fmt: skip
 
     def _agree(self, opts: list[RegMuonOptions]) -> None:
         """With DTensor parameters, every rank must hold the same optimizer (names, shapes,
@@ -440,14 +470,20 @@ class RegMuon(Optimizer):
             agree_on(groups + self._fingerprint[1], self._fingerprint[2])
 
     def _works(
-        self, gi: int, o: RegMuonOptions, items: list[tuple[Tensor, Tensor]], cap: int | None
+        self,
+        gi: int,
+        o: RegMuonOptions,
+        items: list[tuple[Tensor, Tensor]],
+        cap: int | None,
+        unit: dict[Tensor, str],
     ) -> tuple[list[Work], list[Callable[[], None]]]:
         """The bucket plan of a group's update, read from its momentum stacks; the stacks that
         must be installed into the state at the commit (nothing changes before)."""
         params, grads = [p for p, _ in items], [g for _, g in items]
         works, installs = [], []
+        rhos = [1.0 if p in unit else None for p in params] if unit else None
         for b in build_plan(params, [self._spec(p, o) for p in params], o.adjust_lr,
-                            o.max_batch_bytes, cap):  # fmt: skip
+                            o.max_batch_bytes, cap, rhos):  # fmt: skip
             ps = [params[i] for i in b.members]
             dtype = o.momentum_dtype_for(ps[0].dtype)
             key = (gi, b.m, b.n, b.rho, b.layout, ps[0].dtype, ps[0].device, dtype)
@@ -524,7 +560,38 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
     extras: dict[str, Any] = {"skipped_steps": cast(RegMuon, opt).skipped_steps}
     if cast(RegMuon, opt)._decay_pending is not None:
         extras["decay_pending"] = cast(RegMuon, opt)._decay_pending
+    if cast(RegMuon, opt)._unit_rho:
+        extras["unit_rho"] = sorted(cast(RegMuon, opt)._unit_rho.values())
     state_dict["regmuon"] = extras
+
+
+def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
+    """The matrices a checkpoint's ``unit_rho`` names, checked: names of this optimizer's
+    RegMuon matrices."""
+    if names is None:
+        return {}
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("state_dict['regmuon']['unit_rho'] must be a list of parameter names, "
+                         f"got {names!r}")  # fmt: skip
+    mine = {n: p for g in opt.param_groups if g["algorithm"] == "regmuon"
+            for n, p in zip(g.get("param_names") or (), g["params"], strict=True)}  # fmt: skip
+    unknown = [n for n in names if n not in mine]
+    if unknown:
+        raise ValueError(f"state_dict['regmuon']['unit_rho'] names {unknown}, not matrices "
+                         "of this optimizer's RegMuon part")  # fmt: skip
+    return {mine[n]: n for n in names}
+
+
+def _input_matrices(
+    model: nn.Module, routing: Routing, pairs: list[tuple[str, Tensor]]
+) -> tuple[tuple[str, Tensor], ...]:
+    """``(name, parameter)`` of the matrices of ``model``'s input layer
+    (:func:`~muonflow.optim.routing.input_layer`) that RegMuon maps."""
+    layer = input_layer(model)
+    if layer is None:
+        return ()
+    return tuple((name, p) for route, (name, p) in zip(routing.routes, pairs, strict=True)
+                 if route.algorithm == "regmuon" and name.startswith(f"{layer}."))  # fmt: skip
 
 
 def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +602,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     opt.__dict__["_loading_skipped"] = int(state_dict.get("regmuon", {}).get("skipped_steps", 0))
     if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
+        opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip

@@ -214,11 +214,13 @@ def build_plan(
     adjust_lr: str,
     max_batch_bytes: int | str | None,
     cap: int | None,
+    rhos: Sequence[float | None] | None = None,
 ) -> list[Bucket]:
     """The buckets of ``params`` (each seen by its ``(matrix view, layout)`` of ``specs``),
     keyed by ``(m, n, dtype, device, ρ, DTensor layout)``, in first-member order. Parameters
     without elements are left out. ``cap``: the ``"auto"`` workspace cap
-    (default: :func:`auto_workspace_cap` of these matrices)."""
+    (default: :func:`auto_workspace_cap` of these matrices). ``rhos``: per parameter, a ρ
+    that replaces ``adjust_lr``'s (``None``: ``adjust_lr``'s)."""
     keys: dict[tuple[Any, ...], list[tuple[int, int, tuple[int, int, int]]]] = {}
     for i, (p, (view, layout)) in enumerate(zip(params, specs, strict=True)):
         if not p.numel():
@@ -230,8 +232,9 @@ def build_plan(
             dl = matrix_layout(p, view)
         k, m, n = matrix_shape(p.shape, view)
         shard = (k, m, n) if dl is None else dl.local_shape(local(p))
-        keys.setdefault((m, n, p.dtype, p.device, lr_factor(m, n, layout, adjust_lr), dl),
-                        []).append((i, k, shard))  # fmt: skip
+        rho = rhos[i] if rhos is not None and rhos[i] is not None else None
+        rho = lr_factor(m, n, layout, adjust_lr) if rho is None else rho
+        keys.setdefault((m, n, p.dtype, p.device, rho, dl), []).append((i, k, shard))
     if max_batch_bytes == "auto" and cap is None:
         cap = auto_workspace_cap(key[:2] for key in keys)
     out = []

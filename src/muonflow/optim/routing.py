@@ -192,6 +192,22 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     return UNNORMALIZED_DECAY, f"{UNNORMALIZED_DECAY:g} ({why})"
 
 
+def input_layer(model: nn.Module) -> str | None:
+    """The name of the module that reads ``model``'s raw input: the first, in registration
+    order, that holds a declared matrix (:data:`MATRIX_PARAMETERS`) — a first ``Linear`` on
+    table columns, a first conv on pixels — or ``None`` when an embedding comes first (its
+    rows are looked up, not multiplied) or there is none. A model that registers its input
+    layer after another matrix layer is misread."""
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if is_embedding(module):
+            return None
+        if declared_matrices(module):
+            return name
+    return None
+
+
 #: The largest :func:`softmax_head` ratio read as a softmax head's. A softmax head's ratio is
 #: rounding: about 1e-7 with float32 gradients, below 1e-2 when the head's backward runs in
 #: bfloat16 (autocast); an unstructured residual over ``K`` outputs gives about ``1/√K``, and a
