@@ -932,8 +932,13 @@ def load_baselines(prof: Profile, out: Path) -> dict[str, Any]:
     return data
 
 
-def stage_final(store: Store, prof: Profile, runner: Runner, baselines: dict[str, Any]) -> None:
-    specs = [make_spec(prof, task, s, opt) for task in prof.suite
+def stage_final(
+    store: Store, prof: Profile, runner: Runner, baselines: dict[str, Any],
+    tasks: list[str] | None = None,
+) -> None:  # fmt: skip
+    """Every arm of :func:`final_opts` on the evaluation seeds, on ``tasks`` (default: all);
+    the report covers the tasks whose arms have all run."""
+    specs = [make_spec(prof, task, s, opt) for task in (tasks or prof.suite)
              for opt in final_opts(baselines, task).values() for s in prof.eval_seeds]  # fmt: skip
     run_all(store, specs, runner, "final")
 
@@ -1511,7 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
                     default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
-    ap.add_argument("--tasks", help="baselines, decay, lr, input stages: only these tasks")
+    ap.add_argument("--tasks", help="baselines, final, decay, lr, input stages: these tasks")
     ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
     ap.add_argument("--variant", action="append", choices=list(OPTIONAL_VARIANTS), default=[],
@@ -1565,7 +1570,8 @@ def _stages(
     if args.stage in ("study", "all"):
         stage_study(store, prof, runner, names)
     if args.stage in ("final", "all"):
-        stage_final(store, prof, runner, load_baselines(prof, args.out))
+        stage_final(store, prof, runner, load_baselines(prof, args.out),
+                    tasks if args.tasks else None)  # fmt: skip
     if args.stage == "lr":
         table = stage_lr(store, prof, runner, tasks)
         (args.out / "lr.md").write_text(table + "\n")

@@ -547,6 +547,21 @@ def test_input_stage_runs_each_candidate_and_only_the_regression_one_follows_the
     assert len(lever_runs) == 2 * 3 * len(bench.LR_SEEDS)
 
 
+def test_final_stage_on_some_tasks_runs_and_reports_only_those(bench, tmp_path):
+    """``--stage final --tasks``: every final arm on the evaluation seeds of those tasks and no
+    other, and the analysis covers just them. Mutant caught: ``--tasks`` ignored (every task's
+    arms run)."""
+    out = tmp_path / "final"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "final", "--tasks", "friedman_tiny"]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"].values()
+    final = {r["spec"]["task"] for r in runs if r["spec"]["seed"] in bench.PROFILES["smoke"]
+             .eval_seeds}  # fmt: skip
+    assert final == {"friedman_tiny"}
+    assert set(json.loads((out / "analysis.json").read_text())["final"]) == {"friedman_tiny"}
+
+
 def test_decay_stage_runs_its_grid_and_tabulates_it(bench, tmp_path):
     """Every λ of the grid runs on the tuning seeds with the other defaults, and the table has
     one value per λ. Mutant caught: the decay not passed to the runs (every λ's value equal)."""
