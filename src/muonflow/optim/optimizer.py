@@ -83,9 +83,14 @@ class RegMuon(Optimizer):
     ``RegMuon(model)`` routes by structure (:mod:`~muonflow.optim.routing`): embeddings, tied
     parameters, the output layer, vectors and undeclared parameters to the built-in AdamW; the
     declared weight matrices of known layers to RegMuon, each with its matrix view and layout;
-    ``print(opt.routing)`` shows every decision. Named parameters, tensors and dict groups work
-    too. Every step, :meth:`add_param_group` and :meth:`load_state_dict` is all or nothing (see
-    ``docs/optimizer.md`` and ``docs/reliability.md``).
+    ``print(opt.routing)`` shows every decision. A network with no normalization, embedding or
+    recurrent layer (and no ``weight_decay=``/``options=``) is decided at its first step from the
+    output layer's gradient (:func:`~muonflow.optim.softmax_head`): a softmax head gets decay
+    :data:`~muonflow.optim.UNNORMALIZED_DECAY` on the matrices; another head no decay, and its
+    input layer (:func:`~muonflow.optim.input_layer`) ρ = 1 unless ``adjust_lr=`` is given.
+    Named parameters, tensors and dict groups work too. Every step, :meth:`add_param_group` and
+    :meth:`load_state_dict` is all or nothing (see ``docs/optimizer.md`` and
+    ``docs/reliability.md``).
 
     Args:
         params: an ``nn.Module`` (routed by structure), ``(name, parameter)`` pairs, tensors,
