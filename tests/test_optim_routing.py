@@ -616,6 +616,15 @@ def test_the_input_layers_rho_travels_with_the_checkpoint():
             fresh.load_state_dict(corrupt)
         assert fresh._decay_pending == mf.optim.UNNORMALIZED_DECAY and not fresh._unit_rho
         assert fresh.state_dict()["regmuon"] == pending["regmuon"]
+    # an optimizer of unnamed tensors cannot hold the names: a clear error, nothing loaded
+    # (mutant caught: names read from every group, a raw zip() length error)
+    twin = copy.deepcopy(model)
+    unnamed = RegMuon([{"params": [twin[0].weight, twin[2].weight]},
+                       {"params": [twin[0].bias, twin[2].bias, *twin[4].parameters()],
+                        "algorithm": "adamw"}], adamw=())  # fmt: skip
+    with pytest.raises(ValueError, match=r"names \['0.weight'\], not matrices"):
+        unnamed.load_state_dict(sd)
+    assert not unnamed.state
 
 
 def test_the_input_layer_is_the_first_matrix_layer_unless_an_embedding_reads_the_input():

@@ -578,8 +578,8 @@ def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError("state_dict['regmuon']['unit_rho'] must be a list of parameter names, "
                          f"got {names!r}")  # fmt: skip
-    mine = {n: p for g in opt.param_groups if g["algorithm"] == "regmuon"
-            for n, p in zip(g.get("param_names") or (), g["params"], strict=True)}  # fmt: skip
+    mine = {n: p for g in opt.param_groups if g["algorithm"] == "regmuon" and "param_names" in g
+            for n, p in zip(g["param_names"], g["params"], strict=True)}  # fmt: skip
     unknown = [n for n in names if n not in mine]
     if unknown:
         raise ValueError(f"state_dict['regmuon']['unit_rho'] names {unknown}, not matrices "
