@@ -114,3 +114,33 @@ def test_small_cnn_shapes_and_layout():
     assert model.conv2.weight.shape == (8, 4, 3, 3) and model.fc.weight.shape == (16, 8 * 16)
     with pytest.raises(ValueError, match="hidden must be an int >= 1"):
         SmallCNN((4, 8), 0)
+
+
+def test_norm_options_add_normalization_and_change_nothing_without_it():
+    """``norm=True`` puts a LayerNorm (MLP) or BatchNorm2d (CNN) after each hidden map; without
+    it the model is the plain one, weight for weight (the benchmark's earlier tasks rely on it).
+    The image tasks evaluate in eval mode: batch norm's running statistics, not the evaluated
+    set's own. Mutants caught: the norm skipped in forward; evaluation left in train mode."""
+    from muonflow.training import make_task
+
+    x = torch.randn(6, 64)
+    for make in (lambda n: MLP(64, 16, 10, depth=2, norm=n),
+                 lambda n: SmallCNN((4, 8), 16, norm=n)):  # fmt: skip
+        torch.manual_seed(0)
+        plain = make(False)
+        torch.manual_seed(0)
+        normed = make(True)
+        named = dict(normed.named_parameters())
+        for name, p in plain.named_parameters():
+            assert torch.equal(p, named.pop(name)), name
+        assert named and all(p.ndim == 1 for p in named.values())  # the norms' own vectors
+        with torch.no_grad():
+            for p in named.values():
+                p.mul_(3.0)  # a norm that is used changes the output
+        assert not torch.allclose(normed(x), plain(x))
+    task = make_task("cnn", channels=(4, 8), hidden=16, norm=True)
+    model = task.make_model()
+    before = task.evaluate(model, ["val"])["val_loss"]
+    assert model.training  # restored
+    model.bn1.running_mean += 1.0  # used in eval mode only
+    assert task.evaluate(model, ["val"])["val_loss"] != before

@@ -13,10 +13,15 @@ class SmallCNN(nn.Module):
     ``conv1`` (3x3, ``channels[0]``) -> ReLU -> ``conv2`` (3x3, ``channels[1]``) -> ReLU ->
     2x2 max-pool -> ``fc`` (``hidden``) -> ReLU -> ``head``. Conv kernels ``[out, in, 3, 3]``
     are ``out x (in·9)`` matrices for a matrix optimizer; ``head`` is the output layer.
+    ``norm=True`` puts a ``BatchNorm2d`` (``bn1``, ``bn2``) between each conv and its ReLU.
     """
 
     def __init__(
-        self, channels: tuple[int, int] = (16, 32), hidden: int = 64, n_classes: int = 10
+        self,
+        channels: tuple[int, int] = (16, 32),
+        hidden: int = 64,
+        n_classes: int = 10,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         c1, c2 = channels
@@ -25,11 +30,15 @@ class SmallCNN(nn.Module):
                 raise ValueError(f"SmallCNN: {name} must be an int >= 1, got {v!r}")
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        if norm:
+            self.bn1, self.bn2 = nn.BatchNorm2d(c1), nn.BatchNorm2d(c2)
         self.fc = nn.Linear(c2 * 16, hidden)
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(-1, 1, 8, 8)
-        x = nn.functional.relu(self.conv1(x))
-        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)  # [B, c2, 4, 4]
+        for conv, bn in ((self.conv1, "bn1"), (self.conv2, "bn2")):
+            x = conv(x)
+            x = nn.functional.relu(getattr(self, bn)(x) if hasattr(self, bn) else x)
+        x = nn.functional.max_pool2d(x, 2)  # [B, c2, 4, 4]
         return self.head(nn.functional.relu(self.fc(x.flatten(1))))

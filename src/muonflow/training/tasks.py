@@ -110,26 +110,38 @@ def _image_task(
 
     @torch.no_grad()
     def evaluate(model: nn.Module, splits: Sequence[str] | None = None) -> dict[str, float]:
-        out = {}
-        for split in _pick(tuple(held), splits):
-            X, y = held[split]
-            z = logits(model, X)
-            out[f"{split}_loss"] = float(nn.functional.cross_entropy(z, y))
-            out[f"{split}_acc"] = float((z.argmax(1) == y).float().mean())
+        out, training = {}, model.training
+        model.eval()  # batch norm's running statistics, not the held-out set's own
+        try:
+            for split in _pick(tuple(held), splits):
+                X, y = held[split]
+                z = logits(model, X)
+                out[f"{split}_loss"] = float(nn.functional.cross_entropy(z, y))
+                out[f"{split}_acc"] = float((z.argmax(1) == y).float().mean())
+        finally:
+            model.train(training)
         return out
 
     return Task(name, make_model, train_loss, evaluate, _entropy(y_fit, data.n_classes))
 
 
-def digits_task(*, batch: int = 128, hidden: int = 128, depth: int = 2) -> Task:
-    """An MLP ``64 -> hidden (x depth) -> 10`` on the digits."""
-    return _image_task("digits", lambda: MLP(64, hidden, 10, depth=depth), batch=batch)
+def digits_task(
+    *, batch: int = 128, hidden: int = 128, depth: int = 2, norm: bool = False
+) -> Task:
+    """An MLP ``64 -> hidden (x depth) -> 10`` on the digits (``norm``: LayerNorm in each
+    hidden layer)."""
+    return _image_task(
+        "digits", lambda: MLP(64, hidden, 10, depth=depth, norm=norm), batch=batch
+    )
 
 
-def cnn_task(*, batch: int = 64, channels: tuple[int, int] = (16, 32), hidden: int = 64) -> Task:
-    """:class:`~muonflow.models.SmallCNN` on the digits."""
+def cnn_task(
+    *, batch: int = 64, channels: tuple[int, int] = (16, 32), hidden: int = 64, norm: bool = False
+) -> Task:
+    """:class:`~muonflow.models.SmallCNN` on the digits (``norm``: batch norm after each conv;
+    evaluated in eval mode, with the running statistics)."""
     c1, c2 = channels
-    return _image_task("cnn", lambda: SmallCNN((c1, c2), hidden), batch=batch)
+    return _image_task("cnn", lambda: SmallCNN((c1, c2), hidden, norm=norm), batch=batch)
 
 
 def _char_lm_task(
@@ -487,12 +499,17 @@ TABLES: dict[str, tuple[str, int]] = {
 
 
 def tabular_task(
-    *, dataset: str = "breast_cancer", hidden: int = 64, depth: int = 2, batch: int = 32
+    *,
+    dataset: str = "breast_cancer",
+    hidden: int = 64,
+    depth: int = 2,
+    batch: int = 32,
+    norm: bool = False,
 ) -> Task:
     """An MLP ``features -> hidden (x depth) -> outputs`` on one of scikit-learn's bundled
-    tables (:data:`TABLES`; nothing is downloaded): cross-entropy over the classes of
-    ``breast_cancer`` (2), ``wine`` (3) and ``iris`` (3), MSE on the standardized target of
-    ``diabetes``.
+    tables (:data:`TABLES`; nothing is downloaded; ``norm``: LayerNorm in each hidden layer):
+    cross-entropy over the classes of ``breast_cancer`` (2), ``wine`` (3) and ``iris`` (3), MSE
+    on the standardized target of ``diabetes``.
 
     The rows in a fixed shuffled order (seed 0): 60% fit, 20% ``val``, 20% ``test``; features
     (and a regression target) standardized with the fitting statistics; ``trainset`` is the
@@ -538,9 +555,8 @@ def tabular_task(
         return out
 
     features, outputs = X.shape[1], classes or 1
-    return Task(
-        dataset, lambda: MLP(features, hidden, outputs, depth=depth), train_loss, evaluate, chance
-    )
+    make_model = lambda: MLP(features, hidden, outputs, depth=depth, norm=norm)  # noqa: E731
+    return Task(dataset, make_model, train_loss, evaluate, chance)
 
 
 #: Task factories by name.
