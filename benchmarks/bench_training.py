@@ -23,6 +23,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                an adaptive ε) at each model's head decay, on ``--tasks``; writes ``OUT/lr.md``.
 ``input``      :data:`INPUT_CANDIDATES` (the shape factor of the layer that reads raw inputs),
                on ``--tasks``; writes ``OUT/input.md``.
+``normlr``     :data:`NORM_LR_CANDIDATES` (the matrix lr of a network with normalization whose
+               first layer reads raw inputs), on ``--tasks``; writes ``OUT/normlr.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -908,6 +910,16 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: 0.233, better on 9 of the 15. Fixed before its held-out runs, the test: adopted only if,
 #: paired by seed on ROUND7 (test loss, evaluation seeds), it is better in the mean on at least
 #: four of the six regressors and worse by more than two paired SEs on none.
+#: ``lr_0.01`` is also round 8's candidate, on ROUND8: matrix lr 0.01 for a network with a
+#: normalization layer, no embedding and no recurrent layer, whose first matrix layer reads the
+#: raw input (every ROUND8 model is one; such a network gets no decay by structure and keeps
+#: ``original``'s ρ, so ``RegMuon(model, lr=0.01)`` is the candidate there). Chosen by the
+#: ``normlr`` stage with the ``lr`` stage's rule on the four such models seen (all ViTs:
+#: ``vit``, ``vit_p4``, ``vit_d48_l3``, ``vit_p4_l3``; tuning seeds 100-103): worst ratio
+#: 2.337 -> 1.670 (0.005: 1.981), mean log ratio 0.526 -> 0.358, better on 3 of the 4 (``vit``
+#: worse, 1.322 -> 1.451). Fixed before its held-out runs, the test: adopted only if, paired by
+#: seed on ROUND8 (test loss, evaluation seeds), it is better in the mean on at least five of
+#: the seven tasks and worse by more than two paired SEs on none.
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},
@@ -1153,6 +1165,25 @@ def stage_input(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
     decays = {t: head_decay(t, prof) for t in tasks}
     opts = {(t, c): o for t in tasks for c, o in INPUT_CANDIDATES.items()}
     return _candidate_table(store, prof, runner, tasks, opts, "input", decays)
+
+
+#: The ``normlr`` stage's candidates: the matrices' lr of ``RegMuon(model)`` for a network with
+#: normalization whose first layer reads raw inputs (no embedding, no recurrent layer: the
+#: ViTs of the earlier sets; the decay by structure leaves such a network at 0 and the input
+#: layer at ``original``'s ρ). Round 8 chose among them on the four such models seen (seeds
+#: :data:`LR_SEEDS`, the ``lr`` stage's rule).
+NORM_LR_CANDIDATES: dict[str, dict[str, Any]] = {
+    "0.02 (round 7)": {"arm": "default_but", "but": {"lr": 0.02}},  # an explicit lr: no rule
+    "0.01": {"arm": "default_but", "but": {"lr": 0.01}},
+    "0.005": {"arm": "default_but", "but": {"lr": 0.005}},
+}
+
+
+def stage_normlr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
+    """Run :data:`NORM_LR_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
+    decays = {t: head_decay(t, prof) for t in tasks}
+    opts = {(t, c): o for t in tasks for c, o in NORM_LR_CANDIDATES.items()}
+    return _candidate_table(store, prof, runner, tasks, opts, "normlr", decays)
 
 
 def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str, Any]:
@@ -1534,11 +1565,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "decay", "lr",
-                                        "input", "all"),
+                                        "input", "normlr", "all"),
                     default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
-    ap.add_argument("--tasks", help="baselines, final, decay, lr, input stages: these tasks")
+    ap.add_argument("--tasks", help="every stage but study: these tasks")
     ap.add_argument("--study", help="study stage: only these configurations (comma-separated)")
     ap.add_argument("--report-only", action="store_true", help="only regenerate the report")
     ap.add_argument("--variant", action="append", choices=list(OPTIONAL_VARIANTS), default=[],
@@ -1601,6 +1632,10 @@ def _stages(
     if args.stage == "input":
         table = stage_input(store, prof, runner, tasks)
         (args.out / "input.md").write_text(table + "\n")
+        print(table)
+    if args.stage == "normlr":
+        table = stage_normlr(store, prof, runner, tasks)
+        (args.out / "normlr.md").write_text(table + "\n")
         print(table)
     if args.stage == "decay":
         table = stage_decay(store, prof, runner, tasks)
