@@ -433,8 +433,10 @@ def friedman_task(
     noise: float = 1.0,
     function: int = 1,
     features: int | None = None,
+    norm: bool = False,
 ) -> Task:
-    """An MLP ``features -> hidden (x depth) -> 1`` regressor (MSE) on a Friedman problem.
+    """An MLP ``features -> hidden (x depth) -> 1`` regressor (MSE) on a Friedman problem
+    (``norm``: LayerNorm in each hidden layer).
 
     ``function`` 1: ``y = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅``, ``x ~ U[0, 1]^features``
     (10 unless given, at least 5; the rest are noise inputs); 2: ``y = (x₁² + (x₂x₃ −
@@ -484,7 +486,7 @@ def friedman_task(
         }
 
     inputs = X.shape[1]
-    make_model = lambda: MLP(inputs, hidden, 1, depth=depth)  # noqa: E731
+    make_model = lambda: MLP(inputs, hidden, 1, depth=depth, norm=norm)  # noqa: E731
     return Task("friedman", make_model, train_loss, evaluate, chance_loss=1.0)
 
 
