@@ -942,11 +942,22 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: worse, 1.322 -> 1.451). Fixed before its held-out runs, the test: adopted only if, paired by
 #: seed on ROUND8 (test loss, evaluation seeds), it is better in the mean on at least five of
 #: the seven tasks and worse by more than two paired SEs on none.
+#: ``norm_step``: round 9's candidate, on ROUND9: for the same class, matrix lr 0.005 and AdamW
+#: part lr 0.0025 (``RegMuon(model, lr=0.005, adamw_lr=0.0025)`` there). Chosen by the
+#: ``normlr`` stage with the ``lr`` stage's rule on the 11 such models seen after round 8's
+#: report (its four ViTs and round 8's seven; tuning seeds 100-103), the grid grown until its
+#: optimum was inside: worst ratio 8.536 (round 7's step; the batch-norm CNN) -> 1.701
+#: (neighbours: part 0.00125 2.861, part 0.005 1.849, lr 0.0025 3.031, lr 0.01 1.981; decay 2
+#: 16.197, ruinous on the ViTs), mean log ratio 0.732 -> 0.328, better on 10 of the 11
+#: (``vit_d24_l1`` worse, 1.057 -> 1.538). Fixed before its held-out runs, the test: adopted
+#: only if, paired by seed on ROUND9 (test loss, evaluation seeds), it is better in the mean
+#: on at least five of the seven tasks and worse by more than two paired SEs on none.
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},
     "input_rho1": {"levers": {"input_rho": "one"}},
     "input_rho1_regression": {"levers": {"input_rho": "one_regression"}},
+    "norm_step": {"lr": 0.005, "adamw_lr": 0.0025},
 }
 
 
@@ -1189,16 +1200,24 @@ def stage_input(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
     return _candidate_table(store, prof, runner, tasks, opts, "input", decays)
 
 
-#: The ``normlr`` stage's candidates: the matrices' lr of ``RegMuon(model)`` for a network with
-#: normalization whose first layer reads raw inputs (no embedding, no recurrent layer: the
-#: ViTs of the earlier sets; the decay by structure leaves such a network at 0 and the input
-#: layer at ``original``'s ρ). Round 8 chose among them on the four such models seen (seeds
-#: :data:`LR_SEEDS`, the ``lr`` stage's rule).
+#: The ``normlr`` stage's candidates: the step of ``RegMuon(model)`` for a network with
+#: normalization whose first layer reads raw inputs (no embedding, no recurrent layer; the
+#: decay by structure leaves such a network at 0 and the input layer at ``original``'s ρ): the
+#: matrices' lr and the AdamW part's, each given explicitly (which turns round 9's rule off),
+#: and the matrices' decay. Round 8 chose among the first three on the four such models then
+#: seen (all ViTs); round 9 among all on the 11 seen after round 8 (seeds :data:`LR_SEEDS`, the
+#: ``lr`` stage's rule).
 NORM_LR_CANDIDATES: dict[str, dict[str, Any]] = {
-    "0.02 (round 7)": {"arm": "default_but", "but": {"lr": 0.02}},  # an explicit lr: no rule
-    "0.01": {"arm": "default_but", "but": {"lr": 0.01}},
-    "0.005": {"arm": "default_but", "but": {"lr": 0.005}},
-}
+    f"{lr:g}, part {part:g}" + (" (round 7)" if (lr, part) == (0.02, 0.04) else "")
+    + (f", decay {wd:g}" if wd else ""):
+    {"arm": "default_but", "but": {"lr": lr, "adamw_lr": part, **({"weight_decay": wd} if wd
+                                                                   else {})}}
+    for lr, part, wd in ((0.02, 0.04, 0), (0.01, 0.04, 0), (0.005, 0.04, 0), (0.02, 0.02, 0),
+                         (0.02, 0.01, 0), (0.02, 0.005, 0), (0.02, 0.0025, 0), (0.01, 0.01, 0),
+                         (0.01, 0.005, 0), (0.01, 0.0025, 0), (0.005, 0.01, 0), (0.005, 0.005, 0),
+                         (0.005, 0.0025, 0), (0.005, 0.00125, 0), (0.0025, 0.005, 0),
+                         (0.0025, 0.0025, 0), (0.02, 0.04, 2.0), (0.02, 0.01, 2.0))
+}  # fmt: skip
 
 
 def stage_normlr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
