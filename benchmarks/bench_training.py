@@ -23,8 +23,9 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                an adaptive ε) at each model's head decay, on ``--tasks``; writes ``OUT/lr.md``.
 ``input``      :data:`INPUT_CANDIDATES` (the shape factor of the layer that reads raw inputs),
                on ``--tasks``; writes ``OUT/input.md``.
-``normlr``     :data:`NORM_LR_CANDIDATES` (the matrix lr of a network with normalization whose
-               first layer reads raw inputs), on ``--tasks``; writes ``OUT/normlr.md``.
+``normlr``     :data:`NORM_LR_CANDIDATES` (the step of a network with normalization whose first
+               layer reads raw inputs: the matrices' lr, the AdamW part's, the decay), on
+               ``--tasks``; writes ``OUT/normlr.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -1203,10 +1204,10 @@ def stage_input(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -
 #: The ``normlr`` stage's candidates: the step of ``RegMuon(model)`` for a network with
 #: normalization whose first layer reads raw inputs (no embedding, no recurrent layer; the
 #: decay by structure leaves such a network at 0 and the input layer at ``original``'s ρ): the
-#: matrices' lr and the AdamW part's, each given explicitly (which turns round 9's rule off),
-#: and the matrices' decay. Round 8 chose among the first three on the four such models then
-#: seen (all ViTs); round 9 among all on the 11 seen after round 8 (seeds :data:`LR_SEEDS`, the
-#: ``lr`` stage's rule).
+#: matrices' lr and the AdamW part's, each given explicitly (so each candidate keeps its step
+#: whatever the defaults become), and the matrices' decay. Round 8 chose among the first three
+#: on the four such models then seen (all ViTs); round 9 among all on the 11 seen after round
+#: 8 (seeds :data:`LR_SEEDS`, the ``lr`` stage's rule).
 NORM_LR_CANDIDATES: dict[str, dict[str, Any]] = {
     f"{lr:g}, part {part:g}" + (" (round 7)" if (lr, part) == (0.02, 0.04) else "")
     + (f", decay {wd:g}" if wd else ""):
