@@ -484,6 +484,8 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                           "ROUND7")),
     ("round9", "ROUND9", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
                           "ROUND7", "ROUND8")),
+    ("round10", "ROUND10", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -586,3 +588,22 @@ def test_grid_index_round_trips_every_stored_lr(bench):
         assert bench.k_of(bench.lr_of(k)) == k
     with pytest.raises(ValueError, match="not on the grid"):
         bench.k_of(0.015)
+
+
+def test_softmax_head_variant_applies_under_a_softmax_head_only(bench):
+    """``{"softmax_head": {...}}`` (round 10's candidate) is ``RegMuon(model, **options)`` on a
+    classifier and the default arm's own run on a regressor, the head read from the output
+    layer's first gradient. Mutants caught: the head test always true (the regressor gets the
+    options), always false (the classifiers keep the default)."""
+    pytest.importorskip("transformers")
+    but = bench.OPTIONAL_VARIANTS["norm_step_softmax"]
+    heads = {("round10", t): True for t in bench.ROUND10}
+    heads.update({("round9", "friedman_ln"): False, ("round8", "diabetes_ln"): False,
+                  ("round9", "cancer_ln"): True})  # fmt: skip
+    for (profile, task), softmax in heads.items():
+        prof = bench.PROFILES[profile]
+        assert bench.softmax_headed(prof, task) is softmax, task
+        opt = bench._variant_opt(but, "core", prof, task)
+        expected = ({"arm": "default_but", "but": but["softmax_head"], "core": "core"} if softmax
+                    else {"arm": "default", "core": "core"})  # fmt: skip
+        assert opt == expected, task
