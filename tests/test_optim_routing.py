@@ -636,6 +636,188 @@ def test_the_input_layer_is_the_first_matrix_layer_unless_an_embedding_reads_the
     assert input_layer(nn.Sequential(nn.ReLU())) is None
 
 
+def _ln_mlp(out: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, out))
+
+
+def _lr_models(transformers=None) -> dict[str, tuple[nn.Module, str | None]]:
+    """Models and the normalization layer the lrs by structure name (``None``: no rule)."""
+    models = {
+        "LayerNorm MLP": (_ln_mlp(), "1"),
+        "batch-norm CNN": (nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                         nn.Flatten(), nn.Linear(4 * 36, 3)), "1"),
+        "plain MLP": (_mlp(), None),
+        "embedding first": (nn.Sequential(nn.Embedding(10, 6), _ln_mlp()), None),
+        "embedding later": (nn.Sequential(_ln_mlp(), nn.Embedding(10, 6)), None),
+        "recurrent": (nn.Sequential(_ln_mlp(), nn.LSTM(3, 3)), None),
+        "norm, no matrix": (nn.Sequential(nn.LayerNorm(6)), None),
+    }  # fmt: skip
+    if transformers is not None:
+        cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=3)  # fmt: skip
+        models["HF ViT"] = (transformers.ViTForImageClassification(cfg), "layernorm_before")
+    return models
+
+
+def _scaled_steps(make_opt, loss, out: int, ref_kw) -> RegMuon:
+    """Four steps of ``make_opt(model)`` on ``_ln_mlp(out)`` under ``loss`` and a warm-up
+    scheduler built before the first step equal (bitwise) those of ``RegMuon(model,
+    **ref_kw)`` under the same scheduler. Returns the optimizer."""
+    torch.manual_seed(0)
+    model = _ln_mlp(out)
+    ref_model = copy.deepcopy(model)
+    opt, ref = make_opt(model), RegMuon(ref_model, **ref_kw)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: min(1.0, (t + 1) / 3))
+              for o in (opt, ref)]  # fmt: skip
+    x = torch.randn(32, 6)
+    for _ in range(4):
+        for m, o, sched in zip((model, ref_model), (opt, ref), scheds, strict=True):
+            o.zero_grad()
+            loss(m, x[:, :6]).backward()
+            o.step()
+            sched.step()
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    return opt
+
+
+def _lr_check(make_opt) -> None:
+    """``make_opt(model, **kw)``: a classifier with normalization, no embedding or recurrent
+    layer, whose first matrix layer reads the raw input steps (under a scheduler) exactly as
+    ``RegMuon(model, lr=NORMALIZED_INPUT_LR, adamw_lr=NORMALIZED_INPUT_ADAMW_LR)`` and says why
+    in its routing; as a regressor, exactly as DEFAULTS' lrs; a model of another structure is
+    not pending; an explicit lr or adamw_lr (or options) turns the rule off; a checkpoint
+    carries the decision into an optimizer built with the rule off."""
+    default = mf.optim.DEFAULTS
+    lrs = {"lr": mf.optim.NORMALIZED_INPUT_LR, "adamw_lr": mf.optim.NORMALIZED_INPUT_ADAMW_LR}
+    opt = _scaled_steps(make_opt, _classify, 3, lrs)
+    text = str(opt.routing)
+    assert "lr by structure: matrices lr x 0.25, AdamW part lr x 0.0625 (a softmax head" in text
+    assert "normalization layer '1', no embedding or recurrent layer; '0' reads" in text
+    assert [g["lr"] for g in opt.param_groups] == [default.lr, default.adamw_lr]  # not scaled
+    reg = _scaled_steps(make_opt, _regress, 3, {"lr": default.lr})  # three outputs, MSE
+    assert "lr by structure: none, the options' lrs (r = " in str(reg.routing)
+    assert ": not a softmax head; normalization layer '1'" in str(reg.routing)
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    for name, (model, norm) in _lr_models(transformers).items():
+        o = make_opt(model)
+        assert (o._scale_pending is not None) is (norm is not None), name
+        if norm is not None:
+            assert f"{norm}', no embedding or recurrent layer" in o.routing.lr, name
+        for explicit in ({"lr": 0.03}, {"adamw_lr": 0.03}, {"options": default}):
+            assert make_opt(model, **explicit)._scale_pending is None, (name, explicit)
+    fresh = RegMuon(_ln_mlp(), lr=default.lr)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh._lr_scale == {0: 0.25, 1: 0.0625} and fresh._scale_pending is None
+
+
+def test_regmuon_model_sets_the_lrs_of_a_normalized_classifier_reading_raw_inputs():
+    _lr_check(RegMuon)
+    assert mf.optim.lr_by_structure(_ln_mlp())[0] == {
+        "lr": mf.optim.NORMALIZED_INPUT_LR, "adamw_lr": mf.optim.NORMALIZED_INPUT_ADAMW_LR}
+
+
+def test_the_lr_check_fails_each_plausible_bug(monkeypatch):
+    """Mutants of the lrs by structure: never applied; applied under a regression head too (no
+    head test); the AdamW part left at DEFAULTS'; written into the groups' lrs at the first
+    step (a scheduler built before it undoes that); an explicit lr overridden; applied with an
+    embedding or with a recurrent layer."""
+
+    def never(model, **kw):
+        return RegMuon(model, **{"lr": mf.optim.DEFAULTS.lr, **kw})
+
+    def regressors_too(model, **kw):
+        monkeypatch.setattr(routing_module, "SOFTMAX_TOL", 2.0)
+        return RegMuon(model, **kw)
+
+    def matrices_only(model, **kw):
+        opt = RegMuon(model, **kw)
+        if opt._scale_pending:
+            opt._scale_pending = {0: opt._scale_pending[0]}
+        return opt
+
+    class IntoGroups(RegMuon):
+        def step(self, closure=None):
+            pending = self._scale_pending
+            out = super().step(closure)
+            if pending is not None and self._lr_scale:
+                for gi, f in self._lr_scale.items():
+                    self.param_groups[gi]["lr"] *= f
+                self._lr_scale = {}
+            return out
+
+    def explicit_overridden(model, **kw):
+        return RegMuon(model, **{k: v for k, v in kw.items() if k != "lr"})
+
+    kind = routing_module._structural_kind
+
+    def missing(*kinds):
+        def make(model, **kw):
+            monkeypatch.setattr(routing_module, "_structural_kind",
+                                lambda m: None if kind(m) in kinds else kind(m))  # fmt: skip
+            try:
+                return RegMuon(model, **kw)
+            finally:
+                monkeypatch.setattr(routing_module, "_structural_kind", kind)
+        return make
+
+    for mutant in (never, regressors_too, matrices_only, IntoGroups, explicit_overridden,
+                   missing("embedding"), missing("recurrent")):  # fmt: skip
+        with monkeypatch.context():
+            with pytest.raises(AssertionError):
+                _lr_check(mutant)
+        monkeypatch.undo()
+
+
+def test_the_lrs_by_structure_are_decided_once_and_travel_with_checkpoints():
+    """Pending until the first step that commits (a skipped step decides nothing); a
+    checkpoint taken before carries the pending decision, one taken after the factors; the
+    decision stands when the loss changes later; the kinetic energy uses the scaled step; a
+    corrupt ``lr_scale`` is refused with nothing changed."""
+    torch.manual_seed(0)
+    model = _ln_mlp()
+    opt = RegMuon(model, on_nonfinite="skip")
+    x = torch.randn(32, 6)
+    before = opt.state_dict()
+    assert before["regmuon"]["lr_scale_pending"] == [[0, 0.25], [1, 0.0625]]
+    assert "lr_scale" not in before["regmuon"]
+    _classify(model, x).backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1 and opt._scale_pending is not None and not opt._lr_scale
+    pending = RegMuon(_ln_mlp(), lr=0.02)
+    pending.load_state_dict(before)
+    assert pending._scale_pending == {0: 0.25, 1: 0.0625} and not pending._lr_scale
+    opt.zero_grad()
+    _classify(model, x).backward()
+    opt.step()
+    unscaled = RegMuon(model, lr=0.02)
+    unscaled.load_state_dict(opt.state_dict())
+    unscaled._lr_scale = {}
+    assert torch.allclose(opt.kinetic_energy(), unscaled.kinetic_energy() * 0.25, rtol=1e-12)
+    after = opt.state_dict()
+    assert after["regmuon"]["lr_scale"] == [[0, 0.25], [1, 0.0625]]
+    assert "lr_scale_pending" not in after["regmuon"]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), x[:, :3]).backward()  # decided once
+    opt.step()
+    assert opt._lr_scale == {0: 0.25, 1: 0.0625}
+    for key, bad in (("lr_scale", [[0, 2.0]]), ("lr_scale", [[5, 0.25]]),
+                     ("lr_scale", [[0, "x"]]), ("lr_scale", "0.25"), ("lr_scale", [[True, 0.25]]),
+                     ("lr_scale_pending", [[0, 0.25]]), ("lr_scale_pending", True)):
+        corrupt = copy.deepcopy(after)
+        corrupt["regmuon"][key] = bad
+        with pytest.raises(ValueError, match="lr_scale"):
+            pending.load_state_dict(corrupt)
+        assert pending._scale_pending == {0: 0.25, 1: 0.0625} and not pending._lr_scale
+    pending.load_state_dict(after)
+    assert pending._scale_pending is None and pending._lr_scale == {0: 0.25, 1: 0.0625}
+
+
 def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():
     """``W ← (1 − ηλ)W − ηρ∇K(X)`` with ``‖∇K(X)‖_op ≤ 1`` (singular values σ/√(σ² + ε²)) gives
     ``‖W_t‖_op ≤ (1 − ηλ)^t ‖W_0‖_op + (ρ/λ)(1 − (1 − ηλ)^t)``: under a constant gradient (the

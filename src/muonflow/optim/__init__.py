@@ -27,7 +27,13 @@ Design notes and recipes: ``docs/optimizer.md``; the package map: ``docs/archite
 from .kernel import adamw, kinetic_energy, mirror_map, regmuon
 from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
-from .options import DEFAULTS, UNNORMALIZED_DECAY, RegMuonOptions
+from .options import (
+    DEFAULTS,
+    NORMALIZED_INPUT_ADAMW_LR,
+    NORMALIZED_INPUT_LR,
+    UNNORMALIZED_DECAY,
+    RegMuonOptions,
+)
 from .plan import ADJUST_LR, MATRIX_VIEWS, lr_factor, matrix_shape
 from .routing import (
     EMBEDDINGS,
@@ -40,6 +46,7 @@ from .routing import (
     default_adamw_rule,
     input_layer,
     last_executed_layer,
+    lr_by_structure,
     output_layers,
     register_matrices,
     route_module,
@@ -54,6 +61,8 @@ __all__ = [
     "EMBEDDINGS",
     "MATRIX_PARAMETERS",
     "MATRIX_VIEWS",
+    "NORMALIZED_INPUT_ADAMW_LR",
+    "NORMALIZED_INPUT_LR",
     "UNNORMALIZED_DECAY",
     "MatrixSpec",
     "RegMuon",
@@ -67,6 +76,7 @@ __all__ = [
     "input_layer",
     "kinetic_energy",
     "last_executed_layer",
+    "lr_by_structure",
     "lr_factor",
     "matrix_shape",
     "mirror_map",

@@ -31,6 +31,7 @@ from .routing import (
     RoutingWarning,
     decay_by_structure,
     input_layer,
+    lr_by_structure,
     make_rule,
     output_candidates,
     route_module,
@@ -46,6 +47,9 @@ INPUT_RHO_WHY = ("(not `original`'s √(fan_out/fan_in): under a regression head
                  "reads raw inputs takes a hidden layer's step; docs/benchmark-training.md, "
                  "round 7)")  # fmt: skip
 
+#: What RegMuon._head reads with no output layer (compared by identity): not a softmax head.
+NO_HEAD = (False, 1.0)
+
 # Attributes that are not torch.optim.Optimizer state but survive deepcopy and pickle.
 _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "options": lambda: DEFAULTS,
@@ -57,6 +61,8 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_decay_pending": lambda: None,
     "_input_pending": tuple,
     "_unit_rho": dict,
+    "_scale_pending": lambda: None,
+    "_lr_scale": dict,
 }
 
 
@@ -88,6 +94,11 @@ class RegMuon(Optimizer):
     output layer's gradient (:func:`~muonflow.optim.softmax_head`): a softmax head gets decay
     :data:`~muonflow.optim.UNNORMALIZED_DECAY` on the matrices; another head no decay, and its
     input layer (:func:`~muonflow.optim.input_layer`) ρ = 1 unless ``adjust_lr=`` is given.
+    A network with a normalization layer, no embedding or recurrent layer, whose first matrix
+    layer reads the raw input (and no ``lr=``/``adamw_lr=``/``options=``), is decided the same
+    way: under a softmax head its lrs are scaled to :data:`~muonflow.optim.NORMALIZED_INPUT_LR`
+    and :data:`~muonflow.optim.NORMALIZED_INPUT_ADAMW_LR` (factors kept by the optimizer, so the
+    groups' ``lr`` and any scheduler stay as built; :func:`~muonflow.optim.lr_by_structure`).
     Named parameters, tensors and dict groups work too. Every step, :meth:`add_param_group` and
     :meth:`load_state_dict` is all or nothing (see ``docs/optimizer.md`` and
     ``docs/reliability.md``).
@@ -141,12 +152,23 @@ class RegMuon(Optimizer):
         # RegMuon(model)'s input layer, until the head decides (ρ = 1 under a regression head)
         self._input_pending: tuple[tuple[str, Tensor], ...] = ()
         self._unit_rho: dict[Tensor, str] = {}  # matrices mapped with ρ = 1, by name
+        # RegMuon(model)'s lr factors by group index, until the head decides (then _lr_scale)
+        self._scale_pending: dict[int, float] | None = None
+        self._lr_scale: dict[int, float] = {}  # the decided factors on the groups' lrs
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
             model, model_routing, pairs = params, *route_module(params, output=output,
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
+            if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by structure
+                lrs, why = lr_by_structure(model)
+                if lrs:  # set at the first step, if the output layer is a softmax head's
+                    self._scale_pending = {0: lrs["lr"] / DEFAULTS.lr,
+                                           1: lrs["adamw_lr"] / DEFAULTS.adamw_lr}
+                    model_routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, "
+                                        f"AdamW part {lrs['adamw_lr']:g} if the output layer "
+                                        f"is a softmax head, else the options' ({why})")
             if options is None and "weight_decay" not in overrides:  # none given: by structure
                 decay, why = decay_by_structure(model)
                 model_routing.decay = why
@@ -196,7 +218,7 @@ class RegMuon(Optimizer):
         extra = self._adamw_rule if self._explicit_rule else None
         routing, pairs = route_module(model, output=order[-1], extra_adamw=extra)
         routing.output = f"{order[-1]} ({EXECUTION_ORDER})"
-        routing.decay = self.routing.decay
+        routing.decay, routing.lr = self.routing.decay, self.routing.lr
         moved = [(old, new, p) for old, new, (_, p) in zip(self.routing.routes, routing.routes,
                  pairs, strict=True) if old.algorithm != new.algorithm]  # fmt: skip
         if any(self.state.get(p) for _, _, p in moved) or len(self.param_groups) < 2:
@@ -327,6 +349,9 @@ class RegMuon(Optimizer):
                 self._unit_rho = self.__dict__.pop("_loading_unit")
                 if self._decay_pending is None:  # decided: so is the input layer's ρ
                     self._input_pending = ()
+                self._scale_pending, self._lr_scale = self.__dict__.pop("_loading_scale")
+                if self._scale_pending is not None and "(" not in self.routing.lr:
+                    self.routing.lr = "decided at the first step (pending in a checkpoint)"
         else:  # pickle, deepcopy
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
@@ -358,6 +383,7 @@ class RegMuon(Optimizer):
             self.__dict__.pop("_loading_skipped", None)
             self.__dict__.pop("_loading_decay", None)
             self.__dict__.pop("_loading_unit", None)
+            self.__dict__.pop("_loading_scale", None)
 
     # -- the step -------------------------------------------------------------------------------
     def _spec(self, p: Tensor, o: RegMuonOptions) -> tuple[str, str]:
@@ -382,6 +408,10 @@ class RegMuon(Optimizer):
             self.skipped_steps += 1
             return loss
         decided = self._decide_decay() if self._decay_pending is not None else None
+        scale = self._decide_scale() if self._scale_pending is not None else None
+        lr_scale = self._lr_scale if scale is None else scale[0]
+        for gi, factor in lr_scale.items():
+            opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
         unit = self._unit_rho
         if decided is not None and decided[2]:  # a regression head: the input layer at ρ = 1
             unit = {**unit, **{p: name for name, p in self._input_pending}}
@@ -411,6 +441,9 @@ class RegMuon(Optimizer):
                                            f"{', '.join(n for n, _ in self._input_pending)}) "
                                            f"are mapped with ρ = 1 {INPUT_RHO_WHY}")  # fmt: skip
                 self._input_pending = ()
+            if scale is not None:
+                self._scale_pending = None
+                self._lr_scale, self.routing.lr = scale
             for works, ds, o, installs in pending:
                 for install in installs:
                     install()
@@ -432,25 +465,55 @@ class RegMuon(Optimizer):
         if given := self.param_groups[0]["weight_decay"]:  # set by hand, or loaded: it stands
             return (given, f"{given:g} (in param_groups[0] before the first step: set or "
                     "loaded)", False)  # fmt: skip
-        outputs = {r.name for r in self.routing.routes
-                   if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
-        heads = [p for g in self.param_groups for n, p in
-                 zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
-                     strict=True) if n in outputs]  # fmt: skip
-        if not heads:
-            return 0.0, "0 (no output layer: its gradient decides the decay by structure)", False
-        if any(p.grad is None for p in heads):
+        head = self._head()
+        if head is None:
             return None
-        grads = [p.grad.full_tensor() if is_dtensor(p.grad) else p.grad for p in heads]
-        found = [softmax_head(g) for g in grads]
-        r = max(x for _, x in found)
-        if all(ok for ok, _ in found):
+        if head is NO_HEAD:
+            return 0.0, "0 (no output layer: its gradient decides the decay by structure)", False
+        softmax, r = head
+        if softmax:
             return decay, (f"{decay:g} (no normalization, embedding or recurrent layer, and a "
                            f"softmax head: its gradient sums to 0 over the outputs, r = {r:.1e})"
                            ), False  # fmt: skip
         return 0.0, (f"0 (the output layer's gradient does not sum to 0 over the outputs, "
                      f"r = {r:.2g}: not a softmax head, the output's scale is the weights')"
                      ), True  # fmt: skip
+
+    def _decide_scale(self) -> tuple[dict[int, float], str] | None:
+        """RegMuon(model)'s pending lrs by structure, decided from the output layer's gradient:
+        ``(factors by group index, why)``, the factors under a softmax head and none under
+        another head or with no output layer; ``None`` (still pending) while the output layer
+        has no gradient. Changes nothing."""
+        pending = self._scale_pending
+        assert pending is not None
+        head = self._head()
+        if head is None:
+            return None
+        softmax, r = head
+        parts = {"regmuon": "matrices", "adamw": "AdamW part"}
+        lrs = ", ".join(f"{parts[self.param_groups[gi]['algorithm']]} lr x {f:g}"
+                        for gi, f in pending.items())  # fmt: skip
+        structure = self.routing.lr.split("(", 1)[-1]  # the structure's part, with its ")"
+        if softmax:
+            return dict(pending), (f"{lrs} (a softmax head: its gradient sums to 0 over the "
+                                   f"outputs, r = {r:.1e}; {structure}")  # fmt: skip
+        return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"
+
+    def _head(self) -> tuple[bool, float] | None:
+        """``(softmax?, r)`` of the output layer's gradient (:func:`softmax_head`; ``NO_HEAD``
+        with no output layer), ``None`` while it has no gradient."""
+        outputs = {r.name for r in self.routing.routes
+                   if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
+        heads = [p for g in self.param_groups for n, p in
+                 zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
+                     strict=True) if n in outputs]  # fmt: skip
+        if not heads:
+            return NO_HEAD
+        if any(p.grad is None for p in heads):
+            return None
+        grads = [p.grad.full_tensor() if is_dtensor(p.grad) else p.grad for p in heads]
+        found = [softmax_head(g) for g in grads]
+        return all(ok for ok, _ in found), max(x for _, x in found)
 
     def _agree(self, opts: list[RegMuonOptions]) -> None:
         """With DTensor parameters, every rank must hold the same optimizer (names, shapes,
@@ -524,10 +587,10 @@ class RegMuon(Optimizer):
         (``docs/theory.md``, §2-3); otherwise a diagnostic. AdamW parameters contribute 0.
         """
         total = torch.zeros((), dtype=torch.float64)
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             if group["algorithm"] != "regmuon":
                 continue
-            o = group_options(group, self.options)
+            o = _scaled(group_options(group, self.options), "regmuon", self._lr_scale.get(gi, 1.0))
             held = [(p, self.state[p]["momentum_buffer"]) for p in group["params"]
                     if "momentum_buffer" in self.state.get(p, {})]  # fmt: skip
             if held:
@@ -567,7 +630,42 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         extras["decay_pending"] = cast(RegMuon, opt)._decay_pending
     if cast(RegMuon, opt)._unit_rho:
         extras["unit_rho"] = sorted(cast(RegMuon, opt)._unit_rho.values())
+    for key, factors in (("lr_scale_pending", cast(RegMuon, opt)._scale_pending),
+                         ("lr_scale", cast(RegMuon, opt)._lr_scale)):  # fmt: skip
+        if factors:
+            extras[key] = [[gi, f] for gi, f in sorted(factors.items())]
     state_dict["regmuon"] = extras
+
+
+def _scaled(o: RegMuonOptions, algorithm: str, factor: float) -> RegMuonOptions:
+    """A group's options with its lr times ``factor`` (RegMuon(model)'s lrs by structure)."""
+    if factor == 1.0:
+        return o
+    if algorithm == "adamw":
+        return o.replace(adamw_lr=o.adamw_lr * factor)
+    return o.replace(lr=o.lr * factor)
+
+
+def _lr_scale_of(
+    opt: RegMuon, extras: dict[str, Any]
+) -> tuple[dict[int, float] | None, dict[int, float]]:
+    """A checkpoint's ``lr_scale_pending`` and ``lr_scale``, checked: each a list of ``[group
+    index, factor]`` pairs, indices of this optimizer's groups, factors in ``(0, 1]``; not
+    both."""
+    found: list[dict[int, float]] = []
+    for key in ("lr_scale_pending", "lr_scale"):
+        pairs = extras.get(key, [])
+        ok = isinstance(pairs, list) and all(
+            isinstance(x, list | tuple) and len(x) == 2 and type(x[0]) is int
+            and 0 <= x[0] < len(opt.param_groups) and type(x[1]) is float and 0.0 < x[1] <= 1.0
+            for x in pairs)  # fmt: skip
+        if not ok:
+            raise ValueError(f"state_dict['regmuon'][{key!r}] must be a list of [group index, "
+                             f"factor in (0, 1]] pairs, got {pairs!r}")  # fmt: skip
+        found.append({gi: f for gi, f in pairs})
+    if found[0] and found[1]:
+        raise ValueError("state_dict['regmuon'] has both 'lr_scale_pending' and 'lr_scale'")
+    return found[0] or None, found[1]
 
 
 def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
@@ -608,6 +706,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
+        opt.__dict__["_loading_scale"] = _lr_scale_of(opt, state_dict["regmuon"])
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip

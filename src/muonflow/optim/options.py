@@ -241,6 +241,24 @@ DEFAULTS = RegMuonOptions()
 #: 7.3); ``docs/benchmark-training.md``.
 UNNORMALIZED_DECAY = 2.0
 
+#: The step ``RegMuon(model)`` sets, by structure, for a model with a normalization layer, no
+#: embedding and no recurrent layer, whose first matrix layer reads the raw input (a ViT's
+#: patch projection, a CNN with batch norm, an MLP with LayerNorm:
+#: :func:`.routing.lr_by_structure`) when its output layer is a softmax head (read from its
+#: first gradient): the matrices' lr (``DEFAULTS.lr / 4``) and the AdamW part's
+#: (``DEFAULTS.adamw_lr / 16``), applied as factors on the groups' lrs so that a scheduler
+#: built before the first step keeps its shape. With ``DEFAULTS``' step these classifiers fit
+#: their small training sets exactly and the held-out loss climbs (batch-norm CNNs at 11-31x
+#: the tuned loss). Chosen on the 10 such classifiers of the training benchmark's rounds 1-8
+#: (tuning seeds; an 18-point grid of both lrs and the decay: the smallest worst ratio to the
+#: best tuned baseline, 1.70, against 8.54 for ``DEFAULTS``); better on the six of round 9
+#: (2.6-6 paired SE) and, its held-out test, on six of round 10's seven (batch-norm CNNs
+#: 30.5x -> 1.7x and 11.4x -> 1.7x; iris worse, 0.46x -> 1.75x, 1.2 SE);
+#: ``docs/benchmark-training.md``. Under a regression head it lost (round 9: 1.21x -> 1.66x),
+#: hence the head test.
+NORMALIZED_INPUT_LR = 0.005
+NORMALIZED_INPUT_ADAMW_LR = 0.0025
+
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

@@ -167,6 +167,19 @@ def is_embedding(module: nn.Module) -> bool:
     return bool(_lookup(EMBEDDINGS, module))
 
 
+def _structural_kind(module: nn.Module) -> str | None:
+    """``"normalization"`` (a class name containing ``"Norm"``: batch, layer, group, RMS and
+    their Hugging Face kin), ``"embedding"``, ``"recurrent"`` (``nn.RNNBase``,
+    ``nn.RNNCellBase``) or ``None``: what the choices by structure read."""
+    if "norm" in type(module).__name__.lower():
+        return "normalization"
+    if is_embedding(module):
+        return "embedding"
+    if isinstance(module, nn.RNNBase | nn.RNNCellBase):
+        return "recurrent"
+    return None
+
+
 def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     """``(λ, why)``: the matrices' decay ``RegMuon(model)`` sets when none is given, if its
     output layer turns out to be a softmax head (:func:`softmax_head`, read at the first step).
@@ -180,16 +193,37 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     from .options import UNNORMALIZED_DECAY
 
     for name, module in model.named_modules():
-        kind = (
-            "normalization" if "norm" in type(module).__name__.lower()
-            else "embedding" if is_embedding(module)
-            else "recurrent" if isinstance(module, nn.RNNBase | nn.RNNCellBase)
-            else None
-        )  # fmt: skip
+        kind = _structural_kind(module)
         if kind is not None:
             return 0.0, f"0 ({kind} layer {name or '(the model)'!r})"
     why = "no normalization, embedding or recurrent layer: the output scales with the weights"
     return UNNORMALIZED_DECAY, f"{UNNORMALIZED_DECAY:g} ({why})"
+
+
+def lr_by_structure(model: nn.Module) -> tuple[dict[str, float], str]:
+    """``({option: lr}, why)``: the lrs ``RegMuon(model)`` sets at its first step if the output
+    layer turns out to be a softmax head (:func:`softmax_head`) —
+    :data:`~muonflow.optim.options.NORMALIZED_INPUT_LR` for the matrices and
+    :data:`~muonflow.optim.options.NORMALIZED_INPUT_ADAMW_LR` for the AdamW part — for a model
+    with a normalization layer (as :func:`decay_by_structure` reads it), no embedding and no
+    recurrent layer, whose first matrix layer reads the raw input (:func:`input_layer`): a
+    ViT's patch projection, a CNN with batch norm, an MLP with LayerNorm. ``({}, "")``
+    otherwise: the options' own."""
+    from .options import NORMALIZED_INPUT_ADAMW_LR, NORMALIZED_INPUT_LR
+
+    norm = None
+    for name, module in model.named_modules():
+        kind = _structural_kind(module)
+        if kind in ("embedding", "recurrent"):
+            return {}, ""
+        if kind == "normalization" and norm is None:
+            norm = name or "(the model)"
+    first = input_layer(model)
+    if norm is None or first is None:
+        return {}, ""
+    lrs = {"lr": NORMALIZED_INPUT_LR, "adamw_lr": NORMALIZED_INPUT_ADAMW_LR}
+    return lrs, (f"normalization layer {norm!r}, no embedding or recurrent layer; {first!r} "
+                 "reads the raw input")
 
 
 def input_layer(model: nn.Module) -> str | None:
@@ -327,6 +361,7 @@ class Routing:
     source: str = ""  # "module Foo", "named parameters", ...
     output: str = ""  # the output layer(s) and how they were found
     decay: str = ""  # the matrices' decay RegMuon(model) set by structure, and why
+    lr: str = ""  # the lrs RegMuon(model) set by structure (and its head), and why
 
     REASONS = (
         "hidden matrix",  # a declared weight matrix of a known layer -> RegMuon
@@ -369,6 +404,8 @@ class Routing:
             lines.append(f"output layer: {self.output}")
         if self.decay:
             lines.append(f"matrix weight decay by structure: {self.decay}")
+        if self.lr:
+            lines.append(f"lr by structure: {self.lr}")
         table: list[tuple[str, str, str, str]] = []
         for algo in ("regmuon", "adamw"):
             for key, members in rows.items():
