@@ -986,7 +986,9 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: the same point keeps the smallest worst ratio, 1.701 (part 0.005: 1.849; lr 0.01 with part
 #: 0.005: 1.935; round 7's step: 8.536). Fixed with ROUND10, before its runs, the test: adopted
 #: only if, paired by seed on ROUND10 (test loss, evaluation seeds), it is better in the mean on
-#: at least five of the seven tasks and worse by more than two paired SEs on none.
+#: at least five of the seven tasks and worse by more than two paired SEs on none. (It passed:
+#: better on six, worse by > 2 SE on none; it is ``muonflow.optim.lr_by_structure`` now, and
+#: reproduces this arm bit for bit.)
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},
