@@ -609,3 +609,30 @@ def test_softmax_head_variant_applies_under_a_softmax_head_only(bench):
         expected = ({"arm": "default_but", "but": but["softmax_head"], "core": "core"} if softmax
                     else {"arm": "default", "core": "core"})  # fmt: skip
         assert opt == expected, task
+
+
+def test_normdecay_stage_runs_each_decay_on_round_10s_step(bench, tmp_path):
+    """Each candidate of NORM_DECAY_CANDIDATES runs on LR_SEEDS at round 10's step (matrix lr
+    0.005, AdamW part 0.0025) with its decays, and each decay changes the result — but on the
+    smoke suite's MLP (no normalization, a softmax head) the candidate without decays is decay
+    2 exactly: the decay by structure. Mutants caught: the decays dropped (every candidate
+    equal), the step not passed (the runs use the library's lrs)."""
+    out = tmp_path / "normdecay"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "normdecay", "--tasks", "digits_tiny"]) == 0
+    rows = (out / "normdecay.md").read_text().splitlines()
+    assert rows[2].startswith("| digits_tiny | 2 |") and len(rows) == 5
+    store = bench.Store(out / "results.json", "smoke")
+    prof = bench.PROFILES["smoke"]
+    vals = {c: bench.score(store, [bench.make_spec(prof, "digits_tiny", s, o)
+                                   for s in bench.LR_SEEDS])
+            for c, o in bench.NORM_DECAY_CANDIDATES.items()}  # fmt: skip
+    assert vals["round 10's step"] == vals["decay 2"]
+    others = [v for c, v in vals.items() if c != "decay 2"]
+    assert None not in others and len(set(others)) == len(others)
+    stored = json.loads((out / "results.json").read_text())["runs"].values()
+    runs = [r["spec"]["opt"] for r in stored if r["spec"]["seed"] in bench.LR_SEEDS
+            and r["spec"]["opt"].get("arm") == "default_but"]  # fmt: skip
+    assert len(runs) == len(bench.NORM_DECAY_CANDIDATES) * len(bench.LR_SEEDS)
+    assert all(o["but"]["lr"] == 0.005 and o["but"]["adamw_lr"] == 0.0025 for o in runs)
