@@ -636,3 +636,20 @@ def test_normdecay_stage_runs_each_decay_on_round_10s_step(bench, tmp_path):
             and r["spec"]["opt"].get("arm") == "default_but"]  # fmt: skip
     assert len(runs) == len(bench.NORM_DECAY_CANDIDATES) * len(bench.LR_SEEDS)
     assert all(o["but"]["lr"] == 0.005 and o["but"]["adamw_lr"] == 0.0025 for o in runs)
+
+
+def test_part_decay_variant_skips_models_with_attention(bench):
+    """Round 11's candidate (``norm_part_decay``) is its options on a classifier without an
+    attention layer and the default arm's run on a ViT or a regressor. Mutants caught: the
+    attention test ignored (the ViTs get the decay), always true (nothing does)."""
+    pytest.importorskip("transformers")
+    but = bench.OPTIONAL_VARIANTS["norm_part_decay"]
+    prof = bench.PROFILES["round11"]
+    for task in bench.ROUND11:
+        vit = task.startswith("vit")
+        assert bench.has_attention(prof, task) is vit, task
+        opt = bench._variant_opt(but, "core", prof, task)
+        assert opt == ({"arm": "default", "core": "core"} if vit else
+                       {"arm": "default_but", "but": but["softmax_head"], "core": "core"}), task
+    regressor = bench._variant_opt(but, "core", bench.PROFILES["round9"], "friedman_ln")
+    assert regressor == {"arm": "default", "core": "core"}
