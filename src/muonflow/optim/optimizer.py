@@ -8,6 +8,7 @@ groups and checkpoints in :mod:`~muonflow.optim.state`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -638,12 +639,23 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
 
 
 def _scaled(o: RegMuonOptions, algorithm: str, factor: float) -> RegMuonOptions:
-    """A group's options with its lr times ``factor`` (RegMuon(model)'s lrs by structure)."""
+    """A group's options with its lr times ``factor`` (RegMuon(model)'s lrs by structure); kept
+    per distinct options (every step scales every group) unless an lr is a Tensor, which a
+    scheduler may change in place."""
     if factor == 1.0:
         return o
+    if isinstance(o.lr, Tensor) or isinstance(o.adamw_lr, Tensor):
+        return _scaled_now(o, algorithm, factor)
+    return _scaled_cached(o, algorithm, factor)
+
+
+def _scaled_now(o: RegMuonOptions, algorithm: str, factor: float) -> RegMuonOptions:
     if algorithm == "adamw":
         return o.replace(adamw_lr=o.adamw_lr * factor)
     return o.replace(lr=o.lr * factor)
+
+
+_scaled_cached = functools.lru_cache(maxsize=64)(_scaled_now)
 
 
 def _lr_scale_of(
