@@ -28,6 +28,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                ``--tasks``; writes ``OUT/normlr.md``.
 ``normdecay``  :data:`NORM_DECAY_CANDIDATES` (decay on that step, of the matrices and of the
                AdamW part), on ``--tasks``; writes ``OUT/normdecay.md``.
+``fade``       :data:`FADE_CANDIDATES` (today's defaults, and an ε relative to the peak of the
+               map input's scale), on ``--tasks``; writes ``OUT/fade.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -1366,6 +1368,31 @@ def stage_normdecay(store: Store, prof: Profile, runner: Runner, tasks: list[str
     return _candidate_table(store, prof, runner, tasks, opts, "normdecay", decays)
 
 
+#: The ``fade`` stage's candidates: ``RegMuon(model)`` (today's defaults, every rule by
+#: structure) and the same with the prototype ``eps_adapt`` in its peak form: the map's ε is
+#: ``c`` times the largest RMS singular value the matrix's map input has had, so the update is
+#: Muon's while the signal holds and shrinks in proportion once it fades below ``c`` of its peak
+#: (a fitted training set's gradient vanishing; the held-out loss climbing after the fit is the
+#: miss it aims at). Seeds :data:`LR_SEEDS`, the ``lr`` stage's rule. Screened after round 11 on
+#: 14 seen tasks: the rule's pick (ε 1, worst ratio 4.340 -> 3.655) was worse on eight of them,
+#: every transformer among them (the ViT 1.21x -> 2.44x), so it went to no held-out test.
+FADE_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"peak ε {c:g}": {"levers": {"eps_adapt": {"scale": c, "peak": True}}}
+       for c in (0.1, 0.3, 1.0)},
+}  # fmt: skip
+
+
+def stage_fade(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
+    """Run :data:`FADE_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
+    decays = {t: head_decay(t, prof) for t in tasks}
+    core = core_fingerprint()
+    arms = {c: ({**o, "core": core} if o.get("arm") else _variant_opt(o, core))
+            for c, o in FADE_CANDIDATES.items()}  # fmt: skip
+    opts = {(t, c): o for t in tasks for c, o in arms.items()}
+    return _candidate_table(store, prof, runner, tasks, opts, "fade", decays)
+
+
 def stage_normlr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
     """Run :data:`NORM_LR_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
     decays = {t: head_decay(t, prof) for t in tasks}
@@ -1752,7 +1779,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=list(PROFILES), default="smoke")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stage", choices=("baselines", "study", "final", "sensitivity", "decay", "lr",
-                                        "input", "normlr", "normdecay", "all"),
+                                        "input", "normlr", "normdecay", "fade", "all"),
                     default="all")  # fmt: skip
     ap.add_argument("--resume", action="store_true", help="continue the runs in OUT")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at once (<= 2 here)")
@@ -1827,6 +1854,10 @@ def _stages(
     if args.stage == "normdecay":
         table = stage_normdecay(store, prof, runner, tasks)
         (args.out / "normdecay.md").write_text(table + "\n")
+        print(table)
+    if args.stage == "fade":
+        table = stage_fade(store, prof, runner, tasks)
+        (args.out / "fade.md").write_text(table + "\n")
         print(table)
     if args.stage == "decay":
         table = stage_decay(store, prof, runner, tasks)

@@ -16,7 +16,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
 
   so while the scale holds the update is RegMuon's with relative ε ≈ ``c``, and as the
   signal fades (``‖X_t‖ ≪ √v_t``) the step shrinks like ``X_t / ε_t`` (heavy ball) instead
-  of keeping Muon's size.
+  of keeping Muon's size. With ``"peak": True`` the average is replaced by the largest
+  ``‖X_s‖_F^2 / r`` so far (``beta`` unused): ε never falls with the signal, so a step that has
+  faded to a fraction of its peak is shrunk for good, as a fit's gradient vanishes.
 - ``cautious_wd``: decoupled decay applied only where the step already shrinks the weight,
   ``W ← W − η(u + λ 1[u ⊙ W ≥ 0] ⊙ W)`` (cautious weight decay), on both parts.
 - ``input_rho``: the shape factor of the input layer (:func:`input_layers`). Under
@@ -106,13 +108,18 @@ class LeverRegMuon(RegMuon):
     def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
         """The map with the long-horizon ε (per map call of the step, in order)."""
         assert self.eps_adapt is not None
-        c, beta = self.eps_adapt["scale"], self.eps_adapt["beta"]
+        c = self.eps_adapt["scale"]
         ms = X.float().square().sum((-2, -1)) / min(X.shape[-2:])  # mean squared singular value
         v, t = self._scale.get(self._calls, (torch.zeros_like(ms), 0))
-        v, t = beta * v + (1 - beta) * ms, t + 1
+        if self.eps_adapt.get("peak"):
+            v, t = torch.maximum(v, ms), t + 1
+            eps = c * v.sqrt()
+        else:
+            beta = self.eps_adapt["beta"]
+            v, t = beta * v + (1 - beta) * ms, t + 1
+            eps = c * (v / (1 - beta**t)).sqrt()
         self._scale[self._calls] = (v, t)
         self._calls += 1
-        eps = c * (v / (1 - beta**t)).sqrt()
         eps = torch.where(eps > 0, eps, torch.ones_like(eps))  # a zero stack maps to zero anyway
         return o.kinetic.at(eps).grad(X, method=o.method, tol=o.tol)
 
@@ -223,6 +230,8 @@ def build_lever_regmuon(
         return RegMuon(model, **kw)
     if "eps_adapt" in rest:
         e = rest["eps_adapt"]
-        if not (math.isfinite(e["scale"]) and e["scale"] > 0 and 0 < e["beta"] < 1):
-            raise ValueError(f"eps_adapt needs scale > 0 and beta in (0, 1), got {e!r}")
+        if not (math.isfinite(e["scale"]) and e["scale"] > 0
+                and (e.get("peak") is True or 0 < e.get("beta", 0) < 1)):
+            raise ValueError("eps_adapt needs scale > 0 and beta in (0, 1) or peak=True, "
+                             f"got {e!r}")
     return LeverRegMuon(model, **rest, **kw)

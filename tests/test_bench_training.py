@@ -375,6 +375,59 @@ def test_adaptive_eps_is_relative_eps_while_the_scale_holds_and_shrinks_as_it_fa
     assert rel > 0.05 and ada < 0.1 * rel
 
 
+def _peak_check(cls) -> None:
+    """``cls(model, eps_adapt={"scale": 0.3, "peak": True})``'s map calls against the
+    ε-regularized map at ε = 0.3 x the largest RMS singular value so far (float32, as the lever
+    computes it), over a fall to 1e-3 of the peak and a rise past it."""
+    torch.manual_seed(5)
+    opt = cls(MLP(6, 8, 3), eps_adapt={"scale": 0.3, "peak": True})
+    X = torch.randn(2, 8, 6, dtype=torch.float64)
+
+    def eps(s):  # c times the RMS singular value of s X, in the lever's float32 arithmetic
+        return 0.3 * ((X * s).float().square().sum((-2, -1)) / 6).sqrt()
+
+    def mapped(scale, peak):
+        return DEFAULTS.kinetic.at(eps(peak)).grad(X * scale, method=DEFAULTS.method,
+                                                   tol=DEFAULTS.tol)  # fmt: skip
+
+    for scale, peak in ((1.0, 1.0), (1e-3, 1.0), (1e-3, 1.0), (2.0, 2.0), (0.5, 2.0)):
+        opt._calls = 0
+        torch.testing.assert_close(opt._adaptive_map(X * scale, DEFAULTS), mapped(scale, peak),
+                                   rtol=1e-10, atol=1e-12)  # fmt: skip
+    # the step's second map call keeps its own peak
+    torch.testing.assert_close(opt._adaptive_map(X * 1e-3, DEFAULTS), mapped(1e-3, 1e-3),
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+def test_peak_eps_is_c_times_the_largest_scale_so_far(levers):
+    """``eps_adapt`` with ``peak``: each map call's ε is ``c`` times the largest RMS singular
+    value its matrix's input has had, so a map input that falls 1000x below its peak is mapped
+    with the peak's ε (heavy ball: ``≈ X/ε``) and one that rises past it sets a new peak."""
+    _peak_check(levers.LeverRegMuon)
+    with pytest.raises(ValueError, match="peak=True"):
+        levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"eps_adapt": {"scale": 0.3, "peak": 1}})
+
+
+def test_peak_eps_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_peak_check`: ε from the current scale (no
+    memory: Muon-size steps after the fall), a running average in place of the maximum (ε
+    drifts down after the peak)."""
+
+    class Forgets(levers.LeverRegMuon):
+        def _adaptive_map(self, X, o):
+            self._scale.clear()
+            return super()._adaptive_map(X, o)
+
+    class Averages(levers.LeverRegMuon):
+        def _adaptive_map(self, X, o):
+            self.eps_adapt = {"scale": self.eps_adapt["scale"], "beta": 0.9}
+            return super()._adaptive_map(X, o)
+
+    for mutant in (Forgets, Averages):
+        with pytest.raises(AssertionError):
+            _peak_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -609,6 +662,35 @@ def test_softmax_head_variant_applies_under_a_softmax_head_only(bench):
         expected = ({"arm": "default_but", "but": but["softmax_head"], "core": "core"} if softmax
                     else {"arm": "default", "core": "core"})  # fmt: skip
         assert opt == expected, task
+
+
+def test_fade_stage_runs_todays_defaults_and_the_peak_eps(bench, tmp_path):
+    """FADE_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it (the same
+    spec, core included) and ``RegMuon(model)`` with the peak ε at each scale, each changing the
+    result. Mutants caught: the lever dropped (every candidate equal to the defaults), the
+    defaults run without the core's fingerprint (a change of the core would not rerun them)."""
+    out = tmp_path / "fade"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "fade", "--tasks", "digits_tiny"]) == 0
+    rows = (out / "fade.md").read_text().splitlines()
+    assert rows[0].count("|") == len(bench.FADE_CANDIDATES) + 3 and len(rows) == 5
+    runs = [r for r in json.loads((out / "results.json").read_text())["runs"].values()
+            if r["spec"]["seed"] in bench.LR_SEEDS
+            and r["spec"]["opt"]["arm"] in ("default", "default_lever")]  # fmt: skip
+    stored = [r["spec"] for r in runs]
+    default = bench.final_opts(bench.load_baselines(bench.PROFILES["smoke"], out),
+                               "digits_tiny")["default"]  # fmt: skip
+    assert sum(s["opt"] == default for s in stored) == len(bench.LR_SEEDS)
+    scales = sorted(s["opt"]["levers"]["eps_adapt"]["scale"] for s in stored
+                    if s["opt"]["arm"] == "default_lever"
+                    and s["opt"]["levers"]["eps_adapt"]["peak"] is True)  # fmt: skip
+    assert scales == sorted([0.1, 0.3, 1.0] * len(bench.LR_SEEDS))
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
+    means = {sum(v) / len(v) for v in per.values()}
+    assert len(per) == len(means) == len(bench.FADE_CANDIDATES)
 
 
 def test_normdecay_stage_runs_each_decay_on_round_10s_step(bench, tmp_path):
