@@ -1317,11 +1317,18 @@ INPUT_CANDIDATES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def stage_input(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
-    """Run :data:`INPUT_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
+def stage_candidates(
+    store: Store, prof: Profile, runner: Runner, tasks: list[str], stage: str
+) -> str:  # fmt: skip
+    """Run the candidates of ``stage`` (:data:`CANDIDATE_STAGES`) on ``tasks``; their table
+    (:func:`_candidate_table`). Arms that run ``RegMuon(model)`` as it is get today's core."""
+    core = core_fingerprint()
+    arms = {c: ({**o, "core": core} if o.get("arm") == "default" else
+                o if o.get("arm") else _variant_opt(o, core))
+            for c, o in CANDIDATE_STAGES[stage].items()}  # fmt: skip
     decays = {t: head_decay(t, prof) for t in tasks}
-    opts = {(t, c): o for t in tasks for c, o in INPUT_CANDIDATES.items()}
-    return _candidate_table(store, prof, runner, tasks, opts, "input", decays)
+    opts = {(t, c): o for t in tasks for c, o in arms.items()}
+    return _candidate_table(store, prof, runner, tasks, opts, stage, decays)
 
 
 #: The ``normlr`` stage's candidates: the step of ``RegMuon(model)`` for a network with
@@ -1361,13 +1368,6 @@ NORM_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def stage_normdecay(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
-    """Run :data:`NORM_DECAY_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
-    decays = {t: head_decay(t, prof) for t in tasks}
-    opts = {(t, c): o for t in tasks for c, o in NORM_DECAY_CANDIDATES.items()}
-    return _candidate_table(store, prof, runner, tasks, opts, "normdecay", decays)
-
-
 #: The ``fade`` stage's candidates: ``RegMuon(model)`` (today's defaults, every rule by
 #: structure) and the same with the prototype ``eps_adapt`` in its peak form: the map's ε is
 #: ``c`` times the largest RMS singular value the matrix's map input has had, so the update is
@@ -1382,22 +1382,11 @@ FADE_CANDIDATES: dict[str, dict[str, Any]] = {
        for c in (0.1, 0.3, 1.0)},
 }  # fmt: skip
 
-
-def stage_fade(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
-    """Run :data:`FADE_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
-    decays = {t: head_decay(t, prof) for t in tasks}
-    core = core_fingerprint()
-    arms = {c: ({**o, "core": core} if o.get("arm") else _variant_opt(o, core))
-            for c, o in FADE_CANDIDATES.items()}  # fmt: skip
-    opts = {(t, c): o for t in tasks for c, o in arms.items()}
-    return _candidate_table(store, prof, runner, tasks, opts, "fade", decays)
-
-
-def stage_normlr(store: Store, prof: Profile, runner: Runner, tasks: list[str]) -> str:
-    """Run :data:`NORM_LR_CANDIDATES` on ``tasks``; their table (:func:`_candidate_table`)."""
-    decays = {t: head_decay(t, prof) for t in tasks}
-    opts = {(t, c): o for t in tasks for c, o in NORM_LR_CANDIDATES.items()}
-    return _candidate_table(store, prof, runner, tasks, opts, "normlr", decays)
+#: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
+CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
+    "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
+    "normdecay": NORM_DECAY_CANDIDATES, "fade": FADE_CANDIDATES,
+}  # fmt: skip
 
 
 def analyze_study(store: Store, prof: Profile, base: dict[str, Any]) -> dict[str, Any]:
@@ -1843,21 +1832,9 @@ def _stages(
         table = stage_lr(store, prof, runner, tasks)
         (args.out / "lr.md").write_text(table + "\n")
         print(table)
-    if args.stage == "input":
-        table = stage_input(store, prof, runner, tasks)
-        (args.out / "input.md").write_text(table + "\n")
-        print(table)
-    if args.stage == "normlr":
-        table = stage_normlr(store, prof, runner, tasks)
-        (args.out / "normlr.md").write_text(table + "\n")
-        print(table)
-    if args.stage == "normdecay":
-        table = stage_normdecay(store, prof, runner, tasks)
-        (args.out / "normdecay.md").write_text(table + "\n")
-        print(table)
-    if args.stage == "fade":
-        table = stage_fade(store, prof, runner, tasks)
-        (args.out / "fade.md").write_text(table + "\n")
+    if args.stage in CANDIDATE_STAGES:
+        table = stage_candidates(store, prof, runner, tasks, args.stage)
+        (args.out / f"{args.stage}.md").write_text(table + "\n")
         print(table)
     if args.stage == "decay":
         table = stage_decay(store, prof, runner, tasks)
