@@ -106,7 +106,7 @@ class LeverRegMuon(RegMuon):
         self._last: dict[Tensor, Tensor] = {}  # guard: the weights before the last step
 
     def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
-        """The map with the long-horizon ε (per map call of the step, in order)."""
+        """The map with the long-horizon (or the peak's) ε, per map call of the step, in order."""
         assert self.eps_adapt is not None
         c = self.eps_adapt["scale"]
         ms = X.float().square().sum((-2, -1)) / min(X.shape[-2:])  # mean squared singular value

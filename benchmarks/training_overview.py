@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,7 @@ CLASSES = (
     "other",
 )
 _COLORS = dict(zip(CLASSES, ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple",
-                                    "tab:gray"),
-                   strict=True))  # fmt: skip
+                             "tab:gray"), strict=True))  # fmt: skip
 
 
 def model_class(prof: bt.Profile, task: str) -> str:
@@ -97,22 +97,22 @@ def table(rows: list[dict[str, Any]]) -> str:
     n = len(rows)
     within = sum(r["ratio"] <= bt.TARGET for r in rows)
     better = sum(r["vs_doc"][0] < 0 for r in rows)
-    worse2 = sum(r["vs_doc"][0] >= 2 * r["vs_doc"][1] and r["vs_doc"][0] > 0 for r in rows)
+    worse2 = sum(_verdict(r["vs_doc"]) == "**worse**" for r in rows)
     lines = [f"{n} tasks: within {bt.TARGET}x of the best tuned baseline on {within}; better "
              f"than `torch.optim.Muon` at its documented defaults in the mean on {better}, worse "
              f"by 2 paired SE or more on {worse2}.", "",
              "| class | tasks | within 3% | ratio: median (range) | better than Muon's defaults "
              "| worse by ≥ 2 SE |", "|---|---:|---:|---|---:|---:|"]  # fmt: skip
     for c in CLASSES:
-        rs = sorted(r["ratio"] for r in rows if r["class"] == c)
-        if not rs:
-            continue
         sub = [r for r in rows if r["class"] == c]
+        if not sub:
+            continue
+        rs = [r["ratio"] for r in sub]
         lines.append(
             f"| {c} | {len(rs)} | {sum(x <= bt.TARGET for x in rs)} | "
-            f"{rs[len(rs) // 2]:.2f} ({rs[0]:.2f}-{rs[-1]:.2f}) | "
+            f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}) | "
             f"{sum(r['vs_doc'][0] < 0 for r in sub)} | "
-            f"{sum(r['vs_doc'][0] > 0 and r['vs_doc'][0] >= 2 * r['vs_doc'][1] for r in sub)} |")
+            f"{sum(_verdict(r['vs_doc']) == '**worse**' for r in sub)} |")
     lines += ["", "| task | set | class | schedule | ratio ± SE (paired) | ≤ 1.03? | "
               "Δ vs Muon's defaults | vs Muon's defaults |",
               "|---|---|---|---|---:|---|---:|---|"]  # fmt: skip
