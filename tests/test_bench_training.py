@@ -428,6 +428,75 @@ def test_peak_eps_check_catches_its_mutants(levers):
             _peak_check(mutant)
 
 
+def _warmup_lr_check(cls) -> None:
+    """``cls(model, warmup_lr=2)`` against ``RegMuon(model)`` under ``LambdaLR``: with a
+    warm-up, equal bit for bit to ``RegMuon(model)`` whose schedule is twice the warm-up's
+    (the factor is a power of two, so the products round alike), and its groups' ``lr`` left as
+    the scheduler set them; with a constant lr, equal to ``RegMuon(model)`` itself."""
+
+    def run(factory, lam):
+        torch.manual_seed(0)
+        model = MLP(6, 16, 3, depth=2)
+        opt = factory(model)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+        gen = torch.Generator().manual_seed(1)
+        lrs = []
+        for _ in range(5):
+            x, y = torch.randn(32, 6, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            lrs.append([g["lr"] for g in opt.param_groups])  # as the step left them
+            sched.step()
+        return [p.detach() for p in model.parameters()], lrs
+
+    def warm(k):
+        return min((k + 1) / 3, 1.0)
+
+    lever, lever_lrs = run(lambda m: cls(m, warmup_lr=2.0), warm)
+    twice, _ = run(RegMuon, lambda k: 2 * warm(k))
+    plain, plain_lrs = run(RegMuon, warm)
+    assert all(torch.equal(a, b) for a, b in zip(lever, twice, strict=True))
+    assert lever_lrs == plain_lrs  # the groups' lr is the scheduler's
+    constant, _ = run(lambda m: cls(m, warmup_lr=2.0), lambda k: 1.0)
+    plain, _ = run(RegMuon, lambda k: 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(constant, plain, strict=True))
+
+
+def test_warmup_lr_scales_the_step_under_a_warm_up_only(levers):
+    """``warmup_lr``: a group whose lr at the first step is below its built lr (a warm-up)
+    steps with the factor times its scheduled lr; under a constant lr nothing changes."""
+    _warmup_lr_check(levers.LeverRegMuon)
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="warmup_lr"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"warmup_lr": bad})
+
+
+def test_warmup_lr_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_warmup_lr_check`: the factor on every
+    schedule (a constant lr scaled too), the factor never applied (the decision frozen at "no
+    warm-up"), the factor left on the groups' lr (the scheduler's values changed)."""
+
+    class Always(levers.LeverRegMuon):
+        def _warmup_factors(self):
+            return [self.warmup_lr] * len(self.param_groups)
+
+    class Never(levers.LeverRegMuon):
+        def _warmup_factors(self):
+            self._warmed = [False] * len(self.param_groups)
+            return super()._warmup_factors()
+
+    class Leaves(levers.LeverRegMuon):
+        def step(self, closure=None):
+            for g, f in zip(self.param_groups, self._warmup_factors(), strict=True):
+                g["lr"] = g["lr"] * f
+            return levers.RegMuon.step(self)
+
+    for mutant in (Always, Never, Leaves):
+        with pytest.raises(AssertionError):
+            _warmup_lr_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -735,3 +804,32 @@ def test_part_decay_variant_skips_models_with_attention(bench):
                        {"arm": "default_but", "but": but["softmax_head"], "core": "core"}), task
     regressor = bench._variant_opt(but, "core", bench.PROFILES["round9"], "friedman_ln")
     assert regressor == {"arm": "default", "core": "core"}
+
+
+def test_warmup_stage_and_round_12s_variant(bench, tmp_path):
+    """WARMUP_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it (core
+    included) and the ``warmup_lr`` lever at each factor; round 12's variant is that lever at 2
+    for a model with an embedding or recurrent layer and ``RegMuon(model)`` (the default arm's
+    run) for the others. Mutants caught: the lever dropped from a candidate, the variant's
+    condition inverted or dropped (a classifier MLP given the lever)."""
+    out = tmp_path / "warmup"
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", "warmup", "--tasks", "llama_tiny"]) == 0
+    rows = (out / "warmup.md").read_text().splitlines()
+    assert rows[0].count("|") == len(bench.WARMUP_CANDIDATES) + 3 and len(rows) == 5
+    stored = [r["spec"]["opt"] for r in json.loads((out / "results.json").read_text())[
+        "runs"].values() if r["spec"]["seed"] in bench.LR_SEEDS]  # fmt: skip
+    default = bench.final_opts(bench.load_baselines(bench.PROFILES["smoke"], out),
+                               "llama_tiny")["default"]  # fmt: skip
+    assert sum(o == default for o in stored) == len(bench.LR_SEEDS)
+    factors = sorted(o["levers"]["warmup_lr"] for o in stored if o["arm"] == "default_lever")
+    assert factors == sorted([1.5, 2.0, 3.0] * len(bench.LR_SEEDS))
+    prof, but = bench.PROFILES["round12"], bench.OPTIONAL_VARIANTS["warmup_lr2_sequence"]
+    for task in bench.ROUND12:
+        opt = bench._variant_opt(but, "core", prof, task)
+        sequence = prof.suite[task].builder in ("gpt2", "llama", "rnn", "sort", "moe")
+        assert (opt["arm"], opt.get("levers")) == (
+            ("default_lever", {"warmup_lr": 2.0}) if sequence else ("default", None)), task
+    assert {t.schedule for t in bench.ROUND12.values()} == {"linear", "cosine"}
+    assert all(t.warmup > 0 for t in bench.ROUND12.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -467,3 +468,35 @@ def test_matrix_muon_training_equals_torch_muon_and_clears_gradients(digits_task
     hidden(torch.ones(2, 4)).sum().backward()
     opt.zero_grad()
     assert hidden[0].weight.grad is None
+
+
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_lr_factor_schedules(warmup):
+    """The three schedules over 100 steps: the warm-up rises linearly to 1 at step
+    ``warmup - 1``; then ``linear`` falls by the same amount each step and ``cosine`` as half a
+    cosine — 1/2 halfway through the decay, symmetric about it (``f(a) + f(b) = 1`` where the
+    decay's fractions add to 1), steepest in the middle — both ending above 0; ``constant``
+    stays at 1. Mutants that fail: a cosine with no warm-up, a full period (``cos 2πt``), no
+    ``/2`` (values above 1), the decay's fraction off by one step (no symmetry)."""
+    steps = 100
+    for schedule in ("linear", "cosine", "constant"):
+        f = [training.lr_factor(k, steps, warmup, schedule) for k in range(steps)]
+        assert f[:warmup] == pytest.approx([(k + 1) / warmup for k in range(warmup)])
+        assert max(f) == pytest.approx(1.0) and min(f) > 0
+        tail = f[max(warmup - 1, 0):]
+        if schedule == "constant":
+            assert tail == [1.0] * len(tail)
+            continue
+        drops = [a - b for a, b in itertools.pairwise(tail)]
+        assert all(d > 0 for d in drops)
+        if schedule == "linear":
+            assert drops == pytest.approx([drops[0]] * len(drops))
+            continue
+        n = steps - warmup + 1 if warmup else steps  # the decay's fraction: (k - warmup + 1)/n
+        k_of = (lambda j: j + warmup - 1) if warmup else (lambda j: j)
+        for j in range(1, n // 2):
+            assert f[k_of(j)] + f[k_of(n - j)] == pytest.approx(1.0, abs=1e-12)
+        assert f[k_of(n // 2)] == pytest.approx(0.5, abs=0.02)
+        assert max(drops) == pytest.approx(drops[len(drops) // 2], rel=0.01)
+    with pytest.raises(ValueError, match="schedule"):
+        training.train("digits", "adamw", lr=0.01, steps=2, schedule="cosine_restarts")

@@ -23,7 +23,7 @@ __all__ = ["SCHEDULES", "lr_factor", "train"]
 Factory = Callable[[nn.Module], list[torch.optim.Optimizer]]
 
 #: ``schedule`` values of :func:`train`.
-SCHEDULES = ("linear", "constant")
+SCHEDULES = ("linear", "constant", "cosine")
 
 
 def lr_factor(k: int, steps: int, warmup: int = 0, schedule: str = "linear") -> float:
@@ -31,11 +31,18 @@ def lr_factor(k: int, steps: int, warmup: int = 0, schedule: str = "linear") -> 
 
     ``"linear"``: ``1 - k/steps``, or with ``warmup`` steps ``min((k+1)/warmup,
     (steps-k)/(steps-warmup+1))`` (linear rise, then linear decay to 0); ``"constant"``: 1, or
-    the same linear rise over ``warmup`` steps and then 1.
+    the same linear rise over ``warmup`` steps and then 1; ``"cosine"``: the same rise, then
+    ``(1 + cos(π (k-warmup+1)/(steps-warmup+1)))/2`` (half a cosine down to 0; without warm-up
+    ``(1 + cos(π k/steps))/2``).
     """
     rise = (k + 1) / warmup if warmup else math.inf
     if schedule == "constant":
         return min(1.0, rise)
+    if schedule == "cosine":
+        if k < warmup:
+            return rise
+        done = (k - warmup + 1) / (steps - warmup + 1) if warmup else k / steps
+        return (1 + math.cos(math.pi * done)) / 2
     if warmup == 0:
         return 1 - k / steps
     return min(rise, (steps - k) / (steps - warmup + 1))
