@@ -1424,15 +1424,18 @@ FADE_CANDIDATES: dict[str, dict[str, Any]] = {
        for c in (0.1, 0.3, 1.0)},
 }  # fmt: skip
 
-#: The ``warmup`` stage's candidates: ``RegMuon(model)`` (today's defaults) and the same with
-#: the prototype ``warmup_lr`` at factors 1.5, 2 and 3: a group that a scheduler's warm-up has
-#: scaled at the first step steps with the factor times its scheduled lr. The tuned
+#: The ``warmup`` stage's candidates: ``RegMuon(model)`` as it was before round 12 (the
+#: prototype ``warmup_lr`` at 1, which turns off the library's own lr by schedule) and with
+#: ``warmup_lr`` at factors 1.5, 2 and 3: a group that a scheduler's warm-up has scaled at the
+#: first step steps with the factor times its scheduled lr. The tuned
 #: ``torch.optim.Muon``'s matrix lr on the 83 tasks seen after round 11 is, in every class, about
 #: twice as large under warm-up and decay to zero as under a constant lr (the medians). Run on
 #: the seen tasks with that schedule (seeds :data:`LR_SEEDS`, the ``lr`` stage's rule); on a
-#: constant lr every candidate is ``RegMuon(model)``.
+#: constant lr every candidate is ``RegMuon(model)``. The screen (after round 11; its first
+#: column then ran as ``RegMuon(model)`` itself, the same computation) chose factor 2 for the
+#: nine models with an embedding or recurrent layer, adopted after round 12's held-out test.
 WARMUP_CANDIDATES: dict[str, dict[str, Any]] = {
-    "today's defaults": {"arm": "default"},
+    "round 11's defaults": {"levers": {"warmup_lr": 1.0}},
     **{f"warm-up lr x{f:g}": {"levers": {"warmup_lr": f}} for f in (1.5, 2.0, 3.0)},
 }  # fmt: skip
 

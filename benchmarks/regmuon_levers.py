@@ -37,6 +37,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   a group whose lr, at the optimizer's first step, is below the lr it was built with (a
   scheduler's warm-up has scaled it) steps with ``factor`` times its scheduled lr from then on
   (the groups' ``lr`` and the scheduler stay as they are). Decided once, at the first step.
+  It replaces ``RegMuon(model)``'s own lr by schedule (:func:`muonflow.optim.lr_by_schedule`,
+  round 12's adoption of this lever at factor 2 for models with an embedding or recurrent
+  layer), so ``warmup_lr = 1`` is ``RegMuon(model)`` as it was before it.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class LeverRegMuon(RegMuon):
             raise ValueError(f"warmup_lr must be a finite factor > 0, got {warmup_lr!r}")
         super().__init__(model, **options)
         self.warmup_lr = warmup_lr
+        if warmup_lr is not None:  # replaces RegMuon(model)'s own lr by schedule (round 12)
+            self._warmup_pending = None
         self._built_lrs = [g["lr"] for g in self.param_groups]
         self._warmed: list[bool] | None = None  # per group, decided at the first step
         self.eps_adapt = eps_adapt

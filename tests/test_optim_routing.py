@@ -988,3 +988,164 @@ def test_a_resume_without_the_extras_keeps_the_decision(loss, decay, before_firs
         o.step()
     assert opt.param_groups[0]["weight_decay"] == fresh.param_groups[0]["weight_decay"] == decay
 
+
+
+def _tokens_mlp() -> nn.Module:  # an embedding, one hidden matrix, an output layer
+    return nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _tokens_loss(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(m(x), x % 3)
+
+
+def _warm(t: int) -> float:  # a warm-up over three steps, then a constant lr
+    return min(1.0, (t + 1) / 3)
+
+
+def _schedule_steps(make_opt, make_model, loss, ref_kw, schedule=_warm):
+    """Four steps of ``make_opt(model)`` under ``schedule`` (a ``LambdaLR`` built after the
+    optimizer) equal (bitwise) those of ``RegMuon(model, **ref_kw)`` under the same schedule.
+    Returns the optimizer and its groups' lrs as each step left them."""
+    torch.manual_seed(0)
+    model = make_model()
+    ref_model = copy.deepcopy(model)
+    opt, ref = make_opt(model), RegMuon(ref_model, **ref_kw)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (opt, ref)]
+    x = torch.randint(0, 10, (32,)) if isinstance(model[0], nn.Embedding) else torch.randn(32, 6)
+    lrs = []
+    for _ in range(4):
+        for m, o, sched in zip((model, ref_model), (opt, ref), scheds, strict=True):
+            o.zero_grad()
+            loss(m, x).backward()
+            o.step()
+            if o is opt:
+                lrs.append([g["lr"] for g in o.param_groups])
+            sched.step()
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    return opt, lrs
+
+
+def _warmup_check(make_opt) -> None:
+    """``make_opt(model, **kw)`` for a model with an embedding under a scheduler that warms up
+    steps (bitwise) as ``RegMuon(model)`` with explicit lrs
+    :data:`~muonflow.optim.WARMUP_LR_FACTOR` times ``DEFAULTS``' and says so in its routing,
+    its groups' ``lr`` left as the scheduler set them; under a constant lr as with
+    ``DEFAULTS``' lrs; a network without an embedding or recurrent layer (an MLP, with or
+    without LayerNorm) steps under the warm-up as with its own lrs; an explicit lr or adamw_lr
+    (or options) turns the rule off; a checkpoint carries the decision."""
+    d, f = mf.optim.DEFAULTS, mf.optim.WARMUP_LR_FACTOR
+    both = {"lr": d.lr * f, "adamw_lr": d.adamw_lr * f}
+    opt, lrs = _schedule_steps(make_opt, _tokens_mlp, _tokens_loss, both)
+    assert (f"lr by schedule: x {f:g} on the scheduled lrs of the matrices and AdamW part"
+            in str(opt.routing)) and "embedding layer '0'" in opt.routing.schedule  # fmt: skip
+    assert lrs == [[d.lr * _warm(t), d.adamw_lr * _warm(t)] for t in range(4)]
+    flat, _ = _schedule_steps(make_opt, _tokens_mlp, _tokens_loss, {"lr": d.lr},
+                              schedule=lambda t: 1.0)  # fmt: skip
+    assert "lr by schedule: none (the lrs at the first step are the built ones" in str(
+        flat.routing)
+    plain, _ = _schedule_steps(make_opt, _mlp, _classify, {"lr": d.lr})
+    assert "lr by schedule: none (no embedding or recurrent layer)" in str(plain.routing)
+    norm = {"lr": mf.optim.NORMALIZED_INPUT_LR, "adamw_lr": mf.optim.NORMALIZED_INPUT_ADAMW_LR}
+    _schedule_steps(make_opt, _ln_mlp, _classify, norm)
+    for explicit in ({"lr": 0.03}, {"adamw_lr": 0.03}, {"options": d}):
+        assert make_opt(_tokens_mlp(), **explicit)._warmup_pending is None, explicit
+    fresh = RegMuon(_tokens_mlp(), lr=d.lr)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh._warmup_scale == {0: f, 1: f} and fresh._warmup_pending is None
+
+
+def test_regmuon_model_takes_a_larger_step_under_a_warm_up():
+    _warmup_check(RegMuon)
+    assert mf.optim.lr_by_schedule(nn.LSTM(3, 3))[0] == mf.optim.WARMUP_LR_FACTOR
+    assert mf.optim.lr_by_schedule(_ln_mlp()) == (1.0, "no embedding or recurrent layer")
+
+
+def test_the_warmup_check_fails_each_plausible_bug(monkeypatch):
+    """Mutants of the lr by schedule: never applied; applied under a constant lr too; the
+    AdamW part left out; written into the groups' lrs; an explicit lr overridden; applied to
+    a network without an embedding or recurrent layer."""
+
+    def never(model, **kw):
+        opt = RegMuon(model, **kw)
+        opt._warmup_pending = None
+        return opt
+
+    class Always(RegMuon):
+        def _decide_warmup(self):
+            return {0: mf.optim.WARMUP_LR_FACTOR, 1: mf.optim.WARMUP_LR_FACTOR}, "always"
+
+    class MatricesOnly(RegMuon):
+        def _decide_warmup(self):
+            warm, why = super()._decide_warmup()
+            return {gi: x for gi, x in warm.items() if gi == 0}, why
+
+    class IntoGroups(RegMuon):
+        def step(self, closure=None):
+            pending = self._warmup_pending
+            out = super().step(closure)
+            if pending is not None and self._warmup_scale:
+                for gi, x in self._warmup_scale.items():
+                    self.param_groups[gi]["lr"] *= x
+                self._warmup_scale = {}
+            return out
+
+    def explicit_overridden(model, **kw):
+        return RegMuon(model, **{k: v for k, v in kw.items() if k not in ("lr", "adamw_lr")})
+
+    def every_model(model, **kw):
+        monkeypatch.setattr(routing_module, "_structural_kind", lambda m: "embedding")
+        try:
+            return RegMuon(model, **kw)
+        finally:
+            monkeypatch.undo()
+
+    for mutant in (never, Always, MatricesOnly, IntoGroups, explicit_overridden, every_model):
+        with pytest.raises(AssertionError):
+            _warmup_check(mutant)
+
+
+def test_the_lr_by_schedule_is_decided_once_and_travels_with_checkpoints():
+    """Pending until the first step that commits (a skipped step decides nothing); a
+    checkpoint taken before carries the built lrs, one taken after the factors; the kinetic
+    energy uses the scaled step; a corrupt entry is refused with nothing changed."""
+    torch.manual_seed(0)
+    model = _tokens_mlp()
+    opt = RegMuon(model, on_nonfinite="skip")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+    d, f = mf.optim.DEFAULTS, mf.optim.WARMUP_LR_FACTOR
+    x = torch.randint(0, 10, (32,))
+    before = opt.state_dict()
+    assert before["regmuon"]["warmup_pending"] == [[0, d.lr], [1, d.adamw_lr]]
+    _tokens_loss(model, x).backward()
+    model[1].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1 and opt._warmup_pending is not None and not opt._warmup_scale
+    pending = RegMuon(_tokens_mlp(), lr=0.02)
+    pending.load_state_dict(before)
+    assert pending._warmup_pending == {0: d.lr, 1: d.adamw_lr} and not pending._warmup_scale
+    assert "pending in a checkpoint" in pending.routing.schedule
+    opt.zero_grad()
+    _tokens_loss(model, x).backward()
+    opt.step()
+    sched.step()
+    unscaled = RegMuon(model, lr=0.02)
+    unscaled.load_state_dict(opt.state_dict())
+    unscaled._warmup_scale = {}
+    assert torch.allclose(opt.kinetic_energy(), unscaled.kinetic_energy() * f, rtol=1e-12)
+    after = opt.state_dict()
+    assert after["regmuon"]["warmup_scale"] == [[0, f], [1, f]]
+    assert "warmup_pending" not in after["regmuon"]
+    for key, bad in (("warmup_scale", [[0, -2.0]]), ("warmup_scale", [[5, 2.0]]),
+                     ("warmup_scale", [[0, "x"]]), ("warmup_scale", [[0, math.inf]]),
+                     ("warmup_scale", [[True, 2.0]]), ("warmup_pending", [[0, 0.02]]),
+                     ("warmup_pending", True)):  # fmt: skip
+        corrupt = copy.deepcopy(after)
+        corrupt["regmuon"][key] = bad
+        with pytest.raises(ValueError, match="warmup"):
+            pending.load_state_dict(corrupt)
+        assert pending._warmup_pending == {0: d.lr, 1: d.adamw_lr}, key
+        assert not pending._warmup_scale
+    pending.load_state_dict(after)
+    assert pending._warmup_pending is None and pending._warmup_scale == {0: f, 1: f}
+    assert f"from a checkpoint: group 0 x {f:g}, group 1 x {f:g}" in pending.routing.schedule

@@ -32,6 +32,7 @@ from .options import (
     NORMALIZED_INPUT_ADAMW_LR,
     NORMALIZED_INPUT_LR,
     UNNORMALIZED_DECAY,
+    WARMUP_LR_FACTOR,
     RegMuonOptions,
 )
 from .plan import ADJUST_LR, MATRIX_VIEWS, lr_factor, matrix_shape
@@ -46,6 +47,7 @@ from .routing import (
     default_adamw_rule,
     input_layer,
     last_executed_layer,
+    lr_by_schedule,
     lr_by_structure,
     output_layers,
     register_matrices,
@@ -64,6 +66,7 @@ __all__ = [
     "NORMALIZED_INPUT_ADAMW_LR",
     "NORMALIZED_INPUT_LR",
     "UNNORMALIZED_DECAY",
+    "WARMUP_LR_FACTOR",
     "MatrixSpec",
     "RegMuon",
     "RegMuonOptions",
@@ -76,6 +79,7 @@ __all__ = [
     "input_layer",
     "kinetic_energy",
     "last_executed_layer",
+    "lr_by_schedule",
     "lr_by_structure",
     "lr_factor",
     "matrix_shape",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
-from .options import DEFAULTS, GROUP_KEYS, RegMuonOptions, check_number
+from .options import DEFAULTS, GROUP_KEYS, WARMUP_LR_FACTOR, RegMuonOptions, check_number
 from .plan import MomentumStacks, auto_workspace_cap, build_plan, is_dtensor, matrix_shape
 from .routing import (
     EXECUTION_ORDER,
@@ -32,6 +32,7 @@ from .routing import (
     RoutingWarning,
     decay_by_structure,
     input_layer,
+    lr_by_schedule,
     lr_by_structure,
     make_rule,
     output_candidates,
@@ -64,6 +65,8 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_unit_rho": dict,
     "_scale_pending": lambda: None,
     "_lr_scale": dict,
+    "_warmup_pending": lambda: None,
+    "_warmup_scale": dict,
 }
 
 
@@ -100,6 +103,11 @@ class RegMuon(Optimizer):
     way: under a softmax head its lrs are scaled to :data:`~muonflow.optim.NORMALIZED_INPUT_LR`
     and :data:`~muonflow.optim.NORMALIZED_INPUT_ADAMW_LR` (factors kept by the optimizer, so the
     groups' ``lr`` and any scheduler stay as built; :func:`~muonflow.optim.lr_by_structure`).
+    A model with an embedding or recurrent layer (and no ``lr=``/``adamw_lr=``/``options=``)
+    reads its schedule at the first step: a group whose lr is then below the lr it was built
+    with (a scheduler's warm-up) steps with :data:`~muonflow.optim.WARMUP_LR_FACTOR` times its
+    scheduled lr (a warm-up and decay's best peak is larger than the best constant lr; the
+    groups' ``lr`` stay the scheduler's; :func:`~muonflow.optim.lr_by_schedule`).
     Named parameters, tensors and dict groups work too. Every step, :meth:`add_param_group` and
     :meth:`load_state_dict` is all or nothing (see ``docs/optimizer.md`` and
     ``docs/reliability.md``).
@@ -156,6 +164,9 @@ class RegMuon(Optimizer):
         # RegMuon(model)'s lr factors by group index, until the head decides (then _lr_scale)
         self._scale_pending: dict[int, float] | None = None
         self._lr_scale: dict[int, float] = {}  # the decided factors on the groups' lrs
+        # RegMuon(model)'s built lrs by group index, until the first step reads the schedule
+        self._warmup_pending: dict[int, float] | None = None
+        self._warmup_scale: dict[int, float] = {}  # the decided factors under a warm-up
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -189,6 +200,14 @@ class RegMuon(Optimizer):
             self._in_init = False
         if model_routing is not None:
             self.routing = model_routing
+            if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by the schedule
+                factor, why = lr_by_schedule(model)
+                model_routing.schedule = f"none ({why})"
+                if factor != 1.0:  # decided at the first step, if a warm-up lowered the lrs
+                    self._warmup_pending = {gi: g["lr"] for gi, g in enumerate(self.param_groups)
+                                            if not isinstance(g["lr"], Tensor)}  # fmt: skip
+                    model_routing.schedule = (f"decided at the first step: x {factor:g} on a "
+                                              f"group whose lr a warm-up has lowered ({why})")
             if model_routing.output.endswith(f"({REGISTRATION_ORDER})"):
                 ref = weakref.ref(self)
                 FirstForward(model, output_candidates(model), lambda order: (
@@ -353,6 +372,13 @@ class RegMuon(Optimizer):
                 self._scale_pending, self._lr_scale = self.__dict__.pop("_loading_scale")
                 if self._scale_pending is not None and "(" not in self.routing.lr:
                     self.routing.lr = "decided at the first step (pending in a checkpoint)"
+                self._warmup_pending, self._warmup_scale = self.__dict__.pop("_loading_warmup")
+                if self.routing.schedule or self._warmup_pending or self._warmup_scale:
+                    self.routing.schedule = (
+                        "decided at the first step (pending in a checkpoint)"
+                        if self._warmup_pending else "from a checkpoint: " + (", ".join(
+                            f"group {gi} x {f:g}" for gi, f in sorted(self._warmup_scale.items()))
+                            or "none"))  # fmt: skip
         else:  # pickle, deepcopy
             for key, default in _EXTRA_ATTRS.items():
                 self.__dict__.setdefault(key, default())
@@ -385,6 +411,7 @@ class RegMuon(Optimizer):
             self.__dict__.pop("_loading_decay", None)
             self.__dict__.pop("_loading_unit", None)
             self.__dict__.pop("_loading_scale", None)
+            self.__dict__.pop("_loading_warmup", None)
 
     # -- the step -------------------------------------------------------------------------------
     def _spec(self, p: Tensor, o: RegMuonOptions) -> tuple[str, str]:
@@ -411,6 +438,10 @@ class RegMuon(Optimizer):
         decided = self._decide_decay() if self._decay_pending is not None else None
         scale = self._decide_scale() if self._scale_pending is not None else None
         lr_scale = self._lr_scale if scale is None else scale[0]
+        warm = self._decide_warmup() if self._warmup_pending is not None else None
+        warm_scale = self._warmup_scale if warm is None else warm[0]
+        for gi, factor in warm_scale.items():  # the schedule's factor, then the structure's
+            opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
         for gi, factor in lr_scale.items():
             opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
         unit = self._unit_rho
@@ -445,6 +476,9 @@ class RegMuon(Optimizer):
             if scale is not None:
                 self._scale_pending = None
                 self._lr_scale, self.routing.lr = scale
+            if warm is not None:
+                self._warmup_pending = None
+                self._warmup_scale, self.routing.schedule = warm
             for works, ds, o, installs in pending:
                 for install in installs:
                     install()
@@ -499,6 +533,26 @@ class RegMuon(Optimizer):
             return dict(pending), (f"{lrs} (a softmax head: its gradient sums to 0 over the "
                                    f"outputs, r = {r:.1e}; {structure}")  # fmt: skip
         return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"
+
+    def _decide_warmup(self) -> tuple[dict[int, float], str]:
+        """RegMuon(model)'s lr factors by schedule, decided at its first step: ``(factors by
+        group index, why)``, :data:`~muonflow.optim.WARMUP_LR_FACTOR` for each group whose
+        (float) lr is below the one it was built with — a scheduler's warm-up has lowered it —
+        and none for the others. Changes nothing."""
+        built = self._warmup_pending
+        assert built is not None
+        warm = {gi: WARMUP_LR_FACTOR for gi, lr in built.items()
+                if gi < len(self.param_groups)
+                and not isinstance(now := self.param_groups[gi]["lr"], Tensor) and now < lr}
+        structure = self.routing.schedule.rsplit("(", 1)[-1]  # the layer's part, with its ")"
+        if not warm:
+            return {}, ("none (the lrs at the first step are the built ones: no warm-up; "
+                        f"{structure}")
+        parts = {"regmuon": "matrices", "adamw": "AdamW part"}
+        which = " and ".join(parts[self.param_groups[gi]["algorithm"]] for gi in warm)
+        return warm, (f"x {WARMUP_LR_FACTOR:g} on the scheduled lrs of the {which} (below the "
+                      "built lrs at the first step: a warm-up, read as warm-up and decay, whose "
+                      f"best peak is about twice the best constant lr; {structure}")  # fmt: skip
 
     def _head(self) -> tuple[bool, float] | None:
         """``(softmax?, r)`` of the output layer's gradient (:func:`softmax_head`; ``NO_HEAD``
@@ -591,7 +645,9 @@ class RegMuon(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if group["algorithm"] != "regmuon":
                 continue
-            o = _scaled(group_options(group, self.options), "regmuon", self._lr_scale.get(gi, 1.0))
+            o = _scaled(group_options(group, self.options), "regmuon",
+                        self._warmup_scale.get(gi, 1.0))
+            o = _scaled(o, "regmuon", self._lr_scale.get(gi, 1.0))
             held = [(p, self.state[p]["momentum_buffer"]) for p in group["params"]
                     if "momentum_buffer" in self.state.get(p, {})]  # fmt: skip
             if held:
@@ -632,7 +688,9 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
     if cast(RegMuon, opt)._unit_rho:
         extras["unit_rho"] = sorted(cast(RegMuon, opt)._unit_rho.values())
     for key, factors in (("lr_scale_pending", cast(RegMuon, opt)._scale_pending),
-                         ("lr_scale", cast(RegMuon, opt)._lr_scale)):  # fmt: skip
+                         ("lr_scale", cast(RegMuon, opt)._lr_scale),
+                         ("warmup_pending", cast(RegMuon, opt)._warmup_pending),
+                         ("warmup_scale", cast(RegMuon, opt)._warmup_scale)):  # fmt: skip
         if factors:
             extras[key] = [[gi, f] for gi, f in sorted(factors.items())]
     state_dict["regmuon"] = extras
@@ -680,6 +738,29 @@ def _lr_scale_of(
     return found[0] or None, found[1]
 
 
+def _warmup_of(
+    opt: RegMuon, extras: dict[str, Any]
+) -> tuple[dict[int, float] | None, dict[int, float]]:
+    """A checkpoint's ``warmup_pending`` (the built lrs, while the first step has not read the
+    schedule) and ``warmup_scale`` (the decided factors), checked: each a list of ``[group
+    index, positive finite float]`` pairs, indices of this optimizer's groups; not both."""
+    found: list[dict[int, float]] = []
+    for key in ("warmup_pending", "warmup_scale"):
+        pairs = extras.get(key, [])
+        ok = isinstance(pairs, list) and all(
+            isinstance(x, list | tuple) and len(x) == 2 and type(x[0]) is int
+            and 0 <= x[0] < len(opt.param_groups) and type(x[1]) is float
+            and math.isfinite(x[1]) and x[1] > 0.0
+            for x in pairs)  # fmt: skip
+        if not ok:
+            raise ValueError(f"state_dict['regmuon'][{key!r}] must be a list of [group index, "
+                             f"positive finite float] pairs, got {pairs!r}")  # fmt: skip
+        found.append({gi: f for gi, f in pairs})
+    if found[0] and found[1]:
+        raise ValueError("state_dict['regmuon'] has both 'warmup_pending' and 'warmup_scale'")
+    return found[0] or None, found[1]
+
+
 def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
     """The matrices a checkpoint's ``unit_rho`` names, checked: names of this optimizer's
     RegMuon matrices."""
@@ -719,6 +800,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
         opt.__dict__["_loading_scale"] = _lr_scale_of(opt, state_dict["regmuon"])
+        opt.__dict__["_loading_warmup"] = _warmup_of(opt, state_dict["regmuon"])
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip

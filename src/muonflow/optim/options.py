@@ -259,6 +259,19 @@ UNNORMALIZED_DECAY = 2.0
 NORMALIZED_INPUT_LR = 0.005
 NORMALIZED_INPUT_ADAMW_LR = 0.0025
 
+#: The factor ``RegMuon(model)`` puts on its scheduled lrs when a scheduler warms them up (a
+#: group whose lr at the first step is below the lr it was built with), for a model with an
+#: embedding or recurrent layer (:func:`.routing.lr_by_schedule`). A warm-up is read as the
+#: start of a schedule that decays to zero, whose best peak is larger than the best constant
+#: lr: the decay removes the noise floor a constant lr must leave. The tuned
+#: ``torch.optim.Muon``'s matrix lr on the training benchmark's 16 language and sequence models
+#: of rounds 1-11 is 0.02 (5 of 7) under a constant lr and 0.04 (8 of 9) under warm-up and
+#: linear decay. Chosen on those nine (tuning seeds; factors 1.5, 2, 3: the smallest worst
+#: ratio to the best tuned baseline, 1.230 -> 1.038); on the 37 seen models of other classes
+#: trained so, no factor helped (normalized classifiers: mean log ratio 0.54 -> 0.70 at 2).
+#: Held out: round 12 (``docs/benchmark-training.md``).
+WARMUP_LR_FACTOR = 2.0
+
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

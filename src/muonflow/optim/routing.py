@@ -180,6 +180,24 @@ def _structural_kind(module: nn.Module) -> str | None:
     return None
 
 
+def lr_by_schedule(model: nn.Module) -> tuple[float, str]:
+    """``(factor, why)``: the factor ``RegMuon(model)`` puts on its scheduled lrs if a
+    scheduler warms them up (read at the first step) —
+    :data:`~muonflow.optim.options.WARMUP_LR_FACTOR` for a model with an embedding or a
+    recurrent layer (``nn.RNNBase``, ``nn.RNNCellBase``): a language or sequence model, whose
+    stream of training data keeps its held-out loss with its training loss, so that a decay's
+    larger peak pays; 1 for the others (small tables and images, where a larger step fits the
+    training set sooner and the held-out loss climbs), with the layer that decided it.
+    """
+    from .options import WARMUP_LR_FACTOR
+
+    for name, module in model.named_modules():
+        kind = _structural_kind(module)
+        if kind in ("embedding", "recurrent"):
+            return WARMUP_LR_FACTOR, f"{kind} layer {name or '(the model)'!r}"
+    return 1.0, "no embedding or recurrent layer"
+
+
 def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     """``(λ, why)``: the matrices' decay ``RegMuon(model)`` sets when none is given, if its
     output layer turns out to be a softmax head (:func:`softmax_head`, read at the first step).
@@ -362,6 +380,7 @@ class Routing:
     output: str = ""  # the output layer(s) and how they were found
     decay: str = ""  # the matrices' decay RegMuon(model) set by structure, and why
     lr: str = ""  # the lrs RegMuon(model) set by structure (and its head), and why
+    schedule: str = ""  # the factor RegMuon(model) put on scheduled lrs (a warm-up), and why
 
     REASONS = (
         "hidden matrix",  # a declared weight matrix of a known layer -> RegMuon
@@ -406,6 +425,8 @@ class Routing:
             lines.append(f"matrix weight decay by structure: {self.decay}")
         if self.lr:
             lines.append(f"lr by structure: {self.lr}")
+        if self.schedule:
+            lines.append(f"lr by schedule: {self.schedule}")
         table: list[tuple[str, str, str, str]] = []
         for algo in ("regmuon", "adamw"):
             for key, members in rows.items():
