@@ -1,6 +1,6 @@
 """Every task of the training benchmark on today's defaults, in one table and one figure.
 
-``bench_training.py`` reports each set of models (the suite, the transfer set, rounds 3-11) in
+``bench_training.py`` reports each set of models (the suite, the transfer set, rounds 3-12) in
 its own ``OUT`` folder. This script reads the final stage's runs of each folder, keyed by
 today's core (runs of an older core are not read: rerun ``--stage final --resume`` after a
 change of the library), and writes, per task: ``RegMuon(model)``'s test loss over the best
