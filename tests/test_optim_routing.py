@@ -663,23 +663,8 @@ def _lr_models(transformers=None) -> dict[str, tuple[nn.Module, str | None]]:
 def _scaled_steps(make_opt, loss, out: int, ref_kw) -> RegMuon:
     """Four steps of ``make_opt(model)`` on ``_ln_mlp(out)`` under ``loss`` and a warm-up
     scheduler built before the first step equal (bitwise) those of ``RegMuon(model,
-    **ref_kw)`` under the same scheduler. Returns the optimizer."""
-    torch.manual_seed(0)
-    model = _ln_mlp(out)
-    ref_model = copy.deepcopy(model)
-    opt, ref = make_opt(model), RegMuon(ref_model, **ref_kw)
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: min(1.0, (t + 1) / 3))
-              for o in (opt, ref)]  # fmt: skip
-    x = torch.randn(32, 6)
-    for _ in range(4):
-        for m, o, sched in zip((model, ref_model), (opt, ref), scheds, strict=True):
-            o.zero_grad()
-            loss(m, x[:, :6]).backward()
-            o.step()
-            sched.step()
-    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
-        assert torch.equal(p, q), name
-    return opt
+    **ref_kw)`` under the same scheduler (:func:`_schedule_steps`). Returns the optimizer."""
+    return _schedule_steps(make_opt, lambda: _ln_mlp(out), loss, ref_kw)[0]
 
 
 def _lr_check(make_opt) -> None:
