@@ -750,20 +750,28 @@ def test_softmax_head_variant_applies_under_a_softmax_head_only(bench):
         assert opt == expected, task
 
 
+def _run_stage(bench, tmp_path, stage: str, task: str) -> list[dict]:
+    """Run the smoke profile's baselines and the candidate ``stage`` on ``task``; check its
+    table (one column per candidate, one row for the task, the worst and the mean log ratio)
+    and return the stored runs on LR_SEEDS."""
+    out = tmp_path / stage
+    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
+    assert bench.main([*args, "--stage", "baselines"]) == 0
+    assert bench.main([*args, "--resume", "--stage", stage, "--tasks", task]) == 0
+    rows = (out / f"{stage}.md").read_text().splitlines()
+    assert rows[0].count("|") == len(bench.CANDIDATE_STAGES[stage]) + 3 and len(rows) == 5
+    return [r for r in json.loads((out / "results.json").read_text())["runs"].values()
+            if r["spec"]["seed"] in bench.LR_SEEDS]  # fmt: skip
+
+
 def test_fade_stage_runs_todays_defaults_and_the_peak_eps(bench, tmp_path):
     """FADE_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it (the same
     spec, core included) and ``RegMuon(model)`` with the peak ε at each scale, each changing the
     result. Mutants caught: the lever dropped (every candidate equal to the defaults), the
     defaults run without the core's fingerprint (a change of the core would not rerun them)."""
+    runs = [r for r in _run_stage(bench, tmp_path, "fade", "digits_tiny")
+            if r["spec"]["opt"]["arm"] in ("default", "default_lever")]  # fmt: skip
     out = tmp_path / "fade"
-    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
-    assert bench.main([*args, "--stage", "baselines"]) == 0
-    assert bench.main([*args, "--resume", "--stage", "fade", "--tasks", "digits_tiny"]) == 0
-    rows = (out / "fade.md").read_text().splitlines()
-    assert rows[0].count("|") == len(bench.FADE_CANDIDATES) + 3 and len(rows) == 5
-    runs = [r for r in json.loads((out / "results.json").read_text())["runs"].values()
-            if r["spec"]["seed"] in bench.LR_SEEDS
-            and r["spec"]["opt"]["arm"] in ("default", "default_lever")]  # fmt: skip
     stored = [r["spec"] for r in runs]
     default = bench.final_opts(bench.load_baselines(bench.PROFILES["smoke"], out),
                                "digits_tiny")["default"]  # fmt: skip
@@ -829,14 +837,7 @@ def test_warmup_stage_and_round_12s_variant(bench, tmp_path):
     embedding or recurrent layer and ``RegMuon(model)`` (the default arm's run) for the others.
     Mutants caught: the lever dropped from a candidate, the variant's condition inverted or
     dropped (a classifier MLP given the lever)."""
-    out = tmp_path / "warmup"
-    args = ["--profile", "smoke", "--out", str(out), "--jobs", "1"]
-    assert bench.main([*args, "--stage", "baselines"]) == 0
-    assert bench.main([*args, "--resume", "--stage", "warmup", "--tasks", "llama_tiny"]) == 0
-    rows = (out / "warmup.md").read_text().splitlines()
-    assert rows[0].count("|") == len(bench.WARMUP_CANDIDATES) + 3 and len(rows) == 5
-    stored = [r["spec"]["opt"] for r in json.loads((out / "results.json").read_text())[
-        "runs"].values() if r["spec"]["seed"] in bench.LR_SEEDS]  # fmt: skip
+    stored = [r["spec"]["opt"] for r in _run_stage(bench, tmp_path, "warmup", "llama_tiny")]
     factors = sorted(o["levers"]["warmup_lr"] for o in stored if o["arm"] == "default_lever")
     assert factors == sorted([1.0, 1.5, 2.0, 3.0] * len(bench.LR_SEEDS))
     prof, but = bench.PROFILES["round12"], bench.OPTIONAL_VARIANTS["warmup_lr2_sequence"]
