@@ -706,6 +706,23 @@ def test_regmuon_model_sets_the_lrs_of_a_normalized_classifier_reading_raw_input
         "lr": mf.optim.NORMALIZED_INPUT_LR, "adamw_lr": mf.optim.NORMALIZED_INPUT_ADAMW_LR}
 
 
+def _into_groups(pending: str, scale: str) -> type[RegMuon]:
+    """A mutant that writes the factors it decides (``scale``, once ``pending`` is settled) into
+    ``param_groups`` instead of keeping them: a scheduler's next step undoes them."""
+
+    class IntoGroups(RegMuon):
+        def step(self, closure=None):
+            was = getattr(self, pending)
+            out = super().step(closure)
+            if was is not None and getattr(self, scale):
+                for gi, f in getattr(self, scale).items():
+                    self.param_groups[gi]["lr"] *= f
+                setattr(self, scale, {})
+            return out
+
+    return IntoGroups
+
+
 def test_the_lr_check_fails_each_plausible_bug(monkeypatch):
     """Mutants of the lrs by structure: never applied; applied under a regression head too (no
     head test); the AdamW part left at DEFAULTS'; written into the groups' lrs at the first
@@ -725,15 +742,7 @@ def test_the_lr_check_fails_each_plausible_bug(monkeypatch):
             opt._scale_pending = {0: opt._scale_pending[0]}
         return opt
 
-    class IntoGroups(RegMuon):
-        def step(self, closure=None):
-            pending = self._scale_pending
-            out = super().step(closure)
-            if pending is not None and self._lr_scale:
-                for gi, f in self._lr_scale.items():
-                    self.param_groups[gi]["lr"] *= f
-                self._lr_scale = {}
-            return out
+    IntoGroups = _into_groups("_scale_pending", "_lr_scale")
 
     def explicit_overridden(model, **kw):
         return RegMuon(model, **{k: v for k, v in kw.items() if k != "lr"})
@@ -1065,15 +1074,7 @@ def test_the_warmup_check_fails_each_plausible_bug(monkeypatch):
             warm, why = super()._decide_warmup()
             return {gi: x for gi, x in warm.items() if gi == 0}, why
 
-    class IntoGroups(RegMuon):
-        def step(self, closure=None):
-            pending = self._warmup_pending
-            out = super().step(closure)
-            if pending is not None and self._warmup_scale:
-                for gi, x in self._warmup_scale.items():
-                    self.param_groups[gi]["lr"] *= x
-                self._warmup_scale = {}
-            return out
+    IntoGroups = _into_groups("_warmup_pending", "_warmup_scale")
 
     def explicit_overridden(model, **kw):
         return RegMuon(model, **{k: v for k, v in kw.items() if k not in ("lr", "adamw_lr")})
