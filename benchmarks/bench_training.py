@@ -1439,10 +1439,28 @@ WARMUP_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"warm-up lr x{f:g}": {"levers": {"warmup_lr": f}} for f in (1.5, 2.0, 3.0)},
 }  # fmt: skip
 
+#: The ``regpart`` stage's candidates: ``RegMuon(model)`` and the same with its two lrs given
+#: explicitly — the matrices' (0.02, today's, down to 0.005) and the AdamW part's (0.04,
+#: today's, up to 0.64). Under a head that is not a softmax one the AdamW part holds the output
+#: layer (one row for a scalar target) and the biases. The tuned ``torch.optim.Muon`` of the 24
+#: regressors seen after round 12 puts its part at 0.08-0.64 on 13 of the 17 Friedman models
+#: (matrix lr 0.0025-0.02), where round 5's grid went no higher than today's 0.04. An explicit
+#: lr turns off only the lrs by structure, which no regressor gets, so the grid's other rules
+#: (the input layer at ρ = 1, no decay) are those of ``RegMuon(model)``. Screened after round
+#: 12 on the 24 regressors seen (seeds :data:`LR_SEEDS`, the ``lr`` stage's rule: the smallest
+#: worst ratio, ties within 5% broken by the smaller mean log ratio).
+REGRESSION_PART_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"{lr:g}, part {part:g}": {"arm": "default_but", "but": {"lr": lr, "adamw_lr": part}}
+       for lr in (0.02, 0.01, 0.005) for part in (0.04, 0.08, 0.16, 0.32, 0.64)
+       if (lr, part) != (0.02, 0.04)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
     "normdecay": NORM_DECAY_CANDIDATES, "fade": FADE_CANDIDATES, "warmup": WARMUP_CANDIDATES,
+    "regpart": REGRESSION_PART_CANDIDATES,
 }  # fmt: skip
 
 

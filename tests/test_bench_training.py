@@ -848,3 +848,22 @@ def test_warmup_stage_and_round_12s_variant(bench, tmp_path):
             ("default_lever", {"warmup_lr": 2.0}) if sequence else ("default", None)), task
     assert {t.schedule for t in bench.ROUND12.values()} == {"linear", "cosine"}
     assert all(t.warmup > 0 for t in bench.ROUND12.values())
+
+
+def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
+    """REGRESSION_PART_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
+    ``RegMuon(model, lr=..., adamw_lr=...)`` at each pair of the grid, each changing the result on
+    a regressor. Mutants caught: the AdamW part's lr dropped from the candidates (the pairs of
+    one matrix lr equal), the grid holding today's pair twice (two equal columns)."""
+    runs = [r for r in _run_stage(bench, tmp_path, "regpart", "friedman_tiny")
+            if r["spec"]["opt"]["arm"] in ("default", "default_but")]  # fmt: skip
+    pairs = sorted((o["but"]["lr"], o["but"]["adamw_lr"]) for o in
+                   (r["spec"]["opt"] for r in runs) if o["arm"] == "default_but")  # fmt: skip
+    grid = [(lr, p) for lr in (0.02, 0.01, 0.005) for p in (0.04, 0.08, 0.16, 0.32, 0.64)
+            if (lr, p) != (0.02, 0.04)]  # fmt: skip
+    assert pairs == sorted(grid * len(bench.LR_SEEDS))
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
+    means = {sum(v) / len(v) for v in per.values()}
+    assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
