@@ -871,3 +871,20 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
         per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
     means = {sum(v) / len(v) for v in per.values()}
     assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
+
+
+def test_regression_step_variant_follows_the_head_and_the_schedule(bench):
+    """Round 13's candidate (``regression_step``) is lr 0.01 and AdamW part 0.32 on a regressor
+    trained with a warm-up, lr 0.01 alone on one under a constant lr, and the default arm's run
+    on a classifier or a language model. Mutants caught: the schedule ignored (a constant-lr
+    regressor given the part's 0.32), the head ignored (a classifier given the step)."""
+    but = bench.OPTIONAL_VARIANTS["regression_step"]
+    prof = bench.PROFILES["round13"]
+    for task, t in bench.ROUND13.items():
+        opt = bench._variant_opt(but, "core", prof, task)
+        step = {"lr": 0.01, "adamw_lr": 0.32} if t.warmup else {"lr": 0.01}
+        assert opt == {"arm": "default_but", "but": step, "core": "core"}, task
+    assert {t.warmup > 0 for t in bench.ROUND13.values()} == {True, False}
+    for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
+        opt = bench._variant_opt(but, "core", bench.PROFILES[profile], task)
+        assert opt == {"arm": "default", "core": "core"}, task
