@@ -1,0 +1,59 @@
+"""``benchmarks/regression_screen.py``: the regpart screen joined over sets, and its robust rule."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def screen():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("regression_screen")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+NAMES = ["today's defaults", "0.02, part 0.08", "0.02, part 0.16", "0.01, part 0.04",
+         "0.01, part 0.08", "0.01, part 0.16"]
+
+
+def test_the_robust_rule_skips_a_pair_at_a_cliffs_edge(screen):
+    """On two tasks, ``0.01, part 0.08`` has the smallest worst ratio (1.00) but twice its part
+    blows up (9.0): the rule picks the best pair whose neighbour holds (``0.02, part 0.08``,
+    worst robust 1.10), and the pairs at the grid's largest part (no neighbour) are never
+    picked. Mutants caught: the neighbour ignored (picks the cliff's pair), the neighbour taken
+    at half the part (picks a pair whose part 0.16 is at the edge)."""
+    rows = [[1.30, 1.05, 1.10, 1.20, 1.00, 9.00],
+            [1.20, 1.10, 1.08, 1.15, 0.99, 1.02]]
+    chosen, stats = screen.pick(NAMES, rows)
+    assert chosen == "0.02, part 0.08"
+    by = {s[0]: s for s in stats}
+    assert by["0.01, part 0.08"][1:3] == (1.00, 9.00)
+    assert by["0.02, part 0.16"][2] == by["0.01, part 0.16"][2] == float("inf")
+    assert by["today's defaults"][2] == 1.30  # its neighbour is "0.02, part 0.08"
+    assert [s[4] for s in stats] == [0, 2, 2, 2, 2, 1]
+
+
+def test_the_screen_joins_the_sets_by_schedule(screen, tmp_path):
+    """Tables of two sets join into one per schedule class; a set whose columns differ is
+    refused. Mutant caught: every task put in one class."""
+    head = "| task | decay | " + " | ".join(NAMES) + " |\n|---|---:|" + "---:|" * 6 + "\n"
+    for name, tasks in (("A", {"friedman": "1.2"}), ("B", {"friedman_h32": "1.1"})):
+        (tmp_path / name).mkdir()
+        body = "".join(f"| {t} | 0 | " + " | ".join([v] * 6) + " |\n" for t, v in tasks.items())
+        (tmp_path / name / "regpart.md").write_text(head + body + "| worst | | x |\n")
+    out = tmp_path / "S"
+    assert screen.main(["--out", str(out), f"full={tmp_path / 'A'}",
+                        f"round6={tmp_path / 'B'}"]) == 0  # fmt: skip
+    text = (out / "regression_screen.md").read_text()
+    assert "## constant: 1 regressors" in text and "## warm-up and decay: 1 regressors" in text
+    (tmp_path / "B" / "regpart.md").write_text(head.replace("0.01, part 0.16", "x") + "")
+    with pytest.raises(SystemExit, match="columns differ"):
+        screen.main(["--out", str(out), f"full={tmp_path / 'A'}", f"round6={tmp_path / 'B'}"])
