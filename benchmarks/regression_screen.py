@@ -5,8 +5,8 @@ each regressor's validation loss over its best tuned baseline's, tuning seeds 10
 column per pair of lrs). This script joins the tables of several sets, splits the tasks by
 schedule (a constant lr; a warm-up then a decay) and, in each class, picks a pair by the
 **robust rule** fixed after round 13's held-out test (where the AdamW part at 0.32 under a
-warm-up blew up on three of five seeds of a new model, one factor of 2 below a part that blew
-up in the screen):
+warm-up lost 37-61% on three of five seeds of a new model, one factor of 2 below a part that
+blew up in the screen):
 
 - each pair's *robust ratio* on a task is the larger of its ratio and the ratio of the pair with
   twice its AdamW part (a default should sit in a basin, not at a cliff's edge; the pairs at the

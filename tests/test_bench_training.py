@@ -891,3 +891,8 @@ def test_regression_step_variant_follows_the_head_and_the_schedule(bench):
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
         opt = bench._variant_opt(but, "core", bench.PROFILES[profile], task)
         assert opt == {"arm": "default", "core": "core"}, task
+    robust = bench.OPTIONAL_VARIANTS["regression_step_robust"]
+    for task, t in bench.ROUND14.items():
+        step = {"lr": 0.01, "adamw_lr": 0.16} if t.warmup else {"lr": 0.01}
+        opt = bench._variant_opt(robust, "core", bench.PROFILES["round14"], task)
+        assert opt == {"arm": "default_but", "but": step, "core": "core"}, task
