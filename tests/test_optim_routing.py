@@ -376,7 +376,9 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     """Defect caught: the input layer, registered after the head, was taken as the output layer
     (AdamW) and the real head got the matrix update. After the first forward the routing follows
     the execution order (with a RoutingWarning saying so), before any state exists; the step
-    equals RegMuon(model, output="head")."""
+    equals RegMuon(model, output="head"), and the first step's head test finds the output layer
+    by name. Defect caught too: the rerouted groups lost their parameter names, so that test
+    found no output layer (a classifier got no decay by structure)."""
     torch.manual_seed(0)
     model = HeadBeforeInput()
     opt = RegMuon(model)
@@ -389,6 +391,7 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
     assert opt.routing.by_name()["head.weight"].algorithm == "adamw"
     assert "first forward" in opt.routing.output
+    assert opt.param_groups[1]["param_names"] == ["head.weight", "head.bias", "inp.bias"]
     ref_model(x).square().mean().backward()
     loss.backward()
     opt.step()
@@ -398,6 +401,13 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     model(x)  # later forwards change nothing
     assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
     pickle.dumps(HeadBeforeInput())  # a model with the hooks stays picklable
+    assert "not a softmax head" in opt.routing.decay  # the head test read the rerouted head
+    classifier = HeadBeforeInput()
+    opt = RegMuon(classifier)
+    with pytest.warns(RoutingWarning):
+        nn.functional.cross_entropy(classifier(x), torch.arange(8) % 3).backward()
+    opt.step()
+    assert opt.param_groups[0]["weight_decay"] == mf.optim.UNNORMALIZED_DECAY
     m2 = HeadBeforeInput()
     RegMuon(m2)
     assert pickle.loads(pickle.dumps(m2))(x).shape == (8, 3)
@@ -800,9 +810,10 @@ def test_the_lrs_by_structure_are_decided_once_and_travel_with_checkpoints():
     nn.functional.mse_loss(model(x), x[:, :3]).backward()  # decided once
     opt.step()
     assert opt._lr_scale == {0: 0.25, 1: 0.0625}
-    for key, bad in (("lr_scale", [[0, 2.0]]), ("lr_scale", [[5, 0.25]]),
-                     ("lr_scale", [[0, "x"]]), ("lr_scale", "0.25"), ("lr_scale", [[True, 0.25]]),
-                     ("lr_scale_pending", [[0, 0.25]]), ("lr_scale_pending", True)):
+    for key, bad in (("lr_scale", [[0, -2.0]]), ("lr_scale", [[0, math.inf]]),
+                     ("lr_scale", [[5, 0.25]]), ("lr_scale", [[0, "x"]]), ("lr_scale", "0.25"),
+                     ("lr_scale", [[True, 0.25]]), ("lr_scale_pending", [[0, 0.25]]),
+                     ("lr_scale_pending", True)):
         corrupt = copy.deepcopy(after)
         corrupt["regmuon"][key] = bad
         with pytest.raises(ValueError, match="lr_scale"):

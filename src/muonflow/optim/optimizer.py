@@ -250,7 +250,7 @@ class RegMuon(Optimizer):
         regmuon, adamw = self._model_groups(routing, pairs)
         for group, new in zip(self.param_groups[:2], (regmuon, adamw), strict=True):
             group["params"] = [p for _, p in new["params"]]
-            group["param_names"] = new["param_names"]
+            group["param_names"] = [n for n, _ in new["params"]]
         self._specs = {p: s for p, s in self._specs.items() if any(p is q for q in
                        self.param_groups[0]["params"])}  # fmt: skip
         self.routing = routing
@@ -716,36 +716,15 @@ def _scaled_now(o: RegMuonOptions, algorithm: str, factor: float) -> RegMuonOpti
 _scaled_cached = functools.lru_cache(maxsize=64)(_scaled_now)
 
 
-def _lr_scale_of(
-    opt: RegMuon, extras: dict[str, Any]
+def _pending_and_decided(
+    opt: RegMuon, extras: dict[str, Any], pending: str, decided: str
 ) -> tuple[dict[int, float] | None, dict[int, float]]:
-    """A checkpoint's ``lr_scale_pending`` and ``lr_scale``, checked: each a list of ``[group
-    index, factor]`` pairs, indices of this optimizer's groups, factors in ``(0, 1]``; not
-    both."""
+    """A checkpoint's entries ``pending`` (what waits for the first step: the factors by
+    structure, or the built lrs the schedule's test compares with) and ``decided`` (the factors
+    then set), checked: each a list of ``[group index, positive finite float]`` pairs, indices of
+    this optimizer's groups; not both."""
     found: list[dict[int, float]] = []
-    for key in ("lr_scale_pending", "lr_scale"):
-        pairs = extras.get(key, [])
-        ok = isinstance(pairs, list) and all(
-            isinstance(x, list | tuple) and len(x) == 2 and type(x[0]) is int
-            and 0 <= x[0] < len(opt.param_groups) and type(x[1]) is float and 0.0 < x[1] <= 1.0
-            for x in pairs)  # fmt: skip
-        if not ok:
-            raise ValueError(f"state_dict['regmuon'][{key!r}] must be a list of [group index, "
-                             f"factor in (0, 1]] pairs, got {pairs!r}")  # fmt: skip
-        found.append({gi: f for gi, f in pairs})
-    if found[0] and found[1]:
-        raise ValueError("state_dict['regmuon'] has both 'lr_scale_pending' and 'lr_scale'")
-    return found[0] or None, found[1]
-
-
-def _warmup_of(
-    opt: RegMuon, extras: dict[str, Any]
-) -> tuple[dict[int, float] | None, dict[int, float]]:
-    """A checkpoint's ``warmup_pending`` (the built lrs, while the first step has not read the
-    schedule) and ``warmup_scale`` (the decided factors), checked: each a list of ``[group
-    index, positive finite float]`` pairs, indices of this optimizer's groups; not both."""
-    found: list[dict[int, float]] = []
-    for key in ("warmup_pending", "warmup_scale"):
+    for key in (pending, decided):
         pairs = extras.get(key, [])
         ok = isinstance(pairs, list) and all(
             isinstance(x, list | tuple) and len(x) == 2 and type(x[0]) is int
@@ -757,7 +736,7 @@ def _warmup_of(
                              f"positive finite float] pairs, got {pairs!r}")  # fmt: skip
         found.append({gi: f for gi, f in pairs})
     if found[0] and found[1]:
-        raise ValueError("state_dict['regmuon'] has both 'warmup_pending' and 'warmup_scale'")
+        raise ValueError(f"state_dict['regmuon'] has both {pending!r} and {decided!r}")
     return found[0] or None, found[1]
 
 
@@ -799,8 +778,9 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
-        opt.__dict__["_loading_scale"] = _lr_scale_of(opt, state_dict["regmuon"])
-        opt.__dict__["_loading_warmup"] = _warmup_of(opt, state_dict["regmuon"])
+        for attr, keys in (("_loading_scale", ("lr_scale_pending", "lr_scale")),
+                           ("_loading_warmup", ("warmup_pending", "warmup_scale"))):
+            opt.__dict__[attr] = _pending_and_decided(opt, state_dict["regmuon"], *keys)
     return {**{k: v for k, v in state_dict.items() if k != "regmuon"}, "param_groups": [
         {"algorithm": g["algorithm"], **saved}  # old checkpoints without "algorithm"
         for g, saved in zip(opt.param_groups, groups, strict=True)]}  # fmt: skip
