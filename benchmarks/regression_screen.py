@@ -18,7 +18,8 @@ Usage::
 
     python benchmarks/regression_screen.py --out SCREEN full=OUT round5=R5 ...
 
-Writes ``SCREEN/regression_screen.md``.
+Writes ``SCREEN/regression_screen.md`` and ``SCREEN/regression_screen.png`` (each regressor's
+ratio against the AdamW part's lr, per class and matrix lr).
 """
 
 from __future__ import annotations
@@ -74,6 +75,40 @@ def pick(names: list[str], rows: list[list[float]]) -> tuple[str, list[tuple]]:
     return chosen[0], stats
 
 
+def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Per schedule class and matrix lr: each regressor's ratio against the AdamW part's lr
+    (thin lines), the median (thick), log scales; the cliff a part's doubling can reach shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [pair_of(n) or (DEFAULTS.lr, DEFAULTS.adamw_lr) for n in names]
+    lrs = sorted({lr for lr, _ in pairs}, reverse=True)
+    fig, axes = plt.subplots(len(by_class), len(lrs), figsize=(4.2 * len(lrs), 3.6 * len(by_class)),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
+        for ax, lr in zip(row, lrs, strict=True):
+            cols = sorted((part, j) for j, (x, part) in enumerate(pairs) if x == lr)
+            parts = [p for p, _ in cols]
+            for ratios in rows.values():
+                ax.plot(parts, [ratios[j] for _, j in cols], color="0.6", lw=0.7, alpha=0.7)
+            median = [sorted(r[j] for r in rows.values())[len(rows) // 2] for _, j in cols]
+            ax.plot(parts, median, color="C3", lw=2.2, marker="o", label="median")
+            ax.axhline(1.03, color="k", lw=0.8, ls="--")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(parts, [f"{p:g}" for p in parts])
+            ax.set_yscale("log")
+            ax.set_ylim(0.85, 10)  # blow-ups beyond 10x are clipped
+            ax.set_title(f"{cls} ({len(rows)}): matrix lr {lr:g}", fontsize=9)
+            ax.set_xlabel("AdamW part's lr")
+        row[0].set_ylabel("val loss / best tuned baseline's")
+        row[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -103,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   for t, row in sorted(rows.items())]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "regression_screen.md").write_text("\n".join(lines) + "\n")
+    figure(names, by_class, args.out / "regression_screen.png")
     print("\n".join(lines))
     return 0
 

@@ -54,6 +54,7 @@ def test_the_screen_joins_the_sets_by_schedule(screen, tmp_path):
                         f"round6={tmp_path / 'B'}"]) == 0  # fmt: skip
     text = (out / "regression_screen.md").read_text()
     assert "## constant: 1 regressors" in text and "## warm-up and decay: 1 regressors" in text
+    assert (out / "regression_screen.png").stat().st_size > 0
     (tmp_path / "B" / "regpart.md").write_text(head.replace("0.01, part 0.16", "x") + "")
     with pytest.raises(SystemExit, match="columns differ"):
         screen.main(["--out", str(out), f"full={tmp_path / 'A'}", f"round6={tmp_path / 'B'}"])
