@@ -372,9 +372,9 @@ ROUND13: dict[str, SuiteTask] = {
 #: Round 14's held-out set: eight more regressors, committed before any of their runs, after
 #: round 13's candidate failed its test (the AdamW part at 0.32 under a warm-up lost 37-61% on
 #: three of five seeds of Friedman #1 with 15 noise inputs) and before the next candidate is
-#: chosen: Friedman #1 with 25 and 7 noise inputs, #2 with LayerNorm, #3 narrow with batch 32, #1 wide
-#: and shallow, #1 three layers deep under a constant lr, and two diabetes MLPs (one with
-#: LayerNorm).
+#: chosen: Friedman #1 with 25 and 7 noise inputs, #2 with LayerNorm, #3 narrow with batch 32,
+#: #1 wide and shallow, #1 three layers deep under a constant lr, and two diabetes MLPs (one
+#: with LayerNorm).
 ROUND14: dict[str, SuiteTask] = {
     "friedman_f30_h96": SuiteTask("friedman", "tabular", 300, "linear",
                                   {"features": 30, "hidden": 96, "depth": 2}),
