@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -59,3 +65,17 @@ def map_calls(monkeypatch) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(kernel, "mirror_map", counting)
     return calls
+
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/NAME.py`` imported, with its folder on ``sys.path`` meanwhile (it imports
+    its siblings, such as ``bench_training``, by name)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def screen():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("regression_screen")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("regression_screen") as module:
+        yield module
 
 
 NAMES = ["today's defaults", "0.02, part 0.08", "0.02, part 0.16", "0.01, part 0.04",

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def overview():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("training_overview")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("training_overview") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
