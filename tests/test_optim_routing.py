@@ -777,52 +777,6 @@ def test_the_lr_check_fails_each_plausible_bug(monkeypatch):
         monkeypatch.undo()
 
 
-def test_the_lrs_by_structure_are_decided_once_and_travel_with_checkpoints():
-    """Pending until the first step that commits (a skipped step decides nothing); a
-    checkpoint taken before carries the pending decision, one taken after the factors; the
-    decision stands when the loss changes later; the kinetic energy uses the scaled step; a
-    corrupt ``lr_scale`` is refused with nothing changed."""
-    torch.manual_seed(0)
-    model = _ln_mlp()
-    opt = RegMuon(model, on_nonfinite="skip")
-    x = torch.randn(32, 6)
-    before = opt.state_dict()
-    assert before["regmuon"]["lr_scale_pending"] == [[0, 0.25], [1, 0.0625]]
-    assert "lr_scale" not in before["regmuon"]
-    _classify(model, x).backward()
-    model[0].weight.grad[0, 0] = float("nan")
-    opt.step()
-    assert opt.skipped_steps == 1 and opt._scale_pending is not None and not opt._lr_scale
-    pending = RegMuon(_ln_mlp(), lr=0.02)
-    pending.load_state_dict(before)
-    assert pending._scale_pending == {0: 0.25, 1: 0.0625} and not pending._lr_scale
-    opt.zero_grad()
-    _classify(model, x).backward()
-    opt.step()
-    unscaled = RegMuon(model, lr=0.02)
-    unscaled.load_state_dict(opt.state_dict())
-    unscaled._lr_scale = {}
-    assert torch.allclose(opt.kinetic_energy(), unscaled.kinetic_energy() * 0.25, rtol=1e-12)
-    after = opt.state_dict()
-    assert after["regmuon"]["lr_scale"] == [[0, 0.25], [1, 0.0625]]
-    assert "lr_scale_pending" not in after["regmuon"]
-    opt.zero_grad()
-    nn.functional.mse_loss(model(x), x[:, :3]).backward()  # decided once
-    opt.step()
-    assert opt._lr_scale == {0: 0.25, 1: 0.0625}
-    for key, bad in (("lr_scale", [[0, -2.0]]), ("lr_scale", [[0, math.inf]]),
-                     ("lr_scale", [[5, 0.25]]), ("lr_scale", [[0, "x"]]), ("lr_scale", "0.25"),
-                     ("lr_scale", [[True, 0.25]]), ("lr_scale_pending", [[0, 0.25]]),
-                     ("lr_scale_pending", True)):
-        corrupt = copy.deepcopy(after)
-        corrupt["regmuon"][key] = bad
-        with pytest.raises(ValueError, match="lr_scale"):
-            pending.load_state_dict(corrupt)
-        assert pending._scale_pending == {0: 0.25, 1: 0.0625} and not pending._lr_scale
-    pending.load_state_dict(after)
-    assert pending._scale_pending is None and pending._lr_scale == {0: 0.25, 1: 0.0625}
-
-
 def test_structural_decay_holds_each_spectral_norm_below_rho_over_lambda():
     """``W ← (1 − ηλ)W − ηρ∇K(X)`` with ``‖∇K(X)‖_op ≤ 1`` (singular values σ/√(σ² + ε²)) gives
     ``‖W_t‖_op ≤ (1 − ηλ)^t ‖W_0‖_op + (ρ/λ)(1 − (1 − ηλ)^t)``: under a constant gradient (the
@@ -1102,47 +1056,72 @@ def test_the_warmup_check_fails_each_plausible_bug(monkeypatch):
             _warmup_check(mutant)
 
 
-def test_the_lr_by_schedule_is_decided_once_and_travels_with_checkpoints():
+#: The two decisions of the first step kept as factors on the groups' lrs: (model, loss, input,
+#: the matrix given a NaN gradient, checkpoint keys and attributes pending/decided, the pending
+#: entry, the decided factors, a scheduler's lambda or None).
+_FIRST_STEP = {
+    "lr by structure": (_ln_mlp, _classify, lambda: torch.randn(32, 6), lambda m: m[0].weight,
+                        ("lr_scale_pending", "lr_scale"), ("_scale_pending", "_lr_scale"),
+                        {0: 0.25, 1: 0.0625}, {0: 0.25, 1: 0.0625}, None),
+    "lr by schedule": (_tokens_mlp, _tokens_loss, lambda: torch.randint(0, 10, (32,)),
+                       lambda m: m[1].weight, ("warmup_pending", "warmup_scale"),
+                       ("_warmup_pending", "_warmup_scale"),
+                       {0: mf.optim.DEFAULTS.lr, 1: mf.optim.DEFAULTS.adamw_lr},
+                       {0: mf.optim.WARMUP_LR_FACTOR, 1: mf.optim.WARMUP_LR_FACTOR}, _warm),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("decision", sorted(_FIRST_STEP))
+def test_a_first_step_decision_is_made_once_and_travels_with_checkpoints(decision):
     """Pending until the first step that commits (a skipped step decides nothing); a
-    checkpoint taken before carries the built lrs, one taken after the factors; the kinetic
-    energy uses the scaled step; a corrupt entry is refused with nothing changed."""
+    checkpoint taken before carries the pending entry (the factors by structure, or the built
+    lrs), one taken after the factors; the decision stands when the loss changes later; the
+    kinetic energy uses the scaled step; a corrupt entry is refused with nothing changed."""
+    make, loss, inputs, nan_at, keys, attrs, entry, factors, schedule = _FIRST_STEP[decision]
     torch.manual_seed(0)
-    model = _tokens_mlp()
+    model = make()
     opt = RegMuon(model, on_nonfinite="skip")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm)
-    d, f = mf.optim.DEFAULTS, mf.optim.WARMUP_LR_FACTOR
-    x = torch.randint(0, 10, (32,))
+    sched = None if schedule is None else torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    x = inputs()
     before = opt.state_dict()
-    assert before["regmuon"]["warmup_pending"] == [[0, d.lr], [1, d.adamw_lr]]
-    _tokens_loss(model, x).backward()
-    model[1].weight.grad[0, 0] = float("nan")
+    assert before["regmuon"][keys[0]] == [[gi, v] for gi, v in entry.items()]
+    assert keys[1] not in before["regmuon"]
+    loss(model, x).backward()
+    nan_at(model).grad[0, 0] = float("nan")
     opt.step()
-    assert opt.skipped_steps == 1 and opt._warmup_pending is not None and not opt._warmup_scale
-    pending = RegMuon(_tokens_mlp(), lr=0.02)
+    assert opt.skipped_steps == 1 and getattr(opt, attrs[0]) is not None
+    assert not getattr(opt, attrs[1])
+    pending = RegMuon(make(), lr=0.02)
     pending.load_state_dict(before)
-    assert pending._warmup_pending == {0: d.lr, 1: d.adamw_lr} and not pending._warmup_scale
-    assert "pending in a checkpoint" in pending.routing.schedule
+    assert getattr(pending, attrs[0]) == entry and not getattr(pending, attrs[1])
+    assert "pending in a checkpoint" in str(pending.routing)
     opt.zero_grad()
-    _tokens_loss(model, x).backward()
+    loss(model, x).backward()
     opt.step()
-    sched.step()
+    if sched is not None:
+        sched.step()
     unscaled = RegMuon(model, lr=0.02)
     unscaled.load_state_dict(opt.state_dict())
-    unscaled._warmup_scale = {}
-    assert torch.allclose(opt.kinetic_energy(), unscaled.kinetic_energy() * f, rtol=1e-12)
+    setattr(unscaled, attrs[1], {})
+    assert torch.allclose(opt.kinetic_energy(), unscaled.kinetic_energy() * factors[0],
+                          rtol=1e-12)  # fmt: skip
     after = opt.state_dict()
-    assert after["regmuon"]["warmup_scale"] == [[0, f], [1, f]]
-    assert "warmup_pending" not in after["regmuon"]
-    for key, bad in (("warmup_scale", [[0, -2.0]]), ("warmup_scale", [[5, 2.0]]),
-                     ("warmup_scale", [[0, "x"]]), ("warmup_scale", [[0, math.inf]]),
-                     ("warmup_scale", [[True, 2.0]]), ("warmup_pending", [[0, 0.02]]),
-                     ("warmup_pending", True)):  # fmt: skip
+    assert after["regmuon"][keys[1]] == [[gi, f] for gi, f in factors.items()]
+    assert keys[0] not in after["regmuon"]
+    opt.zero_grad()
+    (model(x).float().square().mean()).backward()  # another loss later: decided once
+    opt.step()
+    assert getattr(opt, attrs[1]) == factors
+    for key, bad in ((keys[1], [[0, -2.0]]), (keys[1], [[0, math.inf]]), (keys[1], [[5, 0.25]]),
+                     (keys[1], [[0, "x"]]), (keys[1], "0.25"), (keys[1], [[True, 0.25]]),
+                     (keys[0], [[0, 0.25]]), (keys[0], True)):  # fmt: skip
         corrupt = copy.deepcopy(after)
         corrupt["regmuon"][key] = bad
-        with pytest.raises(ValueError, match="warmup"):
+        with pytest.raises(ValueError, match=key):
             pending.load_state_dict(corrupt)
-        assert pending._warmup_pending == {0: d.lr, 1: d.adamw_lr}, key
-        assert not pending._warmup_scale
+        assert getattr(pending, attrs[0]) == entry and not getattr(pending, attrs[1]), key
     pending.load_state_dict(after)
-    assert pending._warmup_pending is None and pending._warmup_scale == {0: f, 1: f}
-    assert f"from a checkpoint: group 0 x {f:g}, group 1 x {f:g}" in pending.routing.schedule
+    assert getattr(pending, attrs[0]) is None and getattr(pending, attrs[1]) == factors
+    if decision == "lr by schedule":
+        f = mf.optim.WARMUP_LR_FACTOR
+        assert f"from a checkpoint: group 0 x {f:g}, group 1 x {f:g}" in pending.routing.schedule
