@@ -47,8 +47,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round14``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND14`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round15``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND15`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -395,6 +395,31 @@ ROUND14: dict[str, SuiteTask] = {
     "diabetes_ln_d3": SuiteTask("tabular", "tabular", 200, "linear",
                                 {"dataset": "diabetes", "hidden": 48, "depth": 3, "norm": True}),
 }  # fmt: skip
+#: Round 15's held-out set: eight more regressors, committed before any of their runs, after
+#: round 14's candidate failed its test and before the next candidate (a regressor's decay) is
+#: screened: Friedman #1 with 35 and 20 noise inputs, #1 with a noisier target (noise 3), #2
+#: under a constant lr, #3 with LayerNorm three layers deep, #1 wide with batch 128, and two
+#: diabetes MLPs (one under a constant lr with batch 16, one with LayerNorm under a cosine).
+ROUND15: dict[str, SuiteTask] = {
+    "friedman_f40_h64": SuiteTask("friedman", "tabular", 300, "linear",
+                                  {"features": 40, "hidden": 64, "depth": 2}),
+    "friedman_f25_b32_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                      {"features": 25, "hidden": 128, "depth": 2, "batch": 32}),
+    "friedman_n3_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                 {"noise": 3.0, "hidden": 64, "depth": 2}),
+    "friedman2_h96c": SuiteTask("friedman", "tabular", 300, "constant",
+                                {"function": 2, "noise": 30.0, "hidden": 96, "depth": 2}),
+    "friedman3_ln_d3": SuiteTask("friedman", "tabular", 300, "linear",
+                                 {"function": 3, "noise": 0.1, "hidden": 64, "depth": 3,
+                                  "norm": True}),
+    "friedman_h192_b128": SuiteTask("friedman", "tabular", 300, "linear",
+                                    {"hidden": 192, "depth": 2, "batch": 128}),
+    "diabetes_h128_b16c": SuiteTask("tabular", "tabular", 300, "constant",
+                                    {"dataset": "diabetes", "hidden": 128, "depth": 2,
+                                     "batch": 16}),
+    "diabetes_ln_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                 {"dataset": "diabetes", "hidden": 64, "depth": 2, "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -415,6 +440,7 @@ ROUND11_BASELINES_FILE = Path(__file__).with_name("training_baselines_round11.js
 ROUND12_BASELINES_FILE = Path(__file__).with_name("training_baselines_round12.json")
 ROUND13_BASELINES_FILE = Path(__file__).with_name("training_baselines_round13.json")
 ROUND14_BASELINES_FILE = Path(__file__).with_name("training_baselines_round14.json")
+ROUND15_BASELINES_FILE = Path(__file__).with_name("training_baselines_round15.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -625,6 +651,7 @@ PROFILES = {
     "round12": held_out_profile(ROUND12, ROUND12_BASELINES_FILE),
     "round13": held_out_profile(ROUND13, ROUND13_BASELINES_FILE),
     "round14": held_out_profile(ROUND14, ROUND14_BASELINES_FILE),
+    "round15": held_out_profile(ROUND15, ROUND15_BASELINES_FILE),
 }
 
 
