@@ -40,6 +40,15 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   It replaces ``RegMuon(model)``'s own lr by schedule (:func:`muonflow.optim.lr_by_schedule`,
   round 12's adoption of this lever at factor 2 for models with an embedding or recurrent
   layer), so ``warmup_lr = 1`` is ``RegMuon(model)`` as it was before it.
+- ``regression_decay``: decay on a regressor's matrices. ``RegMuon(model)``'s decay by
+  structure (:func:`muonflow.optim.decay_by_structure`: a network with no normalization,
+  embedding or recurrent layer) gives the matrices :data:`muonflow.optim.UNNORMALIZED_DECAY`
+  under a softmax head and 0 under another head, read from the output layer's first gradient;
+  with ``regression_decay = λ`` the other head gets λ instead, everything else as it is (the
+  input layer still at ρ = 1). Decoupled decay bounds ``‖W‖_op ≲ ρ/λ`` (the decay's evidence in
+  ``docs/benchmark-training.md``), a bound on the network's Lipschitz constant: a regressor
+  with noise inputs or a noisy target fits less of its noise, one whose target needs large
+  weights fits less of it.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
-          "input_rho": str, "warmup_lr": float}
+          "input_rho": str, "warmup_lr": float, "regression_decay": float}
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
 INPUT_RHO: dict[str, Callable[[float], float]] = {
     "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
@@ -84,7 +93,8 @@ class LeverRegMuon(RegMuon):
     damps (a float κ) a matrix's momentum after an uphill step; ``input_rho`` (a key of
     :data:`INPUT_RHO`) changes the input layer's shape factor in the step's bucket plan;
     ``warmup_lr = f`` steps each group that a warm-up has scaled at the first step with ``f``
-    times its scheduled lr (float lrs only).
+    times its scheduled lr (float lrs only); ``regression_decay = λ`` decays the matrices of a
+    network the decay by structure decides under a head that is not a softmax one by λ.
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class LeverRegMuon(RegMuon):
         guard: bool | float = False,
         input_rho: str | None = None,
         warmup_lr: float | None = None,
+        regression_decay: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -104,7 +115,11 @@ class LeverRegMuon(RegMuon):
             raise ValueError(f"input_rho must be one of {sorted(INPUT_RHO)}, got {input_rho!r}")
         if warmup_lr is not None and not (math.isfinite(warmup_lr) and warmup_lr > 0):
             raise ValueError(f"warmup_lr must be a finite factor > 0, got {warmup_lr!r}")
+        if not (math.isfinite(regression_decay) and regression_decay >= 0):
+            raise ValueError(f"regression_decay must be a finite decay >= 0, "
+                             f"got {regression_decay!r}")  # fmt: skip
         super().__init__(model, **options)
+        self.regression_decay = regression_decay
         self.warmup_lr = warmup_lr
         if warmup_lr is not None:  # replaces RegMuon(model)'s own lr by schedule (round 12)
             self._warmup_pending = None
@@ -123,6 +138,15 @@ class LeverRegMuon(RegMuon):
         self._scale: dict[int, tuple[Tensor, int]] = {}  # map call index -> (v, t)
         self._calls = 0
         self._last: dict[Tensor, Tensor] = {}  # guard: the weights before the last step
+
+    def _decide_decay(self) -> tuple[float, str, bool] | None:
+        """RegMuon(model)'s decision (λ, why, regression), with λ = ``regression_decay`` where
+        it gives 0 under a head that is not a softmax one (the input layer stays at ρ = 1)."""
+        decided = super()._decide_decay()
+        if decided is None or not decided[2] or not self.regression_decay:
+            return decided
+        return (self.regression_decay, f"{self.regression_decay:g} (the regression_decay "
+                f"lever; {decided[1]})", True)  # fmt: skip
 
     def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
         """The map with the long-horizon (or the peak's) ε, per map call of the step, in order."""

@@ -514,6 +514,70 @@ def test_warmup_lr_check_catches_its_mutants(levers):
             _warmup_lr_check(mutant)
 
 
+def _regression_decay_check(cls):
+    """One first step of ``cls(model, regression_decay=0.5)`` against ``RegMuon(model)``'s from
+    the same weights and batch: under a regression head every matrix's step differs by the
+    decoupled decay's ``−ηλW₀`` and nothing else (the input layer still at ρ = 1), the group's
+    decay is 0.5 from then on; under a softmax head the two steps are equal (decay 2)."""
+    torch.manual_seed(4)
+    x, labels, target = torch.randn(32, 4), torch.randint(0, 3, (32,)), torch.randn(32)
+    for outputs in (1, 3):
+        base = MLP(4, 16, outputs, depth=2)
+        after, groups = {}, {}
+        for arm in ("plain", "lever"):
+            model = MLP(4, 16, outputs, depth=2)
+            model.load_state_dict(base.state_dict())
+            opt = RegMuon(model) if arm == "plain" else cls(model, regression_decay=0.5)
+            z = model(x)
+            loss = (nn.functional.cross_entropy(z, labels) if outputs > 1
+                    else nn.functional.mse_loss(z.squeeze(-1), target))  # fmt: skip
+            loss.backward()
+            opt.step()
+            after[arm] = dict(model.named_parameters())
+            groups[arm] = opt.param_groups[0]["weight_decay"]
+        assert groups == {"plain": 0.0 if outputs == 1 else 2.0,
+                          "lever": 0.5 if outputs == 1 else 2.0}, outputs  # fmt: skip
+        for name, w0 in base.named_parameters():
+            decayed = outputs == 1 and name.startswith("layers.") and w0.dim() == 2
+            want = after["plain"][name] - (DEFAULTS.lr * 0.5 * w0 if decayed else 0)
+            torch.testing.assert_close(after["lever"][name], want, msg=f"{outputs} {name}")
+
+
+def test_regression_decay_decays_a_regressors_matrices_only(levers):
+    """``regression_decay``: a regressor's matrices get decay λ at the first step's decision,
+    its input layer keeps ρ = 1, a classifier is ``RegMuon(model)``; bad values are refused."""
+    matrices = [n for n, p in MLP(4, 16, 1, depth=2).named_parameters() if p.dim() == 2]
+    assert matrices[0] == "layers.0.weight"  # the input layer the check's ρ = 1 reads
+    _regression_decay_check(levers.LeverRegMuon)
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="regression_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 1), {}, {"regression_decay": bad})
+
+
+def test_regression_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_regression_decay_check`: the decay under
+    every head (the classifier's 2 replaced), the input layer's ρ = 1 dropped with it, the
+    decay never applied."""
+
+    class EveryHead(levers.LeverRegMuon):
+        def _decide_decay(self):
+            d = levers.RegMuon._decide_decay(self)
+            return d if d is None else (self.regression_decay, d[1], d[2])
+
+    class DropsRho(levers.LeverRegMuon):
+        def _decide_decay(self):
+            d = super()._decide_decay()
+            return d if d is None else (d[0], d[1], False)
+
+    class Never(levers.LeverRegMuon):
+        def _decide_decay(self):
+            return levers.RegMuon._decide_decay(self)
+
+    for mutant in (EveryHead, DropsRho, Never):
+        with pytest.raises(AssertionError):
+            _regression_decay_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -877,6 +941,23 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
         per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
     means = {sum(v) / len(v) for v in per.values()}
     assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
+
+
+def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
+    """REGRESSION_DECAY_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
+    the ``regression_decay`` lever at each decay, each changing the result on a regressor.
+    Mutants caught: the lever's setting dropped from the stored spec (the decays' runs would
+    share one key), a decay of 0 in the grid (a column equal to today's)."""
+    runs = _run_stage(bench, tmp_path, "regdecay", "friedman_tiny")
+    decays = sorted(r["spec"]["opt"]["levers"]["regression_decay"] for r in runs
+                    if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
+    assert decays == sorted([0.125, 0.25, 0.5, 1.0, 2.0] * len(bench.LR_SEEDS))
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        if r["spec"]["opt"]["arm"] in ("default", "default_lever"):
+            per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
+    means = {sum(v) / len(v) for v in per.values()}
+    assert len(per) == len(means) == len(bench.REGRESSION_DECAY_CANDIDATES)
 
 
 def test_regression_step_variant_follows_the_head_and_the_schedule(bench):
