@@ -49,8 +49,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round15``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND15`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round16``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND16`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -422,6 +422,32 @@ ROUND15: dict[str, SuiteTask] = {
     "diabetes_ln_cos": SuiteTask("tabular", "tabular", 300, "cosine",
                                  {"dataset": "diabetes", "hidden": 64, "depth": 2, "norm": True}),
 }  # fmt: skip
+#: Round 16's held-out set: eight regressors without normalization trained under warm-up and
+#: decay, committed before any of their runs, after the ``regdecay`` screen was read and before
+#: any of round 15's results (the candidate chosen there decays a regressor's matrices under a
+#: warm-up only, so round 15 tests it on four models; this set on eight): Friedman #1 with 6
+#: noise inputs, #1 with a noisier target three layers deep, #2 wide, #3 (the screen's decay hurt
+#: three of its four #3 models) two layers and three under a cosine, #1 very wide and shallow,
+#: and two diabetes MLPs.
+ROUND16: dict[str, SuiteTask] = {
+    "friedman_f16_h128_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                       {"features": 16, "hidden": 128, "depth": 2}),
+    "friedman_n2_d3": SuiteTask("friedman", "tabular", 300, "linear",
+                                {"noise": 2.0, "hidden": 64, "depth": 3}),
+    "friedman2_h128_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                    {"function": 2, "noise": 30.0, "hidden": 128, "depth": 2}),
+    "friedman3_h96": SuiteTask("friedman", "tabular", 300, "linear",
+                               {"function": 3, "noise": 0.05, "hidden": 96, "depth": 2}),
+    "friedman3_d3_b32_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                      {"function": 3, "noise": 0.1, "hidden": 64, "depth": 3,
+                                       "batch": 32}),
+    "friedman_h512": SuiteTask("friedman", "tabular", 300, "linear",
+                               {"hidden": 512, "depth": 1}),
+    "diabetes_h48_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                  {"dataset": "diabetes", "hidden": 48, "depth": 2}),
+    "diabetes_d3_b64": SuiteTask("tabular", "tabular", 200, "linear",
+                                 {"dataset": "diabetes", "hidden": 64, "depth": 3, "batch": 64}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -443,6 +469,7 @@ ROUND12_BASELINES_FILE = Path(__file__).with_name("training_baselines_round12.js
 ROUND13_BASELINES_FILE = Path(__file__).with_name("training_baselines_round13.json")
 ROUND14_BASELINES_FILE = Path(__file__).with_name("training_baselines_round14.json")
 ROUND15_BASELINES_FILE = Path(__file__).with_name("training_baselines_round15.json")
+ROUND16_BASELINES_FILE = Path(__file__).with_name("training_baselines_round16.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -654,6 +681,7 @@ PROFILES = {
     "round13": held_out_profile(ROUND13, ROUND13_BASELINES_FILE),
     "round14": held_out_profile(ROUND14, ROUND14_BASELINES_FILE),
     "round15": held_out_profile(ROUND15, ROUND15_BASELINES_FILE),
+    "round16": held_out_profile(ROUND16, ROUND16_BASELINES_FILE),
 }
 
 
@@ -1161,6 +1189,21 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: -> 1.674, mean log ratio 0.261 -> 0.208, better on 8). Fixed before its held-out runs, the
 #: test: adopted only if, paired by seed on ROUND14 (test loss, evaluation seeds), it is better
 #: in the mean on at least six of the eight tasks and worse by more than two paired SEs on none.
+#: ``regression_decay``: round 15's candidate by the rule fixed before the ``regdecay`` screen (the
+#: ``lr`` stage's rule over the 35 regressors seen without normalization): decay 0.125 on a
+#: regressor's matrices (worst ratio 1.805 -> 1.799, within 5%; mean log ratio 0.232 -> 0.218,
+#: better on 26 of 35). ``regression_decay_warmup``: the same rule applied per schedule, as
+#: ``RegMuon(model)`` reads it at the first step (a split made after the screen's table was read,
+#: as round 13's was): under a warm-up (24 regressors) decay 0.5 (worst 1.805 -> 1.436, mean log
+#: ratio 0.223 -> 0.084, better on 20 of 24; decay 1: 1.652, 0.103), under a constant lr (11)
+#: none (every decay worse in the mean: 0.254 -> 0.322-1.031; the deep constant-lr Friedman MLPs
+#: 1.24x -> 2.0x at 0.5). Both fixed before any of round 15's or round 16's results, with the
+#: tests: ``regression_decay`` as stated at REGRESSION_DECAY_CANDIDATES on ROUND15;
+#: ``regression_decay_warmup``, adopted only if on ROUND15 and ROUND16 together (test loss,
+#: evaluation seeds, paired by seed) it is better in the mean on at least ten of the twelve
+#: regressors it changes and worse by more than 2 paired SE on none of the sixteen. If both pass,
+#: the warm-up's (the screen's larger gain) is adopted; two candidates on one set double the
+#: chance that a null one passes round 15, which round 16 is for.
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},
@@ -1181,6 +1224,12 @@ OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     # round 14's candidate: the same with the AdamW part at 0.16 under a warm-up
     "regression_step_robust": {"regression": {"constant": {"lr": 0.01},
                                               "warmup": {"lr": 0.01, "adamw_lr": 0.16}}},
+    # round 15's candidates: decay on a regressor's matrices (the regression_decay lever), 0.125
+    # on every schedule, or 0.5 under a warm-up and none under a constant lr
+    "regression_decay": {"regression": {"constant": {"levers": {"regression_decay": 0.125}},
+                                        "warmup": {"levers": {"regression_decay": 0.125}}}},
+    "regression_decay_warmup": {"regression": {"constant": None,
+                                               "warmup": {"levers": {"regression_decay": 0.5}}}},
 }
 
 
@@ -1232,12 +1281,15 @@ def _variant_opt(
     ``{"sequence": {...}}`` those options for a model with an embedding or recurrent layer
     (:func:`has_sequence_layer`), ``RegMuon(model)`` for the others; with ``{"regression":
     {"constant": {...}, "warmup": {...}}}`` the options for the task's schedule in a model with
-    neither that layer nor a softmax head, ``RegMuon(model)`` for the others."""
+    neither that layer nor a softmax head (``None``: ``RegMuon(model)``), ``RegMuon(model)`` for
+    the others."""
     if "regression" in but:
         assert prof is not None and task is not None
         if softmax_headed(prof, task) or has_sequence_layer(prof, task):
             return {"arm": "default", "core": core}
         but = but["regression"]["warmup" if prof.suite[task].warmup else "constant"]
+        if but is None:  # RegMuon(model) as it is on this schedule
+            return {"arm": "default", "core": core}
     if "sequence" in but:
         assert prof is not None and task is not None
         if not has_sequence_layer(prof, task):

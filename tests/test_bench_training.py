@@ -701,6 +701,9 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
     ("round15", "ROUND15", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14")),
+    ("round16", "ROUND16", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -958,6 +961,31 @@ def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
             per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
     means = {sum(v) / len(v) for v in per.values()}
     assert len(per) == len(means) == len(bench.REGRESSION_DECAY_CANDIDATES)
+
+
+def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
+    """Round 15's candidates: ``regression_decay`` is the lever at 0.125 on every regressor of
+    ROUND15 and ROUND16; ``regression_decay_warmup`` the lever at 0.5 on a regressor trained with
+    a warm-up and the default arm's run under a constant lr; both the default arm's run on a
+    classifier or a language model. Mutants caught: the schedule ignored (a constant-lr regressor
+    decayed), the head ignored (a classifier given the lever)."""
+    every = bench.OPTIONAL_VARIANTS["regression_decay"]
+    warm = bench.OPTIONAL_VARIANTS["regression_decay_warmup"]
+    for profile, tasks in (("round15", bench.ROUND15), ("round16", bench.ROUND16)):
+        prof = bench.PROFILES[profile]
+        for task, t in tasks.items():
+            opt = bench._variant_opt(every, "core", prof, task)
+            assert (opt["arm"], opt["levers"]) == ("default_lever", {"regression_decay": 0.125})
+            opt = bench._variant_opt(warm, "core", prof, task)
+            assert ((opt["arm"], opt.get("levers")) ==
+                    (("default_lever", {"regression_decay": 0.5}) if t.warmup
+                     else ("default", None))), task  # fmt: skip
+    assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
+    assert all(t.warmup > 0 for t in bench.ROUND16.values())
+    for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
+        for but in (every, warm):
+            opt = bench._variant_opt(but, "core", bench.PROFILES[profile], task)
+            assert opt == {"arm": "default", "core": "core"}, task
 
 
 def test_regression_step_variant_follows_the_head_and_the_schedule(bench):
