@@ -49,8 +49,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round16``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND16`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round17``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND17`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -448,6 +448,32 @@ ROUND16: dict[str, SuiteTask] = {
     "diabetes_d3_b64": SuiteTask("tabular", "tabular", 200, "linear",
                                  {"dataset": "diabetes", "hidden": 64, "depth": 3, "batch": 64}),
 }  # fmt: skip
+#: Round 17's held-out set: eight regressors without normalization trained under warm-up and
+#: decay, committed before any of their runs, after rounds 15 and 16's tests (both decays
+#: rejected: 0.125 on every regressor worse on two of round 15's six by 1.8-1.9 SE; 0.5 under a
+#: warm-up better on ten of twelve and worse on round 16's two Friedman #3 models by 3.4-4.1 SE)
+#: and before the next decay is chosen: Friedman #3 (twice), #2 three layers deep with batch 32,
+#: #1 narrow with 3 noise inputs, #1 with a cleaner target (noise 0.5), #1 with 45 noise inputs,
+#: and two diabetes MLPs (one very wide, one narrow and deep).
+ROUND17: dict[str, SuiteTask] = {
+    "friedman3_h128_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                    {"function": 3, "noise": 0.05, "hidden": 128, "depth": 2}),
+    "friedman3_d4": SuiteTask("friedman", "tabular", 300, "linear",
+                              {"function": 3, "noise": 0.1, "hidden": 48, "depth": 4}),
+    "friedman2_d3_b32": SuiteTask("friedman", "tabular", 300, "linear",
+                                  {"function": 2, "noise": 30.0, "hidden": 64, "depth": 3,
+                                   "batch": 32}),
+    "friedman_f8_h32_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                     {"features": 8, "hidden": 32, "depth": 2}),
+    "friedman_n05_h96": SuiteTask("friedman", "tabular", 300, "linear",
+                                  {"noise": 0.5, "hidden": 96, "depth": 2}),
+    "friedman_f50_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                  {"features": 50, "hidden": 128, "depth": 2}),
+    "diabetes_h256_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                   {"dataset": "diabetes", "hidden": 256, "depth": 2}),
+    "diabetes_h24_d3": SuiteTask("tabular", "tabular", 200, "linear",
+                                 {"dataset": "diabetes", "hidden": 24, "depth": 3, "batch": 16}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -470,6 +496,7 @@ ROUND13_BASELINES_FILE = Path(__file__).with_name("training_baselines_round13.js
 ROUND14_BASELINES_FILE = Path(__file__).with_name("training_baselines_round14.json")
 ROUND15_BASELINES_FILE = Path(__file__).with_name("training_baselines_round15.json")
 ROUND16_BASELINES_FILE = Path(__file__).with_name("training_baselines_round16.json")
+ROUND17_BASELINES_FILE = Path(__file__).with_name("training_baselines_round17.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -682,6 +709,7 @@ PROFILES = {
     "round14": held_out_profile(ROUND14, ROUND14_BASELINES_FILE),
     "round15": held_out_profile(ROUND15, ROUND15_BASELINES_FILE),
     "round16": held_out_profile(ROUND16, ROUND16_BASELINES_FILE),
+    "round17": held_out_profile(ROUND17, ROUND17_BASELINES_FILE),
 }
 
 
@@ -1203,7 +1231,17 @@ VARIANTS: dict[str, dict[str, Any]] = {}
 #: evaluation seeds, paired by seed) it is better in the mean on at least ten of the twelve
 #: regressors it changes and worse by more than 2 paired SE on none of the sixteen. If both pass,
 #: the warm-up's (the screen's larger gain) is adopted; two candidates on one set double the
-#: chance that a null one passes round 15, which round 16 is for.
+#: chance that a null one passes round 15, which round 16 is for. (Both failed.
+#: ``regression_decay``: better on four of round 15's six, worse on the constant-lr Friedman #2
+#: and diabetes MLPs by 1.8 and 1.9 SE. ``regression_decay_warmup``: better on all four of round
+#: 15 by 5-34 SE and on six of round 16's eight, worse on its two Friedman #3 models by 3.4-4.1
+#: SE.) ``regression_decay_robust``: round 17's candidate, fixed with ROUND17 before any of its
+#: runs and before rounds 15-16's screen rows were read: per schedule class, the decay
+#: ``regression_screen.py --stage regdecay`` picks (its robust rule: a decay judged by the worse of
+#: itself and twice its decay, then the ``lr`` stage's rule) over the regressors without
+#: normalization seen through round 16. The test: adopted only if, paired by seed on ROUND17
+#: (test loss, evaluation seeds), it is better in the mean on at least six of the eight and worse
+#: by more than 2 paired SE on none.
 OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
     "lr_0.01": {"lr": 0.01},
     "regression_0.005": {"lr": 0.005, "adamw_lr": 0.02},

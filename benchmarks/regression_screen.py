@@ -1,4 +1,5 @@
-"""The ``regpart`` screen of every regressor seen, in one table per schedule, and its pick.
+"""The ``regpart`` (or ``regdecay``) screen of every regressor seen, one table per schedule, and
+its pick.
 
 ``bench_training.py --stage regpart`` writes one table per set of models (``OUT/regpart.md``:
 each regressor's validation loss over its best tuned baseline's, tuning seeds 100-103, one
@@ -14,12 +15,20 @@ blew up in the screen):
 - the pick has the smallest worst robust ratio over the class's tasks, ties within 5% broken by
   the smaller mean log ratio (of the pair itself): the ``lr`` stage's rule on robust ratios.
 
+``--stage regdecay`` joins the ``regdecay`` tables instead (one column per decay λ of a
+regressor's matrices, today's defaults λ = 0) and applies the same rule with a decay's
+neighbour at twice its λ (round 16's two Friedman #3 models lost to decay 0.5, where the screen
+had shown the four seen losing 1-19%, against 1-6% at 0.25; today's λ = 0 is its own neighbour;
+the grid's largest λ has none and is not picked).
+
 Usage::
 
     python benchmarks/regression_screen.py --out SCREEN full=OUT round5=R5 ...
+    python benchmarks/regression_screen.py --stage regdecay --out SCREEN full=OUT ...
 
-Writes ``SCREEN/regression_screen.md`` and ``SCREEN/regression_screen.png`` (each regressor's
-ratio against the AdamW part's lr, per class and matrix lr).
+Writes ``SCREEN/regression_screen.md`` (``regdecay_screen.md``) and ``SCREEN/regression_screen.png``
+(``regdecay_screen.png``): each regressor's ratio against the AdamW part's lr per class and
+matrix lr (against the decay per class).
 """
 
 from __future__ import annotations
@@ -57,16 +66,35 @@ def pair_of(name: str) -> tuple[float, float] | None:
     return float(lr), float(part)
 
 
-def pick(names: list[str], rows: list[list[float]]) -> tuple[str, list[tuple]]:
-    """The robust rule's pick and every column's (name, worst, worst robust, mean log ratio,
-    tasks better than the first column)."""
+def decay_of(name: str) -> float:
+    """λ of a ``regdecay`` column named ``"regression decay λ"``; 0 for today's defaults."""
+    return float(name.rsplit(" ", 1)[1]) if name.startswith("regression decay ") else 0.0
+
+
+def neighbours(names: list[str], stage: str = "regpart") -> list[int | None]:
+    """Each column's neighbour (the index of the pair with twice its AdamW part, or of twice its
+    decay), ``None`` where the grid has none."""
+    if stage == "regdecay":
+        where_d = {decay_of(n): j for j, n in enumerate(names)}
+        return [where_d.get(2 * decay_of(n)) for n in names]
     where = {pair_of(n): j for j, n in enumerate(names)}
     where[(DEFAULTS.lr, DEFAULTS.adamw_lr)] = 0  # today's defaults are that pair
+    out = []
+    for n in names:
+        lr, part = pair_of(n) or (DEFAULTS.lr, DEFAULTS.adamw_lr)
+        out.append(where.get((lr, 2 * part)))
+    return out
+
+
+def pick(names: list[str], rows: list[list[float]], stage: str = "regpart"
+         ) -> tuple[str, list[tuple]]:  # fmt: skip
+    """The robust rule's pick and every column's (name, worst, worst robust, mean log ratio,
+    tasks better than the first column)."""
+    ups = neighbours(names, stage)
     stats = []
     for j, n in enumerate(names):
         col = [r[j] for r in rows]
-        lr, part = pair_of(n) or (DEFAULTS.lr, DEFAULTS.adamw_lr)
-        up = where.get((lr, 2 * part))
+        up = ups[j]
         robust = math.inf if up is None else max(max(r[j], r[up]) for r in rows)
         mean_log = sum(map(math.log, col)) / len(col)
         stats.append((n, max(col), robust, mean_log, sum(r[j] < r[0] for r in rows)))
@@ -109,16 +137,50 @@ def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: 
     plt.close(fig)
 
 
+def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines;
+    today's λ = 0 drawn at the grid's left end), the median (thick), log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decays = [decay_of(n) for n in names]
+    order = sorted(range(len(names)), key=lambda j: decays[j])
+    low = min(d for d in decays if d > 0) / 2  # where λ = 0 is drawn
+    xs = [decays[j] or low for j in order]
+    fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
+        for ratios in rows.values():
+            ax.plot(xs, [ratios[j] for j in order], color="0.6", lw=0.7, alpha=0.7)
+        median = [sorted(r[j] for r in rows.values())[len(rows) // 2] for j in order]
+        ax.plot(xs, median, color="C3", lw=2.2, marker="o", label="median")
+        ax.axhline(1.03, color="k", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{decays[j]:g}" for j in order])
+        ax.set_yscale("log")
+        ax.set_ylim(0.85, 10)  # blow-ups beyond 10x are clipped
+        ax.set_title(f"{cls} ({len(rows)} regressors)", fontsize=9)
+        ax.set_xlabel("decay λ of the matrices (0: today's)")
+    axes[0][0].set_ylabel("val loss / best tuned baseline's")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stage", choices=("regpart", "regdecay"), default="regpart")
     ap.add_argument("sets", nargs="+", help="PROFILE=OUT of each bench_training.py run")
     args = ap.parse_args(argv)
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     for spec in args.sets:
         profile, out = spec.split("=", 1)
-        cols, rows = read_table(Path(out) / "regpart.md")
+        cols, rows = read_table(Path(out) / f"{args.stage}.md")
         if names is not None and cols != names:
             raise SystemExit(f"{out}: its columns differ from the first table's")
         names = cols
@@ -126,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             schedule = bt.PROFILES[profile].suite[task].schedule
             by_class["constant" if schedule == "constant" else "warm-up and decay"][task] = row
     assert names is not None
-    lines = ["# The regpart screen by schedule (val loss / best tuned baseline, seeds 100-103)"]
+    lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
+             "100-103)"]  # fmt: skip
     for cls, rows in by_class.items():
-        chosen, stats = pick(names, list(rows.values()))
+        chosen, stats = pick(names, list(rows.values()), args.stage)
         lines += ["", f"## {cls}: {len(rows)} regressors; the robust rule picks **{chosen}**",
                   "", "| pair | worst | worst robust | mean log ratio | better than today |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -137,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {t} | " + " | ".join(f"{x:.3f}" for x in row) + " |"
                   for t, row in sorted(rows.items())]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "regression_screen.md").write_text("\n".join(lines) + "\n")
-    figure(names, by_class, args.out / "regression_screen.png")
+    stem = "regression_screen" if args.stage == "regpart" else "regdecay_screen"
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    if args.stage == "regpart":
+        figure(names, by_class, args.out / f"{stem}.png")
+    else:
+        decay_figure(names, by_class, args.out / f"{stem}.png")
     print("\n".join(lines))
     return 0
 

@@ -33,6 +33,26 @@ def test_the_robust_rule_skips_a_pair_at_a_cliffs_edge(screen):
     assert [s[4] for s in stats] == [0, 2, 2, 2, 2, 1]
 
 
+DECAYS = ["today's defaults", "regression decay 0.125", "regression decay 0.25",
+          "regression decay 0.5", "regression decay 1"]
+
+
+def test_the_robust_rule_on_decays_judges_each_by_twice_its_decay(screen):
+    """``regdecay``: decay 0.5 has the smallest worst ratio (1.00) but decay 1 loses 30% on the
+    second task: the rule picks 0.25 (worst robust 1.08, its neighbour 0.5 within it); today's λ
+    = 0 is judged by itself; the largest decay (no neighbour) is never picked. Mutants caught:
+    the neighbour ignored (picks 0.5), the neighbour at half the decay (0.5 then judged by 0.25:
+    picks 0.5)."""
+    rows = [[1.20, 1.10, 1.05, 1.00, 0.95],
+            [1.10, 1.06, 1.08, 0.99, 1.30]]
+    assert screen.neighbours(DECAYS, "regdecay") == [0, 2, 3, 4, None]
+    chosen, stats = screen.pick(DECAYS, rows, "regdecay")
+    assert chosen == "regression decay 0.25"
+    by = {s[0]: s for s in stats}
+    assert by["today's defaults"][2] == 1.20 and by["regression decay 0.5"][1:3] == (1.00, 1.30)
+    assert by["regression decay 1"][2] == float("inf")
+
+
 def test_the_screen_joins_the_sets_by_schedule(screen, tmp_path):
     """Tables of two sets join into one per schedule class; a set whose columns differ is
     refused. Mutant caught: every task put in one class."""
