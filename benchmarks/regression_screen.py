@@ -21,10 +21,19 @@ neighbour at twice its λ (round 16's two Friedman #3 models lost to decay 0.5, 
 had shown the four seen losing 1-19%, against 1-6% at 0.25; today's λ = 0 is its own neighbour;
 the grid's largest λ has none and is not picked).
 
+``--paired`` (``regdecay`` only) picks by the **paired rule** instead, fixed after round 17's
+test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the
+held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible* if on
+no task of the class it is worse than today's defaults by 2 paired SE or more (the per-seed
+differences of the validation loss over the tuning seeds, read from each set's
+``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio, today's
+defaults if none is.
+
 Usage::
 
     python benchmarks/regression_screen.py --out SCREEN full=OUT round5=R5 ...
     python benchmarks/regression_screen.py --stage regdecay --out SCREEN full=OUT ...
+    python benchmarks/regression_screen.py --stage regdecay --paired --out SCREEN full=OUT ...
 
 Writes ``SCREEN/regression_screen.md`` (``regdecay_screen.md``) and ``SCREEN/regression_screen.png``
 (``regdecay_screen.png``): each regressor's ratio against the AdamW part's lr per class and
@@ -34,7 +43,9 @@ matrix lr (against the decay per class).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -137,6 +148,46 @@ def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: 
     plt.close(fig)
 
 
+def paired_pick(names: list[str], rows: list[list[float]], diffs: list[list[list[float]]]
+                ) -> tuple[str, list[tuple]]:  # fmt: skip
+    """The paired rule's pick and every column's (name, worst, tasks where it is worse than the
+    first column by 2 paired SE or more, mean log ratio, tasks better than the first column);
+    ``diffs[i][j]``: task i's per-seed differences, column j minus the first column."""
+    stats = []
+    for j, n in enumerate(names):
+        col = [r[j] for r in rows]
+        harmed = 0
+        for d in diffs:
+            m, e = statistics.fmean(d[j]), statistics.stdev(d[j]) / math.sqrt(len(d[j]))
+            harmed += m > 0 and m >= 2 * e
+        mean_log = sum(map(math.log, col)) / len(col)
+        stats.append((n, max(col), harmed, mean_log, sum(r[j] < r[0] for r in rows)))
+    chosen = min((s for s in stats if s[2] == 0), key=lambda s: s[3], default=stats[0])
+    return chosen[0], stats
+
+
+def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
+    """Per column of a ``regdecay`` table, ``task``'s per-seed validation-loss differences from
+    today's defaults (seeds :data:`bench_training.LR_SEEDS`), from ``OUT/results.json``."""
+    runs = json.loads((out / "results.json").read_text())["runs"].values()
+    by: dict[str, dict[int, float]] = {}
+    for r in runs:
+        spec = r["spec"]
+        if spec["task"] != task or spec["seed"] not in bt.LR_SEEDS:
+            continue
+        opt = spec["opt"]
+        if opt.get("arm") == "default":
+            name = names[0]
+        elif set(opt.get("levers", {})) == {"regression_decay"}:
+            name = f"regression decay {opt['levers']['regression_decay']:g}"
+        else:
+            continue
+        by.setdefault(name, {})[spec["seed"]] = (math.inf if r.get("val_loss") is None
+                                                 else r["val_loss"])  # fmt: skip
+    base = by[names[0]]
+    return [[by[n][s] - base[s] for s in bt.LR_SEEDS] for n in names]
+
+
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path) -> None:
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines;
     today's λ = 0 drawn at the grid's left end), the median (thick), log scales."""
@@ -174,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stage", choices=("regpart", "regdecay"), default="regpart")
+    ap.add_argument("--paired", action="store_true", help="regdecay: the paired rule's pick")
     ap.add_argument("sets", nargs="+", help="PROFILE=OUT of each bench_training.py run")
     args = ap.parse_args(argv)
+    if args.paired and args.stage != "regdecay":
+        raise SystemExit("--paired picks a decay: use it with --stage regdecay")
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
+    outs: dict[str, Path] = {}
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -187,10 +242,19 @@ def main(argv: list[str] | None = None) -> int:
         for task, row in rows.items():
             schedule = bt.PROFILES[profile].suite[task].schedule
             by_class["constant" if schedule == "constant" else "warm-up and decay"][task] = row
+            outs[task] = Path(out)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
              "100-103)"]  # fmt: skip
     for cls, rows in by_class.items():
+        if args.paired:
+            diffs = [seed_diffs(outs[t], t, names) for t in rows]
+            chosen, stats = paired_pick(names, list(rows.values()), diffs)
+            lines += ["", f"## {cls}: {len(rows)} regressors; the paired rule picks **{chosen}**",
+                      "", "| decay | worst | worse by ≥ 2 paired SE on | mean log ratio | "
+                      "better than today |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+            lines += [f"| {n} | {w:.3f} | {h} | {m:.3f} | {b} |" for n, w, h, m, b in stats]
+            continue
         chosen, stats = pick(names, list(rows.values()), args.stage)
         lines += ["", f"## {cls}: {len(rows)} regressors; the robust rule picks **{chosen}**",
                   "", "| pair | worst | worst robust | mean log ratio | better than today |",
@@ -200,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {t} | " + " | ".join(f"{x:.3f}" for x in row) + " |"
                   for t, row in sorted(rows.items())]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "regression_screen" if args.stage == "regpart" else "regdecay_screen"
+    stem = ("regression_screen" if args.stage == "regpart" else
+            "regdecay_paired" if args.paired else "regdecay_screen")  # fmt: skip
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")

@@ -53,6 +53,25 @@ def test_the_robust_rule_on_decays_judges_each_by_twice_its_decay(screen):
     assert by["regression decay 1"][2] == float("inf")
 
 
+def test_the_paired_rule_admits_no_decay_that_a_seen_task_rejects(screen):
+    """Decay 0.5 has the smallest mean log ratio but is worse on the second task on every seed
+    (+0.02 ± 0.001: 20 SE): not admissible. Decay 0.25 is worse there in the mean too, within its
+    seeds' noise (+0.01 ± 0.012): admissible, and the pick. Today's column is always admissible.
+    Mutants caught: the harm ignored (picks 0.5), the harm judged by the mean alone (0.25
+    excluded: picks 0.125)."""
+    names = DECAYS[:4]
+    rows = [[1.20, 1.10, 1.05, 1.00], [1.10, 1.08, 1.09, 1.02]]
+    zero = [0.0] * 4
+    diffs = [[zero, [-0.02, -0.01, -0.03, -0.02], [-0.03, -0.02, -0.04, -0.03], [-0.05] * 4],
+             [zero, [-0.01, 0.00, -0.02, -0.01], [0.03, -0.02, 0.04, -0.01],
+              [0.019, 0.021, 0.020, 0.020]]]  # fmt: skip
+    chosen, stats = screen.paired_pick(names, rows, diffs)
+    assert chosen == "regression decay 0.25"
+    assert [s[2] for s in stats] == [0, 0, 0, 1]
+    harmful = [[zero, [0.05] * 4, [0.05] * 4, [0.05] * 4]] * 2
+    assert screen.paired_pick(names, rows, harmful)[0] == "today's defaults"
+
+
 def test_the_screen_joins_the_sets_by_schedule(screen, tmp_path):
     """Tables of two sets join into one per schedule class; a set whose columns differ is
     refused. Mutant caught: every task put in one class."""
