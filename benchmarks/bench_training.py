@@ -1305,6 +1305,9 @@ OPTIONAL_VARIANTS: dict[str, dict[str, Any]] = {
 # round 17's candidate, the robust rule's pick over the regressors seen through round 16: the
 # same decay (its runs are regression_decay_warmup's)
 OPTIONAL_VARIANTS["regression_decay_robust"] = OPTIONAL_VARIANTS["regression_decay_warmup"]
+# round 18's candidate, the paired rule's pick: decay 0.25 under a warm-up, none under a constant lr
+OPTIONAL_VARIANTS["regression_decay_paired"] = {
+    "regression": {"constant": None, "warmup": {"levers": {"regression_decay": 0.25}}}}
 #: Round 17's test failed (better on six of the eight, by 3.2-9.4 SE on five; worse on both
 #: Friedman #3 models by 3.3 and 4.3 SE). Round 18's candidate, ``regression_decay_paired``, is
 #: picked by the **paired rule** of ``regression_screen.py --stage regdecay --paired``, fixed with
@@ -1313,7 +1316,10 @@ OPTIONAL_VARIANTS["regression_decay_robust"] = OPTIONAL_VARIANTS["regression_dec
 #: than today's defaults by 2 paired SE or more over the tuning seeds 100-103), then the smallest
 #: mean log ratio among the admissible (today's if none is), per schedule class. The test: adopted
 #: only if, paired by seed on ROUND18 (test loss, evaluation seeds), better in the mean on at least
-#: six of the eight and worse by more than 2 paired SE on none.
+#: six of the eight and worse by more than 2 paired SE on none. The rule's pick: under a warm-up
+#: (44 regressors seen) decay 0.25, the one admissible decay (0.125 is worse by 2 SE on one task,
+#: 0.5 on seven, 1 on eight; mean log ratio 0.222 -> 0.133, better on 36); under a constant lr
+#: (13) none (every decay worse by 2 SE on one to nine).
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:
