@@ -970,11 +970,11 @@ def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
-    """Round 15's candidates: ``regression_decay`` is the lever at 0.125 on every regressor of
-    ROUND15 and ROUND16; ``regression_decay_warmup`` the lever at 0.5 on a regressor trained with
-    a warm-up and the default arm's run under a constant lr; both the default arm's run on a
-    classifier or a language model. Mutants caught: the schedule ignored (a constant-lr regressor
-    decayed), the head ignored (a classifier given the lever)."""
+    """Rounds 15-18's candidates: ``regression_decay`` is the lever at 0.125 on every regressor
+    of ROUND15 and ROUND16; ``regression_decay_warmup`` (``_paired``) the lever at 0.5 (0.25) on
+    a regressor trained with a warm-up and the default arm's run under a constant lr; each the
+    default arm's run on a classifier or a language model. Mutants caught: the schedule ignored
+    (a constant-lr regressor decayed), the head ignored (a classifier given the lever)."""
     every = bench.OPTIONAL_VARIANTS["regression_decay"]
     warm = bench.OPTIONAL_VARIANTS["regression_decay_warmup"]
     for profile, tasks in (("round15", bench.ROUND15), ("round16", bench.ROUND16)):
@@ -986,10 +986,17 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
             assert ((opt["arm"], opt.get("levers")) ==
                     (("default_lever", {"regression_decay": 0.5}) if t.warmup
                      else ("default", None))), task  # fmt: skip
+    paired = bench.OPTIONAL_VARIANTS["regression_decay_paired"]
+    for task, t in {**bench.ROUND15, **bench.ROUND18}.items():
+        prof = bench.PROFILES["round15" if task in bench.ROUND15 else "round18"]
+        opt = bench._variant_opt(paired, "core", prof, task)
+        assert ((opt["arm"], opt.get("levers")) ==
+                (("default_lever", {"regression_decay": 0.25}) if t.warmup
+                 else ("default", None))), task  # fmt: skip
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
-        for but in (every, warm):
+        for but in (every, warm, paired):
             opt = bench._variant_opt(but, "core", bench.PROFILES[profile], task)
             assert opt == {"arm": "default", "core": "core"}, task
 
