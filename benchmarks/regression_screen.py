@@ -48,6 +48,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_training as bt
@@ -114,6 +115,26 @@ def pick(names: list[str], rows: list[list[float]], stage: str = "regpart"
     return chosen[0], stats
 
 
+def _panel(ax: Any, xs: list[float], ticks: list[str], rows: dict[str, list[float]],
+           title: str, xlabel: str, marked: frozenset[str] = frozenset()) -> None:  # fmt: skip
+    """One panel of the screen's figures: each task's ratios against ``xs`` (thin lines, blue for
+    the ``marked`` tasks), their median (thick), the 1.03 line; log scales clipped at 10x."""
+    for task, ratios in rows.items():
+        mark = task in marked
+        ax.plot(xs, ratios, color="C0" if mark else "0.6", lw=1.2 if mark else 0.7,
+                alpha=0.9 if mark else 0.7,
+                label="Friedman #3" if mark and task == min(set(rows) & marked) else None)
+    median = [sorted(col)[len(rows) // 2] for col in zip(*rows.values(), strict=True)]
+    ax.plot(xs, median, color="C3", lw=2.2, marker="o", label="median")
+    ax.axhline(1.03, color="k", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, ticks)
+    ax.set_yscale("log")
+    ax.set_ylim(0.85, 10)  # blow-ups beyond 10x are clipped
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+
+
 def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path) -> None:
     """Per schedule class and matrix lr: each regressor's ratio against the AdamW part's lr
     (thin lines), the median (thick), log scales; the cliff a part's doubling can reach shows."""
@@ -130,17 +151,9 @@ def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: 
         for ax, lr in zip(row, lrs, strict=True):
             cols = sorted((part, j) for j, (x, part) in enumerate(pairs) if x == lr)
             parts = [p for p, _ in cols]
-            for ratios in rows.values():
-                ax.plot(parts, [ratios[j] for _, j in cols], color="0.6", lw=0.7, alpha=0.7)
-            median = [sorted(r[j] for r in rows.values())[len(rows) // 2] for _, j in cols]
-            ax.plot(parts, median, color="C3", lw=2.2, marker="o", label="median")
-            ax.axhline(1.03, color="k", lw=0.8, ls="--")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(parts, [f"{p:g}" for p in parts])
-            ax.set_yscale("log")
-            ax.set_ylim(0.85, 10)  # blow-ups beyond 10x are clipped
-            ax.set_title(f"{cls} ({len(rows)}): matrix lr {lr:g}", fontsize=9)
-            ax.set_xlabel("AdamW part's lr")
+            _panel(ax, parts, [f"{p:g}" for p in parts],
+                   {t: [r[j] for _, j in cols] for t, r in rows.items()},
+                   f"{cls} ({len(rows)}): matrix lr {lr:g}", "AdamW part's lr")
         row[0].set_ylabel("val loss / best tuned baseline's")
         row[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -188,9 +201,11 @@ def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
     return [[by[n][s] - base[s] for s in bt.LR_SEEDS] for n in names]
 
 
-def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines;
-    today's λ = 0 drawn at the grid's left end), the median (thick), log scales."""
+def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
+                 marked: frozenset[str] = frozenset()) -> None:  # fmt: skip
+    """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
+    blue for the ``marked`` tasks: the Friedman #3 models; today's λ = 0 drawn at the grid's left
+    end), the median (thick), log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,17 +218,9 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
-        for ratios in rows.values():
-            ax.plot(xs, [ratios[j] for j in order], color="0.6", lw=0.7, alpha=0.7)
-        median = [sorted(r[j] for r in rows.values())[len(rows) // 2] for j in order]
-        ax.plot(xs, median, color="C3", lw=2.2, marker="o", label="median")
-        ax.axhline(1.03, color="k", lw=0.8, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [f"{decays[j]:g}" for j in order])
-        ax.set_yscale("log")
-        ax.set_ylim(0.85, 10)  # blow-ups beyond 10x are clipped
-        ax.set_title(f"{cls} ({len(rows)} regressors)", fontsize=9)
-        ax.set_xlabel("decay λ of the matrices (0: today's)")
+        _panel(ax, xs, [f"{decays[j]:g}" for j in order],
+               {t: [r[j] for j in order] for t, r in rows.items()},
+               f"{cls} ({len(rows)} regressors)", "decay λ of the matrices (0: today's)", marked)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
+    friedman3: set[str] = set()
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -243,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             schedule = bt.PROFILES[profile].suite[task].schedule
             by_class["constant" if schedule == "constant" else "warm-up and decay"][task] = row
             outs[task] = Path(out)
+            if bt.PROFILES[profile].suite[task].options.get("function") == 3:
+                friedman3.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
              "100-103)"]  # fmt: skip
@@ -270,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")
     else:
-        decay_figure(names, by_class, args.out / f"{stem}.png")
+        decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3))
     print("\n".join(lines))
     return 0
 
