@@ -377,8 +377,9 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     (AdamW) and the real head got the matrix update. After the first forward the routing follows
     the execution order (with a RoutingWarning saying so), before any state exists; the step
     equals RegMuon(model, output="head"), and the first step's head test finds the output layer
-    by name. Defect caught too: the rerouted groups lost their parameter names, so that test
-    found no output layer (a classifier got no decay by structure)."""
+    by name. Defects caught too: the rerouted groups lost their parameter names, so that test
+    found no output layer (a classifier got no decay by structure); the rerouted routing lost the
+    lr by schedule's line (``print(opt.routing)``)."""
     torch.manual_seed(0)
     model = HeadBeforeInput()
     opt = RegMuon(model)
@@ -391,6 +392,7 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
     assert opt.routing.by_name()["head.weight"].algorithm == "adamw"
     assert "first forward" in opt.routing.output
+    assert opt.routing.schedule == "none (no embedding or recurrent layer)"  # kept by the reroute
     assert opt.param_groups[1]["param_names"] == ["head.weight", "head.bias", "inp.bias"]
     ref_model(x).square().mean().backward()
     loss.backward()

@@ -22,7 +22,14 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
-from .options import DEFAULTS, GROUP_KEYS, WARMUP_LR_FACTOR, RegMuonOptions, check_number
+from .options import (
+    DEFAULTS,
+    GROUP_KEYS,
+    WARMUP_LR_FACTOR,
+    RegMuonOptions,
+    as_float,
+    check_number,
+)
 from .plan import MomentumStacks, auto_workspace_cap, build_plan, is_dtensor, matrix_shape
 from .routing import (
     EXECUTION_ORDER,
@@ -176,8 +183,8 @@ class RegMuon(Optimizer):
             if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by structure
                 lrs, why = lr_by_structure(model)
                 if lrs:  # set at the first step, if the output layer is a softmax head's
-                    self._scale_pending = {0: lrs["lr"] / DEFAULTS.lr,
-                                           1: lrs["adamw_lr"] / DEFAULTS.adamw_lr}
+                    self._scale_pending = {0: lrs["lr"] / as_float(DEFAULTS.lr),
+                                           1: lrs["adamw_lr"] / as_float(DEFAULTS.adamw_lr)}
                     model_routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, "
                                         f"AdamW part {lrs['adamw_lr']:g} if the output layer "
                                         f"is a softmax head, else the options' ({why})")
@@ -239,6 +246,7 @@ class RegMuon(Optimizer):
         routing, pairs = route_module(model, output=order[-1], extra_adamw=extra)
         routing.output = f"{order[-1]} ({EXECUTION_ORDER})"
         routing.decay, routing.lr = self.routing.decay, self.routing.lr
+        routing.schedule = self.routing.schedule
         moved = [(old, new, p) for old, new, (_, p) in zip(self.routing.routes, routing.routes,
                  pairs, strict=True) if old.algorithm != new.algorithm]  # fmt: skip
         if any(self.state.get(p) for _, _, p in moved) or len(self.param_groups) < 2:
