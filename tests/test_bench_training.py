@@ -955,8 +955,8 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
 def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
     """REGRESSION_DECAY_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
     the ``regression_decay`` lever at each decay, each changing the result on a regressor.
-    Mutants caught: the lever's setting dropped from the stored spec (the decays' runs would
-    share one key), a decay of 0 in the grid (a column equal to today's)."""
+    Mutants caught: the lever frozen (every decay's column equal to today's), a decay of 0 in
+    the grid (the stored decays differ)."""
     runs = _run_stage(bench, tmp_path, "regdecay", "friedman_tiny")
     decays = sorted(r["spec"]["opt"]["levers"]["regression_decay"] for r in runs
                     if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
