@@ -43,6 +43,7 @@ matrix lr (against the decay per class).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -179,12 +180,17 @@ def paired_pick(names: list[str], rows: list[list[float]], diffs: list[list[list
     return chosen[0], stats
 
 
+@functools.cache
+def _runs(out: Path) -> list[dict[str, Any]]:
+    """The stored runs of a set's ``OUT/results.json``, read once per set."""
+    return list(json.loads((out / "results.json").read_text())["runs"].values())
+
+
 def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
     """Per column of a ``regdecay`` table, ``task``'s per-seed validation-loss differences from
     today's defaults (seeds :data:`bench_training.LR_SEEDS`), from ``OUT/results.json``."""
-    runs = json.loads((out / "results.json").read_text())["runs"].values()
     by: dict[str, dict[int, float]] = {}
-    for r in runs:
+    for r in _runs(out):
         spec = r["spec"]
         if spec["task"] != task or spec["seed"] not in bt.LR_SEEDS:
             continue
