@@ -49,6 +49,12 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   ``docs/benchmark-training.md``), a bound on the network's Lipschitz constant: a regressor
   with noise inputs or a noisy target fits less of its noise, one whose target needs large
   weights fits less of it.
+- ``regression_cautious``: the same decision, with **cautious** decay λ on the matrices instead:
+  after ``RegMuon(model)``'s step ``W ← W − ηu`` (no decay under such a head),
+  ``W ← W − ηλ 1[u ⊙ W ≥ 0] ⊙ W`` on every matrix that had a gradient — the decay only where
+  the step already moves the entry toward 0, so it never opposes the fit. Applied from the step
+  at which the decision is made (the first with the output layer's gradient), as the plain
+  decay is.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
-          "input_rho": str, "warmup_lr": float, "regression_decay": float}
+          "input_rho": str, "warmup_lr": float, "regression_decay": float,
+          "regression_cautious": float}
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
 INPUT_RHO: dict[str, Callable[[float], float]] = {
     "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
@@ -94,7 +101,8 @@ class LeverRegMuon(RegMuon):
     :data:`INPUT_RHO`) changes the input layer's shape factor in the step's bucket plan;
     ``warmup_lr = f`` steps each group that a warm-up has scaled at the first step with ``f``
     times its scheduled lr (float lrs only); ``regression_decay = λ`` decays the matrices of a
-    network the decay by structure decides under a head that is not a softmax one by λ.
+    network the decay by structure decides under a head that is not a softmax one by λ;
+    ``regression_cautious = λ`` decays them cautiously instead (the module docstring).
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class LeverRegMuon(RegMuon):
         input_rho: str | None = None,
         warmup_lr: float | None = None,
         regression_decay: float = 0.0,
+        regression_cautious: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -118,8 +127,17 @@ class LeverRegMuon(RegMuon):
         if not (math.isfinite(regression_decay) and regression_decay >= 0):
             raise ValueError(f"regression_decay must be a finite decay >= 0, "
                              f"got {regression_decay!r}")  # fmt: skip
+        if not (math.isfinite(regression_cautious) and regression_cautious >= 0):
+            raise ValueError(f"regression_cautious must be a finite decay >= 0, "
+                             f"got {regression_cautious!r}")  # fmt: skip
+        if regression_decay and regression_cautious:
+            raise ValueError("regression_decay and regression_cautious are two decays of the "
+                             "same matrices: pass one of them")  # fmt: skip
         super().__init__(model, **options)
         self.regression_decay = regression_decay
+        self.regression_cautious = regression_cautious
+        self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
+        self._regressor = False  # decided at the first step: a head that is not a softmax one
         self.warmup_lr = warmup_lr
         if warmup_lr is not None:  # replaces RegMuon(model)'s own lr by schedule (round 12)
             self._warmup_pending = None
@@ -143,10 +161,11 @@ class LeverRegMuon(RegMuon):
         """RegMuon(model)'s decision (λ, why, regression), with λ = ``regression_decay`` where
         it gives 0 under a head that is not a softmax one (the input layer stays at ρ = 1)."""
         decided = super()._decide_decay()
-        if decided is None or not decided[2] or not self.regression_decay:
-            return decided
-        return (self.regression_decay, f"{self.regression_decay:g} (the regression_decay "
-                f"lever; {decided[1]})", True)  # fmt: skip
+        if decided is not None and decided[2] and self.regression_decay:
+            decided = (self.regression_decay, f"{self.regression_decay:g} (the "
+                       f"regression_decay lever; {decided[1]})", True)  # fmt: skip
+        self._decision = decided
+        return decided
 
     def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
         """The map with the long-horizon (or the peak's) ε, per map call of the step, in order."""
@@ -245,8 +264,9 @@ class LeverRegMuon(RegMuon):
                         c = power / max(float(p.grad.norm() * (p - last).norm()), 1e-30)
                         buf.mul_(max(0.0, 1.0 - float(self.guard) * c))
         before = {}
-        if self.cautious_wd or self.guard:
+        if self.cautious_wd or self.guard or self.regression_cautious:
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
+        pending, skipped = self._decay_pending is not None, self.skipped_steps
         inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
         scheduled = [g["lr"] for g in self.param_groups]
         for g, f in zip(self.param_groups, self._warmup_factors(), strict=True):
@@ -259,6 +279,17 @@ class LeverRegMuon(RegMuon):
         finally:
             for g, lr in zip(self.param_groups, scheduled, strict=True):
                 g["lr"] = lr
+        if pending and self._decay_pending is None:  # decided (and committed) by this step
+            self._regressor = self._decision is not None and self._decision[2]
+        if self.regression_cautious and self._regressor and self.skipped_steps == skipped:
+            for g in self.param_groups:
+                if g["algorithm"] != "regmuon":
+                    continue
+                for p in g["params"]:
+                    if p.grad is not None:
+                        old = before[p]
+                        mask = (p - old) * old <= 0  # u ⊙ W >= 0 with u = -(p - old)/lr
+                        p.sub_(old * mask, alpha=g["lr"] * self.regression_cautious)
         if self.guard:
             self._last = {p: before[p] for p in self._matrices()}
         if self.cautious_wd:

@@ -1,5 +1,5 @@
-"""The ``regpart`` (or ``regdecay``) screen of every regressor seen, one table per schedule, and
-its pick.
+"""The ``regpart`` (``regdecay``, ``regcautious``) screen of every regressor seen, one table per
+schedule, and its pick.
 
 ``bench_training.py --stage regpart`` writes one table per set of models (``OUT/regpart.md``:
 each regressor's validation loss over its best tuned baseline's, tuning seeds 100-103, one
@@ -21,11 +21,14 @@ neighbour at twice its λ (round 16's two Friedman #3 models lost to decay 0.5, 
 had shown the four seen losing 1-19%, against 1-6% at 0.25; today's λ = 0 is its own neighbour;
 the grid's largest λ has none and is not picked).
 
-``--paired`` (``regdecay`` only) picks by the **paired rule** instead, fixed after round 17's
-test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the
-held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible* if on
-no task of the class it is worse than today's defaults by 2 paired SE or more (the per-seed
-differences of the validation loss over the tuning seeds, read from each set's
+``--stage regcautious`` joins the ``regcautious`` tables (one column per cautious decay λ of a
+regressor's matrices) the same way.
+
+``--paired`` (``regdecay`` or ``regcautious``) picks by the **paired rule** instead, fixed after
+round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both
+times): the held-out test's own harm criterion applied to the seen tasks first. A decay is
+*admissible* if on no task of the class it is worse than today's defaults by 2 paired SE or more
+(the per-seed differences of the validation loss over the tuning seeds, read from each set's
 ``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio, today's
 defaults if none is.
 
@@ -34,10 +37,11 @@ Usage::
     python benchmarks/regression_screen.py --out SCREEN full=OUT round5=R5 ...
     python benchmarks/regression_screen.py --stage regdecay --out SCREEN full=OUT ...
     python benchmarks/regression_screen.py --stage regdecay --paired --out SCREEN full=OUT ...
+    python benchmarks/regression_screen.py --stage regcautious --paired --out SCREEN full=OUT ...
 
-Writes ``SCREEN/regression_screen.md`` (``regdecay_screen.md``) and ``SCREEN/regression_screen.png``
-(``regdecay_screen.png``): each regressor's ratio against the AdamW part's lr per class and
-matrix lr (against the decay per class).
+Writes ``SCREEN/regression_screen.md`` (``STAGE_screen.md``, ``STAGE_paired.md``) and
+``SCREEN/regression_screen.png`` (``STAGE_screen.png``, ``STAGE_paired.png``): each regressor's
+ratio against the AdamW part's lr per class and matrix lr (against the decay per class).
 """
 
 from __future__ import annotations
@@ -79,15 +83,23 @@ def pair_of(name: str) -> tuple[float, float] | None:
     return float(lr), float(part)
 
 
+#: The decay stages, each with its lever (the one key of a column's ``levers``) and the prefix of
+#: its columns' names (``"regression decay λ"``).
+DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay"),
+                "regcautious": ("regression_cautious", "regression cautious")}
+
+
 def decay_of(name: str) -> float:
-    """λ of a ``regdecay`` column named ``"regression decay λ"``; 0 for today's defaults."""
-    return float(name.rsplit(" ", 1)[1]) if name.startswith("regression decay ") else 0.0
+    """λ of a decay stage's column (``"regression decay λ"``, ``"regression cautious λ"``); 0 for
+    today's defaults."""
+    prefixes = tuple(f"{prefix} " for _, prefix in DECAY_STAGES.values())
+    return float(name.rsplit(" ", 1)[1]) if name.startswith(prefixes) else 0.0
 
 
 def neighbours(names: list[str], stage: str = "regpart") -> list[int | None]:
     """Each column's neighbour (the index of the pair with twice its AdamW part, or of twice its
     decay), ``None`` where the grid has none."""
-    if stage == "regdecay":
+    if stage in DECAY_STAGES:
         where_d = {decay_of(n): j for j, n in enumerate(names)}
         return [where_d.get(2 * decay_of(n)) for n in names]
     where = {pair_of(n): j for j, n in enumerate(names)}
@@ -186,9 +198,11 @@ def _runs(out: Path) -> list[dict[str, Any]]:
     return list(json.loads((out / "results.json").read_text())["runs"].values())
 
 
-def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
-    """Per column of a ``regdecay`` table, ``task``'s per-seed validation-loss differences from
+def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
+               ) -> list[list[float]]:  # fmt: skip
+    """Per column of a decay stage's table, ``task``'s per-seed validation-loss differences from
     today's defaults (seeds :data:`bench_training.LR_SEEDS`), from ``OUT/results.json``."""
+    lever, prefix = DECAY_STAGES[stage]
     by: dict[str, dict[int, float]] = {}
     for r in _runs(out):
         spec = r["spec"]
@@ -197,8 +211,8 @@ def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
         opt = spec["opt"]
         if opt.get("arm") == "default":
             name = names[0]
-        elif set(opt.get("levers", {})) == {"regression_decay"}:
-            name = f"regression decay {opt['levers']['regression_decay']:g}"
+        elif set(opt.get("levers", {})) == {lever}:
+            name = f"{prefix} {opt['levers'][lever]:g}"
         else:
             continue
         by.setdefault(name, {})[spec["seed"]] = (math.inf if r.get("val_loss") is None
@@ -208,7 +222,7 @@ def seed_diffs(out: Path, task: str, names: list[str]) -> list[list[float]]:
 
 
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
-                 marked: frozenset[str] = frozenset()) -> None:  # fmt: skip
+                 marked: frozenset[str] = frozenset(), what: str = "decay") -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks: the Friedman #3 models; today's λ = 0 drawn at the grid's left
     end), the median (thick), log scales."""
@@ -226,7 +240,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
         _panel(ax, xs, [f"{decays[j]:g}" for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
-               f"{cls} ({len(rows)} regressors)", "decay λ of the matrices (0: today's)", marked)
+               f"{cls} ({len(rows)} regressors)", f"{what} λ of the matrices (0: today's)", marked)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -237,12 +251,12 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=("regpart", "regdecay"), default="regpart")
-    ap.add_argument("--paired", action="store_true", help="regdecay: the paired rule's pick")
+    ap.add_argument("--stage", choices=("regpart", *DECAY_STAGES), default="regpart")
+    ap.add_argument("--paired", action="store_true", help="a decay stage: the paired rule's pick")
     ap.add_argument("sets", nargs="+", help="PROFILE=OUT of each bench_training.py run")
     args = ap.parse_args(argv)
-    if args.paired and args.stage != "regdecay":
-        raise SystemExit("--paired picks a decay: use it with --stage regdecay")
+    if args.paired and args.stage not in DECAY_STAGES:
+        raise SystemExit(f"--paired picks a decay: use it with --stage {' or '.join(DECAY_STAGES)}")
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
@@ -264,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
              "100-103)"]  # fmt: skip
     for cls, rows in by_class.items():
         if args.paired:
-            diffs = [seed_diffs(outs[t], t, names) for t in rows]
+            diffs = [seed_diffs(outs[t], t, names, args.stage) for t in rows]
             chosen, stats = paired_pick(names, list(rows.values()), diffs)
             lines += ["", f"## {cls}: {len(rows)} regressors; the paired rule picks **{chosen}**",
                       "", "| decay | worst | worse by ≥ 2 paired SE on | mean log ratio | "
@@ -281,12 +295,13 @@ def main(argv: list[str] | None = None) -> int:
                   for t, row in sorted(rows.items())]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stem = ("regression_screen" if args.stage == "regpart" else
-            "regdecay_paired" if args.paired else "regdecay_screen")  # fmt: skip
+            f"{args.stage}_paired" if args.paired else f"{args.stage}_screen")  # fmt: skip
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")
     else:
-        decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3))
+        decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
+                     "cautious decay" if args.stage == "regcautious" else "decay")
     print("\n".join(lines))
     return 0
 

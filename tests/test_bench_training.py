@@ -4,6 +4,7 @@ the arms, the sweeps, the results file, a smoke run of every stage; and the prot
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import json
@@ -578,6 +579,102 @@ def test_regression_decay_check_catches_its_mutants(levers):
             _regression_decay_check(mutant)
 
 
+def _regression_cautious_check(cls):
+    """Two steps of ``cls(model, regression_cautious=0.5)`` against ``RegMuon(model)``'s from the
+    same weights, state and gradients: under a regression head each matrix's step differs by
+    ``−ηλ W ⊙ 1[u ⊙ W ≥ 0]`` (``−ηu`` the plain step) and nothing else, at the deciding first
+    step and after it, the group's decay stays 0; under a softmax head the steps are equal."""
+    torch.manual_seed(5)
+    x, labels, target = torch.randn(32, 4), torch.randint(0, 3, (32,)), torch.randn(32)
+    for outputs in (1, 3):
+        model = MLP(4, 16, outputs, depth=2)
+        lever = cls(model, regression_cautious=0.5)
+        for step in range(2):
+            z = model(x)
+            loss = (nn.functional.cross_entropy(z, labels) if outputs > 1
+                    else nn.functional.mse_loss(z.squeeze(-1), target))  # fmt: skip
+            model.zero_grad()
+            loss.backward()
+            twin = MLP(4, 16, outputs, depth=2)
+            twin.load_state_dict(model.state_dict())
+            plain = RegMuon(twin)
+            if step:
+                plain.load_state_dict(copy.deepcopy(lever.state_dict()))  # not its live state
+            for p, q in zip(twin.parameters(), model.parameters(), strict=True):
+                p.grad = q.grad.clone()
+            w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+            plain.step()
+            lever.step()
+            assert lever.param_groups[0]["weight_decay"] == (0.0 if outputs == 1 else 2.0)
+            for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+                want = q.detach()
+                if outputs == 1 and name.startswith("layers.") and p.dim() == 2:
+                    mask = (want - w0[name]) * w0[name] <= 0
+                    assert 0 < int(mask.sum()) < mask.numel(), name
+                    want = want - DEFAULTS.lr * 0.5 * w0[name] * mask
+                torch.testing.assert_close(p.detach(), want, msg=f"{outputs} {step} {name}")
+
+
+def test_regression_cautious_decays_a_regressors_matrices_cautiously(levers):
+    """``regression_cautious``: a regressor's matrices get cautious decay λ from the first
+    step's decision on, a classifier is ``RegMuon(model)``; bad values, and both decays at
+    once, are refused."""
+    _regression_cautious_check(levers.LeverRegMuon)
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="regression_cautious"):
+            levers.build_lever_regmuon(MLP(6, 8, 1), {}, {"regression_cautious": bad})
+    with pytest.raises(ValueError, match="pass one of them"):
+        levers.build_lever_regmuon(MLP(6, 8, 1), {}, {"regression_cautious": 0.5,
+                                                      "regression_decay": 0.5})  # fmt: skip
+
+
+def test_regression_cautious_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_regression_cautious_check`: the mask inverted
+    (decay where the step grows the weight), the decay under every head, the decay only at the
+    deciding step, the AdamW part (the output layer, the biases) decayed too."""
+
+    class Inverted(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
+            cautious, self.regression_cautious = self.regression_cautious, 0.0
+            levers.LeverRegMuon.step(self)
+            self.regression_cautious = cautious
+            if self._regressor:
+                for p in self._matrices():
+                    old = before[p]
+                    grows = (p - old) * old > 0
+                    p.sub_(old * grows, alpha=self.param_groups[0]["lr"] * cautious)
+
+    class EveryHead(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            levers.LeverRegMuon.step(self)
+            self._regressor = True
+
+    class OnlyAtTheDecision(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            levers.LeverRegMuon.step(self)
+            self._regressor = False
+
+    class AdamWPartToo(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
+            levers.LeverRegMuon.step(self)
+            if self._regressor:
+                for g in self.param_groups[1:]:
+                    for p in g["params"]:
+                        old = before[p]
+                        shrinks = (p - old) * old <= 0
+                        p.sub_(old * shrinks, alpha=g["lr"] * self.regression_cautious)
+
+    for mutant in (Inverted, EveryHead, OnlyAtTheDecision, AdamWPartToo):
+        with pytest.raises(AssertionError):
+            _regression_cautious_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -710,6 +807,9 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
     ("round18", "ROUND18", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17")),
+    ("round19", "ROUND19", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -967,6 +1067,23 @@ def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
             per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
     means = {sum(v) / len(v) for v in per.values()}
     assert len(per) == len(means) == len(bench.REGRESSION_DECAY_CANDIDATES)
+
+
+def test_regcautious_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
+    """REGRESSION_CAUTIOUS_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` and the
+    ``regression_cautious`` lever at each decay, each changing the result on a regressor.
+    Mutants caught: the lever frozen (every column equal to today's), the plain decay's lever in
+    its place (the stored levers differ)."""
+    runs = _run_stage(bench, tmp_path, "regcautious", "friedman_tiny")
+    decays = sorted(r["spec"]["opt"]["levers"]["regression_cautious"] for r in runs
+                    if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
+    assert decays == sorted([0.25, 0.5, 1.0, 2.0, 4.0] * len(bench.LR_SEEDS))
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        if r["spec"]["opt"]["arm"] in ("default", "default_lever"):
+            per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
+    means = {sum(v) / len(v) for v in per.values()}
+    assert len(per) == len(means) == len(bench.REGRESSION_CAUTIOUS_CANDIDATES)
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import benchmark_module
 
@@ -89,3 +91,64 @@ def test_the_screen_joins_the_sets_by_schedule(screen, tmp_path):
     (tmp_path / "B" / "regpart.md").write_text(head.replace("0.01, part 0.16", "x") + "")
     with pytest.raises(SystemExit, match="columns differ"):
         screen.main(["--out", str(out), f"full={tmp_path / 'A'}", f"round6={tmp_path / 'B'}"])
+
+
+CAUTIOUS = ["today's defaults", "regression cautious 0.5", "regression cautious 1",
+            "regression cautious 2"]
+
+
+def _cautious_set(root, rows, seed_loss):
+    """A ``regcautious`` set of round 19's regressors: its table (``rows``: task -> ratios) and
+    its ``results.json`` (``seed_loss(task, λ, seed)``: the validation loss of each run), with a
+    plain decay's runs mixed in that the paired rule must not read."""
+    import bench_training as bt
+
+    root.mkdir()
+    head = "| task | best | " + " | ".join(CAUTIOUS) + " |\n|---|---:|" + "---:|" * 4 + "\n"
+    body = "".join(f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n"
+                   for t, r in rows.items())  # fmt: skip
+    (root / "regcautious.md").write_text(head + body)
+    runs = {}
+    for t in rows:
+        for s in bt.LR_SEEDS:
+            for lam in (0.0, 0.5, 1.0, 2.0):
+                lever = {"arm": "default_lever", "levers": {"regression_cautious": lam}}
+                opt = {"arm": "default"} if lam == 0 else lever
+                runs[f"{t}{s}{lam}"] = {"spec": {"task": t, "seed": s, "opt": opt},
+                                        "val_loss": seed_loss(t, lam, s)}  # fmt: skip
+            runs[f"{t}{s}plain"] = {"spec": {"task": t, "seed": s, "opt": {
+                "arm": "default_lever", "levers": {"regression_decay": 0.5}}}, "val_loss": 9.0}
+    (root / "results.json").write_text(json.dumps({"runs": runs}))
+
+
+def test_the_cautious_screen_is_a_decay_stage(screen, tmp_path):
+    """``regcautious``: a column's λ and its neighbour at twice it, as ``regdecay``'s; the paired
+    rule reads the cautious lever's runs only, by seed, per schedule class. Here cautious 1 has the
+    smallest mean log ratio under a warm-up but is worse on ``friedman3_h256`` on every seed:
+    the pick is 0.5; under a constant lr every λ is worse on one task: today's. Mutants caught:
+    the plain decay's runs read as the cautious ones (every λ harmful: today's picked), the
+    neighbour of λ not at 2λ."""
+    assert [screen.decay_of(n) for n in CAUTIOUS] == [0.0, 0.5, 1.0, 2.0]
+    assert screen.neighbours(CAUTIOUS, "regcautious") == [0, 2, 3, None]
+    warm = {"friedman3_h256": [1.00, 0.99, 1.02, 1.10], "friedman_f20_d3": [1.30, 1.10, 1.00, 0.98]}
+    const = {"friedman_f25_h96_const": [1.20, 1.30, 1.40, 1.50]}
+
+    def loss(task, lam, seed):
+        wobble = 0.001 * (seed % 3)  # the seeds disagree a little
+        if task == "friedman3_h256":
+            return 0.10 + {0.0: 0, 0.5: -0.001, 1.0: 0.002, 2.0: 0.01}[lam] + wobble
+        if task == "friedman_f20_d3":
+            return 0.30 - 0.02 * lam + wobble
+        return 0.20 + 0.01 * lam + wobble
+
+    _cautious_set(tmp_path / "R19", {**warm, **const}, loss)
+    out = tmp_path / "S"
+    assert screen.main(["--stage", "regcautious", "--paired", "--out", str(out),
+                        f"round19={tmp_path / 'R19'}"]) == 0  # fmt: skip
+    text = (out / "regcautious_paired.md").read_text()
+    assert "## warm-up and decay: 2 regressors; the paired rule picks **regression cautious 0.5**" \
+        in text
+    assert "## constant: 1 regressors; the paired rule picks **today's defaults**" in text
+    assert (out / "regcautious_paired.png").stat().st_size > 0
+    diffs = screen.seed_diffs(tmp_path / "R19", "friedman3_h256", CAUTIOUS, "regcautious")
+    assert [round(sum(d) / len(d), 6) for d in diffs] == [0.0, -0.001, 0.002, 0.01]
