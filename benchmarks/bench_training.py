@@ -1351,6 +1351,17 @@ OPTIONAL_VARIANTS["regression_decay_paired"] = {
 #: (44 regressors seen) decay 0.25, the one admissible decay (0.125 is worse by 2 SE on one task,
 #: 0.5 on seven, 1 on eight; mean log ratio 0.222 -> 0.133, better on 36); under a constant lr
 #: (13) none (every decay worse by 2 SE on one to nine).
+#: (Round 18's test failed: better on six of the eight, worse on a Friedman #3 model by 7.8 SE.)
+#: Round 19's candidate, ``regression_cautious_paired``: **cautious** decay on a regressor's
+#: matrices (the ``regression_cautious`` lever), the paired rule's pick on the ``regcautious``
+#: screen over the 65 regressors without normalization seen through round 18 (rule and test
+#: fixed at REGRESSION_CAUTIOUS_CANDIDATES with ROUND19, before the screen ran): under a warm-up
+#: (52) cautious decay 0.25, the one admissible λ (0.5 is worse by 2 SE on two tasks, 1 on five,
+#: 2 on nine, 4 on eleven; mean log ratio 0.224 -> 0.168, better on 46; its ten Friedman #3
+#: models 0.93-1.08x against 0.93-1.10x); under a constant lr (13) none (every λ worse by 2 SE
+#: on one to six).
+OPTIONAL_VARIANTS["regression_cautious_paired"] = {
+    "regression": {"constant": None, "warmup": {"levers": {"regression_cautious": 0.25}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

@@ -1087,10 +1087,11 @@ def test_regcautious_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
-    """Rounds 15-18's candidates: ``regression_decay`` is the lever at 0.125 on every regressor
+    """Rounds 15-19's candidates: ``regression_decay`` is the lever at 0.125 on every regressor
     of ROUND15 and ROUND16; ``regression_decay_warmup`` (``_paired``) the lever at 0.5 (0.25) on
-    a regressor trained with a warm-up and the default arm's run under a constant lr; each the
-    default arm's run on a classifier or a language model. Mutants caught: the schedule ignored
+    a regressor trained with a warm-up and the default arm's run under a constant lr
+    (``regression_cautious_paired``: the cautious lever at 0.25, on ROUND19); each the default
+    arm's run on a classifier or a language model. Mutants caught: the schedule ignored
     (a constant-lr regressor decayed), the head ignored (a classifier given the lever)."""
     every = bench.OPTIONAL_VARIANTS["regression_decay"]
     warm = bench.OPTIONAL_VARIANTS["regression_decay_warmup"]
@@ -1110,10 +1111,17 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
         assert ((opt["arm"], opt.get("levers")) ==
                 (("default_lever", {"regression_decay": 0.25}) if t.warmup
                  else ("default", None))), task  # fmt: skip
+    cautious = bench.OPTIONAL_VARIANTS["regression_cautious_paired"]
+    for task, t in bench.ROUND19.items():
+        opt = bench._variant_opt(cautious, "core", bench.PROFILES["round19"], task)
+        assert ((opt["arm"], opt.get("levers")) ==
+                (("default_lever", {"regression_cautious": 0.25}) if t.warmup
+                 else ("default", None))), task  # fmt: skip
+    assert {t.warmup > 0 for t in bench.ROUND19.values()} == {True, False}
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
-        for but in (every, warm, paired):
+        for but in (every, warm, paired, cautious):
             opt = bench._variant_opt(but, "core", bench.PROFILES[profile], task)
             assert opt == {"arm": "default", "core": "core"}, task
 
