@@ -134,6 +134,8 @@ class LeverRegMuon(RegMuon):
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
         super().__init__(model, **options)
+        if regression_decay or regression_cautious:  # replaces RegMuon(model)'s own (round 19)
+            self._cautious_pending = None
         self.regression_decay = regression_decay
         self.regression_cautious = regression_cautious
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's

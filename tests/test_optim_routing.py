@@ -1058,6 +1058,178 @@ def test_the_warmup_check_fails_each_plausible_bug(monkeypatch):
             _warmup_check(mutant)
 
 
+def _cautious_steps(make_opt, loss, schedule, steps=3):
+    """``steps`` steps of ``make_opt(model)`` on ``_mlp`` under ``schedule`` (a ``LambdaLR``
+    built after the optimizer), each against the same step with the cautious decay off (a deep
+    copy of model and optimizer, ``_cautious`` 0): returns the optimizer and, per step, the
+    scheduled lr and ``[(name, W after, W without the cautious term, W before)]``."""
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 6)
+    opt = make_opt(model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(model, x).backward()
+        ref_model, ref = copy.deepcopy((model, opt))
+        for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+            q.grad = p.grad.clone()  # a Parameter's deepcopy leaves its grad behind
+        if ref._decay_pending is not None:  # decide as opt does, keep the decay's rest
+            ref._decide_cautious = lambda decided: 0.0
+        ref._cautious = 0.0
+        before = [p.detach().clone() for p in model.parameters()]
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        ref.step()
+        out.append((lr, [(n, p.detach().clone(), q.detach().clone(), p0) for (n, p), q, p0 in zip(
+            model.named_parameters(), ref_model.parameters(), before, strict=True)]))
+        sched.step()
+    return opt, out
+
+
+def _cautious_check(make_opt) -> None:
+    """A regressor without normalization under a warm-up: ``make_opt(model)`` adds to every
+    step of each matrix ``−ηλ W ⊙ 1[D ⊙ W ≥ 0]`` (``λ`` = REGRESSION_CAUTIOUS_DECAY, ``η`` the
+    scheduled lr, ``W`` before the step, ``−ηρD`` the step without it: the sign of ``D ⊙ W`` is
+    that of ``(W − W') ⊙ W``) and nothing else, and says so in its routing; under a constant lr,
+    under a softmax head, or with the decay given, no step changes; the decision travels with
+    a checkpoint (a fresh optimizer loading it steps bitwise as the uninterrupted one)."""
+    lam, u = mf.optim.REGRESSION_CAUTIOUS_DECAY, unit_roundoff(torch.float32)
+    opt, steps = _cautious_steps(make_opt, _regress, _warm)
+    matrices = {"0.weight", "2.weight"}
+    for lr, params in steps:
+        for name, p, q, p0 in params:
+            if name in matrices:
+                mask = (p0 - q) * p0 >= 0
+                assert 0 < int(mask.sum()) < mask.numel(), name
+                want = q - lr * lam * p0 * mask
+                torch.testing.assert_close(p, want, rtol=0, atol=8 * u * float(p0.abs().max()))
+                assert float((p - q).abs().max()) > 100 * 8 * u * float(p0.abs().max())
+            else:
+                assert torch.equal(p, q), name
+    assert f"cautious decay {lam:g} on the matrices" in str(opt.routing)
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    for loss, schedule, kw in ((_regress, lambda t: 1.0, {}), (_classify, _warm, {}),
+                               (_regress, _warm, {"weight_decay": 0.0})):  # fmt: skip
+        other, steps = _cautious_steps(lambda m, kw=kw: make_opt(m, **kw), loss, schedule)
+        assert all(torch.equal(p, q) for _, params in steps for _, p, q, _ in params), kw
+        assert "cautious decay" not in str(other.routing)
+    sd = opt.state_dict()
+    assert sd["regmuon"]["cautious"] == lam and "cautious_pending" not in sd["regmuon"]
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 6)
+    fresh_model = copy.deepcopy(model)
+    opt = make_opt(model)
+    torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+    _regress(model, x).backward()
+    opt.step()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = make_opt(fresh_model)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for m, o in ((model, opt), (fresh_model, fresh)):
+        o.zero_grad()
+        _regress(m, x).backward()
+        o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh_model.parameters(),
+                                                 strict=True))  # fmt: skip
+
+
+def test_regmuon_model_decays_a_regressors_matrices_cautiously_under_a_warm_up():
+    _cautious_check(RegMuon)
+
+
+def test_the_cautious_decay_travels_with_checkpoints_and_refuses_corrupt_entries():
+    """Pending (the built matrix lr) in a checkpoint before the first step, decided (λ) after;
+    corrupt entries are refused with nothing changed."""
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 6)
+    opt = RegMuon(model)
+    before = opt.state_dict()
+    assert before["regmuon"]["cautious_pending"] == mf.optim.DEFAULTS.lr
+    torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+    _regress(model, x).backward()
+    opt.step()
+    after = opt.state_dict()
+    pending = RegMuon(_mlp())
+    pending.load_state_dict(before)
+    assert pending._cautious_pending == mf.optim.DEFAULTS.lr and pending._cautious == 0.0
+    for key, bad in (("cautious", -0.25), ("cautious", math.nan), ("cautious", "0.25"),
+                     ("cautious", 1), ("cautious_pending", math.inf)):  # fmt: skip
+        corrupt = copy.deepcopy(after)
+        corrupt["regmuon"][key] = bad
+        with pytest.raises(ValueError, match=key):
+            pending.load_state_dict(corrupt)
+        assert pending._cautious_pending == mf.optim.DEFAULTS.lr and pending._cautious == 0.0
+    both = copy.deepcopy(after)
+    both["regmuon"]["cautious_pending"] = 0.02
+    with pytest.raises(ValueError, match="both"):
+        pending.load_state_dict(both)
+    pending.load_state_dict(after)
+    assert pending._cautious_pending is None
+    assert pending._cautious == mf.optim.REGRESSION_CAUTIOUS_DECAY
+
+
+def test_the_cautious_check_fails_each_plausible_bug(monkeypatch):
+    """Mutants of the cautious decay: never applied; applied under a constant lr too; the mask
+    inverted (decay where the step grows the weight); a plain decay (no mask); applied only at
+    the deciding step; not restored from a checkpoint."""
+    import muonflow.optim.kernel as kernel_module
+    import muonflow.optim.optimizer as optimizer_module
+
+    def never(model, **kw):
+        opt = RegMuon(model, **kw)
+        opt._cautious_pending = None
+        return opt
+
+    class Always(RegMuon):
+        def _decide_cautious(self, decided):
+            return mf.optim.REGRESSION_CAUTIOUS_DECAY if decided[2] else 0.0
+
+    class OnlyAtTheDecision(RegMuon):
+        def step(self, closure=None):
+            out = super().step(closure)
+            self._cautious = 0.0
+            return out
+
+    def not_restored(model, **kw):
+        opt = RegMuon(model, **kw)
+        real = opt.load_state_dict
+
+        def load(sd):
+            real(sd)
+            opt._cautious = 0.0
+
+        opt.load_state_dict = load
+        return opt
+
+    real_commit = kernel_module.commit
+
+    def inverted(work, ds, o, cautious=0.0):  # decays where D ⊙ W < 0 instead
+        if cautious:
+            grows = [(d * w < 0) * w for d, w in zip(
+                (D for (lo, hi), Dc in zip(work.b.chunks(), ds, strict=True)
+                 for D in Dc.split([w.shape[0] for w in work.b.rows(work.ws, lo, hi)])),
+                work.ws, strict=True)]  # fmt: skip
+            real_commit(work, ds, o)
+            torch._foreach_add_(work.ws, grows, alpha=-as_float(o.lr) * cautious)
+            return
+        real_commit(work, ds, o)
+
+    def unmasked(work, ds, o, cautious=0.0):  # a plain decoupled decay
+        real_commit(work, ds, o.replace(weight_decay=cautious) if cautious else o)
+
+    from muonflow.optim.options import as_float
+
+    for mutant in (never, Always, OnlyAtTheDecision, not_restored, "inverted", "unmasked"):
+        if mutant in ("inverted", "unmasked"):
+            monkeypatch.setattr(optimizer_module, "commit",
+                                inverted if mutant == "inverted" else unmasked)  # fmt: skip
+            mutant = RegMuon
+        with pytest.raises(AssertionError):
+            _cautious_check(mutant)
+        monkeypatch.undo()
+
+
 #: The two decisions of the first step kept as factors on the groups' lrs: (model, loss, input,
 #: the matrix given a NaN gradient, checkpoint keys and attributes pending/decided, the pending
 #: entry, the decided factors, a scheduler's lambda or None).

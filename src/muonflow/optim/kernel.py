@@ -124,8 +124,10 @@ def directions(work: Work, o: RegMuonOptions, map_fn: MapFn | None = None) -> li
     return out
 
 
-def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions) -> None:
-    """Post of one bucket: ``M ← M'``, ``W ← (1 - ηλ)W - ηρD``, in place."""
+def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions, cautious: float = 0.0) -> None:
+    """Post of one bucket: ``M ← M'``, ``W ← (1 - ηλ)W - ηρD``, in place; with ``cautious =
+    λ_c`` also ``W ← W − ηλ_c 1[D ⊙ W ≥ 0] ⊙ W`` (from the ``W`` before the step): decay only
+    where the step moves the entry toward 0."""
     beta, lr, b = o.momentum, as_float(o.lr), work.b
     if work.new_momentum:  # M ← M', computed in pre and rounded once to the state's dtype
         assert work.stack is not None
@@ -140,7 +142,16 @@ def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions) -> None:
         torch._foreach_mul_(work.ws, 1 - lr * o.weight_decay)  # decoupled decay
     for (lo, hi), D in zip(b.chunks(), ds, strict=True):
         ws = b.rows(work.ws, lo, hi)
-        torch._foreach_add_(ws, list(D.split([w.shape[0] for w in ws])), alpha=-lr * b.rho)
+        Ds = list(D.split([w.shape[0] for w in ws]))
+        if cautious:  # kept: W where D ⊙ W < 0 (the step grows |W|), so W ← W − ηλ(W − kept)
+            kept = torch._foreach_mul(Ds, ws)
+            torch._foreach_neg_(kept)
+            torch._foreach_sign_(kept)
+            torch._foreach_clamp_min_(kept, 0.0)
+            torch._foreach_mul_(kept, ws)
+            torch._foreach_mul_(ws, 1 - lr * cautious)
+            torch._foreach_add_(ws, kept, alpha=lr * cautious)
+        torch._foreach_add_(ws, Ds, alpha=-lr * b.rho)
     for t, copy in work.copies:
         t.copy_(copy.view(t.shape))
 

@@ -25,6 +25,7 @@ from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import (
     DEFAULTS,
     GROUP_KEYS,
+    REGRESSION_CAUTIOUS_DECAY,
     WARMUP_LR_FACTOR,
     RegMuonOptions,
     as_float,
@@ -74,7 +75,12 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_lr_scale": dict,
     "_warmup_pending": lambda: None,
     "_warmup_scale": dict,
+    "_cautious_pending": lambda: None,
+    "_cautious": lambda: 0.0,
 }
+
+CAUTIOUS_WHY = ("decay only on the entries the step moves toward 0; docs/benchmark-training.md, "
+                "round 19")  # fmt: skip
 
 
 class RegMuon(Optimizer):
@@ -104,7 +110,10 @@ class RegMuon(Optimizer):
     recurrent layer (and no ``weight_decay=``/``options=``) is decided at its first step from the
     output layer's gradient (:func:`~muonflow.optim.softmax_head`): a softmax head gets decay
     :data:`~muonflow.optim.UNNORMALIZED_DECAY` on the matrices; another head no decay, and its
-    input layer (:func:`~muonflow.optim.input_layer`) ρ = 1 unless ``adjust_lr=`` is given.
+    input layer (:func:`~muonflow.optim.input_layer`) ρ = 1 unless ``adjust_lr=`` is given,
+    and, if the matrices' lr at that step is below the one they were built with (a scheduler's
+    warm-up), cautious decay :data:`~muonflow.optim.REGRESSION_CAUTIOUS_DECAY` on the matrices
+    (only on the entries the step moves toward 0).
     A network with a normalization layer, no embedding or recurrent layer, whose first matrix
     layer reads the raw input (and no ``lr=``/``adamw_lr=``/``options=``), is decided the same
     way: under a softmax head its lrs are scaled to :data:`~muonflow.optim.NORMALIZED_INPUT_LR`
@@ -174,6 +183,10 @@ class RegMuon(Optimizer):
         # RegMuon(model)'s built lrs by group index, until the first step reads the schedule
         self._warmup_pending: dict[int, float] | None = None
         self._warmup_scale: dict[int, float] = {}  # the decided factors under a warm-up
+        # RegMuon(model)'s built matrix lr, until the head and the schedule decide the cautious
+        # decay of a regressor's matrices (then _cautious: its λ, 0 for none)
+        self._cautious_pending: float | None = None
+        self._cautious = 0.0
         model_routing = None
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -193,10 +206,13 @@ class RegMuon(Optimizer):
                 model_routing.decay = why
                 if decay:  # set at the first step, if the output layer is a softmax head's
                     self._decay_pending = decay
+                    if not isinstance(self.options.lr, Tensor):  # under another head, a
+                        self._cautious_pending = float(self.options.lr)  # warm-up's test
                     if "adjust_lr" not in overrides:  # else the user chose the shape factor
                         self._input_pending = _input_matrices(model, model_routing, pairs)
                     model_routing.decay = (f"decided at the first step: {decay:g} if the output "
-                                           f"layer is a softmax head, else 0 "
+                                           f"layer is a softmax head, else 0 (cautious "
+                                           f"{REGRESSION_CAUTIOUS_DECAY:g} under a warm-up) "
                                            f"{why.split(' ', 1)[1]}")  # fmt: skip
         elif output is not None:
             raise TypeError("output= needs a model: RegMuon(model, output=...)")
@@ -375,6 +391,7 @@ class RegMuon(Optimizer):
             if "_loading_decay" in self.__dict__:  # a checkpoint without extras keeps ours
                 self._decay_pending = self.__dict__.pop("_loading_decay")
                 self._unit_rho = self.__dict__.pop("_loading_unit")
+                self._cautious_pending, self._cautious = self.__dict__.pop("_loading_cautious")
                 if self._decay_pending is None:  # decided: so is the input layer's ρ
                     self._input_pending = ()
                 self._scale_pending, self._lr_scale = self.__dict__.pop("_loading_scale")
@@ -418,6 +435,7 @@ class RegMuon(Optimizer):
             self.__dict__.pop("_loading_skipped", None)
             self.__dict__.pop("_loading_decay", None)
             self.__dict__.pop("_loading_unit", None)
+            self.__dict__.pop("_loading_cautious", None)
             self.__dict__.pop("_loading_scale", None)
             self.__dict__.pop("_loading_warmup", None)
 
@@ -452,6 +470,9 @@ class RegMuon(Optimizer):
             opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
         for gi, factor in lr_scale.items():
             opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
+        cautious = self._cautious
+        if decided is not None:  # a regression head under a warm-up: cautious decay
+            cautious = self._decide_cautious(decided)
         unit = self._unit_rho
         if decided is not None and decided[2]:  # a regression head: the input layer at ρ = 1
             unit = {**unit, **{p: name for name, p in self._input_pending}}
@@ -469,7 +490,8 @@ class RegMuon(Optimizer):
         for gi, (group, o, items) in enumerate(zip(self.param_groups, opts, todo, strict=True)):
             if items and group["algorithm"] == "regmuon":
                 works, installs = self._works(gi, o, items, cap, unit)
-                pending.append((works, [directions(w, o) for w in works], o, installs))
+                pending.append((works, [directions(w, o) for w in works], o, installs,
+                                cautious if gi == 0 else 0.0))  # fmt: skip
         with _holding_interrupts():  # the commit
             if decided is not None:
                 self._decay_pending = None
@@ -481,17 +503,22 @@ class RegMuon(Optimizer):
                                            f"{', '.join(n for n, _ in self._input_pending)}) "
                                            f"are mapped with ρ = 1 {INPUT_RHO_WHY}")  # fmt: skip
                 self._input_pending = ()
+                self._cautious_pending, self._cautious = None, cautious
+                if cautious:
+                    self.routing.decay += (f"; the lr at the first step is below the built one "
+                                           f"(a warm-up): cautious decay {cautious:g} on the "
+                                           f"matrices ({CAUTIOUS_WHY})")  # fmt: skip
             if scale is not None:
                 self._scale_pending = None
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
                 self._warmup_scale, self.routing.schedule = warm
-            for works, ds, o, installs in pending:
+            for works, ds, o, installs, cautious_g in pending:
                 for install in installs:
                     install()
                 for w, d in zip(works, ds, strict=True):
-                    commit(w, d, o)
+                    commit(w, d, o, cautious_g)
             for group, o, items in zip(self.param_groups, opts, todo, strict=True):
                 if items and group["algorithm"] == "adamw":
                     self._adamw_group(o, items)
@@ -521,6 +548,17 @@ class RegMuon(Optimizer):
         return 0.0, (f"0 (the output layer's gradient does not sum to 0 over the outputs, "
                      f"r = {r:.2g}: not a softmax head, the output's scale is the weights')"
                      ), True  # fmt: skip
+
+    def _decide_cautious(self, decided: tuple[float, str, bool]) -> float:
+        """RegMuon(model)'s cautious decay of the matrices, decided with the decay by structure
+        (``decided``): :data:`~muonflow.optim.REGRESSION_CAUTIOUS_DECAY` under a regression
+        head with no decay when the matrices' (float) lr is below the one they were built with
+        (a scheduler's warm-up has lowered it), else 0. Changes nothing."""
+        built, lr = self._cautious_pending, self.param_groups[0]["lr"]
+        if (built is None or not decided[2] or decided[0] or isinstance(lr, Tensor)
+                or not lr < built):  # fmt: skip
+            return 0.0
+        return REGRESSION_CAUTIOUS_DECAY
 
     def _decide_scale(self) -> tuple[dict[int, float], str] | None:
         """RegMuon(model)'s pending lrs by structure, decided from the output layer's gradient:
@@ -695,6 +733,10 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         extras["decay_pending"] = cast(RegMuon, opt)._decay_pending
     if cast(RegMuon, opt)._unit_rho:
         extras["unit_rho"] = sorted(cast(RegMuon, opt)._unit_rho.values())
+    if cast(RegMuon, opt)._cautious_pending is not None:
+        extras["cautious_pending"] = cast(RegMuon, opt)._cautious_pending
+    if cast(RegMuon, opt)._cautious:
+        extras["cautious"] = cast(RegMuon, opt)._cautious
     for key, factors in (("lr_scale_pending", cast(RegMuon, opt)._scale_pending),
                          ("lr_scale", cast(RegMuon, opt)._lr_scale),
                          ("warmup_pending", cast(RegMuon, opt)._warmup_pending),
@@ -748,6 +790,21 @@ def _pending_and_decided(
     return found[0] or None, found[1]
 
 
+def _cautious_of(extras: dict[str, Any]) -> tuple[float | None, float]:
+    """A checkpoint's ``cautious_pending`` (the built matrix lr the first step compares with)
+    and ``cautious`` (the decided λ), checked: positive finite floats, not both."""
+    found = []
+    for key in ("cautious_pending", "cautious"):
+        x = extras.get(key)
+        if x is not None and (type(x) is not float or not math.isfinite(x) or x <= 0.0):
+            raise ValueError(f"state_dict['regmuon'][{key!r}] must be a positive finite float, "
+                             f"got {x!r}")  # fmt: skip
+        found.append(x)
+    if found[0] is not None and found[1] is not None:
+        raise ValueError("state_dict['regmuon'] has both 'cautious_pending' and 'cautious'")
+    return found[0], found[1] or 0.0
+
+
 def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
     """The matrices a checkpoint's ``unit_rho`` names, checked: names of this optimizer's
     RegMuon matrices."""
@@ -786,6 +843,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
+        opt.__dict__["_loading_cautious"] = _cautious_of(state_dict["regmuon"])
         for attr, keys in (("_loading_scale", ("lr_scale_pending", "lr_scale")),
                            ("_loading_warmup", ("warmup_pending", "warmup_scale"))):
             opt.__dict__[attr] = _pending_and_decided(opt, state_dict["regmuon"], *keys)

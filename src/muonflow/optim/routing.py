@@ -206,7 +206,9 @@ def decay_by_structure(model: nn.Module) -> tuple[float, str]:
     layer (a module whose class name contains ``"Norm"``: batch, layer, group, RMS and their
     Hugging Face kin), no embedding and no recurrent layer (``nn.RNNBase``, ``nn.RNNCellBase``):
     a feed-forward network on real-valued features whose output scale is its weights' (an MLP,
-    a CNN without batch norm). 0 otherwise, with the layer that decided it.
+    a CNN without batch norm). 0 otherwise, with the layer that decided it. Under another head
+    such a model's matrices get no decay, and, if a scheduler's warm-up has lowered their lr at
+    the first step, cautious decay :data:`~muonflow.optim.options.REGRESSION_CAUTIOUS_DECAY`.
     """
     from .options import UNNORMALIZED_DECAY
 
