@@ -1796,7 +1796,9 @@ REGRESSION_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
 #: mean log ratio among the admissible, today's if none is), per schedule class. The test:
 #: adopted only if, paired by seed on ROUND19 (test loss, evaluation seeds), better in the mean
 #: on at least three quarters of the regressors it changes and worse by more than 2 paired SE on
-#: none of the eight. If the rule admits no λ in either class there is no candidate.
+#: none of the eight. If the rule admits no λ in either class there is no candidate. (Adopted
+#: after round 19: today's ``RegMuon(model)`` has the cautious decay 0.25 under a warm-up, so the
+#: first column is that rule when rerun, and the lever's columns replace it.)
 REGRESSION_CAUTIOUS_CANDIDATES: dict[str, dict[str, Any]] = {
     "today's defaults": {"arm": "default"},
     **{f"regression cautious {d:g}": {"levers": {"regression_cautious": d}}

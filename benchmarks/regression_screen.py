@@ -240,7 +240,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
         _panel(ax, xs, [f"{decays[j]:g}" for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
-               f"{cls} ({len(rows)} regressors)", f"{what} λ of the matrices (0: today's)", marked)
+               f"{cls} ({len(rows)} regressors)", f"{what} λ of the matrices (0: none)", marked)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
