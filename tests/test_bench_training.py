@@ -628,6 +628,43 @@ def test_regression_cautious_decays_a_regressors_matrices_cautiously(levers):
                                                       "regression_decay": 0.5})  # fmt: skip
 
 
+def test_the_cautious_lever_replaces_the_librarys_own(levers):
+    """Since round 19 ``RegMuon(model)`` itself decays a regressor's matrices cautiously under a
+    warm-up (``REGRESSION_CAUTIOUS_DECAY``): the prototype at that λ replaces the library's rule
+    (one step of each equal to rounding: the library masks with ``D ⊙ W``, the prototype with the
+    step it took), and the plain decay's prototype turns it off, so rounds 15-19's columns
+    mean what they meant. Mutant caught: the library's rule left on under the prototype (the
+    decay applied twice)."""
+    from muonflow.optim import REGRESSION_CAUTIOUS_DECAY
+
+    def first_step(make):
+        torch.manual_seed(6)
+        model, x, y = MLP(4, 16, 1, depth=2), torch.randn(32, 4), torch.randn(32)
+        opt = make(model)
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / 4)  # a warm-up
+        nn.functional.mse_loss(model(x).squeeze(-1), y).backward()
+        opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), opt
+
+    lib, opt = first_step(RegMuon)
+    assert opt._cautious == REGRESSION_CAUTIOUS_DECAY
+    lever, lopt = first_step(lambda m: levers.LeverRegMuon(
+        m, regression_cautious=REGRESSION_CAUTIOUS_DECAY))  # fmt: skip
+    assert lopt._cautious == 0.0
+    torch.testing.assert_close(lever, lib)
+    _, popt = first_step(lambda m: levers.LeverRegMuon(m, regression_decay=0.5))
+    assert popt._cautious == 0.0 and popt.param_groups[0]["weight_decay"] == 0.5
+
+    class Twice(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._cautious_pending = float(DEFAULTS.lr)
+
+    twice, _ = first_step(lambda m: Twice(m, regression_cautious=REGRESSION_CAUTIOUS_DECAY))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(twice, lib)
+
+
 def test_regression_cautious_check_catches_its_mutants(levers):
     """Mutants kept as code, each failing :func:`_regression_cautious_check`: the mask inverted
     (decay where the step grows the weight), the decay under every head, the decay only at the
