@@ -1169,6 +1169,29 @@ def test_the_cautious_decay_travels_with_checkpoints_and_refuses_corrupt_entries
     assert pending._cautious == mf.optim.REGRESSION_CAUTIOUS_DECAY
 
 
+def test_a_checkpoint_from_before_the_cautious_rule_resumes_as_it_ran():
+    """A regressor's checkpoint taken before its first step: one saved before the rule existed
+    (extras without ``cautious_pending``) resumes without the cautious decay, as it would have
+    run; DCP's state (no extras) decides again at the next step from the lr then (a warm-up: the
+    decay), as a fresh optimizer does; the current one carries its pending entry. Mutant caught:
+    a missing entry read as pending (the old run given the decay)."""
+    for extras, want in (("old", 0.0), ("none", mf.optim.REGRESSION_CAUTIOUS_DECAY),
+                         ("current", mf.optim.REGRESSION_CAUTIOUS_DECAY)):  # fmt: skip
+        torch.manual_seed(0)
+        model, x = _mlp(), torch.randn(32, 6)
+        sd = RegMuon(model).state_dict()
+        if extras == "old":
+            del sd["regmuon"]["cautious_pending"]
+        elif extras == "none":
+            del sd["regmuon"]
+        fresh = RegMuon(model)
+        fresh.load_state_dict(sd)
+        torch.optim.lr_scheduler.LambdaLR(fresh, _warm)
+        _regress(model, x).backward()
+        fresh.step()
+        assert fresh._cautious == want, extras
+
+
 def test_the_cautious_check_fails_each_plausible_bug(monkeypatch):
     """Mutants of the cautious decay: never applied; applied under a constant lr too; the mask
     inverted (decay where the step grows the weight); a plain decay (no mask); applied only at
