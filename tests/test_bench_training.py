@@ -1089,38 +1089,35 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
     assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
 
 
-def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
-    """REGRESSION_DECAY_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
-    the ``regression_decay`` lever at each decay, each changing the result on a regressor.
-    Mutants caught: the lever frozen (every decay's column equal to today's), a decay of 0 in
-    the grid (the stored decays differ)."""
-    runs = _run_stage(bench, tmp_path, "regdecay", "friedman_tiny")
-    decays = sorted(r["spec"]["opt"]["levers"]["regression_decay"] for r in runs
+def _decay_stage_check(bench, tmp_path, stage: str, lever: str, grid: list[float]) -> None:
+    """A decay stage's candidates on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
+    the prototype ``lever`` at each decay of ``grid``, each changing the result on a regressor."""
+    runs = _run_stage(bench, tmp_path, stage, "friedman_tiny")
+    decays = sorted(r["spec"]["opt"]["levers"][lever] for r in runs
                     if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
-    assert decays == sorted([0.125, 0.25, 0.5, 1.0, 2.0] * len(bench.LR_SEEDS))
+    assert decays == sorted(grid * len(bench.LR_SEEDS))
     per: dict[str, list[float]] = {}
     for r in runs:
         if r["spec"]["opt"]["arm"] in ("default", "default_lever"):
             per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
     means = {sum(v) / len(v) for v in per.values()}
-    assert len(per) == len(means) == len(bench.REGRESSION_DECAY_CANDIDATES)
+    assert len(per) == len(means) == len(bench.CANDIDATE_STAGES[stage])
+
+
+def test_regdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
+    """REGRESSION_DECAY_CANDIDATES: the ``regression_decay`` lever at 0.125-2. Mutants caught:
+    the lever frozen (every decay's column equal to today's), a decay of 0 in the grid (the
+    stored decays differ)."""
+    _decay_stage_check(bench, tmp_path, "regdecay", "regression_decay",
+                       [0.125, 0.25, 0.5, 1.0, 2.0])
 
 
 def test_regcautious_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
-    """REGRESSION_CAUTIOUS_CANDIDATES on LR_SEEDS: ``RegMuon(model)`` and the
-    ``regression_cautious`` lever at each decay, each changing the result on a regressor.
-    Mutants caught: the lever frozen (every column equal to today's), the plain decay's lever in
-    its place (the stored levers differ)."""
-    runs = _run_stage(bench, tmp_path, "regcautious", "friedman_tiny")
-    decays = sorted(r["spec"]["opt"]["levers"]["regression_cautious"] for r in runs
-                    if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
-    assert decays == sorted([0.25, 0.5, 1.0, 2.0, 4.0] * len(bench.LR_SEEDS))
-    per: dict[str, list[float]] = {}
-    for r in runs:
-        if r["spec"]["opt"]["arm"] in ("default", "default_lever"):
-            per.setdefault(json.dumps(r["spec"]["opt"], sort_keys=True), []).append(r["val_loss"])
-    means = {sum(v) / len(v) for v in per.values()}
-    assert len(per) == len(means) == len(bench.REGRESSION_CAUTIOUS_CANDIDATES)
+    """REGRESSION_CAUTIOUS_CANDIDATES: the ``regression_cautious`` lever at 0.25-4. Mutants
+    caught: the lever frozen (every column equal to today's), the plain decay's lever in its
+    place (the stored levers differ)."""
+    _decay_stage_check(bench, tmp_path, "regcautious", "regression_cautious",
+                       [0.25, 0.5, 1.0, 2.0, 4.0])
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
