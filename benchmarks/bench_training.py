@@ -60,6 +60,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import hashlib
 import json
 import math
@@ -815,6 +817,42 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+#: The CPU extensions that change how float32 and bfloat16 kernels round (and so, through a
+#: training run's chaos, its final loss at the level of seed noise).
+ROUNDING_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def machine_id() -> str:
+    """The machine a run ran on, as far as its kernels' rounding goes: the CPU's model name,
+    which of :data:`ROUNDING_ISA` it has, and torch's version. Runs are reproducible bit for bit
+    on one such machine; across them they part at the rounding level."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model name alone
+        pass
+    isa = " ".join(f for f in ROUNDING_ISA if f in flags) or "none of " + "/".join(ROUNDING_ISA)
+    return f"{model} [{isa}]; torch {torch.__version__}"
+
+
+def machines_note(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """A report's lines on the machines its runs ran on: none if one, else each with its count
+    (runs recorded before machines were: "not recorded") and why it matters."""
+    count = collections.Counter(r.get("machine", "not recorded") for r in runs)
+    if len(count) < 2:
+        return []
+    return ["**Runs from more than one machine** (kernels round differently across CPU types and "
+            "training runs part at that level: compare runs from one machine, or rerun in a "
+            "fresh folder): " + "; ".join(f"{m}: {n}" for m, n in count.most_common()), ""]
+
+
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one training run (in a worker) and summarize it."""
     tkey = json.dumps([spec["builder"], spec["options"]], sort_keys=True)
@@ -838,6 +876,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         "run_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,
         "curve": r["curve"],
+        "machine": machine_id(),
         **{k: (r[k] if math.isfinite(r[k]) else None) for k in METRICS if k in r},
     }
 
@@ -869,6 +908,8 @@ def _check_results(data: Any, path: Path) -> None:
             v = run.get(m)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
                 raise bad(f"run {key} {m}", v)
+        if not isinstance(run.get("machine", ""), str):
+            raise bad(f"run {key} machine", run["machine"])
         curve = run.get("curve")
         if not isinstance(curve, list) or not all(
             isinstance(c, list) and len(c) == 2 and all(isinstance(x, int | float) for x in c)
@@ -1960,7 +2001,8 @@ def report(store: Store, prof: Profile, out: Path) -> str:
     bpath = prof.baselines_file or out / "baselines.json"
     if bpath.exists():
         a["final"] = analyze_final(store, prof, json.loads(bpath.read_text()))
-    lines = [f"# Training benchmark ({store.data['profile']} profile)", ""]
+    lines = [f"# Training benchmark ({store.data['profile']} profile)", "",
+             *machines_note(store.runs.values())]  # fmt: skip
     final = a.get("final", {})
     for half, title in (("held_out", "Held-out tasks"), ("tuning", "Tuning tasks")):
         for arm in ("default", "prototype"):

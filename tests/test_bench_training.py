@@ -203,6 +203,21 @@ def _valid_run(bench):
     return bench.run_key(spec), {"spec": spec, "val_loss": 1.0, "curve": [[0, 2.0], [6, 1.0]]}
 
 
+def test_each_run_records_its_machine_and_a_mixed_store_says_so(bench):
+    """Runs part at the rounding level across CPU types: each run records the machine
+    (:func:`machine_id`: the CPU's model and the extensions that change rounding, and torch), and
+    a report over runs of several machines says so with counts (runs from before the record:
+    "not recorded"); over one machine it says nothing. Mutant caught: the note printed always
+    (a one-machine report warned)."""
+    mid = bench.machine_id()
+    assert f"torch {torch.__version__}" in mid and mid.count("[") == 1
+    spec = bench.make_spec(bench.PROFILES["smoke"], "friedman_tiny", 0, {"arm": "control"})
+    assert bench.execute(spec)["machine"] == mid
+    assert bench.machines_note([{"machine": mid}] * 3) == []
+    note = bench.machines_note([{"machine": mid}, {"machine": mid}, {}])
+    assert f"{mid}: 2; not recorded: 1" in note[0] and "more than one machine" in note[0]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -214,6 +229,7 @@ def _valid_run(bench):
         ("RUN key", "its key is not the hash of its spec"),
         ("RUN val_loss", "run K val_loss is malformed"),
         ("RUN curve", "run K curve is malformed"),
+        ("RUN machine", "run K machine is malformed"),
         ('{"profile": "smoke", "runs": {}, "grids": {"g": [1, "2"]}}', "grid g is malformed"),
         ('{"profile": "full", "runs": {}}', "holds profile 'full', not 'smoke'"),
     ],
@@ -231,6 +247,8 @@ def test_a_corrupted_results_file_gives_a_clear_error(bench, tmp_path, content, 
             key = "0" * 16
         elif what == "val_loss":
             run["val_loss"] = "1.0"
+        elif what == "machine":
+            run["machine"] = 3
         else:
             run["curve"] = [[0, "a"]]
         content = json.dumps({"profile": "smoke", "runs": {key: run}})
