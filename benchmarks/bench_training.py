@@ -51,8 +51,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round19``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND19`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round20``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND20`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -531,6 +531,33 @@ ROUND19: dict[str, SuiteTask] = {
     "diabetes_h40_d3_const": SuiteTask("tabular", "tabular", 200, "constant",
                                        {"dataset": "diabetes", "hidden": 40, "depth": 3}),
 }  # fmt: skip
+#: Round 20's held-out set: eight regressors without normalization (six under warm-up and decay,
+#: two under a constant lr), committed before any of their runs and before the next lever (a
+#: step that reads the gradient's noise, aimed at the diabetes MLPs, the most frequent loss to
+#: ``torch.optim.Muon``'s documented defaults) was built or screened. Four diabetes MLPs (one
+#: under a cosine, one wide and deep with batch 64, one with batch 16, one under a constant lr)
+#: and four Friedman MLPs as guards (#3 narrow with batch 32 under a cosine, #2 three layers
+#: deep, #1 with 30 noise inputs under a cosine, #1 with noise 0.5 under a constant lr).
+ROUND20: dict[str, SuiteTask] = {
+    "diabetes_h80_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                  {"dataset": "diabetes", "hidden": 80, "depth": 2}),
+    "diabetes_h160_d3_b64": SuiteTask("tabular", "tabular", 200, "linear",
+                                      {"dataset": "diabetes", "hidden": 160, "depth": 3,
+                                       "batch": 64}),
+    "diabetes_h56_b16": SuiteTask("tabular", "tabular", 300, "linear",
+                                  {"dataset": "diabetes", "hidden": 56, "depth": 2, "batch": 16}),
+    "friedman3_h40_b32_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                       {"function": 3, "noise": 0.1, "hidden": 40, "depth": 2,
+                                        "batch": 32}),
+    "friedman2_h64_d3": SuiteTask("friedman", "tabular", 300, "linear",
+                                  {"function": 2, "noise": 30.0, "hidden": 64, "depth": 3}),
+    "friedman_f30_h128_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                       {"features": 30, "hidden": 128, "depth": 2}),
+    "diabetes_h72_const": SuiteTask("tabular", "tabular", 300, "constant",
+                                    {"dataset": "diabetes", "hidden": 72, "depth": 2}),
+    "friedman_n05_h48_const": SuiteTask("friedman", "tabular", 300, "constant",
+                                        {"noise": 0.5, "hidden": 48, "depth": 2}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -556,6 +583,7 @@ ROUND16_BASELINES_FILE = Path(__file__).with_name("training_baselines_round16.js
 ROUND17_BASELINES_FILE = Path(__file__).with_name("training_baselines_round17.json")
 ROUND18_BASELINES_FILE = Path(__file__).with_name("training_baselines_round18.json")
 ROUND19_BASELINES_FILE = Path(__file__).with_name("training_baselines_round19.json")
+ROUND20_BASELINES_FILE = Path(__file__).with_name("training_baselines_round20.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -771,6 +799,7 @@ PROFILES = {
     "round17": held_out_profile(ROUND17, ROUND17_BASELINES_FILE),
     "round18": held_out_profile(ROUND18, ROUND18_BASELINES_FILE),
     "round19": held_out_profile(ROUND19, ROUND19_BASELINES_FILE),
+    "round20": held_out_profile(ROUND20, ROUND20_BASELINES_FILE),
 }
 
 
