@@ -55,6 +55,32 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   the step already moves the entry toward 0, so it never opposes the fit. Applied from the step
   at which the decision is made (the first with the output layer's gradient), as the plain
   decay is.
+- ``regression_noise``: a step that reads the gradient's noise, under the same decision (a head
+  that is not a softmax one in a network without normalization, embedding or recurrent layer).
+  Muon's update keeps its size whatever share of the gradient is minibatch noise, so on a small
+  noisy table (the diabetes MLPs: 265 rows, half the target's variance noise) the weights keep
+  walking once the signal is fitted. Per parameter (both parts), from its raw gradients
+  :math:`g_t`,
+
+  .. math::
+      m_t = \beta m_{t-1} + (1-\beta) g_t, \qquad v_t = \beta v_{t-1} + (1-\beta)\|g_t\|_F^2,
+      \qquad \beta = 0.9,
+
+  with bias correction :math:`\hat m_t = m_t/(1-\beta^t)`, :math:`\hat v_t = v_t/(1-\beta^t)`.
+  If :math:`g_t = G + n_t` with independent noise,
+  :math:`\mathbb{E}\|\hat m_t\|^2 = \|G\|^2 + \kappa_t \operatorname{tr}\Sigma` and
+  :math:`\mathbb{E}\hat v_t = \|G\|^2 + \operatorname{tr}\Sigma` with
+  :math:`\kappa_t = (1-\beta)(1+\beta^t) / ((1+\beta)(1-\beta^t))`, so the signal's share
+  of the gradient's energy is estimated by
+
+  .. math::
+      \varphi_t = \operatorname{clip}\Big(\frac{\|\hat m_t\|^2 - \kappa_t \hat v_t}
+      {(1-\kappa_t)\hat v_t}, 0, 1\Big),
+
+  and the parameter's step (everything the optimizer did to it this step, decay included) is
+  scaled by :math:`\varphi_t^a`, ``a = regression_noise`` (1 at the first step, where
+  :math:`\kappa_1 = 1`). A fitted signal under a noise floor shrinks the step toward 0; a clean
+  target keeps it.
 """
 
 from __future__ import annotations
@@ -76,7 +102,9 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
-          "regression_cautious": float}
+          "regression_cautious": float, "regression_noise": float}
+#: ``regression_noise``'s averaging factor β (a window of about ten steps).
+NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
 INPUT_RHO: dict[str, Callable[[float], float]] = {
     "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
@@ -102,7 +130,9 @@ class LeverRegMuon(RegMuon):
     ``warmup_lr = f`` steps each group that a warm-up has scaled at the first step with ``f``
     times its scheduled lr (float lrs only); ``regression_decay = λ`` decays the matrices of a
     network the decay by structure decides under a head that is not a softmax one by λ;
-    ``regression_cautious = λ`` decays them cautiously instead (the module docstring).
+    ``regression_cautious = λ`` decays them cautiously instead; ``regression_noise = a`` scales
+    such a network's every step by the signal's share of its gradient to the power ``a`` (the
+    module docstring).
     """
 
     def __init__(
@@ -116,6 +146,7 @@ class LeverRegMuon(RegMuon):
         warmup_lr: float | None = None,
         regression_decay: float = 0.0,
         regression_cautious: float = 0.0,
+        regression_noise: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -130,6 +161,9 @@ class LeverRegMuon(RegMuon):
         if not (math.isfinite(regression_cautious) and regression_cautious >= 0):
             raise ValueError(f"regression_cautious must be a finite decay >= 0, "
                              f"got {regression_cautious!r}")  # fmt: skip
+        if not (math.isfinite(regression_noise) and regression_noise >= 0):
+            raise ValueError(f"regression_noise must be a finite exponent >= 0, "
+                             f"got {regression_noise!r}")  # fmt: skip
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
@@ -138,6 +172,8 @@ class LeverRegMuon(RegMuon):
             self._cautious_pending = None
         self.regression_decay = regression_decay
         self.regression_cautious = regression_cautious
+        self.regression_noise = regression_noise
+        self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
         self.warmup_lr = warmup_lr
@@ -246,6 +282,30 @@ class LeverRegMuon(RegMuon):
                             for g, built in zip(self.param_groups, self._built_lrs, strict=True)]
         return [self.warmup_lr if w else 1.0 for w in self._warmed]
 
+    def _observe_noise(self) -> None:
+        """``regression_noise``: each parameter's averages ``m`` and ``v`` of its gradient."""
+        b = NOISE_BETA
+        grads = {p: p.grad.float() for g in self.param_groups for p in g["params"]
+                 if p.grad is not None}  # fmt: skip
+        if not all(bool(torch.isfinite(x).all()) for x in grads.values()):
+            return  # the step will be skipped: its gradient is not observed either
+        for p, grad in grads.items():
+            m, v, t = self._noise.get(p, (torch.zeros_like(grad), grad.new_zeros(()), 0))
+            self._noise[p] = (m.mul_(b).add_(grad, alpha=1 - b),
+                              v.mul_(b).add_(grad.square().sum(), alpha=1 - b), t + 1)
+
+    @staticmethod
+    def signal_share(m: Tensor, v: Tensor, t: int) -> float:
+        """φ_t of the module docstring: the signal's estimated share of the gradient's energy
+        (1 at the first step and where no gradient has been seen)."""
+        b = NOISE_BETA
+        kappa = (1 - b) * (1 + b**t) / ((1 + b) * (1 - b**t))
+        vhat = float(v) / (1 - b**t)
+        if kappa >= 1 or not vhat > 0:
+            return 1.0
+        mhat2 = float(m.square().sum()) / (1 - b**t) ** 2
+        return min(1.0, max(0.0, (mhat2 - kappa * vhat) / ((1 - kappa) * vhat)))
+
     def _matrices(self) -> list[Tensor]:
         return [p for g in self.param_groups if g["algorithm"] == "regmuon" for p in g["params"]]
 
@@ -265,8 +325,10 @@ class LeverRegMuon(RegMuon):
                     elif power > 0:
                         c = power / max(float(p.grad.norm() * (p - last).norm()), 1e-30)
                         buf.mul_(max(0.0, 1.0 - float(self.guard) * c))
+        if self.regression_noise:
+            self._observe_noise()
         before = {}
-        if self.cautious_wd or self.guard or self.regression_cautious:
+        if self.cautious_wd or self.guard or self.regression_cautious or self.regression_noise:
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
         pending, skipped = self._decay_pending is not None, self.skipped_steps
         inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
@@ -292,6 +354,10 @@ class LeverRegMuon(RegMuon):
                         old = before[p]
                         mask = (p - old) * old <= 0  # u ⊙ W >= 0 with u = -(p - old)/lr
                         p.sub_(old * mask, alpha=g["lr"] * self.regression_cautious)
+        if self.regression_noise and self._regressor and self.skipped_steps == skipped:
+            for p, (m, v, t) in self._noise.items():
+                s = self.signal_share(m, v, t) ** self.regression_noise
+                p.mul_(s).add_(before[p], alpha=1.0 - s)  # before + s (after - before)
         if self.guard:
             self._last = {p: before[p] for p in self._matrices()}
         if self.cautious_wd:

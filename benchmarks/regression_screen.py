@@ -22,11 +22,13 @@ had shown the four seen losing 1-19%, against 1-6% at 0.25; today's λ = 0 is it
 the grid's largest λ has none and is not picked).
 
 ``--stage regcautious`` joins the ``regcautious`` tables (one column per cautious decay λ of a
-regressor's matrices) the same way.
+regressor's matrices) the same way, and ``--stage regnoise`` the ``regnoise`` tables (one column
+per exponent ``a`` of the step that reads the gradient's noise; neighbour at ``2a``).
 
-``--paired`` (``regdecay`` or ``regcautious``) picks by the **paired rule** instead, fixed after
-round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both
-times): the held-out test's own harm criterion applied to the seen tasks first. A decay is
+``--paired`` (``regdecay``, ``regcautious`` or ``regnoise``) picks by the **paired rule**
+instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out
+Friedman #3 models both times): the held-out test's own harm criterion applied to the seen tasks
+first. A decay is
 *admissible* if on no task of the class it is worse than today's defaults by 2 paired SE or more
 (the per-seed differences of the validation loss over the tuning seeds, read from each set's
 ``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio, today's
@@ -38,6 +40,7 @@ Usage::
     python benchmarks/regression_screen.py --stage regdecay --out SCREEN full=OUT ...
     python benchmarks/regression_screen.py --stage regdecay --paired --out SCREEN full=OUT ...
     python benchmarks/regression_screen.py --stage regcautious --paired --out SCREEN full=OUT ...
+    python benchmarks/regression_screen.py --stage regnoise --paired --out SCREEN full=OUT ...
 
 Writes ``SCREEN/regression_screen.md`` (``STAGE_screen.md``, ``STAGE_paired.md``) and
 ``SCREEN/regression_screen.png`` (``STAGE_screen.png``, ``STAGE_paired.png``): each regressor's
@@ -83,16 +86,20 @@ def pair_of(name: str) -> tuple[float, float] | None:
     return float(lr), float(part)
 
 
-#: The decay stages, each with its lever (the one key of a column's ``levers``) and the prefix of
-#: its columns' names (``"regression decay λ"``).
-DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay"),
-                "regcautious": ("regression_cautious", "regression cautious")}
+#: The one-lever stages, each with its lever (the one key of a column's ``levers``), the prefix
+#: of its columns' names (``"regression decay λ"``) and what its figure's axis reads.
+DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
+                             "decay λ of the matrices (0: none)"),
+                "regcautious": ("regression_cautious", "regression cautious",
+                                "cautious decay λ of the matrices (0: none)"),
+                "regnoise": ("regression_noise", "regression noise",
+                             "exponent a of the signal's share on every step (0: none)")}
 
 
 def decay_of(name: str) -> float:
     """λ of a decay stage's column (``"regression decay λ"``, ``"regression cautious λ"``); 0 for
     today's defaults."""
-    prefixes = tuple(f"{prefix} " for _, prefix in DECAY_STAGES.values())
+    prefixes = tuple(f"{prefix} " for _, prefix, _ in DECAY_STAGES.values())
     return float(name.rsplit(" ", 1)[1]) if name.startswith(prefixes) else 0.0
 
 
@@ -202,7 +209,7 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
                ) -> list[list[float]]:  # fmt: skip
     """Per column of a decay stage's table, ``task``'s per-seed validation-loss differences from
     today's defaults (seeds :data:`bench_training.LR_SEEDS`), from ``OUT/results.json``."""
-    lever, prefix = DECAY_STAGES[stage]
+    lever, prefix, _ = DECAY_STAGES[stage]
     by: dict[str, dict[int, float]] = {}
     for r in _runs(out):
         spec = r["spec"]
@@ -222,7 +229,8 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 
 
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
-                 marked: frozenset[str] = frozenset(), what: str = "decay") -> None:  # fmt: skip
+                 marked: frozenset[str] = frozenset(),
+                 what: str = "decay λ of the matrices (0: none)") -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks: the Friedman #3 models; today's λ = 0 drawn at the grid's left
     end), the median (thick), log scales."""
@@ -240,7 +248,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
         _panel(ax, xs, [f"{decays[j]:g}" for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
-               f"{cls} ({len(rows)} regressors)", f"{what} λ of the matrices (0: none)", marked)
+               f"{cls} ({len(rows)} regressors)", what, marked)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         figure(names, by_class, args.out / f"{stem}.png")
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
-                     "cautious decay" if args.stage == "regcautious" else "decay")
+                     DECAY_STAGES[args.stage][2])
     print("\n".join(lines))
     return 0
 

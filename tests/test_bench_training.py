@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -730,6 +731,132 @@ def test_regression_cautious_check_catches_its_mutants(levers):
             _regression_cautious_check(mutant)
 
 
+def test_signal_share_reads_the_gradients_noise(levers):
+    """φ_t of ``regression_noise``: 1 at the first step and for a constant gradient, about 0
+    (within its sampling spread) for pure noise at every t, about ``|G|²/(|G|² + tr Σ)`` for a
+    mixture. Mutants caught: κ without the bias correction (pure noise reads as half signal at
+    t = 2), ``m`` not bias-corrected (a constant gradient reads below 1)."""
+    torch.manual_seed(3)
+    n, b = 4096, levers.NOISE_BETA
+
+    def shares(make, steps, share=levers.LeverRegMuon.signal_share):
+        m, v, out = torch.zeros(n), torch.zeros(()), []
+        for t in range(1, steps + 1):
+            g = make()
+            m, v = b * m + (1 - b) * g, b * v + (1 - b) * g.square().sum()
+            out.append(share(m, v, t))
+        return out
+
+    G = torch.randn(n)
+    assert shares(lambda: G, 5) == pytest.approx([1.0] * 5)
+    # pure noise: ‖m̂‖² - κ v̂ is a difference of chi-square sums over n entries, its spread
+    # about sqrt(2/n) of κ v̂ relative: far below 0.05 after the clip
+    noise = shares(lambda: torch.randn(n), 30)
+    assert noise[0] == 1.0 and max(noise[1:]) < 0.05
+    mixed = shares(lambda: 0.5 * G + torch.randn(n), 60)  # |G|²/(|G|² + trΣ) = 0.25/1.25
+    assert statistics.fmean(mixed[20:]) == pytest.approx(0.2, abs=0.05)
+
+    def no_bias_kappa(m, v, t):
+        kappa = (1 - b) / (1 + b)
+        vhat, mhat2 = float(v) / (1 - b**t), float(m.square().sum()) / (1 - b**t) ** 2
+        return 1.0 if t == 1 else min(1.0, max(0.0, (mhat2 - kappa * vhat) / ((1 - kappa) * vhat)))
+
+    def no_bias_m(m, v, t):
+        kappa = (1 - b) * (1 + b**t) / ((1 + b) * (1 - b**t))
+        vhat, mhat2 = float(v) / (1 - b**t), float(m.square().sum()) / (1 - b**t)
+        return 1.0 if t == 1 else min(1.0, max(0.0, (mhat2 - kappa * vhat) / ((1 - kappa) * vhat)))
+
+    assert max(shares(lambda: torch.randn(n), 3, no_bias_kappa)[1:]) > 0.3
+    assert min(shares(lambda: G, 3, no_bias_m)) < 0.99
+
+
+def _regression_noise_check(levers, cls):
+    """Three steps of ``cls(model, regression_noise=1)`` against ``LeverRegMuon(model)``'s from
+    the same weights, state and gradients: under a regression head every parameter's step (both
+    parts) is the plain one times φ_t of its own gradients (1 at the first, deciding, step);
+    under a softmax head the steps are equal."""
+    torch.manual_seed(7)
+    x, labels = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    for outputs in (1, 3):
+        model = MLP(4, 16, outputs, depth=2)
+        lever = cls(model, regression_noise=1.0)
+        grads: dict[str, list] = {}
+        for step in range(3):
+            idx = torch.randint(0, 32, (8,))
+            z = model(x[idx])
+            loss = (nn.functional.cross_entropy(z, labels[idx]) if outputs > 1
+                    else nn.functional.mse_loss(z.squeeze(-1), x[idx, 0] + torch.randn(8)))
+            model.zero_grad()
+            loss.backward()
+            twin = MLP(4, 16, outputs, depth=2)
+            twin.load_state_dict(model.state_dict())
+            plain = levers.LeverRegMuon(twin)
+            if step:
+                plain.load_state_dict(copy.deepcopy(lever.state_dict()))
+            for p, q in zip(twin.parameters(), model.parameters(), strict=True):
+                p.grad = q.grad.clone()
+            w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+            for n, p in model.named_parameters():
+                grads.setdefault(n, []).append(p.grad.detach().clone())
+            plain.step()
+            lever.step()
+            for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+                share = 1.0
+                if outputs == 1 and step:
+                    b, m, v = levers.NOISE_BETA, torch.zeros_like(p), torch.zeros(())
+                    for g in grads[name]:
+                        m, v = b * m + (1 - b) * g, b * v + (1 - b) * g.square().sum()
+                    share = levers.LeverRegMuon.signal_share(m, v, step + 1)
+                want = w0[name] + share * (q.detach() - w0[name])
+                torch.testing.assert_close(p.detach(), want, msg=f"{outputs} {step} {name}")
+        if outputs == 1:
+            assert any(levers.LeverRegMuon.signal_share(*lever._noise[p]) < 0.9
+                       for p in model.parameters())  # the check scales some step  # fmt: skip
+
+
+def test_regression_noise_scales_a_regressors_steps_only(levers):
+    """``regression_noise``: a regressor's every step scaled by φ^a from the decision on, a
+    classifier's unchanged; bad exponents refused."""
+    _regression_noise_check(levers, levers.LeverRegMuon)
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="regression_noise"):
+            levers.build_lever_regmuon(MLP(6, 8, 1), {}, {"regression_noise": bad})
+
+
+def test_regression_noise_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_regression_noise_check`: the scale inverted
+    (1 − φ), the matrices only (the AdamW part unscaled), every head scaled, the exponent
+    ignored by a square."""
+
+    class Inverted(levers.LeverRegMuon):
+        @staticmethod
+        def signal_share(m, v, t):
+            return 1.0 - levers.LeverRegMuon.signal_share(m, v, t)
+
+    class MatricesOnly(levers.LeverRegMuon):
+        def _observe_noise(self):
+            super()._observe_noise()
+            for g in self.param_groups:
+                if g["algorithm"] != "regmuon":
+                    for p in g["params"]:
+                        self._noise.pop(p, None)
+
+    class EveryHead(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            levers.LeverRegMuon.step(self)
+            self._regressor = True
+
+    class Squared(levers.LeverRegMuon):
+        @staticmethod
+        def signal_share(m, v, t):
+            return levers.LeverRegMuon.signal_share(m, v, t) ** 2
+
+    for mutant in (Inverted, MatricesOnly, EveryHead, Squared):
+        with pytest.raises(AssertionError):
+            _regression_noise_check(levers, mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1140,6 +1267,14 @@ def test_regcautious_stage_runs_todays_defaults_and_each_decay(bench, tmp_path):
     place (the stored levers differ)."""
     _decay_stage_check(bench, tmp_path, "regcautious", "regression_cautious",
                        [0.25, 0.5, 1.0, 2.0, 4.0])
+
+
+def test_regnoise_stage_runs_todays_defaults_and_each_exponent(bench, tmp_path):
+    """REGRESSION_NOISE_CANDIDATES: the ``regression_noise`` lever at 0.125-2. Mutants caught:
+    the lever frozen (every column equal to today's), another lever in its place (the stored
+    levers differ)."""
+    _decay_stage_check(bench, tmp_path, "regnoise", "regression_noise",
+                       [0.125, 0.25, 0.5, 1.0, 2.0])
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
