@@ -387,14 +387,18 @@ def test_the_first_forward_corrects_an_output_layer_chosen_by_registration_order
     ref = RegMuon(ref_model, output="head")
     assert opt.routing.by_name()["inp.weight"].algorithm == "adamw"  # registration order
     x = torch.randn(8, 5)
-    with pytest.warns(RoutingWarning, match="'head' .* not 'inp'"):
+    with pytest.warns(RoutingWarning) as caught:  # the output layer, then the input layer
         loss = model(x).square().mean()
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        "RegMuon(model): routed by the first forward: the output layer is 'head'",
+        "RegMuon(model): the input layer is 'inp'"]  # fmt: skip
     assert opt.routing.by_name()["inp.weight"].algorithm == "regmuon"
     assert opt.routing.by_name()["head.weight"].algorithm == "adamw"
     assert "first forward" in opt.routing.output
     assert opt.routing.schedule == "none (no embedding or recurrent layer)"  # kept by the reroute
     assert opt.param_groups[1]["param_names"] == ["head.weight", "head.bias", "inp.bias"]
-    ref_model(x).square().mean().backward()
+    with pytest.warns(RoutingWarning, match="input layer is 'inp'"):
+        ref_model(x).square().mean().backward()
     loss.backward()
     opt.step()
     ref.step()
@@ -637,6 +641,100 @@ def test_the_input_layers_rho_travels_with_the_checkpoint():
     with pytest.raises(ValueError, match=r"names \['0.weight'\], not matrices"):
         unnamed.load_state_dict(sd)
     assert not unnamed.state
+
+
+class HiddenBeforeInput(nn.Module):
+    """A regressor that registers a hidden layer before its input layer: registration order
+    alone takes the hidden layer for the one that reads the raw input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(16, 16)
+        self.inp = nn.Linear(6, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(torch.relu(self.inp(x)))))
+
+
+def _reread_input_check(cls=RegMuon):
+    """Under a regression head the input layer's ρ = 1 goes to the layer the first forward runs
+    first, with a RoutingWarning, with or without ``output=``: two steps equal bit for bit those
+    of the same network registered in execution order, for ``HiddenBeforeInput`` and for
+    ``HeadBeforeInput`` (registration order takes its head for the input layer)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    for kw in ({}, {"output": "out"}):
+        model = HiddenBeforeInput()
+        ordered = nn.Sequential(copy.deepcopy(model.inp), nn.ReLU(), copy.deepcopy(model.hidden),
+                                nn.ReLU(), copy.deepcopy(model.out))  # fmt: skip
+        opt, ref = cls(model, **kw), RegMuon(ordered)
+        for step in range(2):
+            for m, o in ((model, opt), (ordered, ref)):
+                o.zero_grad()
+                if m is model and step == 0:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        loss = _regress(m, x)
+                    assert [str(w.message).split(" (")[0] for w in caught] == [
+                        "RegMuon(model): the input layer is 'inp'"], kw  # fmt: skip
+                else:
+                    loss = _regress(m, x)
+                loss.backward()
+                o.step()
+            assert sorted(opt._unit_rho.values()) == ["inp.weight"], kw
+            for a, b in (("inp", "0"), ("hidden", "2"), ("out", "4")):
+                for w in ("weight", "bias"):
+                    assert torch.equal(model.get_submodule(a).get_parameter(w),
+                                       ordered.get_submodule(b).get_parameter(w)), (kw, a)
+    head_first = HeadBeforeInput()
+    opt = cls(head_first)
+    with pytest.warns(RoutingWarning):
+        nn.functional.mse_loss(head_first(x[:, :5]), x[:, :3]).backward()
+    opt.step()
+    assert sorted(opt._unit_rho.values()) == ["inp.weight"]
+
+
+def test_the_first_forward_corrects_the_input_layer_chosen_by_registration_order(recwarn):
+    """Defect caught: a regressor registering a hidden layer before its input layer had the
+    hidden layer mapped at ρ = 1 and its real input layer at ``original``'s √(16/6); one
+    registering its head first (``HeadBeforeInput``) had no input layer at ρ = 1 at all. A
+    model in execution order is not re-read (no warning), and ``adjust_lr=`` (the user's shape
+    factor) installs no input rule to re-read."""
+    _reread_input_check()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    RegMuon(model)
+    model(torch.randn(4, 6))
+    assert not [w for w in recwarn if "input layer" in str(w.message)]
+    model = HiddenBeforeInput()
+    opt = RegMuon(model, adjust_lr="original")
+    _regress(model, torch.randn(4, 6)).backward()
+    opt.step()
+    assert not opt._unit_rho and not [w for w in recwarn if "input layer" in str(w.message)]
+
+
+def test_reread_input_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_reread_input_check`: the input layer never
+    re-read (registration order kept), re-read as the last layer to run, re-read only without
+    ``output=``."""
+
+    class Never(RegMuon):
+        def _reread_input(self, model, first):
+            return None
+
+    class Last(RegMuon):
+        def _first_forward(self, model, order, outputs, inputs):
+            super()._first_forward(model, order, outputs, [])
+            if inputs:
+                self._reread_input(model, [n for n in order if n in inputs][-1])
+
+    class OnlyWithoutOutput(RegMuon):
+        def _first_forward(self, model, order, outputs, inputs):
+            super()._first_forward(model, order, outputs, inputs if outputs else [])
+
+    for mutant in (Never, Last, OnlyWithoutOutput):
+        with pytest.raises(AssertionError):
+            _reread_input_check(mutant)
 
 
 def test_the_input_layer_is_the_first_matrix_layer_unless_an_embedding_reads_the_input():

@@ -43,6 +43,7 @@ from .routing import (
     lr_by_schedule,
     lr_by_structure,
     make_rule,
+    matrix_layers,
     output_candidates,
     route_module,
     softmax_head,
@@ -187,7 +188,7 @@ class RegMuon(Optimizer):
         # decay of a regressor's matrices (then _cautious: its λ, 0 for none)
         self._cautious_pending: float | None = None
         self._cautious = 0.0
-        model_routing = None
+        model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
             model, model_routing, pairs = params, *route_module(params, output=output,
@@ -210,6 +211,7 @@ class RegMuon(Optimizer):
                         self._cautious_pending = float(self.options.lr)  # warm-up's test
                     if "adjust_lr" not in overrides:  # else the user chose the shape factor
                         self._input_pending = _input_matrices(model, model_routing, pairs)
+                        watch_input = True
                     model_routing.decay = (f"decided at the first step: {decay:g} if the output "
                                            f"layer is a softmax head, else 0 (cautious "
                                            f"{REGRESSION_CAUTIOUS_DECAY:g} under a warm-up) "
@@ -231,10 +233,15 @@ class RegMuon(Optimizer):
                                             if not isinstance(g["lr"], Tensor)}  # fmt: skip
                     model_routing.schedule = (f"decided at the first step: x {factor:g} on a "
                                               f"group whose lr a warm-up has lowered ({why})")
-            if model_routing.output.endswith(f"({REGISTRATION_ORDER})"):
+            outputs = (output_candidates(model)
+                       if model_routing.output.endswith(f"({REGISTRATION_ORDER})") else [])
+            inputs = matrix_layers(model) if watch_input else []
+            if outputs or inputs:  # checked against the first forward's order (the inputs, if
+                # watched, are every matrix layer: the outputs' candidates among them)
                 ref = weakref.ref(self)
-                FirstForward(model, output_candidates(model), lambda order: (
-                    opt._reroute(model, order) if (opt := ref()) is not None else None))
+                FirstForward(model, inputs or outputs, lambda order: (
+                    opt._first_forward(model, order, outputs, inputs)
+                    if (opt := ref()) is not None else None))  # fmt: skip
         else:
             self.routing.source = "named parameters" if any(
                 "param_names" in g for g in self.param_groups) else "parameters"  # fmt: skip
@@ -251,6 +258,31 @@ class RegMuon(Optimizer):
                 assert route.view is not None and route.layout is not None
                 self._specs[p] = (route.view, route.layout)
         return [groups["regmuon"], groups["adamw"]]
+
+    def _first_forward(self, model: nn.Module, order: list[str], outputs: list[str],
+                       inputs: list[str]) -> None:  # fmt: skip
+        """The first forward's order of the watched layers: the output layer checked against
+        the ``outputs`` (:meth:`_reroute`), the input layer against the ``inputs``
+        (:meth:`_reread_input`)."""
+        if outputs:
+            self._reroute(model, [n for n in order if n in outputs])
+        if inputs:
+            self._reread_input(model, next((n for n in order if n in inputs), None))
+
+    def _reread_input(self, model: nn.Module, first: str | None) -> None:
+        """After the first forward: if the first matrix layer to run is not the input layer
+        registration order gave, the input layer's ρ = 1 (decided at the first step under a
+        regression head) goes to the one that ran first — while it is still pending."""
+        chosen = input_layer(model)
+        if first is None or first == chosen or self._decay_pending is None:
+            return
+        params = dict(model.named_parameters())
+        self._input_pending = tuple(
+            (r.name, params[r.name]) for r in self.routing.routes
+            if r.algorithm == "regmuon" and r.name.startswith(f"{first}."))  # fmt: skip
+        warnings.warn(f"RegMuon(model): the input layer is {first!r} (the first matrix layer to "
+                      f"run in the first forward), not {chosen!r} (the first registered)",
+                      RoutingWarning, stacklevel=2)  # fmt: skip
 
     def _reroute(self, model: nn.Module, order: list[str]) -> None:
         """After the first forward: if the output layer chosen by registration order is not

@@ -250,8 +250,9 @@ def input_layer(model: nn.Module) -> str | None:
     """The name of the module that reads ``model``'s raw input: the first, in registration
     order, that holds a declared matrix (:data:`MATRIX_PARAMETERS`) — a first ``Linear`` on
     table columns, a first conv on pixels — or ``None`` when an embedding comes first (its
-    rows are looked up, not multiplied) or there is none. A model that registers its input
-    layer after another matrix layer is misread."""
+    rows are looked up, not multiplied) or there is none. ``RegMuon(model)`` checks it against
+    the first forward (:class:`FirstForward`): where another matrix layer runs first, that one
+    is the input layer its rules read."""
     for name, module in model.named_modules():
         if not name:
             continue
@@ -577,6 +578,12 @@ def output_layers(model: nn.Module, output: Any = None) -> tuple[list[str], str]
 #: then checks it against the execution order of the first forward, :class:`FirstForward`).
 REGISTRATION_ORDER = "the last matrix layer outside repeated blocks, in registration order"
 EXECUTION_ORDER = "the last matrix layer outside repeated blocks to run in the first forward"
+
+
+def matrix_layers(model: nn.Module) -> list[str]:
+    """Modules holding declared weight matrices (:data:`MATRIX_PARAMETERS`), other than the model
+    itself, in registration order."""
+    return [name for name, module in model.named_modules() if name and declared_matrices(module)]
 
 
 def output_candidates(model: nn.Module) -> list[str]:
