@@ -9,6 +9,8 @@ variables, :func:`muonflow.distributed.init_from_env`), then, at world 3 and at 
   Gram scheme's fallback, float32 at RegMuon's default ``tol``) against the single-process map;
 - trains a small transformer (embedding with a tied head, Linear layers, stacked ``[E, m, n]``
   experts) wrapped with ``fully_shard`` for 3 steps, saves a DCP checkpoint, trains 2 more;
+- trains a small regressor with ``RegMuon(model)`` (every rule by structure, cautious decay
+  under a warm-up) sharded, at world 2 and 3;
 - world 2: reloads the checkpoint into a fresh model and resumes; a NaN on one rank; world 3:
   loads the world-2 checkpoint and resumes; last, an exception on one rank of world 2.
 
@@ -232,6 +234,57 @@ def _kernel_cases(mesh1d: Any, hsdp: Any) -> dict[str, Any]:
     return out
 
 
+# -- RegMuon(model) by structure on a sharded regressor under a warm-up ----------------------------
+class Regressor(torch.nn.Module):
+    """No normalization, embedding or recurrent layer, one output: ``RegMuon(model)`` decides at
+    its first step (on the head's full gradient) no decay by structure, the input layer at
+    ρ = 1 and, under a warm-up, cautious decay on the matrices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(5, DIM)
+        self.hidden = torch.nn.Linear(DIM, DIM)
+        self.out = torch.nn.Linear(DIM, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(torch.tanh(self.inp(x))))).squeeze(-1)
+
+
+def _regressor_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(BATCH, 5, generator=gen, dtype=torch.float64)
+    return X, X[:, 0].sin() + 0.3 * X[:, 1]
+
+
+def _regressor_run(mesh: Any = None, rows: slice = slice(None), cautious: bool = True
+                   ) -> dict[str, Any]:  # fmt: skip
+    """``RegMuon(model, eps=EPS, tol=None)`` (every rule by structure on) on :class:`Regressor`,
+    sharded on ``mesh`` (``None``: one process), ``STEPS + MORE`` steps of MSE under a
+    three-step warm-up; ``cautious=False`` turns the cautious decay off (the check's control)."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(2)
+    model = Regressor().double()
+    if mesh is not None:
+        for layer in (model.inp, model.hidden):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    opt = mf.RegMuon(model, eps=EPS, tol=None)
+    if not cautious:
+        opt._cautious_pending = None
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 3))
+    X, y = _regressor_data()
+    for _ in range(STEPS + MORE):
+        loss = torch.nn.functional.mse_loss(model(X[rows]), y[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return {"params": _full(model), "cautious": opt._cautious,
+            "unit_rho": sorted(opt._unit_rho.values()),
+            "decay": opt.param_groups[0]["weight_decay"]}
+
+
 # -- workers ---------------------------------------------------------------------------------------
 def _init(rank: int, world: int, port: int) -> None:
     """As torchrun does: the environment variables, then ``init_from_env``."""
@@ -422,9 +475,11 @@ def _worker_body(rank: int, port: int, out_dir: str) -> None:
             res[2]["from_one"] = _from_one_process(rank, 2, mesh2,
                                                    os.path.join(out_dir, "one_process.pt"))
             res[2]["disagree"] = _disagreeing_ranks(rank, mesh2)
+            res[2]["regressor"] = _regressor_run(mesh2, mfd.shard_range(BATCH, rank, 2))
         dist.barrier()  # the world-2 checkpoint is written
         res[3]["fsdp"] = _fsdp_run(rank, 3, mesh3, ckpt3)
         res[3]["resumed"] = _resume(rank, 3, mesh3, ckpt2)
+        res[3]["regressor"] = _regressor_run(mesh3, mfd.shard_range(BATCH, rank, 3))
         res[3]["warnings"] = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught]
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
         if rank < 2:  # breaks the group: last
@@ -515,6 +570,29 @@ def test_fully_sharded_training_equals_one_process(runs: Any, world: int) -> Non
     assert layouts["experts.w"] == "local" and layouts["blocks.0.qkv.weight"] == "rows"
     stats = runs[world][0]["fsdp"]["comm_one_step"]
     assert stats["all_to_all_calls"] > 0 and stats["reduce_scatter_calls"] > 0
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_regmuon_model_decides_and_trains_a_sharded_regressor_as_one_process(runs: Any,
+                                                                              world: int) -> None:
+    """``RegMuon(model)`` on a sharded regressor under a warm-up: every rank decides what one
+    process decides at the first step (cautious decay on the matrices, the input layer at
+    ρ = 1, no decay), and the weights after ``STEPS + MORE`` steps equal one process's (the
+    module docstring's tolerance). Not vacuous: the same run without the cautious decay ends
+    farther than 1e6 tolerances away, so a sharded step that skipped it fails."""
+    from muonflow.optim import REGRESSION_CAUTIOUS_DECAY
+
+    ref, plain = _regressor_run(), _regressor_run(cautious=False)
+    tol = _tol(STEPS + MORE)
+    assert ref["cautious"] == REGRESSION_CAUTIOUS_DECAY and ref["unit_rho"] == ["inp.weight"]
+    for rank, res in enumerate(runs[world]):
+        got = res["regressor"]
+        assert (got["cautious"], got["unit_rho"], got["decay"]) == (
+            ref["cautious"], ref["unit_rho"], ref["decay"]), (world, rank)  # fmt: skip
+        _assert_close(got["params"], ref["params"], tol, f"regressor world {world} rank {rank}")
+    gap = max(float((plain["params"][n] - p).abs().max()) / float(p.abs().max())
+              for n, p in ref["params"].items() if p.ndim == 2 and n != "out.weight")  # fmt: skip
+    assert gap > 1e6 * tol, gap
 
 
 @pytest.mark.parametrize("world", [2, 3])
