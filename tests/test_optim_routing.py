@@ -1022,11 +1022,21 @@ def test_no_output_layer_means_no_decay():
     assert opt.param_groups[0]["weight_decay"] == 0.0 and "no output layer" in str(opt.routing)
 
 
+def _without_extras(sd: dict) -> dict:
+    """A state dict with neither copy of RegMuon's extras (the top-level ``"regmuon"`` entry,
+    the groups' ``GROUP_EXTRAS``): a DCP checkpoint of an earlier version."""
+    key = mf.optim.optimizer.GROUP_EXTRAS
+    return {**{k: v for k, v in sd.items() if k != "regmuon"},
+            "param_groups": [{k: v for k, v in g.items() if k != key}
+                             for g in sd["param_groups"]]}  # fmt: skip
+
+
 @pytest.mark.parametrize("before_first_step", [False, True])
 @pytest.mark.parametrize(("loss", "decay"), [(_classify, mf.optim.UNNORMALIZED_DECAY),
                                               (_regress, 0.0)])  # fmt: skip
 def test_a_resume_without_the_extras_keeps_the_decision(loss, decay, before_first_step):
-    """DCP keeps ``state`` and ``param_groups`` only: a fresh ``RegMuon(model)`` loading them
+    """A checkpoint with no extras at all (DCP's state before the groups carried a copy): a
+    fresh ``RegMuon(model)`` loading them
     ends with the decay the uninterrupted run has — after the decision (a kept decay stands, a
     zero one is taken again from the same head) and before it (its own pending decision is
     kept, not cleared by a checkpoint that says nothing about it). Mutant caught: a load
@@ -1038,7 +1048,7 @@ def test_a_resume_without_the_extras_keeps_the_decision(loss, decay, before_firs
     if not before_first_step:
         loss(model, x).backward()
         opt.step()
-    sd = {k: v for k, v in opt.state_dict().items() if k != "regmuon"}
+    sd = _without_extras(opt.state_dict())
     fresh = RegMuon(model)
     fresh.load_state_dict(sd)
     for o in (opt, fresh):
@@ -1270,17 +1280,22 @@ def test_the_cautious_decay_travels_with_checkpoints_and_refuses_corrupt_entries
 def test_a_checkpoint_from_before_the_cautious_rule_resumes_as_it_ran():
     """A regressor's checkpoint taken before its first step: one saved before the rule existed
     (extras without ``cautious_pending``) resumes without the cautious decay, as it would have
-    run; DCP's state (no extras) decides again at the next step from the lr then (a warm-up: the
-    decay), as a fresh optimizer does; the current one carries its pending entry. Mutant caught:
-    a missing entry read as pending (the old run given the decay)."""
+    run; an earlier DCP state (no extras anywhere) decides again at the next step from the lr
+    then (a warm-up: the decay), as a fresh optimizer does; the current one, and today's DCP
+    state (the groups' copy only), carry its pending entry. Mutant caught: a missing entry read
+    as pending (the old run given the decay)."""
     for extras, want in (("old", 0.0), ("none", mf.optim.REGRESSION_CAUTIOUS_DECAY),
+                         ("groups", mf.optim.REGRESSION_CAUTIOUS_DECAY),
                          ("current", mf.optim.REGRESSION_CAUTIOUS_DECAY)):  # fmt: skip
         torch.manual_seed(0)
         model, x = _mlp(), torch.randn(32, 6)
         sd = RegMuon(model).state_dict()
         if extras == "old":
             del sd["regmuon"]["cautious_pending"]
+            del sd["param_groups"][0][mf.optim.optimizer.GROUP_EXTRAS]
         elif extras == "none":
+            sd = _without_extras(sd)
+        elif extras == "groups":
             del sd["regmuon"]
         fresh = RegMuon(model)
         fresh.load_state_dict(sd)
@@ -1420,3 +1435,191 @@ def test_a_first_step_decision_is_made_once_and_travels_with_checkpoints(decisio
     if decision == "lr by schedule":
         f = mf.optim.WARMUP_LR_FACTOR
         assert f"from a checkpoint: group 0 x {f:g}, group 1 x {f:g}" in pending.routing.schedule
+
+
+# -- torch.distributed.checkpoint: its state init, and the decisions in its checkpoints ---------
+class TiedLM(nn.Module):
+    """Logits through the embedding's matrix; built with ``output=()`` (no output layer:
+    ``NO_HEAD``), so the lr by schedule is decided from the lr alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.hidden = nn.Embedding(10, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.tanh(self.hidden(self.emb(x))) @ self.emb.weight.T
+
+
+def _decisions(opt: RegMuon) -> tuple:
+    return (opt._decay_pending, opt._cautious_pending, opt._cautious, opt._scale_pending,
+            opt._lr_scale, opt._warmup_pending, opt._warmup_scale, sorted(opt._unit_rho.values()),
+            opt.param_groups[0]["weight_decay"], opt.routing.decay, opt.routing.lr,
+            opt.routing.schedule)  # fmt: skip
+
+
+_DCP_CASES = {"classifier": (_mlp, _classify, torch.randn),
+              "regressor": (_mlp, _regress, torch.randn),
+              "LayerNorm classifier": (_ln_mlp, _classify, torch.randn),
+              "tokens": (_tokens_mlp, _tokens_loss, None), "tied LM": (TiedLM, _tokens_loss, None)}
+
+
+def _dcp_init_check(cls=RegMuon):
+    """torch.distributed.checkpoint's ``get_state_dict`` on a fresh ``cls(model)`` (its state init:
+    a step on zero gradients at lr 0) decides nothing, and the first real step then decides what
+    it decides without that call, for every rule by structure and by schedule (a classifier's
+    decay, a regressor's input layer and cautious decay under a warm-up, a normalized
+    classifier's lrs, a sequence model's lr under a constant lr, with and without an output
+    layer); a real step on zero gradients decides nothing the head decides either."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    for name, (make, loss, draw) in _DCP_CASES.items():
+        torch.manual_seed(0)
+        x = torch.randint(0, 10, (32,)) if draw is None else draw(32, 6)
+        got = []
+        for init in (False, True):
+            torch.manual_seed(1)
+            model = make()
+            opt = cls(model, **({"output": ()} if make is TiedLM else {}))
+            torch.optim.lr_scheduler.LambdaLR(opt, _warm if name == "regressor" else lambda t: 1.0)
+            pending = _decisions(opt)
+            if init:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    get_state_dict(model, opt)
+                assert _decisions(opt) == pending, name
+                for p in model.parameters():
+                    p.grad = torch.zeros_like(p)
+                opt.step()  # a real lr, zero gradients: no head to read (the lr by schedule
+                now = _decisions(opt)  # reads the real lr, and waits for a head if there is one)
+                assert now[:5] + now[7:8] == pending[:5] + pending[7:8], name
+                if make is not TiedLM:
+                    assert now[5:7] == pending[5:7], name
+                opt.zero_grad()
+            loss(model, x).backward()
+            opt.step()
+            got.append(_decisions(opt))
+        assert got[0] == got[1], name
+        assert got[0] != pending, name  # the real step decided something
+
+
+def test_dcps_state_init_step_decides_nothing():
+    """Defect caught: ``get_state_dict(model, opt)`` on a fresh ``RegMuon(model)`` (how a DCP
+    resume, or a checkpoint before the first step, begins) decided every rule at its zero-gradient,
+    lr-0 step: a classifier read as a regressor (no decay, the input layer at ρ = 1, cautious
+    decay), a sequence model's lrs doubled under a constant lr."""
+    _dcp_init_check()
+
+
+def test_dcp_init_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_dcp_init_check`: the idle step deciding (the
+    defect), a zero head gradient read as a head (the zero-gradient step then decides)."""
+
+    class Decides(RegMuon):
+        def _idle(self):
+            return False
+
+    class ZeroHeadReads(RegMuon):
+        def _head(self):
+            outputs = {r.name for r in self.routing.routes
+                       if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
+            heads = [p for g in self.param_groups for n, p in zip(g["param_names"], g["params"],
+                     strict=True) if n in outputs]  # fmt: skip
+            if not heads:
+                return mf.optim.optimizer.NO_HEAD
+            if any(p.grad is None for p in heads):
+                return None
+            found = [mf.optim.softmax_head(p.grad) for p in heads]
+            return all(ok for ok, _ in found), max(r for _, r in found)
+
+    for mutant in (Decides, ZeroHeadReads):
+        with pytest.raises(AssertionError):
+            _dcp_init_check(mutant)
+
+
+def _dcp_resume(tmp_path, make, loss, x, lr_lambda, drop_copy=False):
+    """Three steps, a DCP checkpoint (``get_state_dict``, ``dcp.save``), three more; and a fresh
+    model and optimizer resumed from it the DCP way (``get_state_dict``, ``dcp.load``,
+    ``set_state_dict``) for the same three: both models' parameters. ``drop_copy``: the
+    checkpoint without the groups' copy of the extras (an earlier version's)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def build():
+        torch.manual_seed(0)
+        model = make()
+        opt = RegMuon(model)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    def run(model, opt, sched, n):
+        for _ in range(n):
+            opt.zero_grad()
+            loss(model, x).backward()
+            opt.step()
+            sched.step()
+
+    path = tmp_path / f"{make.__name__}{'_old' if drop_copy else ''}"
+    with warnings.catch_warnings():  # DCP says it assumes a single process: that is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        model, opt, sched = build()
+        run(model, opt, sched, 3)
+        msd, osd = get_state_dict(model, opt)
+        if drop_copy:
+            osd = _without_extras(osd)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+        sched_sd = copy.deepcopy(sched.state_dict())
+        run(model, opt, sched, 3)
+        fresh, fopt, fsched = build()
+        msd, osd = get_state_dict(fresh, fopt)
+        sd = {"model": msd, "optim": osd}
+        # an earlier version's checkpoint lacks the entry a fresh state dict has: DCP loads it
+        # with a partial-load planner (optimizer.md)
+        planner = dcp.DefaultLoadPlanner(allow_partial_load=True) if drop_copy else None
+        dcp.load(sd, checkpoint_id=path, planner=planner)
+        set_state_dict(fresh, fopt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        fsched.load_state_dict(sched_sd)
+        run(fresh, fopt, fsched, 3)
+    return list(model.parameters()), list(fresh.parameters()), opt, fopt
+
+
+def test_a_dcp_checkpoint_carries_the_decisions(tmp_path):
+    """A DCP checkpoint carries RegMuon(model)'s decisions in its groups (``GROUP_EXTRAS``): a
+    sequence model under a decay with no warm-up (lr x 1) and a regressor caught mid-warm-up
+    (cautious decay, the input layer at ρ = 1) resume bit for bit as the uninterrupted runs.
+    Defect caught: DCP dropped the extras, and the resumed sequence model read its decaying lr
+    as a warm-up (its lrs doubled). Not vacuous: the same checkpoint without the groups' copy
+    resumes differently."""
+    x_tok, x = torch.randint(0, 10, (32,)), torch.randn(32, 6)
+    decay = lambda t: 1.0 - t / 10  # noqa: E731
+    for make, loss, xs, lam in ((_tokens_mlp, _tokens_loss, x_tok, decay),
+                                (_mlp, _regress, x, _warm)):  # fmt: skip
+        a, b, opt, fopt = _dcp_resume(tmp_path, make, loss, xs, lam)
+        assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True)), make.__name__
+        assert _decisions(opt)[:8] == _decisions(fopt)[:8]
+    a, b, opt, fopt = _dcp_resume(tmp_path, _tokens_mlp, _tokens_loss, x_tok, decay, True)
+    assert not opt._warmup_scale and fopt._warmup_scale  # the old checkpoint's misread
+    assert not all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_corrupt_group_extras_are_refused_with_nothing_changed():
+    """The groups' copy of the extras is read (when the top-level entry is absent) and checked as
+    the entry is: not JSON, not an object, an invalid entry: a clear error, nothing loaded."""
+    torch.manual_seed(0)
+    model, x = _mlp(), torch.randn(32, 6)
+    opt = RegMuon(model)
+    _regress(model, x).backward()
+    opt.step()
+    sd = {k: v for k, v in opt.state_dict().items() if k != "regmuon"}
+    key = mf.optim.optimizer.GROUP_EXTRAS
+    fresh = RegMuon(copy.deepcopy(model))
+    before = _decisions(fresh)
+    for bad, match in (("{not json", "one JSON object"), ("[1, 2]", "one JSON object"),
+                       ('{"cautious": -1.0}', "cautious"),
+                       ('{"unit_rho": ["nope"]}', "nope")):  # fmt: skip
+        corrupt = copy.deepcopy(sd)
+        corrupt["param_groups"][0][key] = bad
+        with pytest.raises(ValueError, match=match):
+            fresh.load_state_dict(corrupt)
+        assert _decisions(fresh) == before and not fresh.state
+    fresh.load_state_dict(sd)
+    assert _decisions(fresh)[:8] == _decisions(opt)[:8]
+    assert all(key not in g for g in fresh.param_groups)  # the live groups never hold it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import signal
 import threading
@@ -493,10 +494,13 @@ class RegMuon(Optimizer):
         if todo is None:
             self.skipped_steps += 1
             return loss
-        decided = self._decide_decay() if self._decay_pending is not None else None
-        scale = self._decide_scale() if self._scale_pending is not None else None
+        idle = self._idle()
+        decided = (self._decide_decay() if self._decay_pending is not None and not idle
+                   else None)  # fmt: skip
+        scale = self._decide_scale() if self._scale_pending is not None and not idle else None
         lr_scale = self._lr_scale if scale is None else scale[0]
-        warm = self._decide_warmup() if self._warmup_pending is not None else None
+        warm = (self._decide_warmup() if self._warmup_pending is not None and not idle
+                and self._head() is not None else None)  # fmt: skip
         warm_scale = self._warmup_scale if warm is None else warm[0]
         for gi, factor in warm_scale.items():  # the schedule's factor, then the structure's
             opts[gi] = _scaled(opts[gi], self.param_groups[gi]["algorithm"], factor)
@@ -556,6 +560,14 @@ class RegMuon(Optimizer):
                     self._adamw_group(o, items)
         return loss
 
+    def _idle(self) -> bool:
+        """Whether this step moves nothing, every group's lr 0, while a decision is pending: it
+        decides nothing (torch.distributed.checkpoint's ``get_state_dict`` initializes a fresh
+        optimizer's state with such a step, on zero gradients). The lrs are read only then."""
+        pending = (self._decay_pending is not None or self._scale_pending is not None
+                   or self._warmup_pending is not None)  # fmt: skip
+        return pending and all(not float(g["lr"]) for g in self.param_groups)
+
     def _decide_decay(self) -> tuple[float, str, bool] | None:
         """RegMuon(model)'s pending decay by structure, decided from the output layer's
         gradient (:func:`~muonflow.optim.routing.softmax_head`): ``(λ, why, False)`` for a
@@ -613,7 +625,8 @@ class RegMuon(Optimizer):
         return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"
 
     def _decide_warmup(self) -> tuple[dict[int, float], str]:
-        """RegMuon(model)'s lr factors by schedule, decided at its first step: ``(factors by
+        """RegMuon(model)'s lr factors by schedule, decided at its first step with an output
+        layer's gradient (not all zero), as the rules by structure are: ``(factors by
         group index, why)``, :data:`~muonflow.optim.WARMUP_LR_FACTOR` for each group whose
         (float) lr is below the one it was built with — a scheduler's warm-up has lowered it —
         and none for the others. Changes nothing."""
@@ -634,7 +647,7 @@ class RegMuon(Optimizer):
 
     def _head(self) -> tuple[bool, float] | None:
         """``(softmax?, r)`` of the output layer's gradient (:func:`softmax_head`; ``NO_HEAD``
-        with no output layer), ``None`` while it has no gradient."""
+        with no output layer), ``None`` while it has no gradient or an all-zero one."""
         outputs = {r.name for r in self.routing.routes
                    if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
         heads = [p for g in self.param_groups for n, p in
@@ -645,6 +658,8 @@ class RegMuon(Optimizer):
         if any(p.grad is None for p in heads):
             return None
         grads = [p.grad.full_tensor() if is_dtensor(p.grad) else p.grad for p in heads]
+        if not any(bool(g.any()) for g in grads):  # no information (torch.distributed.
+            return None  # checkpoint's state init steps with zero gradients and lr 0)
         found = [softmax_head(g) for g in grads]
         return all(ok for ok, _ in found), max(x for _, x in found)
 
@@ -776,6 +791,33 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         if factors:
             extras[key] = [[gi, f] for gi, f in sorted(factors.items())]
     state_dict["regmuon"] = extras
+    if state_dict["param_groups"]:  # DCP keeps param_groups, not extras: one string there too
+        state_dict["param_groups"][0][GROUP_EXTRAS] = json.dumps(extras, sort_keys=True)
+
+
+#: The key of ``state_dict()["param_groups"][0]`` that repeats the ``"regmuon"`` extras as one
+#: JSON string: torch.distributed.checkpoint's state dicts keep a group's entries and drop other
+#: top-level keys, and a string is one leaf whatever the decisions are (a DCP load fills the
+#: leaves of a fresh optimizer's state dict, whose decisions are still pending).
+GROUP_EXTRAS = "regmuon_extras"
+
+
+def _group_extras(groups: Any) -> dict[str, Any] | None:
+    """The extras a checkpoint's groups repeat (:data:`GROUP_EXTRAS`), decoded and checked to
+    be a dict; ``None`` if no group holds them."""
+    if not isinstance(groups, list | tuple):
+        return None
+    texts = [g[GROUP_EXTRAS] for g in groups if isinstance(g, dict) and GROUP_EXTRAS in g]
+    if not texts:
+        return None
+    try:
+        extras = json.loads(texts[0]) if isinstance(texts[0], str) else None
+    except ValueError:
+        extras = None
+    if len(texts) > 1 or not isinstance(extras, dict):
+        raise ValueError(f"state_dict['param_groups'][0][{GROUP_EXTRAS!r}] must be one JSON "
+                         f"object (RegMuon's extras), got {texts!r}")  # fmt: skip
+    return extras
 
 
 def _scaled(o: RegMuonOptions, algorithm: str, factor: float) -> RegMuonOptions:
@@ -870,7 +912,12 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
     """The last load pre hook: check the checkpoint whole, match named parameters by name, and
     take out RegMuon's extras (restored by ``__setstate__`` during the load)."""
     opt = cast(RegMuon, optimizer)
+    if "regmuon" not in state_dict and isinstance(state_dict, dict):  # DCP: the groups' copy
+        extras = _group_extras(state_dict.get("param_groups"))
+        if extras is not None:
+            state_dict = {**state_dict, "regmuon": extras}
     groups = check_state_dict(state_dict, opt.param_groups, opt._specs, opt.options)
+    groups = [{k: v for k, v in g.items() if k != GROUP_EXTRAS} for g in groups]
     opt.__dict__["_loading_skipped"] = int(state_dict.get("regmuon", {}).get("skipped_steps", 0))
     if "regmuon" in state_dict:  # its extras say what is pending (nothing: decided)
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
