@@ -136,14 +136,15 @@ def pick(names: list[str], rows: list[list[float]], stage: str = "regpart"
 
 
 def _panel(ax: Any, xs: list[float], ticks: list[str], rows: dict[str, list[float]],
-           title: str, xlabel: str, marked: frozenset[str] = frozenset()) -> None:  # fmt: skip
+           title: str, xlabel: str, marked: frozenset[str] = frozenset(),
+           marked_label: str = "Friedman #3") -> None:  # fmt: skip
     """One panel of the screen's figures: each task's ratios against ``xs`` (thin lines, blue for
     the ``marked`` tasks), their median (thick), the 1.03 line; log scales clipped at 10x."""
     for task, ratios in rows.items():
         mark = task in marked
         ax.plot(xs, ratios, color="C0" if mark else "0.6", lw=1.2 if mark else 0.7,
                 alpha=0.9 if mark else 0.7,
-                label="Friedman #3" if mark and task == min(set(rows) & marked) else None)
+                label=marked_label if mark and task == min(set(rows) & marked) else None)
     median = [sorted(col)[len(rows) // 2] for col in zip(*rows.values(), strict=True)]
     ax.plot(xs, median, color="C3", lw=2.2, marker="o", label="median")
     ax.axhline(1.03, color="k", lw=0.8, ls="--")
@@ -229,11 +230,12 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 
 
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
-                 marked: frozenset[str] = frozenset(),
+                 marked: frozenset[str] = frozenset(), marked_label: str = "Friedman #3",
                  what: str = "decay λ of the matrices (0: none)") -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
-    blue for the ``marked`` tasks: the Friedman #3 models; today's λ = 0 drawn at the grid's left
-    end), the median (thick), log scales."""
+    blue for the ``marked`` tasks, named ``marked_label``: the Friedman #3 models, or for
+    ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end), the median
+    (thick), log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +250,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
         _panel(ax, xs, [f"{decays[j]:g}" for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
-               f"{cls} ({len(rows)} regressors)", what, marked)
+               f"{cls} ({len(rows)} regressors)", what, marked, marked_label)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -268,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
-    friedman3: set[str] = set()
+    friedman3: set[str] = set()  # the tasks the figure marks (the diabetes MLPs for regnoise)
+    marked_label = "diabetes" if args.stage == "regnoise" else "Friedman #3"
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -279,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             schedule = bt.PROFILES[profile].suite[task].schedule
             by_class["constant" if schedule == "constant" else "warm-up and decay"][task] = row
             outs[task] = Path(out)
-            if bt.PROFILES[profile].suite[task].options.get("function") == 3:
+            options = bt.PROFILES[profile].suite[task].options
+            if (options.get("dataset") == "diabetes" if args.stage == "regnoise"
+                    else options.get("function") == 3):  # fmt: skip
                 friedman3.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         figure(names, by_class, args.out / f"{stem}.png")
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
-                     DECAY_STAGES[args.stage][2])
+                     marked_label=marked_label, what=DECAY_STAGES[args.stage][2])
     print("\n".join(lines))
     return 0
 
