@@ -81,6 +81,12 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   scaled by :math:`\varphi_t^a`, ``a = regression_noise`` (1 at the first step, where
   :math:`\kappa_1 = 1`). A fitted signal under a noise floor shrinks the step toward 0; a clean
   target keeps it.
+- ``softmax_noise``: the same scaled step, for the class of round 10's lrs by structure instead
+  (a network with a normalization layer, no embedding or recurrent layer, whose first matrix
+  layer reads the raw input, under a softmax head: where ``RegMuon(model)`` decides its smaller
+  lrs at the first step). Such a classifier fits its small training set exactly and its
+  held-out loss climbs after the fit, its step keeping Muon's size on a gradient that has become
+  a few examples' noise.
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
-          "regression_cautious": float, "regression_noise": float}
+          "regression_cautious": float, "regression_noise": float, "softmax_noise": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
@@ -131,8 +137,9 @@ class LeverRegMuon(RegMuon):
     times its scheduled lr (float lrs only); ``regression_decay = λ`` decays the matrices of a
     network the decay by structure decides under a head that is not a softmax one by λ;
     ``regression_cautious = λ`` decays them cautiously instead; ``regression_noise = a`` scales
-    such a network's every step by the signal's share of its gradient to the power ``a`` (the
-    module docstring).
+    such a network's every step by the signal's share of its gradient to the power ``a``, and
+    ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs (the module
+    docstring).
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class LeverRegMuon(RegMuon):
         regression_decay: float = 0.0,
         regression_cautious: float = 0.0,
         regression_noise: float = 0.0,
+        softmax_noise: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -161,9 +169,10 @@ class LeverRegMuon(RegMuon):
         if not (math.isfinite(regression_cautious) and regression_cautious >= 0):
             raise ValueError(f"regression_cautious must be a finite decay >= 0, "
                              f"got {regression_cautious!r}")  # fmt: skip
-        if not (math.isfinite(regression_noise) and regression_noise >= 0):
-            raise ValueError(f"regression_noise must be a finite exponent >= 0, "
-                             f"got {regression_noise!r}")  # fmt: skip
+        for name, value in (("regression_noise", regression_noise),
+                            ("softmax_noise", softmax_noise)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
@@ -173,6 +182,7 @@ class LeverRegMuon(RegMuon):
         self.regression_decay = regression_decay
         self.regression_cautious = regression_cautious
         self.regression_noise = regression_noise
+        self.softmax_noise = softmax_noise
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -325,10 +335,11 @@ class LeverRegMuon(RegMuon):
                     elif power > 0:
                         c = power / max(float(p.grad.norm() * (p - last).norm()), 1e-30)
                         buf.mul_(max(0.0, 1.0 - float(self.guard) * c))
-        if self.regression_noise:
+        if self.regression_noise or self.softmax_noise:
             self._observe_noise()
         before = {}
-        if self.cautious_wd or self.guard or self.regression_cautious or self.regression_noise:
+        if (self.cautious_wd or self.guard or self.regression_cautious or self.regression_noise
+                or self.softmax_noise):  # fmt: skip
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
         pending, skipped = self._decay_pending is not None, self.skipped_steps
         inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
@@ -354,9 +365,11 @@ class LeverRegMuon(RegMuon):
                         old = before[p]
                         mask = (p - old) * old <= 0  # u ⊙ W >= 0 with u = -(p - old)/lr
                         p.sub_(old * mask, alpha=g["lr"] * self.regression_cautious)
-        if self.regression_noise and self._regressor and self.skipped_steps == skipped:
+        exponent = (self.regression_noise if self._regressor else
+                    self.softmax_noise if self._lr_scale else 0.0)  # fmt: skip
+        if exponent and self.skipped_steps == skipped:
             for p, (m, v, t) in self._noise.items():
-                s = self.signal_share(m, v, t) ** self.regression_noise
+                s = self.signal_share(m, v, t) ** exponent
                 p.mul_(s).add_(before[p], alpha=1.0 - s)  # before + s (after - before)
         if self.guard:
             self._last = {p: before[p] for p in self._matrices()}

@@ -23,16 +23,17 @@ the grid's largest λ has none and is not picked).
 
 ``--stage regcautious`` joins the ``regcautious`` tables (one column per cautious decay λ of a
 regressor's matrices) the same way, and ``--stage regnoise`` the ``regnoise`` tables (one column
-per exponent ``a`` of the step that reads the gradient's noise; neighbour at ``2a``).
+per exponent ``a`` of the step that reads the gradient's noise; neighbour at ``2a``), and
+``--stage normnoise`` the ``normnoise`` tables (the same step for normalized classifiers that
+read raw inputs: the script's classes and rules apply to any one-lever stage).
 
-``--paired`` (``regdecay``, ``regcautious`` or ``regnoise``) picks by the **paired rule**
-instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out
-Friedman #3 models both times): the held-out test's own harm criterion applied to the seen tasks
-first. A decay is
-*admissible* if on no task of the class it is worse than today's defaults by 2 paired SE or more
-(the per-seed differences of the validation loss over the tuning seeds, read from each set's
-``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio, today's
-defaults if none is.
+``--paired`` (``regdecay``, ``regcautious``, ``regnoise`` or ``normnoise``) picks by the
+**paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
+the held-out Friedman #3 models both times): the held-out test's own harm criterion applied to
+the seen tasks first. A decay is *admissible* if on no task of the class it is worse than
+today's defaults by 2 paired SE or more (the per-seed differences of the validation loss over
+the tuning seeds, read from each set's ``OUT/results.json``); the pick is the admissible decay
+with the smallest mean log ratio, today's defaults if none is.
 
 Usage::
 
@@ -93,7 +94,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "regcautious": ("regression_cautious", "regression cautious",
                                 "cautious decay λ of the matrices (0: none)"),
                 "regnoise": ("regression_noise", "regression noise",
-                             "exponent a of the signal's share on every step (0: none)")}
+                             "exponent a of the signal's share on every step (0: none)"),
+                "normnoise": ("softmax_noise", "softmax noise",
+                              "exponent a of the signal's share on every step (0: none)")}
 
 
 def decay_of(name: str) -> float:
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
     friedman3: set[str] = set()  # the tasks the figure marks (the diabetes MLPs for regnoise)
-    marked_label = "diabetes" if args.stage == "regnoise" else "Friedman #3"
+    marked_label = {"regnoise": "diabetes", "normnoise": "ViT"}.get(args.stage, "Friedman #3")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -282,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             schedule = bt.PROFILES[profile].suite[task].schedule
             by_class["constant" if schedule == "constant" else "warm-up and decay"][task] = row
             outs[task] = Path(out)
-            options = bt.PROFILES[profile].suite[task].options
-            if (options.get("dataset") == "diabetes" if args.stage == "regnoise"
-                    else options.get("function") == 3):  # fmt: skip
+            t = bt.PROFILES[profile].suite[task]
+            if {"regnoise": t.options.get("dataset") == "diabetes",
+                    "normnoise": t.builder == "vit"}.get(args.stage,
+                                                         t.options.get("function") == 3):
                 friedman3.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "

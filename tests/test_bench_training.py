@@ -5,6 +5,7 @@ the arms, the sweeps, the results file, a smoke run of every stage; and the prot
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -857,6 +858,86 @@ def test_regression_noise_check_catches_its_mutants(levers):
             _regression_noise_check(levers, mutant)
 
 
+def _softmax_noise_check(levers, cls):
+    """Three steps of ``cls(model, softmax_noise=1)`` against ``LeverRegMuon(model)``'s from the
+    same weights, state and gradients: a LayerNorm MLP classifier reading raw inputs (round 10's
+    class under a softmax head) has every parameter's step scaled by φ_t of its own gradients
+    (1 at the first, deciding, step); the same network under a regression loss, and a
+    classifier without normalization, step as ``LeverRegMuon(model)``."""
+    torch.manual_seed(8)
+    x, labels = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    for norm, classify in ((True, True), (True, False), (False, True)):
+        model = MLP(4, 16, 3, depth=2, norm=norm)
+        lever = cls(model, softmax_noise=1.0)
+        grads: dict[str, list] = {}
+        for step in range(3):
+            idx = torch.randint(0, 32, (8,))
+            z = model(x[idx])
+            loss = (nn.functional.cross_entropy(z, labels[idx]) if classify
+                    else nn.functional.mse_loss(z, x[idx, :3]))  # fmt: skip
+            model.zero_grad()
+            loss.backward()
+            twin = MLP(4, 16, 3, depth=2, norm=norm)
+            twin.load_state_dict(model.state_dict())
+            plain = levers.LeverRegMuon(twin)
+            if step:
+                plain.load_state_dict(copy.deepcopy(lever.state_dict()))
+            for p, q in zip(twin.parameters(), model.parameters(), strict=True):
+                p.grad = q.grad.clone()
+            w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+            for n, p in model.named_parameters():
+                grads.setdefault(n, []).append(p.grad.detach().clone())
+            plain.step()
+            lever.step()
+            for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+                share = 1.0
+                if norm and classify and step:
+                    b, m, v = levers.NOISE_BETA, torch.zeros_like(p), torch.zeros(())
+                    for g in grads[name]:
+                        m, v = b * m + (1 - b) * g, b * v + (1 - b) * g.square().sum()
+                    share = levers.LeverRegMuon.signal_share(m, v, step + 1)
+                want = w0[name] + share * (q.detach() - w0[name])
+                torch.testing.assert_close(p.detach(), want,
+                                           msg=f"{norm} {classify} {step} {name}")  # fmt: skip
+        if norm and classify:
+            assert lever._lr_scale  # round 10's lrs decided: the class the lever reads
+            assert any(levers.LeverRegMuon.signal_share(*lever._noise[p]) < 0.9
+                       for p in model.parameters())  # the check scales some step  # fmt: skip
+
+
+def test_softmax_noise_scales_a_normalized_classifiers_steps_only(levers):
+    """``softmax_noise``: a normalized classifier's every step scaled by φ^a from the decision
+    on; a regressor and a classifier without normalization unchanged; bad exponents refused."""
+    _softmax_noise_check(levers, levers.LeverRegMuon)
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="softmax_noise"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"softmax_noise": bad})
+
+
+def test_softmax_noise_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_softmax_noise_check`: every model scaled (the
+    class ignored), the regression lever's class read instead, the scale inverted."""
+
+    class EveryModel(levers.LeverRegMuon):
+        @torch.no_grad()
+        def step(self, closure=None):
+            levers.LeverRegMuon.step(self)
+            self._lr_scale = self._lr_scale or {0: 1.0}
+
+    class RegressorsInstead(levers.LeverRegMuon):
+        def __init__(self, model, softmax_noise=0.0, **kw):
+            super().__init__(model, regression_noise=softmax_noise, **kw)
+
+    class Inverted(levers.LeverRegMuon):
+        @staticmethod
+        def signal_share(m, v, t):
+            return 1.0 - levers.LeverRegMuon.signal_share(m, v, t)
+
+    for mutant in (EveryModel, RegressorsInstead, Inverted):
+        with pytest.raises(AssertionError):
+            _softmax_noise_check(levers, mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -996,6 +1077,10 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19")),
+    ("round21", "ROUND21", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1238,10 +1323,12 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
     assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
 
 
-def _decay_stage_check(bench, tmp_path, stage: str, lever: str, grid: list[float]) -> None:
-    """A decay stage's candidates on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it and
-    the prototype ``lever`` at each decay of ``grid``, each changing the result on a regressor."""
-    runs = _run_stage(bench, tmp_path, stage, "friedman_tiny")
+def _decay_stage_check(bench, tmp_path, stage: str, lever: str, grid: list[float],
+                       task: str = "friedman_tiny") -> None:  # fmt: skip
+    """A one-lever stage's candidates on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it
+    and the prototype ``lever`` at each setting of ``grid``, each changing the result on ``task``
+    (a regressor unless given)."""
+    runs = _run_stage(bench, tmp_path, stage, task)
     decays = sorted(r["spec"]["opt"]["levers"][lever] for r in runs
                     if r["spec"]["opt"]["arm"] == "default_lever")  # fmt: skip
     assert decays == sorted(grid * len(bench.LR_SEEDS))
@@ -1275,6 +1362,36 @@ def test_regnoise_stage_runs_todays_defaults_and_each_exponent(bench, tmp_path):
     levers differ)."""
     _decay_stage_check(bench, tmp_path, "regnoise", "regression_noise",
                        [0.125, 0.25, 0.5, 1.0, 2.0])
+
+
+def test_normnoise_stage_runs_todays_defaults_and_each_exponent(bench, tmp_path, monkeypatch):
+    """NORM_NOISE_CANDIDATES: the ``softmax_noise`` lever at 0.125-2, each changing a normalized
+    classifier's result (the smoke profile with a tiny LayerNorm digits MLP held out). Mutants
+    caught: the lever frozen (every column equal to today's), another lever in its place (the
+    stored levers differ)."""
+    smoke = bench.PROFILES["smoke"]
+    tiny = bench.SuiteTask("digits", "tabular", 6, "linear",
+                           {"hidden": 16, "batch": 16, "norm": True})  # fmt: skip
+    split = smoke.split()
+    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
+        smoke, suite={**smoke.suite, "digits_ln_tiny": tiny},
+        split=lambda: {**split, "held_out": [*split["held_out"], "digits_ln_tiny"]}))
+    _decay_stage_check(bench, tmp_path, "normnoise", "softmax_noise",
+                       [0.125, 0.25, 0.5, 1.0, 2.0], task="digits_ln_tiny")
+
+
+def test_round21_is_the_class_the_softmax_noise_lever_reads(bench):
+    """Every model of ROUND21 has normalization, no embedding or recurrent layer, a first
+    matrix layer reading raw inputs, and a softmax head: the class of round 10's lrs by structure
+    (the one ``softmax_noise`` changes). Mutant caught: a set with a regressor in it."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round21"]
+    for task, t in bench.ROUND21.items():
+        assert lr_by_structure(make_task(t.builder, **t.options).make_model())[0], task
+        assert bench.softmax_headed(prof, task), task
+    assert {t.warmup > 0 for t in bench.ROUND21.values()} == {True, False}
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
