@@ -234,7 +234,8 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
                  marked: frozenset[str] = frozenset(), marked_label: str = "Friedman #3",
-                 what: str = "decay λ of the matrices (0: none)") -> None:  # fmt: skip
+                 what: str = "decay λ of the matrices (0: none)", noun: str = "regressors"
+                 ) -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks, named ``marked_label``: the Friedman #3 models, or for
     ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end), the median
@@ -253,7 +254,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
         _panel(ax, xs, [f"{decays[j]:g}" for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
-               f"{cls} ({len(rows)} regressors)", what, marked, marked_label)
+               f"{cls} ({len(rows)} {noun})", what, marked, marked_label)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     outs: dict[str, Path] = {}
     friedman3: set[str] = set()  # the tasks the figure marks (the diabetes MLPs for regnoise)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT"}.get(args.stage, "Friedman #3")
+    noun = "classifiers" if args.stage == "normnoise" else "regressors"
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -297,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.paired:
             diffs = [seed_diffs(outs[t], t, names, args.stage) for t in rows]
             chosen, stats = paired_pick(names, list(rows.values()), diffs)
-            lines += ["", f"## {cls}: {len(rows)} regressors; the paired rule picks **{chosen}**",
+            lines += ["", f"## {cls}: {len(rows)} {noun}; the paired rule picks **{chosen}**",
                       "", "| decay | worst | worse by ≥ 2 paired SE on | mean log ratio | "
                       "better than today |", "|---|---:|---:|---:|---:|"]  # fmt: skip
             lines += [f"| {n} | {w:.3f} | {h} | {m:.3f} | {b} |" for n, w, h, m, b in stats]
             continue
         chosen, stats = pick(names, list(rows.values()), args.stage)
-        lines += ["", f"## {cls}: {len(rows)} regressors; the robust rule picks **{chosen}**",
+        lines += ["", f"## {cls}: {len(rows)} {noun}; the robust rule picks **{chosen}**",
                   "", "| pair | worst | worst robust | mean log ratio | better than today |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         lines += [f"| {n} | {w:.3f} | {r:.3f} | {m:.3f} | {b} |" for n, w, r, m, b in stats]
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         figure(names, by_class, args.out / f"{stem}.png")
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
-                     marked_label=marked_label, what=DECAY_STAGES[args.stage][2])
+                     marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun)
     print("\n".join(lines))
     return 0
 
