@@ -771,48 +771,57 @@ def test_signal_share_reads_the_gradients_noise(levers):
     assert min(shares(lambda: G, 3, no_bias_m)) < 0.99
 
 
-def _regression_noise_check(levers, cls):
-    """Three steps of ``cls(model, regression_noise=1)`` against ``LeverRegMuon(model)``'s from
-    the same weights, state and gradients: under a regression head every parameter's step (both
-    parts) is the plain one times φ_t of its own gradients (1 at the first, deciding, step);
-    under a softmax head the steps are equal."""
+def _noise_lever_check(levers, cls, lever: str, cases) -> None:
+    """Three steps of ``cls(model, **{lever: 1})`` against ``LeverRegMuon(model)``'s from the same
+    weights, state and gradients, for each ``(norm, outputs, classify, scaled)`` of ``cases``
+    (an MLP with or without LayerNorm, cross-entropy or MSE): where ``scaled``, every parameter's
+    step (both parts) is the plain one times φ_t of its own gradients (1 at the first, deciding,
+    step), and some step is scaled; elsewhere the steps are equal."""
     torch.manual_seed(7)
     x, labels = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    for outputs in (1, 3):
-        model = MLP(4, 16, outputs, depth=2)
-        lever = cls(model, regression_noise=1.0)
+    for norm, outputs, classify, scaled in cases:
+        model = MLP(4, 16, outputs, depth=2, norm=norm)
+        opt = cls(model, **{lever: 1.0})
         grads: dict[str, list] = {}
         for step in range(3):
             idx = torch.randint(0, 32, (8,))
             z = model(x[idx])
-            loss = (nn.functional.cross_entropy(z, labels[idx]) if outputs > 1
-                    else nn.functional.mse_loss(z.squeeze(-1), x[idx, 0] + torch.randn(8)))
+            loss = (nn.functional.cross_entropy(z, labels[idx]) if classify else
+                    nn.functional.mse_loss(z, x[idx, :outputs] + torch.randn(8, outputs)))
             model.zero_grad()
             loss.backward()
-            twin = MLP(4, 16, outputs, depth=2)
+            twin = MLP(4, 16, outputs, depth=2, norm=norm)
             twin.load_state_dict(model.state_dict())
             plain = levers.LeverRegMuon(twin)
             if step:
-                plain.load_state_dict(copy.deepcopy(lever.state_dict()))
+                plain.load_state_dict(copy.deepcopy(opt.state_dict()))
             for p, q in zip(twin.parameters(), model.parameters(), strict=True):
                 p.grad = q.grad.clone()
             w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
             for n, p in model.named_parameters():
                 grads.setdefault(n, []).append(p.grad.detach().clone())
             plain.step()
-            lever.step()
+            opt.step()
             for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
                 share = 1.0
-                if outputs == 1 and step:
+                if scaled and step:
                     b, m, v = levers.NOISE_BETA, torch.zeros_like(p), torch.zeros(())
                     for g in grads[name]:
                         m, v = b * m + (1 - b) * g, b * v + (1 - b) * g.square().sum()
                     share = levers.LeverRegMuon.signal_share(m, v, step + 1)
                 want = w0[name] + share * (q.detach() - w0[name])
-                torch.testing.assert_close(p.detach(), want, msg=f"{outputs} {step} {name}")
-        if outputs == 1:
-            assert any(levers.LeverRegMuon.signal_share(*lever._noise[p]) < 0.9
+                torch.testing.assert_close(p.detach(), want,
+                                           msg=f"{norm} {outputs} {classify} {step} {name}")
+        if scaled:
+            assert any(levers.LeverRegMuon.signal_share(*opt._noise[p]) < 0.9
                        for p in model.parameters())  # the check scales some step  # fmt: skip
+
+
+def _regression_noise_check(levers, cls):
+    """``regression_noise`` (:func:`_noise_lever_check`): a regressor without normalization
+    scaled, a classifier not."""
+    _noise_lever_check(levers, cls, "regression_noise",
+                       [(False, 1, False, True), (False, 3, True, False)])
 
 
 def test_regression_noise_scales_a_regressors_steps_only(levers):
@@ -859,50 +868,11 @@ def test_regression_noise_check_catches_its_mutants(levers):
 
 
 def _softmax_noise_check(levers, cls):
-    """Three steps of ``cls(model, softmax_noise=1)`` against ``LeverRegMuon(model)``'s from the
-    same weights, state and gradients: a LayerNorm MLP classifier reading raw inputs (round 10's
-    class under a softmax head) has every parameter's step scaled by φ_t of its own gradients
-    (1 at the first, deciding, step); the same network under a regression loss, and a
-    classifier without normalization, step as ``LeverRegMuon(model)``."""
-    torch.manual_seed(8)
-    x, labels = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    for norm, classify in ((True, True), (True, False), (False, True)):
-        model = MLP(4, 16, 3, depth=2, norm=norm)
-        lever = cls(model, softmax_noise=1.0)
-        grads: dict[str, list] = {}
-        for step in range(3):
-            idx = torch.randint(0, 32, (8,))
-            z = model(x[idx])
-            loss = (nn.functional.cross_entropy(z, labels[idx]) if classify
-                    else nn.functional.mse_loss(z, x[idx, :3]))  # fmt: skip
-            model.zero_grad()
-            loss.backward()
-            twin = MLP(4, 16, 3, depth=2, norm=norm)
-            twin.load_state_dict(model.state_dict())
-            plain = levers.LeverRegMuon(twin)
-            if step:
-                plain.load_state_dict(copy.deepcopy(lever.state_dict()))
-            for p, q in zip(twin.parameters(), model.parameters(), strict=True):
-                p.grad = q.grad.clone()
-            w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-            for n, p in model.named_parameters():
-                grads.setdefault(n, []).append(p.grad.detach().clone())
-            plain.step()
-            lever.step()
-            for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
-                share = 1.0
-                if norm and classify and step:
-                    b, m, v = levers.NOISE_BETA, torch.zeros_like(p), torch.zeros(())
-                    for g in grads[name]:
-                        m, v = b * m + (1 - b) * g, b * v + (1 - b) * g.square().sum()
-                    share = levers.LeverRegMuon.signal_share(m, v, step + 1)
-                want = w0[name] + share * (q.detach() - w0[name])
-                torch.testing.assert_close(p.detach(), want,
-                                           msg=f"{norm} {classify} {step} {name}")  # fmt: skip
-        if norm and classify:
-            assert lever._lr_scale  # round 10's lrs decided: the class the lever reads
-            assert any(levers.LeverRegMuon.signal_share(*lever._noise[p]) < 0.9
-                       for p in model.parameters())  # the check scales some step  # fmt: skip
+    """``softmax_noise`` (:func:`_noise_lever_check`): a LayerNorm MLP classifier reading raw
+    inputs (round 10's class under a softmax head) scaled; the same network under a regression
+    loss, and a classifier without normalization, not."""
+    _noise_lever_check(levers, cls, "softmax_noise",
+                       [(True, 3, True, True), (True, 3, False, False), (False, 3, True, False)])
 
 
 def test_softmax_noise_scales_a_normalized_classifiers_steps_only(levers):
