@@ -39,6 +39,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                ``OUT/regnoise.md``.
 ``normnoise``  :data:`NORM_NOISE_CANDIDATES` (the same scaled step for a normalized classifier
                reading raw inputs), on ``--tasks``; writes ``OUT/normnoise.md``.
+``vitlr``      :data:`VIT_LR_CANDIDATES` (round 10's step times ``f`` for a ViT), on ``--tasks``;
+               writes ``OUT/vitlr.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -56,8 +58,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round21``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND21`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round22``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND22`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -588,6 +590,23 @@ ROUND21: dict[str, SuiteTask] = {
     "digits_ln_h96_d3": SuiteTask("digits", "tabular", 300, "constant",
                                   {"hidden": 96, "depth": 3, "norm": True}),
 }  # fmt: skip
+#: Round 22's held-out set: six ViTs on the digits (the class of round 10's step with an attention
+#: layer; three under warm-up and decay, three under a constant lr), committed before any of
+#: their runs, after round 21's set found a ViT at 3.55x the tuned loss whose tuned Muon wants
+#: four times round 10's matrix lr, and with the next lever's stage and rule, before its screen
+#: was run: **a larger step for a ViT** (round 10's factors times ``f`` where the model has an
+#: attention layer).
+ROUND22: dict[str, SuiteTask] = {
+    "vit_d32_cos": SuiteTask("vit", "vision", 300, "cosine", {"d_model": 32}),
+    "vit_d48_h2_b32": SuiteTask("vit", "vision", 200, "linear",
+                                {"d_model": 48, "n_heads": 2, "batch": 32}),
+    "vit_d56_l3_cos": SuiteTask("vit", "vision", 200, "cosine", {"d_model": 56, "n_layers": 3}),
+    "vit_l1_b32": SuiteTask("vit", "vision", 300, "constant",
+                            {"d_model": 32, "n_layers": 1, "batch": 32}),
+    "vit_p4_h8": SuiteTask("vit", "vision", 300, "constant",
+                           {"d_model": 32, "patch": 4, "n_heads": 8}),
+    "vit_d24_b128": SuiteTask("vit", "vision", 200, "constant", {"d_model": 24, "batch": 128}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -615,6 +634,7 @@ ROUND18_BASELINES_FILE = Path(__file__).with_name("training_baselines_round18.js
 ROUND19_BASELINES_FILE = Path(__file__).with_name("training_baselines_round19.json")
 ROUND20_BASELINES_FILE = Path(__file__).with_name("training_baselines_round20.json")
 ROUND21_BASELINES_FILE = Path(__file__).with_name("training_baselines_round21.json")
+ROUND22_BASELINES_FILE = Path(__file__).with_name("training_baselines_round22.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -832,6 +852,7 @@ PROFILES = {
     "round19": held_out_profile(ROUND19, ROUND19_BASELINES_FILE),
     "round20": held_out_profile(ROUND20, ROUND20_BASELINES_FILE),
     "round21": held_out_profile(ROUND21, ROUND21_BASELINES_FILE),
+    "round22": held_out_profile(ROUND22, ROUND22_BASELINES_FILE),
 }
 
 
@@ -1956,13 +1977,33 @@ NORM_NOISE_CANDIDATES: dict[str, dict[str, Any]] = {
        for a in (0.125, 0.25, 0.5, 1.0, 2.0)},
 }  # fmt: skip
 
+#: The ``vitlr`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``attention_lr``: where ``RegMuon(model)`` decides round 10's smaller lrs (a normalized network
+#: reading raw inputs, under a softmax head) and the model has an attention layer (a ViT), the
+#: decided factors times ``f`` (``f = 2``: matrices 0.01, AdamW part 0.005). The tuned
+#: ``torch.optim.Muon`` of the ViTs seen puts their matrices at 0.01-0.02 more often than at
+#: round 10's 0.005, and round 21's two-head ViT, 3.55x the tuned loss, has validation loss 0.90
+#: at 0.005 and 0.26 at 0.02. Screened after round 21 on the 18 ViTs seen (rounds 1-21; seeds
+#: :data:`LR_SEEDS`), with round 22's set committed before. Fixed before the screen's results,
+#: with this table: the **paired rule** of ``regression_screen.py --stage vitlr --paired`` (a
+#: factor is admissible if on no ViT seen it is worse than today's defaults by 2 paired SE or
+#: more over the tuning seeds; then the smallest mean log ratio among the admissible, today's if
+#: none is), per schedule class. The test: adopted only if, paired by seed on ROUND22 (test
+#: loss, evaluation seeds), better in the mean on at least three quarters of the ViTs it changes
+#: and worse by more than 2 paired SE on none. If the rule admits no factor in either class
+#: there is no candidate.
+VIT_LR_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"attention lr {f:g}": {"levers": {"attention_lr": f}} for f in (1.5, 2.0, 3.0, 4.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
     "normdecay": NORM_DECAY_CANDIDATES, "fade": FADE_CANDIDATES, "warmup": WARMUP_CANDIDATES,
     "regpart": REGRESSION_PART_CANDIDATES, "regdecay": REGRESSION_DECAY_CANDIDATES,
     "regcautious": REGRESSION_CAUTIOUS_CANDIDATES, "regnoise": REGRESSION_NOISE_CANDIDATES,
-    "normnoise": NORM_NOISE_CANDIDATES,
+    "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
 }  # fmt: skip
 
 

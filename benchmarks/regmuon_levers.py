@@ -87,6 +87,11 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   lrs at the first step). Such a classifier fits its small training set exactly and its
   held-out loss climbs after the fit, its step keeping Muon's size on a gradient that has become
   a few examples' noise.
+- ``attention_lr``: a larger step for a ViT. Where ``RegMuon(model)`` decides round 10's smaller
+  lrs at the first step (:func:`muonflow.optim.lr_by_structure` under a softmax head) and the
+  model has an attention layer (a module whose class name contains ``"Attention"``), the decided
+  factors on the groups' lrs are multiplied by ``f`` (``f = 2``: matrices 0.01, AdamW part
+  0.005, from the deciding step on).
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
-          "regression_cautious": float, "regression_noise": float, "softmax_noise": float}
+          "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
+          "attention_lr": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
@@ -138,8 +144,8 @@ class LeverRegMuon(RegMuon):
     network the decay by structure decides under a head that is not a softmax one by λ;
     ``regression_cautious = λ`` decays them cautiously instead; ``regression_noise = a`` scales
     such a network's every step by the signal's share of its gradient to the power ``a``, and
-    ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs (the module
-    docstring).
+    ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs, and
+    ``attention_lr = f`` a ViT's round-10 lrs times ``f`` (the module docstring).
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class LeverRegMuon(RegMuon):
         regression_cautious: float = 0.0,
         regression_noise: float = 0.0,
         softmax_noise: float = 0.0,
+        attention_lr: float = 1.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -173,6 +180,8 @@ class LeverRegMuon(RegMuon):
                             ("softmax_noise", softmax_noise)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
+        if not (math.isfinite(attention_lr) and attention_lr > 0):
+            raise ValueError(f"attention_lr must be a finite factor > 0, got {attention_lr!r}")
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
@@ -183,6 +192,8 @@ class LeverRegMuon(RegMuon):
         self.regression_cautious = regression_cautious
         self.regression_noise = regression_noise
         self.softmax_noise = softmax_noise
+        self.attention_lr = attention_lr
+        self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -214,6 +225,15 @@ class LeverRegMuon(RegMuon):
                        f"regression_decay lever; {decided[1]})", True)  # fmt: skip
         self._decision = decided
         return decided
+
+    def _decide_scale(self) -> tuple[dict[int, float], str] | None:
+        """RegMuon(model)'s decision on round 10's lrs, its factors times ``attention_lr`` in a
+        model with an attention layer."""
+        decided = super()._decide_scale()
+        if decided is None or not decided[0] or not self._attention or self.attention_lr == 1.0:
+            return decided
+        factors = {gi: f * self.attention_lr for gi, f in decided[0].items()}
+        return factors, f"{decided[1]}; x {self.attention_lr:g} (the attention_lr lever)"
 
     def _adaptive_map(self, X: Tensor, o: RegMuonOptions) -> Tensor:
         """The map with the long-horizon (or the peak's) ε, per map call of the step, in order."""

@@ -27,13 +27,13 @@ per exponent ``a`` of the step that reads the gradient's noise; neighbour at ``2
 ``--stage normnoise`` the ``normnoise`` tables (the same step for normalized classifiers that
 read raw inputs: the script's classes and rules apply to any one-lever stage).
 
-``--paired`` (``regdecay``, ``regcautious``, ``regnoise`` or ``normnoise``) picks by the
-**paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
-the held-out Friedman #3 models both times): the held-out test's own harm criterion applied to
-the seen tasks first. A decay is *admissible* if on no task of the class it is worse than
-today's defaults by 2 paired SE or more (the per-seed differences of the validation loss over
-the tuning seeds, read from each set's ``OUT/results.json``); the pick is the admissible decay
-with the smallest mean log ratio, today's defaults if none is.
+``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
+``vitlr``) picks by the **paired rule** instead, fixed after round 17's test (decay 0.5 under a
+warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the held-out test's own harm
+criterion applied to the seen tasks first. A decay is *admissible* if on no task of the class it
+is worse than today's defaults by 2 paired SE or more (the per-seed differences of the
+validation loss over the tuning seeds, read from each set's ``OUT/results.json``); the pick is
+the admissible decay with the smallest mean log ratio, today's defaults if none is.
 
 Usage::
 
@@ -96,7 +96,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "regnoise": ("regression_noise", "regression noise",
                              "exponent a of the signal's share on every step (0: none)"),
                 "normnoise": ("softmax_noise", "softmax noise",
-                              "exponent a of the signal's share on every step (0: none)")}
+                              "exponent a of the signal's share on every step (0: none)"),
+                "vitlr": ("attention_lr", "attention lr",
+                          "factor f on round 10's lrs for a ViT (left end: today's, f = 1)")}
 
 
 def decay_of(name: str) -> float:
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     outs: dict[str, Path] = {}
     friedman3: set[str] = set()  # the tasks the figure marks (the diabetes MLPs for regnoise)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT"}.get(args.stage, "Friedman #3")
-    noun = "classifiers" if args.stage == "normnoise" else "regressors"
+    noun = {"normnoise": "classifiers", "vitlr": "ViTs"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")

@@ -908,6 +908,83 @@ def test_softmax_noise_check_catches_its_mutants(levers):
             _softmax_noise_check(levers, mutant)
 
 
+class _TinyViT(nn.Module):
+    """Patch projection, LayerNorm, self-attention (or a ``Linear`` in its place), a head: the
+    class of round 10's lrs by structure, with or without an attention layer."""
+
+    def __init__(self, attention: bool = True) -> None:
+        super().__init__()
+        self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
+        self.mix = (nn.MultiheadAttention(16, 2, batch_first=True) if attention
+                    else nn.Linear(16, 16))  # fmt: skip
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.norm(self.proj(x))
+        h = self.mix(h, h, h)[0] if isinstance(self.mix, nn.MultiheadAttention) else self.mix(h)
+        return self.head(h.mean(1))
+
+
+def _attention_lr_check(cls):
+    """One step of ``cls(model, attention_lr=2)``: under a softmax head the factors on the groups'
+    lrs that ``RegMuon(model)`` decides (round 10's) are twice its own where the model has an
+    attention layer, its own without one; under a regression loss there are none."""
+    torch.manual_seed(9)
+    x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    for attention, classify in ((True, True), (False, True), (True, False)):
+        got = []
+        for make in (lambda m: RegMuon(m), lambda m: cls(m, attention_lr=2.0)):
+            torch.manual_seed(10)
+            model = _TinyViT(attention)
+            opt = make(model)
+            z = model(x)
+            loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()
+            loss.backward()
+            opt.step()
+            got.append(opt._lr_scale)
+        plain, lever = got
+        assert bool(plain) == classify, (attention, classify)
+        want = {gi: f * 2.0 for gi, f in plain.items()} if attention else plain
+        assert lever == pytest.approx(want), (attention, classify)
+
+
+def test_attention_lr_scales_a_vits_round_10_lrs_only(levers):
+    """``attention_lr``: a ViT's round-10 factors times ``f``; a normalized classifier without
+    attention, and a regressor, as ``RegMuon(model)``; bad factors refused."""
+    _attention_lr_check(levers.LeverRegMuon)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="attention_lr"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"attention_lr": bad})
+
+
+def test_attention_lr_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_attention_lr_check`: every model of the class
+    scaled (attention ignored), the factor applied to the matrices only, the factor squared."""
+
+    class EveryModel(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._attention = True
+
+    class MatricesOnly(levers.LeverRegMuon):
+        def _decide_scale(self):
+            d = super()._decide_scale()
+            if d and d[0] and 1 in d[0]:
+                d[0][1] /= self.attention_lr
+            return d
+
+    class Squared(levers.LeverRegMuon):
+        def _decide_scale(self):
+            d = super()._decide_scale()
+            if d and d[0] and self._attention:
+                return {gi: f * self.attention_lr for gi, f in d[0].items()}, d[1]
+            return d
+
+    for mutant in (EveryModel, MatricesOnly, Squared):
+        with pytest.raises(AssertionError):
+            _attention_lr_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1051,6 +1128,10 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20")),
+    ("round22", "ROUND22", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1362,6 +1443,21 @@ def test_round21_is_the_class_the_softmax_noise_lever_reads(bench):
         assert lr_by_structure(make_task(t.builder, **t.options).make_model())[0], task
         assert bench.softmax_headed(prof, task), task
     assert {t.warmup > 0 for t in bench.ROUND21.values()} == {True, False}
+
+
+def test_vitlr_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monkeypatch):
+    """VIT_LR_CANDIDATES: the ``attention_lr`` lever at 1.5-4, each changing a ViT's result (the
+    smoke profile with a tiny ViT held out). Mutants caught: the lever frozen (every column equal
+    to today's), another lever in its place (the stored levers differ)."""
+    smoke = bench.PROFILES["smoke"]
+    tiny = bench.SuiteTask("vit", "vision", 6, "linear",
+                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16})  # fmt: skip
+    split = smoke.split()
+    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
+        smoke, suite={**smoke.suite, "vit_tiny": tiny},
+        split=lambda: {**split, "held_out": [*split["held_out"], "vit_tiny"]}))
+    _decay_stage_check(bench, tmp_path, "vitlr", "attention_lr", [1.5, 2.0, 3.0, 4.0],
+                       task="vit_tiny")
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
