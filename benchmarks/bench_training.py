@@ -1485,6 +1485,16 @@ OPTIONAL_VARIANTS["regression_decay_paired"] = {
 #: on one to six).
 OPTIONAL_VARIANTS["regression_cautious_paired"] = {
     "regression": {"constant": None, "warmup": {"levers": {"regression_cautious": 0.25}}}}
+#: Rounds 20 and 21's levers left no candidate (their screens admitted no exponent). Round 22's
+#: candidate, ``attention_lr_paired``: the paired rule's pick on the ``vitlr`` screen over the 18
+#: ViTs seen through round 21 (rule and test fixed at VIT_LR_CANDIDATES with ROUND22, before the
+#: screen ran): under a warm-up (10) factor 3 on round 10's lrs, the one admissible factor (1.5,
+#: 2 and 4 are worse by 2 SE on one ViT each; mean log ratio 0.503 -> 0.374, better on 6, the
+#: two-head ViT 3.60x -> 1.54x); under a constant lr (8) none (2, 3 and 4 worse by 2 SE on one to
+#: three; 1.5 admissible but worse in the mean log ratio, 0.209 -> 0.248). The lever changes
+#: only models with an attention layer in round 10's class: every model of ROUND22.
+OPTIONAL_VARIANTS["attention_lr_paired"] = {
+    "schedule": {"constant": None, "warmup": {"levers": {"attention_lr": 3.0}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:
@@ -1536,13 +1546,19 @@ def _variant_opt(
     (:func:`has_sequence_layer`), ``RegMuon(model)`` for the others; with ``{"regression":
     {"constant": {...}, "warmup": {...}}}`` the options for the task's schedule in a model with
     neither that layer nor a softmax head (``None``: ``RegMuon(model)``), ``RegMuon(model)`` for
-    the others."""
+    the others; with ``{"schedule": {"constant": ..., "warmup": ...}}`` the options for the
+    task's schedule whatever the model (``None``: ``RegMuon(model)``)."""
     if "regression" in but:
         assert prof is not None and task is not None
         if softmax_headed(prof, task) or has_sequence_layer(prof, task):
             return {"arm": "default", "core": core}
         but = but["regression"]["warmup" if prof.suite[task].warmup else "constant"]
         if but is None:  # RegMuon(model) as it is on this schedule
+            return {"arm": "default", "core": core}
+    if "schedule" in but:  # by the task's schedule only (the lever itself reads the model)
+        assert prof is not None and task is not None
+        but = but["schedule"]["warmup" if prof.suite[task].warmup else "constant"]
+        if but is None:
             return {"arm": "default", "core": core}
     if "sequence" in but:
         assert prof is not None and task is not None

@@ -1492,6 +1492,13 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
                 (("default_lever", {"regression_cautious": 0.25}) if t.warmup
                  else ("default", None))), task  # fmt: skip
     assert {t.warmup > 0 for t in bench.ROUND19.values()} == {True, False}
+    vit = bench.OPTIONAL_VARIANTS["attention_lr_paired"]  # round 22's: by the schedule only
+    for task, t in bench.ROUND22.items():
+        opt = bench._variant_opt(vit, "core", bench.PROFILES["round22"], task)
+        assert ((opt["arm"], opt.get("levers")) ==
+                (("default_lever", {"attention_lr": 3.0}) if t.warmup
+                 else ("default", None))), task  # fmt: skip
+    assert {t.warmup > 0 for t in bench.ROUND22.values()} == {True, False}
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
