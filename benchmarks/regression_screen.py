@@ -98,7 +98,7 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "normnoise": ("softmax_noise", "softmax noise",
                               "exponent a of the signal's share on every step (0: none)"),
                 "vitlr": ("attention_lr", "attention lr",
-                          "factor f on round 10's lrs for a ViT (left end: today's, f = 1)")}
+                          "factor f on round 10's lrs for a ViT (1: today's)")}
 
 
 def decay_of(name: str) -> float:
@@ -236,8 +236,8 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
                  marked: frozenset[str] = frozenset(), marked_label: str = "Friedman #3",
-                 what: str = "decay λ of the matrices (0: none)", noun: str = "regressors"
-                 ) -> None:  # fmt: skip
+                 what: str = "decay λ of the matrices (0: none)", noun: str = "regressors",
+                 today: str = "0") -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks, named ``marked_label``: the Friedman #3 models, or for
     ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end), the median
@@ -254,7 +254,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
-        _panel(ax, xs, [f"{decays[j]:g}" for j in order],
+        _panel(ax, xs, [f"{decays[j]:g}" if decays[j] else today for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
                f"{cls} ({len(rows)} {noun})", what, marked, marked_label)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         figure(names, by_class, args.out / f"{stem}.png")
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
-                     marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun)
+                     marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
+                     today="1" if args.stage == "vitlr" else "0")
     print("\n".join(lines))
     return 0
 
