@@ -91,7 +91,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   lrs at the first step (:func:`muonflow.optim.lr_by_structure` under a softmax head) and the
   model has an attention layer (a module whose class name contains ``"Attention"``), the decided
   factors on the groups' lrs are multiplied by ``f`` (``f = 2``: matrices 0.01, AdamW part
-  0.005, from the deciding step on).
+  0.005, from the deciding step on). Adopted after round 22 at ``f = 3`` under a warm-up
+  (``muonflow.optim.ATTENTION_WARMUP_FACTOR``); the lever replaces the library's rule, so
+  ``attention_lr = 1`` is ``RegMuon(model)`` as it was before it.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ class LeverRegMuon(RegMuon):
         regression_cautious: float = 0.0,
         regression_noise: float = 0.0,
         softmax_noise: float = 0.0,
-        attention_lr: float = 1.0,
+        attention_lr: float | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -180,7 +182,7 @@ class LeverRegMuon(RegMuon):
                             ("softmax_noise", softmax_noise)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
-        if not (math.isfinite(attention_lr) and attention_lr > 0):
+        if attention_lr is not None and not (math.isfinite(attention_lr) and attention_lr > 0):
             raise ValueError(f"attention_lr must be a finite factor > 0, got {attention_lr!r}")
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
@@ -193,6 +195,8 @@ class LeverRegMuon(RegMuon):
         self.regression_noise = regression_noise
         self.softmax_noise = softmax_noise
         self.attention_lr = attention_lr
+        if attention_lr is not None:  # replaces RegMuon(model)'s own factor (round 22)
+            self._attention_pending = None
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
@@ -230,7 +234,7 @@ class LeverRegMuon(RegMuon):
         """RegMuon(model)'s decision on round 10's lrs, its factors times ``attention_lr`` in a
         model with an attention layer."""
         decided = super()._decide_scale()
-        if decided is None or not decided[0] or not self._attention or self.attention_lr == 1.0:
+        if decided is None or not decided[0] or not self._attention or self.attention_lr is None:
             return decided
         factors = {gi: f * self.attention_lr for gi, f in decided[0].items()}
         return factors, f"{decided[1]}; x {self.attention_lr:g} (the attention_lr lever)"

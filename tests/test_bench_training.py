@@ -927,13 +927,14 @@ class _TinyViT(nn.Module):
 
 def _attention_lr_check(cls):
     """One step of ``cls(model, attention_lr=2)``: under a softmax head the factors on the groups'
-    lrs that ``RegMuon(model)`` decides (round 10's) are twice its own where the model has an
-    attention layer, its own without one; under a regression loss there are none."""
+    lrs (round 10's) are twice those of ``cls(model, attention_lr=1)`` (round 10's as they were
+    before round 22) where the model has an attention layer, the same without one; under a
+    regression loss there are none."""
     torch.manual_seed(9)
     x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
     for attention, classify in ((True, True), (False, True), (True, False)):
         got = []
-        for make in (lambda m: RegMuon(m), lambda m: cls(m, attention_lr=2.0)):
+        for make in (lambda m: cls(m, attention_lr=1.0), lambda m: cls(m, attention_lr=2.0)):
             torch.manual_seed(10)
             model = _TinyViT(attention)
             opt = make(model)

@@ -1623,3 +1623,88 @@ def test_corrupt_group_extras_are_refused_with_nothing_changed():
     fresh.load_state_dict(sd)
     assert _decisions(fresh)[:8] == _decisions(opt)[:8]
     assert all(key not in g for g in fresh.param_groups)  # the live groups never hold it
+
+
+# -- a ViT under a warm-up: round 10's lrs times ATTENTION_WARMUP_FACTOR -----------------------
+class SmallViT(nn.Module):
+    """Patch projection, LayerNorm, self-attention (or a ``Linear`` in its place), a head: round
+    10's class (normalization, raw inputs), with or without an attention layer."""
+
+    def __init__(self, attention: bool = True) -> None:
+        super().__init__()
+        self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
+        self.mix = (nn.MultiheadAttention(16, 2, batch_first=True) if attention
+                    else nn.Linear(16, 16))  # fmt: skip
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.norm(self.proj(x))
+        h = self.mix(h, h, h)[0] if isinstance(self.mix, nn.MultiheadAttention) else self.mix(h)
+        return self.head(h.mean(1))
+
+
+def _attention_rule_check(cls=RegMuon):
+    """One step of ``cls(model)``: a ViT under a softmax head and a warm-up takes round 10's
+    factors times ``ATTENTION_WARMUP_FACTOR`` — every parameter's step that factor times the
+    step without the rule (to rounding), the routing says so; under a constant lr, without an
+    attention layer or under a regression loss, the factors are round 10's (or none)."""
+    factor = mf.optim.ATTENTION_WARMUP_FACTOR
+    base = {0: mf.optim.NORMALIZED_INPUT_LR / float(mf.optim.DEFAULTS.lr),
+            1: mf.optim.NORMALIZED_INPUT_ADAMW_LR / float(mf.optim.DEFAULTS.adamw_lr)}
+    x, labels = torch.randn(8, 5, 4), torch.arange(8) % 3
+    for attention, warm, classify in ((True, True, True), (True, False, True),
+                                      (False, True, True), (True, True, False)):  # fmt: skip
+        steps = []
+        for rule in (True, False):
+            torch.manual_seed(11)
+            model = SmallViT(attention)
+            opt = cls(model)
+            if not rule:
+                opt._attention_pending = None
+            torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+            w0 = [p.detach().clone() for p in model.parameters()]
+            z = model(x)
+            (nn.functional.cross_entropy(z, labels) if classify else z.square().mean()).backward()
+            opt.step()
+            steps.append([p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)])
+            if rule:
+                scaled = attention and warm and classify
+                want = {gi: f * factor for gi, f in base.items()} if scaled else base
+                assert opt._lr_scale == (pytest.approx(want) if classify else {}), (attention, warm)
+                assert (f"x {factor:g} under a warm-up" in opt.routing.lr) == scaled
+        for a, b in zip(*steps, strict=True):
+            scale = factor if attention and warm and classify else 1.0
+            torch.testing.assert_close(a, scale * b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_vit_under_a_warm_up_takes_round_10s_lrs_times_the_factor():
+    """Round 22's rule (``ATTENTION_WARMUP_FACTOR``), and only where it applies."""
+    _attention_rule_check()
+
+
+def test_attention_rule_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_attention_rule_check`: the factor under a
+    constant lr too, without an attention layer too, on the matrices only."""
+
+    class ConstantToo(RegMuon):
+        def _decide_scale(self):
+            if self._attention_pending is not None:
+                self._attention_pending = (math.inf, self._attention_pending[1])
+            return super()._decide_scale()
+
+    class EveryModel(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._scale_pending is not None:
+                self._attention_pending = (float(mf.optim.DEFAULTS.lr), "any")
+
+    class MatricesOnly(RegMuon):
+        def _decide_scale(self):
+            d = super()._decide_scale()
+            if d and d[0] and "under a warm-up" in d[1]:
+                d[0][1] /= mf.optim.ATTENTION_WARMUP_FACTOR
+            return d
+
+    for mutant in (ConstantToo, EveryModel, MatricesOnly):
+        with pytest.raises(AssertionError):
+            _attention_rule_check(mutant)

@@ -28,6 +28,7 @@ from .kernel import adamw, kinetic_energy, mirror_map, regmuon
 from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
 from .options import (
+    ATTENTION_WARMUP_FACTOR,
     DEFAULTS,
     NORMALIZED_INPUT_ADAMW_LR,
     NORMALIZED_INPUT_LR,
@@ -60,6 +61,7 @@ RegMuonDefaults = RegMuonOptions  # the earlier name of the options type
 
 __all__ = [
     "ADJUST_LR",
+    "ATTENTION_WARMUP_FACTOR",
     "DEFAULTS",
     "EMBEDDINGS",
     "MATRIX_PARAMETERS",

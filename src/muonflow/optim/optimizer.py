@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import (
+    ATTENTION_WARMUP_FACTOR,
     DEFAULTS,
     GROUP_KEYS,
     REGRESSION_CAUTIOUS_DECAY,
@@ -39,6 +40,7 @@ from .routing import (
     FirstForward,
     Routing,
     RoutingWarning,
+    attention_layer,
     decay_by_structure,
     input_layer,
     lr_by_schedule,
@@ -79,6 +81,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_warmup_scale": dict,
     "_cautious_pending": lambda: None,
     "_cautious": lambda: 0.0,
+    "_attention_pending": lambda: None,
 }
 
 CAUTIOUS_WHY = ("decay only on the entries the step moves toward 0; docs/benchmark-training.md, "
@@ -189,6 +192,7 @@ class RegMuon(Optimizer):
         # decay of a regressor's matrices (then _cautious: its λ, 0 for none)
         self._cautious_pending: float | None = None
         self._cautious = 0.0
+        self._attention_pending: tuple[float, str] | None = None  # a ViT: (built lr, layer)
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -200,6 +204,9 @@ class RegMuon(Optimizer):
                 if lrs:  # set at the first step, if the output layer is a softmax head's
                     self._scale_pending = {0: lrs["lr"] / as_float(DEFAULTS.lr),
                                            1: lrs["adamw_lr"] / as_float(DEFAULTS.adamw_lr)}
+                    attention = attention_layer(model)
+                    if attention is not None and not isinstance(self.options.lr, Tensor):
+                        self._attention_pending = (float(self.options.lr), attention)
                     model_routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, "
                                         f"AdamW part {lrs['adamw_lr']:g} if the output layer "
                                         f"is a softmax head, else the options' ({why})")
@@ -545,7 +552,7 @@ class RegMuon(Optimizer):
                                            f"(a warm-up): cautious decay {cautious:g} on the "
                                            f"matrices ({CAUTIOUS_WHY})")  # fmt: skip
             if scale is not None:
-                self._scale_pending = None
+                self._scale_pending, self._attention_pending = None, None
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
@@ -620,8 +627,18 @@ class RegMuon(Optimizer):
                         for gi, f in pending.items())  # fmt: skip
         structure = self.routing.lr.split("(", 1)[-1]  # the structure's part, with its ")"
         if softmax:
-            return dict(pending), (f"{lrs} (a softmax head: its gradient sums to 0 over the "
-                                   f"outputs, r = {r:.1e}; {structure}")  # fmt: skip
+            factors, why = dict(pending), ""
+            lr = self.param_groups[0]["lr"]
+            if (self._attention_pending is not None and not isinstance(lr, Tensor)
+                    and lr < self._attention_pending[0]):  # a ViT under a warm-up
+                factors = {gi: f * ATTENTION_WARMUP_FACTOR for gi, f in factors.items()}
+                why = (f"; x {ATTENTION_WARMUP_FACTOR:g} under a warm-up, attention layer "
+                       f"{self._attention_pending[1]!r}: the lr at the first step is below the "
+                       "built one")  # fmt: skip
+                lrs = ", ".join(f"{parts[self.param_groups[gi]['algorithm']]} lr x {f:g}"
+                                for gi, f in factors.items())  # fmt: skip
+            return factors, (f"{lrs} (a softmax head: its gradient sums to 0 over the "
+                             f"outputs, r = {r:.1e}{why}; {structure}")  # fmt: skip
         return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"
 
     def _decide_warmup(self) -> tuple[dict[int, float], str]:

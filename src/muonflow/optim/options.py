@@ -288,6 +288,17 @@ WARMUP_LR_FACTOR = 2.0
 #: weights, 2-11%.
 REGRESSION_CAUTIOUS_DECAY = 0.25
 
+#: The factor ``RegMuon(model)`` puts on round 10's lrs by structure
+#: (:data:`NORMALIZED_INPUT_LR`, :data:`NORMALIZED_INPUT_ADAMW_LR`) for a model with an attention
+#: layer (a ViT) when a scheduler's warm-up has lowered the matrices' lr at the first step: a ViT
+#: trained to the end of a decay takes the larger step (matrices 0.015, AdamW part 0.0075). The
+#: tuned ``torch.optim.Muon`` of the ViTs seen puts their matrices at 0.01-0.02 more often than
+#: at 0.005. Chosen after round 21 on the 18 ViTs seen (tuning seeds; the paired rule: under a
+#: warm-up the one factor of 1.5-4 worse by 2 paired SE on none of the ten, mean log ratio
+#: 0.503 -> 0.374; under a constant lr none helped). Held out: round 22, better in the mean on
+#: all three ViTs it changed, worse by 2 paired SE on none (``docs/benchmark-training.md``).
+ATTENTION_WARMUP_FACTOR = 3.0
+
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

@@ -180,6 +180,13 @@ def _structural_kind(module: nn.Module) -> str | None:
     return None
 
 
+def attention_layer(model: nn.Module) -> str | None:
+    """The first module, in registration order, whose class name contains ``"Attention"`` (a
+    ViT's ``ViTSelfAttention``, ``nn.MultiheadAttention``), or ``None``."""
+    return next((name for name, m in model.named_modules()
+                 if name and "attention" in type(m).__name__.lower()), None)  # fmt: skip
+
+
 def lr_by_schedule(model: nn.Module) -> tuple[float, str]:
     """``(factor, why)``: the factor ``RegMuon(model)`` puts on its scheduled lrs if a
     scheduler warms them up (read at the first step) —
