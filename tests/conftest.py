@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from torch import nn
 
 # One intra-op thread: the tests' matrices are small, and results are then independent of the
 # machine's core count and of other processes competing for the cores.
@@ -79,3 +80,20 @@ def benchmark_module(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+class SmallViT(nn.Module):
+    """Patch projection, LayerNorm, self-attention (or a ``Linear`` in its place), a head: round
+    10's class (normalization, raw inputs), with or without an attention layer."""
+
+    def __init__(self, attention: bool = True) -> None:
+        super().__init__()
+        self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
+        self.mix = (nn.MultiheadAttention(16, 2, batch_first=True) if attention
+                    else nn.Linear(16, 16))  # fmt: skip
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.norm(self.proj(x))
+        h = self.mix(h, h, h)[0] if isinstance(self.mix, nn.MultiheadAttention) else self.mix(h)
+        return self.head(h.mean(1))

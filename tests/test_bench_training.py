@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SmallViT
 from torch import nn
 
 from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
@@ -908,23 +909,6 @@ def test_softmax_noise_check_catches_its_mutants(levers):
             _softmax_noise_check(levers, mutant)
 
 
-class _TinyViT(nn.Module):
-    """Patch projection, LayerNorm, self-attention (or a ``Linear`` in its place), a head: the
-    class of round 10's lrs by structure, with or without an attention layer."""
-
-    def __init__(self, attention: bool = True) -> None:
-        super().__init__()
-        self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
-        self.mix = (nn.MultiheadAttention(16, 2, batch_first=True) if attention
-                    else nn.Linear(16, 16))  # fmt: skip
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = self.norm(self.proj(x))
-        h = self.mix(h, h, h)[0] if isinstance(self.mix, nn.MultiheadAttention) else self.mix(h)
-        return self.head(h.mean(1))
-
-
 def _attention_lr_check(cls):
     """One step of ``cls(model, attention_lr=2)``: under a softmax head the factors on the groups'
     lrs (round 10's) are twice those of ``cls(model, attention_lr=1)`` (round 10's as they were
@@ -936,7 +920,7 @@ def _attention_lr_check(cls):
         got = []
         for make in (lambda m: cls(m, attention_lr=1.0), lambda m: cls(m, attention_lr=2.0)):
             torch.manual_seed(10)
-            model = _TinyViT(attention)
+            model = SmallViT(attention)
             opt = make(model)
             z = model(x)
             loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import unit_roundoff
+from conftest import SmallViT, unit_roundoff
 from torch import nn
 
 import muonflow as mf
@@ -1626,23 +1626,6 @@ def test_corrupt_group_extras_are_refused_with_nothing_changed():
 
 
 # -- a ViT under a warm-up: round 10's lrs times ATTENTION_WARMUP_FACTOR -----------------------
-class SmallViT(nn.Module):
-    """Patch projection, LayerNorm, self-attention (or a ``Linear`` in its place), a head: round
-    10's class (normalization, raw inputs), with or without an attention layer."""
-
-    def __init__(self, attention: bool = True) -> None:
-        super().__init__()
-        self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
-        self.mix = (nn.MultiheadAttention(16, 2, batch_first=True) if attention
-                    else nn.Linear(16, 16))  # fmt: skip
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = self.norm(self.proj(x))
-        h = self.mix(h, h, h)[0] if isinstance(self.mix, nn.MultiheadAttention) else self.mix(h)
-        return self.head(h.mean(1))
-
-
 def _attention_rule_check(cls=RegMuon):
     """One step of ``cls(model)``: a ViT under a softmax head and a warm-up takes round 10's
     factors times ``ATTENTION_WARMUP_FACTOR`` — every parameter's step that factor times the
