@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
-    friedman3: set[str] = set()  # the tasks the figure marks (the diabetes MLPs for regnoise)
+    marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs"}.get(args.stage, "regressors")
     for spec in args.sets:
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             if {"regnoise": t.options.get("dataset") == "diabetes",
                     "normnoise": t.builder == "vit"}.get(args.stage,
                                                          t.options.get("function") == 3):
-                friedman3.add(task)
+                marked.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
              "100-103)"]  # fmt: skip
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")
     else:
-        decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(friedman3),
+        decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
                      today="1" if args.stage == "vitlr" else "0")
     print("\n".join(lines))
