@@ -41,6 +41,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                reading raw inputs), on ``--tasks``; writes ``OUT/normnoise.md``.
 ``vitlr``      :data:`VIT_LR_CANDIDATES` (round 10's step times ``f`` for a ViT), on ``--tasks``;
                writes ``OUT/vitlr.md``.
+``vitsplit``   :data:`VIT_SPLIT_CANDIDATES` (round 10's matrix lr and AdamW part for a ViT, each
+               times its own factor), on ``--tasks``; writes ``OUT/vitsplit.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -58,8 +60,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round22``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND22`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round23``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND23`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -607,6 +609,22 @@ ROUND22: dict[str, SuiteTask] = {
                            {"d_model": 32, "patch": 4, "n_heads": 8}),
     "vit_d24_b128": SuiteTask("vit", "vision", 200, "constant", {"d_model": 24, "batch": 128}),
 }  # fmt: skip
+#: Round 23's held-out set: six ViTs on the digits (three under warm-up and decay, three under a
+#: constant lr; three with 4x4 patches, the patch size round 22's check found harmed under a
+#: warm-up), committed before any of their runs, with the next lever's stage, rule and test,
+#: before its screen was run: **a ViT's two lrs apart** (round 10's factor on the matrices and on
+#: the AdamW part each times its own factor, in place of round 22's common factor).
+ROUND23: dict[str, SuiteTask] = {
+    "vit_p4_d40_cos": SuiteTask("vit", "vision", 300, "cosine", {"d_model": 40, "patch": 4}),
+    "vit_p4_h2_b32": SuiteTask("vit", "vision", 200, "linear",
+                               {"d_model": 32, "patch": 4, "n_heads": 2, "batch": 32}),
+    "vit_d48_h8": SuiteTask("vit", "vision", 300, "linear", {"d_model": 48, "n_heads": 8}),
+    "vit_l3_b32": SuiteTask("vit", "vision", 300, "constant",
+                            {"d_model": 32, "n_layers": 3, "batch": 32}),
+    "vit_p4_d64": SuiteTask("vit", "vision", 200, "constant", {"d_model": 64, "patch": 4}),
+    "vit_d56_h2_b128": SuiteTask("vit", "vision", 200, "constant",
+                                 {"d_model": 56, "n_heads": 2, "batch": 128}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -635,6 +653,7 @@ ROUND19_BASELINES_FILE = Path(__file__).with_name("training_baselines_round19.js
 ROUND20_BASELINES_FILE = Path(__file__).with_name("training_baselines_round20.json")
 ROUND21_BASELINES_FILE = Path(__file__).with_name("training_baselines_round21.json")
 ROUND22_BASELINES_FILE = Path(__file__).with_name("training_baselines_round22.json")
+ROUND23_BASELINES_FILE = Path(__file__).with_name("training_baselines_round23.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -853,6 +872,7 @@ PROFILES = {
     "round20": held_out_profile(ROUND20, ROUND20_BASELINES_FILE),
     "round21": held_out_profile(ROUND21, ROUND21_BASELINES_FILE),
     "round22": held_out_profile(ROUND22, ROUND22_BASELINES_FILE),
+    "round23": held_out_profile(ROUND23, ROUND23_BASELINES_FILE),
 }
 
 
@@ -2013,6 +2033,30 @@ VIT_LR_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"attention lr {f:g}": {"levers": {"attention_lr": f}} for f in (1.5, 2.0, 3.0, 4.0)},
 }  # fmt: skip
 
+#: The ``vitsplit`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``attention_split = [a, b]``: where ``RegMuon(model)`` decides round 10's smaller lrs and the
+#: model has an attention layer, the matrices' factor times ``a`` and the AdamW part's times ``b``
+#: (``[2, 8]``: matrices 0.01, AdamW part 0.02), under any schedule, in place of round 22's
+#: factor (3 on both under a warm-up, today's). Round 22's check found the three 4x4-patch ViTs
+#: under a warm-up harmed by that factor, and the tuned ``torch.optim.Muon`` of the 24 ViTs seen
+#: puts their matrices at 0.0025-0.04 (0.01 on 13, twice round 10's 0.005) and their AdamW part
+#: at 0.0025-0.04 (0.02 on 16, the sweep's starting point; eight times round 10's 0.0025), where
+#: round 22's common factor gives the part 0.0075 under a warm-up and 0.0025 under a constant
+#: lr. Screened after round 22 on the 24 ViTs seen (rounds 1-22; seeds :data:`LR_SEEDS`), with
+#: round 23's set committed before. Fixed before the screen's results, with this table: the
+#: **paired rule** of ``regression_screen.py --stage vitsplit --paired`` (a pair is admissible if
+#: on no ViT seen it is worse than today's defaults by 2 paired SE or more over the tuning seeds;
+#: then the smallest mean log ratio among the admissible, today's if none is), per schedule
+#: class. The test: adopted only if, paired by
+#: seed on ROUND23 (test loss, evaluation seeds), better in the mean on at least three quarters of
+#: the ViTs it changes and worse by more than 2 paired SE on none. If the rule admits no pair in
+#: either class there is no candidate.
+VIT_SPLIT_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"attention split {a:g}x{b:g}": {"levers": {"attention_split": [a, b]}}
+       for a, b in ((1.0, 3.0), (2.0, 3.0), (1.0, 8.0), (2.0, 8.0), (3.0, 8.0))},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2020,6 +2064,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "regpart": REGRESSION_PART_CANDIDATES, "regdecay": REGRESSION_DECAY_CANDIDATES,
     "regcautious": REGRESSION_CAUTIOUS_CANDIDATES, "regnoise": REGRESSION_NOISE_CANDIDATES,
     "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
+    "vitsplit": VIT_SPLIT_CANDIDATES,
 }  # fmt: skip
 
 

@@ -94,6 +94,11 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   0.005, from the deciding step on). Adopted after round 22 at ``f = 3`` under a warm-up
   (``muonflow.optim.ATTENTION_WARMUP_FACTOR``); the lever replaces the library's rule, so
   ``attention_lr = 1`` is ``RegMuon(model)`` as it was before it.
+- ``attention_split = [a, b]``: a ViT's two lrs apart. Where ``attention_lr`` would apply, the
+  matrices' decided factor is multiplied by ``a`` and the AdamW part's by ``b`` (``[2, 8]``:
+  matrices 0.01, AdamW part 0.02), under any schedule; it replaces the library's rule, as
+  ``attention_lr`` does (``[3, 3]`` under a warm-up and ``[1, 1]`` under a constant lr are
+  ``RegMuon(model)`` today).
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
-          "attention_lr": float}
+          "attention_lr": float, "attention_split": list}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
@@ -147,7 +152,8 @@ class LeverRegMuon(RegMuon):
     ``regression_cautious = λ`` decays them cautiously instead; ``regression_noise = a`` scales
     such a network's every step by the signal's share of its gradient to the power ``a``, and
     ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs, and
-    ``attention_lr = f`` a ViT's round-10 lrs times ``f`` (the module docstring).
+    ``attention_lr = f`` a ViT's round-10 lrs times ``f``, ``attention_split = [a, b]`` its
+    matrices' times ``a`` and its AdamW part's times ``b`` (the module docstring).
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class LeverRegMuon(RegMuon):
         regression_noise: float = 0.0,
         softmax_noise: float = 0.0,
         attention_lr: float | None = None,
+        attention_split: list[float] | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -184,6 +191,15 @@ class LeverRegMuon(RegMuon):
                 raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
         if attention_lr is not None and not (math.isfinite(attention_lr) and attention_lr > 0):
             raise ValueError(f"attention_lr must be a finite factor > 0, got {attention_lr!r}")
+        if attention_split is not None and not (
+                len(attention_split) == 2
+                and all(isinstance(f, int | float) and math.isfinite(f) and f > 0
+                        for f in attention_split)):  # fmt: skip
+            raise ValueError("attention_split must be two finite factors > 0 (the matrices', "
+                             f"the AdamW part's), got {attention_split!r}")
+        if attention_lr is not None and attention_split is not None:
+            raise ValueError("attention_lr and attention_split are two factors on the same lrs: "
+                             "pass one of them")  # fmt: skip
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
@@ -195,7 +211,8 @@ class LeverRegMuon(RegMuon):
         self.regression_noise = regression_noise
         self.softmax_noise = softmax_noise
         self.attention_lr = attention_lr
-        if attention_lr is not None:  # replaces RegMuon(model)'s own factor (round 22)
+        self.attention_split = None if attention_split is None else [*map(float, attention_split)]
+        if attention_lr is not None or attention_split is not None:  # replace round 22's factor
             self._attention_pending = None
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
@@ -231,10 +248,18 @@ class LeverRegMuon(RegMuon):
         return decided
 
     def _decide_scale(self) -> tuple[dict[int, float], str] | None:
-        """RegMuon(model)'s decision on round 10's lrs, its factors times ``attention_lr`` in a
-        model with an attention layer."""
+        """RegMuon(model)'s decision on round 10's lrs, in a model with an attention layer its
+        factors times ``attention_lr``, or the matrices' times ``a`` and the AdamW part's times
+        ``b`` of ``attention_split``."""
         decided = super()._decide_scale()
-        if decided is None or not decided[0] or not self._attention or self.attention_lr is None:
+        if decided is None or not decided[0] or not self._attention:
+            return decided
+        if self.attention_split is not None:
+            a, b = self.attention_split
+            factors = {gi: f * (a if self.param_groups[gi]["algorithm"] == "regmuon" else b)
+                       for gi, f in decided[0].items()}  # fmt: skip
+            return factors, f"{decided[1]}; matrices x {a:g}, AdamW part x {b:g} (attention_split)"
+        if self.attention_lr is None:
             return decided
         factors = {gi: f * self.attention_lr for gi, f in decided[0].items()}
         return factors, f"{decided[1]}; x {self.attention_lr:g} (the attention_lr lever)"

@@ -27,13 +27,20 @@ per exponent ``a`` of the step that reads the gradient's noise; neighbour at ``2
 ``--stage normnoise`` the ``normnoise`` tables (the same step for normalized classifiers that
 read raw inputs: the script's classes and rules apply to any one-lever stage).
 
+``--stage vitsplit`` joins the ``vitsplit`` tables (one column per pair of factors ``a x b`` on a
+ViT's round-10 matrix lr and AdamW part); it takes ``--paired`` only, and its figure has one
+panel per class and matrix factor, against the AdamW part's factor (today's column drawn at the
+pair the library uses in the class: round 22's factor on both under a warm-up, 1 under a
+constant lr).
+
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``) picks by the **paired rule** instead, fixed after round 17's test (decay 0.5 under a
-warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the held-out test's own harm
-criterion applied to the seen tasks first. A decay is *admissible* if on no task of the class it
-is worse than today's defaults by 2 paired SE or more (the per-seed differences of the
-validation loss over the tuning seeds, read from each set's ``OUT/results.json``); the pick is
-the admissible decay with the smallest mean log ratio, today's defaults if none is.
+``vitlr``, ``vitsplit``) picks by the **paired rule** instead, fixed after round 17's test (decay
+0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the held-out
+test's own harm criterion applied to the seen tasks first. A decay is *admissible* if on no
+task of the class it is worse than today's defaults by 2 paired SE or more (the per-seed
+differences of the validation loss over the tuning seeds, read from each set's
+``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio,
+today's defaults if none is.
 
 Usage::
 
@@ -42,6 +49,7 @@ Usage::
     python benchmarks/regression_screen.py --stage regdecay --paired --out SCREEN full=OUT ...
     python benchmarks/regression_screen.py --stage regcautious --paired --out SCREEN full=OUT ...
     python benchmarks/regression_screen.py --stage regnoise --paired --out SCREEN full=OUT ...
+    python benchmarks/regression_screen.py --stage vitsplit --paired --out SCREEN full=OUT ...
 
 Writes ``SCREEN/regression_screen.md`` (``STAGE_screen.md``, ``STAGE_paired.md``) and
 ``SCREEN/regression_screen.png`` (``STAGE_screen.png``, ``STAGE_paired.png``): each regressor's
@@ -62,7 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_training as bt
 
-from muonflow.optim import DEFAULTS
+from muonflow.optim import ATTENTION_WARMUP_FACTOR, DEFAULTS
 
 TIE = 1.05
 
@@ -98,7 +106,25 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "normnoise": ("softmax_noise", "softmax noise",
                               "exponent a of the signal's share on every step (0: none)"),
                 "vitlr": ("attention_lr", "attention lr",
-                          "factor f on round 10's lrs for a ViT (1: today's)")}
+                          "factor f on round 10's lrs for a ViT (1: today's)"),
+                "vitsplit": ("attention_split", "attention split",
+                             "factor b on round 10's AdamW part for a ViT")}
+
+
+def setting_name(prefix: str, value: float | list[float]) -> str:
+    """A one-lever stage's column name for a lever's setting: ``"attention lr 3"``, or for a
+    pair ``"attention split 2x8"``."""
+    if isinstance(value, list):
+        return f"{prefix} " + "x".join(f"{v:g}" for v in value)
+    return f"{prefix} {value:g}"
+
+
+def split_of(name: str) -> tuple[float, float] | None:
+    """``(a, b)`` of a ``vitsplit`` column (``"attention split 2x8"``); ``None`` for today's."""
+    if not name.startswith("attention split "):
+        return None
+    a, b = name.rsplit(" ", 1)[1].split("x")
+    return float(a), float(b)
 
 
 def decay_of(name: str) -> float:
@@ -225,7 +251,7 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
         if opt.get("arm") == "default":
             name = names[0]
         elif set(opt.get("levers", {})) == {lever}:
-            name = f"{prefix} {opt['levers'][lever]:g}"
+            name = setting_name(prefix, opt["levers"][lever])
         else:
             continue
         by.setdefault(name, {})[spec["seed"]] = (math.inf if r.get("val_loss") is None
@@ -264,6 +290,46 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     plt.close(fig)
 
 
+#: The pair of factors ``RegMuon(model)`` puts on a ViT's round-10 lrs today, per schedule class:
+#: where the ``vitsplit`` figure draws today's column.
+TODAY_SPLIT = {"constant": (1.0, 1.0),
+               "warm-up and decay": (ATTENTION_WARMUP_FACTOR, ATTENTION_WARMUP_FACTOR)}
+
+
+def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
+                 marked: frozenset[str] = frozenset(), marked_label: str = "4x4 patches"
+                 ) -> None:  # fmt: skip
+    """Per schedule class (rows) and matrix factor ``a`` (columns): each ViT's ratio against the
+    AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
+    scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mats = sorted({ab[0] for n in names if (ab := split_of(n))}
+                  | {a for a, _ in TODAY_SPLIT.values()})  # fmt: skip
+    fig, axes = plt.subplots(len(by_class), len(mats), figsize=(4.2 * len(mats),
+                             3.6 * len(by_class)), sharey=True, squeeze=False)  # fmt: skip
+    for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
+        pairs = [split_of(n) or TODAY_SPLIT[cls] for n in names]
+        for ax, a in zip(row, mats, strict=True):
+            cols = sorted({b: j for j, (x, b) in enumerate(pairs) if x == a}.items())
+            if not cols or not rows:
+                ax.set_axis_off()
+                continue
+            parts = [b for b, _ in cols]
+            _panel(ax, parts, [f"{b:g}" for b in parts],
+                   {t: [r[j] for _, j in cols] for t, r in rows.items()},
+                   f"{cls} ({len(rows)} ViTs): matrices x {a:g}", DECAY_STAGES["vitsplit"][2],
+                   marked, marked_label)
+        row[0].set_ylabel("val loss / best tuned baseline's")
+        row[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -273,12 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.paired and args.stage not in DECAY_STAGES:
         raise SystemExit(f"--paired picks a decay: use it with --stage {' or '.join(DECAY_STAGES)}")
+    if args.stage == "vitsplit" and not args.paired:
+        raise SystemExit("--stage vitsplit picks by the paired rule only: add --paired")
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
-    marked_label = {"regnoise": "diabetes", "normnoise": "ViT"}.get(args.stage, "Friedman #3")
-    noun = {"normnoise": "classifiers", "vitlr": "ViTs"}.get(args.stage, "regressors")
+    marked_label = {"regnoise": "diabetes", "normnoise": "ViT",
+                    "vitsplit": "4x4 patches"}.get(args.stage, "Friedman #3")
+    noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs"}.get(args.stage,
+                                                                               "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -291,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             outs[task] = Path(out)
             t = bt.PROFILES[profile].suite[task]
             if {"regnoise": t.options.get("dataset") == "diabetes",
-                    "normnoise": t.builder == "vit"}.get(args.stage,
-                                                         t.options.get("function") == 3):
+                    "normnoise": t.builder == "vit",
+                    "vitsplit": t.options.get("patch") == 4}.get(args.stage,
+                                                                 t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
@@ -320,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")
+    elif args.stage == "vitsplit":
+        split_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked))
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,

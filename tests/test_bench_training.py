@@ -970,6 +970,80 @@ def test_attention_lr_check_catches_its_mutants(levers):
             _attention_lr_check(mutant)
 
 
+def _attention_split_check(cls):
+    """One step of ``cls(model, attention_split=[2, 8])``: under a softmax head the matrices'
+    factor (round 10's) is twice and the AdamW part's eight times that of
+    ``cls(model, attention_split=[1, 1])`` (round 10's as before round 22) where the model has an
+    attention layer, the same without one; under a regression loss there are none."""
+    torch.manual_seed(9)
+    x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    for attention, classify in ((True, True), (False, True), (True, False)):
+        got = []
+        for split in ([1.0, 1.0], [2.0, 8.0]):
+            torch.manual_seed(10)
+            model = SmallViT(attention)
+            opt = cls(model, attention_split=split)
+            z = model(x)
+            loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()
+            loss.backward()
+            opt.step()
+            got.append((opt._lr_scale, [g["algorithm"] for g in opt.param_groups]))
+        (plain, algorithms), (lever, _) = got
+        assert bool(plain) == classify and set(algorithms) == {"regmuon", "adamw"}
+        want = ({gi: f * (2.0 if algorithms[gi] == "regmuon" else 8.0) for gi, f in plain.items()}
+                if attention else plain)  # fmt: skip
+        assert lever == pytest.approx(want), (attention, classify)
+
+
+def test_attention_split_scales_a_vits_two_lrs_apart(levers):
+    """``attention_split``: a ViT's round-10 matrix factor times ``a``, its AdamW part's times
+    ``b``; ``[1, 1]`` is round 10's step (round 22's factor replaced) and ``[3, 3]`` under a warm-up
+    RegMuon(model) today; bad pairs, and the pair with ``attention_lr``, refused."""
+    _attention_split_check(levers.LeverRegMuon)
+    torch.manual_seed(9)
+    x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    scales = []
+    for make in (lambda m, o: RegMuon(m, **o),
+                 lambda m, o: levers.LeverRegMuon(m, attention_split=[3, 3], **o)):
+        torch.manual_seed(10)
+        model = SmallViT(True)
+        opt = make(model, {})
+        for g in opt.param_groups:  # a warm-up's first step: below the built lrs
+            g["lr"] *= 0.1
+        nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+        scales.append(opt._lr_scale)
+    assert scales[0] == pytest.approx(scales[1])
+    for bad in ([0.0, 1.0], [1.0, -1.0], [math.inf, 1.0], [1.0, math.nan], [2.0], [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="attention_split"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"attention_split": bad})
+    with pytest.raises(ValueError, match="pass one of them"):
+        levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"attention_split": [2, 8],
+                                                      "attention_lr": 2.0})
+
+
+def test_attention_split_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_attention_split_check`: the two factors swapped,
+    the matrices' factor on both parts, every model of the class scaled (attention ignored)."""
+
+    class Swapped(levers.LeverRegMuon):
+        def __init__(self, model, attention_split, **kw):
+            super().__init__(model, attention_split=attention_split[::-1], **kw)
+
+    class OneFactor(levers.LeverRegMuon):
+        def __init__(self, model, attention_split, **kw):
+            super().__init__(model, attention_split=[attention_split[0]] * 2, **kw)
+
+    class EveryModel(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._attention = True
+
+    for mutant in (Swapped, OneFactor, EveryModel):
+        with pytest.raises(AssertionError):
+            _attention_split_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1117,6 +1191,10 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21")),
+    ("round23", "ROUND23", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1443,6 +1521,41 @@ def test_vitlr_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monke
         split=lambda: {**split, "held_out": [*split["held_out"], "vit_tiny"]}))
     _decay_stage_check(bench, tmp_path, "vitlr", "attention_lr", [1.5, 2.0, 3.0, 4.0],
                        task="vit_tiny")
+
+
+def test_vitsplit_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
+    """VIT_SPLIT_CANDIDATES: the ``attention_split`` lever at five pairs, each changing a ViT's
+    result (the smoke profile with a tiny ViT held out). Mutants caught: the lever frozen (every
+    column equal to today's), another lever in its place (the stored levers differ)."""
+    smoke = bench.PROFILES["smoke"]
+    tiny = bench.SuiteTask("vit", "vision", 6, "linear",
+                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16})  # fmt: skip
+    split = smoke.split()
+    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
+        smoke, suite={**smoke.suite, "vit_tiny": tiny},
+        split=lambda: {**split, "held_out": [*split["held_out"], "vit_tiny"]}))
+    _decay_stage_check(bench, tmp_path, "vitsplit", "attention_split",
+                       [[1.0, 3.0], [2.0, 3.0], [1.0, 8.0], [2.0, 8.0], [3.0, 8.0]],
+                       task="vit_tiny")
+
+
+def test_round23_is_vits_of_both_schedules_and_patch_sizes(bench):
+    """Every model of ROUND23 is a ViT of round 10's class (normalization, a first matrix layer
+    reading raw inputs, a softmax head) with an attention layer, under both schedule regimes,
+    with 4x4 and 2x2 patches under a warm-up. Mutant caught: a set without a 4x4-patch ViT under
+    a warm-up."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round23"]
+    for task, t in bench.ROUND23.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and attention_layer(model) is not None, task
+        assert bench.softmax_headed(prof, task), task
+    warm = {t.options.get("patch", 2) for t in bench.ROUND23.values() if t.warmup}
+    assert warm == {2, 4}
+    assert {t.warmup > 0 for t in bench.ROUND23.values()} == {True, False}
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):

@@ -152,3 +152,51 @@ def test_the_cautious_screen_is_a_decay_stage(screen, tmp_path):
     assert (out / "regcautious_paired.png").stat().st_size > 0
     diffs = screen.seed_diffs(tmp_path / "R19", "friedman3_h256", CAUTIOUS, "regcautious")
     assert [round(sum(d) / len(d), 6) for d in diffs] == [0.0, -0.001, 0.002, 0.01]
+
+
+SPLIT = ["today's defaults", "attention split 1x3", "attention split 2x8"]
+
+
+def test_the_vitsplit_screen_reads_pairs_by_seed(screen, tmp_path):
+    """``vitsplit``: a column's pair ``a x b`` named from the lever's setting as the paired rule
+    reads it from ``results.json``; under a warm-up ``2x8`` has the smaller mean log ratio and
+    harms no ViT (the pick), under a constant lr it is worse on ``vit_p4_h8`` on every seed
+    (``1x3`` picked); the figure is drawn; the robust rule refused. Mutants caught: a pair named
+    with its factors swapped (its runs not found), the paired rule ignored (``2x8`` picked under
+    a constant lr)."""
+    import bench_training as bt
+
+    assert screen.setting_name("attention split", [2.0, 8.0]) == "attention split 2x8"
+    assert screen.setting_name("attention lr", 3.0) == "attention lr 3"
+    assert [screen.split_of(n) for n in SPLIT] == [None, (1.0, 3.0), (2.0, 8.0)]
+    rows = {"vit_d32_cos": [1.30, 1.20, 1.05], "vit_d48_h2_b32": [1.50, 1.40, 1.10],
+            "vit_p4_h8": [1.20, 1.10, 1.00]}
+    shift = {"vit_d32_cos": {1: -0.01, 2: -0.03}, "vit_d48_h2_b32": {1: -0.01, 2: -0.05},
+             "vit_p4_h8": {1: -0.01, 2: +0.02}}
+    root = tmp_path / "R22"
+    root.mkdir()
+    head = "| task | best | " + " | ".join(SPLIT) + " |\n|---|---:|" + "---:|" * 3 + "\n"
+    (root / "vitsplit.md").write_text(head + "".join(
+        f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n" for t, r in rows.items()))
+    runs = {}
+    for t in rows:
+        for s in bt.LR_SEEDS:
+            wobble = 0.001 * (s % 3)
+            runs[f"{t}{s}"] = {"spec": {"task": t, "seed": s, "opt": {"arm": "default"}},
+                               "val_loss": 0.2 + wobble}  # fmt: skip
+            for j, pair in ((1, [1.0, 3.0]), (2, [2.0, 8.0])):
+                runs[f"{t}{s}{j}"] = {"spec": {"task": t, "seed": s, "opt": {
+                    "arm": "default_lever", "levers": {"attention_split": pair}}},
+                    "val_loss": 0.2 + wobble + shift[t][j]}
+    (root / "results.json").write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "S"
+    with pytest.raises(SystemExit, match="--paired"):
+        screen.main(["--stage", "vitsplit", "--out", str(out), f"round22={root}"])
+    assert screen.main(["--stage", "vitsplit", "--paired", "--out", str(out),
+                        f"round22={root}"]) == 0  # fmt: skip
+    text = (out / "vitsplit_paired.md").read_text()
+    assert "## warm-up and decay: 2 ViTs; the paired rule picks **attention split 2x8**" in text
+    assert "## constant: 1 ViTs; the paired rule picks **attention split 1x3**" in text
+    assert (out / "vitsplit_paired.png").stat().st_size > 0
+    diffs = screen.seed_diffs(root, "vit_p4_h8", SPLIT, "vitsplit")
+    assert [round(sum(d) / len(d), 6) for d in diffs] == [0.0, -0.01, 0.02]
