@@ -1515,6 +1515,17 @@ OPTIONAL_VARIANTS["regression_cautious_paired"] = {
 #: only models with an attention layer in round 10's class: every model of ROUND22.
 OPTIONAL_VARIANTS["attention_lr_paired"] = {
     "schedule": {"constant": None, "warmup": {"levers": {"attention_lr": 3.0}}}}
+#: Round 23's candidate, ``attention_split_paired``: the paired rule's pick on the ``vitsplit``
+#: screen over the 24 ViTs seen through round 22 (rule and test fixed at VIT_SPLIT_CANDIDATES
+#: with ROUND23, before the screen ran): under a constant lr (11) the AdamW part's factor times 3
+#: (``[1, 3]``: matrices at round 10's 0.005, the part at 0.0075), the one admissible pair (mean
+#: log ratio 0.220 -> 0.209, better on 6; worst ratio 1.386 -> 1.526; the others worse by 2 SE on
+#: one to three); under a warm-up (13) none, round 22's factor 3 on both (every pair worse by 2 SE
+#: on one to seven; ``[2, 8]`` better on 8, mean log ratio 0.341 -> 0.328, worse by 2 SE on one).
+#: The lever changes only models with an attention layer in round 10's class: here the three
+#: constant-lr ViTs of ROUND23.
+OPTIONAL_VARIANTS["attention_split_paired"] = {
+    "schedule": {"constant": {"levers": {"attention_split": [1.0, 3.0]}}, "warmup": None}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

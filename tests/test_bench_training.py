@@ -1597,6 +1597,12 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
                 (("default_lever", {"attention_lr": 3.0}) if t.warmup
                  else ("default", None))), task  # fmt: skip
     assert {t.warmup > 0 for t in bench.ROUND22.values()} == {True, False}
+    split = bench.OPTIONAL_VARIANTS["attention_split_paired"]  # round 23's: a constant lr only
+    for task, t in bench.ROUND23.items():
+        opt = bench._variant_opt(split, "core", bench.PROFILES["round23"], task)
+        assert ((opt["arm"], opt.get("levers")) ==
+                (("default", None) if t.warmup
+                 else ("default_lever", {"attention_split": [1.0, 3.0]}))), task  # fmt: skip
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
