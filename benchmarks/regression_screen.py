@@ -174,7 +174,7 @@ def _panel(ax: Any, xs: list[float], ticks: list[str], rows: dict[str, list[floa
     for task, ratios in rows.items():
         mark = task in marked
         ax.plot(xs, ratios, color="C0" if mark else "0.6", lw=1.2 if mark else 0.7,
-                alpha=0.9 if mark else 0.7,
+                alpha=0.9 if mark else 0.7, marker="." if len(xs) == 1 else None,
                 label=marked_label if mark and task == min(set(rows) & marked) else None)
     median = [sorted(col)[len(rows) // 2] for col in zip(*rows.values(), strict=True)]
     ax.plot(xs, median, color="C3", lw=2.2, marker="o", label="median")
