@@ -43,6 +43,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                writes ``OUT/vitlr.md``.
 ``vitsplit``   :data:`VIT_SPLIT_CANDIDATES` (round 10's matrix lr and AdamW part for a ViT, each
                times its own factor), on ``--tasks``; writes ``OUT/vitsplit.md``.
+``vittokens``  :data:`VIT_TOKENS_CANDIDATES` (round 10's step times ``g`` for a ViT with few
+               tokens), on ``--tasks``; writes ``OUT/vittokens.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -60,8 +62,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round23``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND23`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round24``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND24`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -625,6 +627,25 @@ ROUND23: dict[str, SuiteTask] = {
     "vit_d56_h2_b128": SuiteTask("vit", "vision", 200, "constant",
                                  {"d_model": 56, "n_heads": 2, "batch": 128}),
 }  # fmt: skip
+#: Round 24's held-out set: six ViTs with 4x4 patches on the digits (four tokens an image and a
+#: class token; three under warm-up and decay, three under a constant lr), committed before any of
+#: their runs, after round 23's found its 4x4-patch ViTs the class's recurring miss (harmed by
+#: round 22's factor under a warm-up; three of four under a constant lr worse than
+#: ``torch.optim.Muon``'s documented defaults), with the next lever's stage, rule and test, before
+#: its screen was run: **a ViT with few tokens apart** (round 10's factors times ``g`` where the
+#: first attention layer reads at most eight tokens, in place of round 22's factor).
+ROUND24: dict[str, SuiteTask] = {
+    "vit_p4_d56_cos": SuiteTask("vit", "vision", 300, "cosine", {"d_model": 56, "patch": 4}),
+    "vit_p4_d48_l3": SuiteTask("vit", "vision", 300, "linear",
+                               {"d_model": 48, "n_layers": 3, "patch": 4}),
+    "vit_p4_d24": SuiteTask("vit", "vision", 200, "linear", {"d_model": 24, "patch": 4}),
+    "vit_p4_d40_b32c": SuiteTask("vit", "vision", 300, "constant",
+                                 {"d_model": 40, "patch": 4, "batch": 32}),
+    "vit_p4_l1_d64": SuiteTask("vit", "vision", 200, "constant",
+                               {"d_model": 64, "n_layers": 1, "patch": 4}),
+    "vit_p4_d48_h2_b128": SuiteTask("vit", "vision", 300, "constant",
+                                    {"d_model": 48, "n_heads": 2, "patch": 4, "batch": 128}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -654,6 +675,7 @@ ROUND20_BASELINES_FILE = Path(__file__).with_name("training_baselines_round20.js
 ROUND21_BASELINES_FILE = Path(__file__).with_name("training_baselines_round21.json")
 ROUND22_BASELINES_FILE = Path(__file__).with_name("training_baselines_round22.json")
 ROUND23_BASELINES_FILE = Path(__file__).with_name("training_baselines_round23.json")
+ROUND24_BASELINES_FILE = Path(__file__).with_name("training_baselines_round24.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -873,6 +895,7 @@ PROFILES = {
     "round21": held_out_profile(ROUND21, ROUND21_BASELINES_FILE),
     "round22": held_out_profile(ROUND22, ROUND22_BASELINES_FILE),
     "round23": held_out_profile(ROUND23, ROUND23_BASELINES_FILE),
+    "round24": held_out_profile(ROUND24, ROUND24_BASELINES_FILE),
 }
 
 
@@ -2068,6 +2091,27 @@ VIT_SPLIT_CANDIDATES: dict[str, dict[str, Any]] = {
        for a, b in ((1.0, 3.0), (2.0, 3.0), (1.0, 8.0), (2.0, 8.0), (3.0, 8.0))},
 }  # fmt: skip
 
+#: The ``vittokens`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``few_tokens = g``: where ``RegMuon(model)`` decides round 10's smaller lrs, the model has an
+#: attention layer and that layer reads at most ``regmuon_levers.FEW_TOKENS`` (8) tokens at the
+#: first forward, round 10's factors times ``g`` under either schedule, in place of round 22's
+#: factor (today: 3 under a warm-up, 1 under a constant lr); every other model as today. Round
+#: 22's check found its factor costing the three 4x4-patch ViTs under a warm-up (0.95-0.97x ->
+#: 1.11-1.42x), round 23's set a fourth at 1.44x, and three of the four 4x4-patch ViTs seen under a
+#: constant lr are worse than ``torch.optim.Muon``'s documented defaults (their tuned Muon at
+#: matrix lr 0.0025-0.01). Screened after round 23 on the ten 4x4-patch ViTs seen (rounds 1-23,
+#: the only ViTs it changes; seeds :data:`LR_SEEDS`), with round 24's set committed before. Fixed
+#: before the screen's results, with this table: the **paired rule** of ``regression_screen.py
+#: --stage vittokens --paired``, per schedule class (``g = 1`` under a constant lr is today's
+#: step, a check that the lever reads the tokens as the library runs). The test: adopted only if,
+#: paired by seed on ROUND24 (test loss, evaluation seeds), better in the mean on at least three
+#: quarters of the ViTs it changes and worse by more than 2 paired SE on none. If the rule admits
+#: no factor in either class there is no candidate.
+VIT_TOKENS_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"few tokens {g:g}": {"levers": {"few_tokens": g}} for g in (0.5, 1.0, 2.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2075,7 +2119,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "regpart": REGRESSION_PART_CANDIDATES, "regdecay": REGRESSION_DECAY_CANDIDATES,
     "regcautious": REGRESSION_CAUTIOUS_CANDIDATES, "regnoise": REGRESSION_NOISE_CANDIDATES,
     "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
-    "vitsplit": VIT_SPLIT_CANDIDATES,
+    "vitsplit": VIT_SPLIT_CANDIDATES, "vittokens": VIT_TOKENS_CANDIDATES,
 }  # fmt: skip
 
 

@@ -99,6 +99,11 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   matrices 0.01, AdamW part 0.02), under any schedule; it replaces the library's rule, as
   ``attention_lr`` does (``[3, 3]`` under a warm-up and ``[1, 1]`` under a constant lr are
   ``RegMuon(model)`` today).
+- ``few_tokens = g``: a ViT with few tokens apart. Where ``attention_lr`` would apply and the
+  model's first attention layer reads at most :data:`FEW_TOKENS` tokens at the model's first
+  forward (a ViT with 4x4 patches on 8x8 images: four and a class token), round 10's decided
+  factors times ``g`` in place of round 22's factor, under either schedule (``g = 1``: round
+  10's step); a ViT with more tokens keeps ``RegMuon(model)``'s decision.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ from torch import Tensor, nn
 
 from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, input_layer, kernel
 from muonflow.optim import optimizer as optimizer_module
-from muonflow.optim.routing import softmax_head
+from muonflow.optim.routing import attention_layer, softmax_head
 
 __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
@@ -121,7 +126,11 @@ __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
-          "attention_lr": float, "attention_split": list}
+          "attention_lr": float, "attention_split": list, "few_tokens": float}
+#: ``few_tokens``' bound: a ViT whose first attention layer reads at most this many tokens at the
+#: first forward (between the 5 of a 4x4-patch ViT on the 8x8 digits and the 17 of a 2x2-patch
+#: one, the two kinds the benchmark has).
+FEW_TOKENS = 8
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
@@ -153,7 +162,8 @@ class LeverRegMuon(RegMuon):
     such a network's every step by the signal's share of its gradient to the power ``a``, and
     ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs, and
     ``attention_lr = f`` a ViT's round-10 lrs times ``f``, ``attention_split = [a, b]`` its
-    matrices' times ``a`` and its AdamW part's times ``b`` (the module docstring).
+    matrices' times ``a`` and its AdamW part's times ``b``, ``few_tokens = g`` a ViT with few
+    tokens' times ``g`` (the module docstring).
     """
 
     def __init__(
@@ -171,6 +181,7 @@ class LeverRegMuon(RegMuon):
         softmax_noise: float = 0.0,
         attention_lr: float | None = None,
         attention_split: list[float] | None = None,
+        few_tokens: float | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -197,9 +208,11 @@ class LeverRegMuon(RegMuon):
                         for f in attention_split)):  # fmt: skip
             raise ValueError("attention_split must be two finite factors > 0 (the matrices', "
                              f"the AdamW part's), got {attention_split!r}")
-        if attention_lr is not None and attention_split is not None:
-            raise ValueError("attention_lr and attention_split are two factors on the same lrs: "
-                             "pass one of them")  # fmt: skip
+        if few_tokens is not None and not (math.isfinite(few_tokens) and few_tokens > 0):
+            raise ValueError(f"few_tokens must be a finite factor > 0, got {few_tokens!r}")
+        if sum(x is not None for x in (attention_lr, attention_split, few_tokens)) > 1:
+            raise ValueError("attention_lr, attention_split and few_tokens are factors on the "
+                             "same lrs: pass one of them")  # fmt: skip
         if regression_decay and regression_cautious:
             raise ValueError("regression_decay and regression_cautious are two decays of the "
                              "same matrices: pass one of them")  # fmt: skip
@@ -215,6 +228,11 @@ class LeverRegMuon(RegMuon):
         if attention_lr is not None or attention_split is not None:  # replace round 22's factor
             self._attention_pending = None
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
+        self.few_tokens = few_tokens
+        self._tokens: int | None = None  # read at the first forward by the first attention layer
+        if few_tokens is not None and (name := attention_layer(model)) is not None:
+            self._token_hook = model.get_submodule(name).register_forward_pre_hook(
+                self._read_tokens, with_kwargs=True)
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -247,13 +265,31 @@ class LeverRegMuon(RegMuon):
         self._decision = decided
         return decided
 
+    def _read_tokens(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """The first attention layer's number of tokens at the model's first forward (its input
+        ``[batch, tokens, d]``, or ``[tokens, batch, d]`` for a module with ``batch_first``
+        false), read once."""
+        x = args[0] if args else next(iter(kwargs.values()))
+        self._tokens = int(x.shape[1] if getattr(module, "batch_first", True) else x.shape[0])
+        self._token_hook.remove()
+
     def _decide_scale(self) -> tuple[dict[int, float], str] | None:
         """RegMuon(model)'s decision on round 10's lrs, in a model with an attention layer its
         factors times ``attention_lr``, or the matrices' times ``a`` and the AdamW part's times
-        ``b`` of ``attention_split``."""
+        ``b`` of ``attention_split``; with ``few_tokens`` and at most :data:`FEW_TOKENS` tokens,
+        round 10's factors times ``few_tokens``."""
+        few = (self.few_tokens is not None and self._tokens is not None
+               and self._tokens <= FEW_TOKENS)  # fmt: skip
+        if few:  # round 22's factor replaced
+            self._attention_pending = None
         decided = super()._decide_scale()
         if decided is None or not decided[0] or not self._attention:
             return decided
+        if few:
+            assert self.few_tokens is not None
+            factors = {gi: f * self.few_tokens for gi, f in decided[0].items()}
+            return factors, (f"{decided[1]}; x {self.few_tokens:g} ({self._tokens} tokens: the "
+                             "few_tokens lever)")  # fmt: skip
         if self.attention_split is not None:
             a, b = self.attention_split
             factors = {gi: f * (a if self.param_groups[gi]["algorithm"] == "regmuon" else b)

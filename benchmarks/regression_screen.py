@@ -33,12 +33,15 @@ panel per class and matrix factor, against the AdamW part's factor (today's colu
 pair the library uses in the class: round 22's factor on both under a warm-up, 1 under a
 constant lr).
 
+``--stage vittokens`` joins the ``vittokens`` tables (one column per factor ``g`` on round 10's
+lrs for a ViT with few tokens; today's drawn at the left end).
+
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``) picks by the **paired rule** instead, fixed after round 17's test (decay
-0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times): the held-out
-test's own harm criterion applied to the seen tasks first. A decay is *admissible* if on no
-task of the class it is worse than today's defaults by 2 paired SE or more (the per-seed
-differences of the validation loss over the tuning seeds, read from each set's
+``vitlr``, ``vitsplit``, ``vittokens``) picks by the **paired rule** instead, fixed after round
+17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times):
+the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
+if on no task of the class it is worse than today's defaults by 2 paired SE or more (the
+per-seed differences of the validation loss over the tuning seeds, read from each set's
 ``OUT/results.json``); the pick is the admissible decay with the smallest mean log ratio,
 today's defaults if none is.
 
@@ -108,7 +111,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "vitlr": ("attention_lr", "attention lr",
                           "factor f on round 10's lrs for a ViT (1: today's)"),
                 "vitsplit": ("attention_split", "attention split",
-                             "factor b on round 10's AdamW part for a ViT")}
+                             "factor b on round 10's AdamW part for a ViT"),
+                "vittokens": ("few_tokens", "few tokens",
+                              "factor g on round 10's lrs for a ViT with few tokens")}
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -347,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT",
                     "vitsplit": "4x4 patches"}.get(args.stage, "Friedman #3")
-    noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs"}.get(args.stage,
-                                                                               "regressors")
+    noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
+            "vittokens": "4x4-patch ViTs"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             t = bt.PROFILES[profile].suite[task]
             if {"regnoise": t.options.get("dataset") == "diabetes",
                     "normnoise": t.builder == "vit",
-                    "vitsplit": t.options.get("patch") == 4}.get(args.stage,
+                    "vitsplit": t.options.get("patch") == 4,
+                    "vittokens": False}.get(args.stage,
                                                                  t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
@@ -396,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
-                     today="1" if args.stage == "vitlr" else "0")
+                     today={"vitlr": "1", "vittokens": "today"}.get(args.stage, "0"))
     print("\n".join(lines))
     return 0
 

@@ -1044,6 +1044,77 @@ def test_attention_split_check_catches_its_mutants(levers):
             _attention_split_check(mutant)
 
 
+def _few_tokens_check(cls):
+    """One step of ``cls(model, few_tokens=2)`` on a small ViT reading 5 tokens (at most
+    ``FEW_TOKENS``) or 12, under a constant lr and under a warm-up (the lrs at the first step a
+    tenth of the built ones): with 5 tokens the factors on the groups' lrs are round 10's times 2
+    under both (round 22's factor 3 replaced), with 12 those of ``RegMuon(model)`` (round 10's,
+    times 3 under a warm-up)."""
+    torch.manual_seed(9)
+    labels = torch.randint(0, 3, (8,))
+
+    def scale(make, tokens, warm):
+        torch.manual_seed(10)
+        model = SmallViT(True)
+        opt = make(model)
+        if warm:
+            for g in opt.param_groups:
+                g["lr"] *= 0.1
+        x = torch.randn(8, tokens, 4, generator=torch.Generator().manual_seed(tokens))
+        nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+        return opt._lr_scale
+
+    base = scale(RegMuon, 5, False)  # round 10's factors
+    assert base
+    for tokens, warm in ((5, False), (5, True), (12, False), (12, True)):
+        got = scale(lambda m: cls(m, few_tokens=2.0), tokens, warm)
+        f = 2.0 if tokens <= 8 else (3.0 if warm else 1.0)
+        assert got == pytest.approx({gi: v * f for gi, v in base.items()}), (tokens, warm)
+
+
+def test_few_tokens_scales_a_vit_with_few_tokens_only(levers):
+    """``few_tokens``: a ViT whose attention reads at most ``FEW_TOKENS`` tokens takes round 10's
+    factors times ``g`` (round 22's replaced), any other as ``RegMuon(model)``; bad factors, and
+    the lever with another on the same lrs, refused."""
+    assert levers.FEW_TOKENS == 8
+    _few_tokens_check(levers.LeverRegMuon)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="few_tokens"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"few_tokens": bad})
+    with pytest.raises(ValueError, match="pass one of them"):
+        levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"few_tokens": 2.0, "attention_lr": 2.0})
+
+
+def test_few_tokens_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_few_tokens_check`: the tokens ignored (every ViT
+    given ``g``), round 22's factor kept under ``g`` (``g x 3`` under a warm-up), the bound
+    inverted (the ViTs with many tokens given ``g``)."""
+
+    class EveryViT(levers.LeverRegMuon):
+        def _read_tokens(self, module, args, kwargs):
+            super()._read_tokens(module, args, kwargs)
+            self._tokens = 1
+
+    class KeepsRound22(levers.LeverRegMuon):
+        def _decide_scale(self):
+            pending = self._attention_pending
+            d = super()._decide_scale()
+            if d and d[0] and pending is not None and self._tokens <= levers.FEW_TOKENS \
+                    and self.param_groups[0]["lr"] < pending[0]:
+                return {gi: f * 3.0 for gi, f in d[0].items()}, d[1]
+            return d
+
+    class Inverted(levers.LeverRegMuon):
+        def _read_tokens(self, module, args, kwargs):
+            super()._read_tokens(module, args, kwargs)
+            self._tokens = 20 if self._tokens <= levers.FEW_TOKENS else 1
+
+    for mutant in (EveryViT, KeepsRound22, Inverted):
+        with pytest.raises(AssertionError):
+            _few_tokens_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1195,6 +1266,10 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21", "ROUND22")),
+    ("round24", "ROUND24", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1556,6 +1631,49 @@ def test_round23_is_vits_of_both_schedules_and_patch_sizes(bench):
     warm = {t.options.get("patch", 2) for t in bench.ROUND23.values() if t.warmup}
     assert warm == {2, 4}
     assert {t.warmup > 0 for t in bench.ROUND23.values()} == {True, False}
+
+
+def test_vittokens_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monkeypatch):
+    """VIT_TOKENS_CANDIDATES: the ``few_tokens`` lever at 0.5-2 on a tiny 4x4-patch ViT under a
+    warm-up (five tokens: the lever applies in place of today's factor 3), each changing its
+    result. Mutants caught: the lever frozen (every column equal to today's), another lever in its
+    place (the stored levers differ)."""
+    smoke = bench.PROFILES["smoke"]
+    tiny = bench.SuiteTask("vit", "vision", 40, "linear",
+                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16,
+                            "patch": 4})  # fmt: skip
+    split = smoke.split()
+    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
+        smoke, suite={**smoke.suite, "vit_p4_tiny": tiny},
+        split=lambda: {**split, "held_out": [*split["held_out"], "vit_p4_tiny"]}))
+    _decay_stage_check(bench, tmp_path, "vittokens", "few_tokens", [0.5, 1.0, 2.0],
+                       task="vit_p4_tiny")
+
+
+def test_round24_is_4x4_patch_vits_of_both_schedules(bench):
+    """Every model of ROUND24 is a ViT of round 10's class whose attention reads five tokens (at
+    most ``FEW_TOKENS``: the models the ``few_tokens`` lever changes), under both schedule regimes.
+    Mutant caught: a 2x2-patch ViT in the set (17 tokens)."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer
+    from muonflow.training import make_task
+
+    levers = sys.modules["regmuon_levers"]
+    prof = bench.PROFILES["round24"]
+    for task, t in bench.ROUND24.items():
+        built = make_task(t.builder, **t.options)
+        model = built.make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        seen: list[int] = []
+
+        def read(module, args, kwargs, seen=seen):
+            seen.append((args[0] if args else next(iter(kwargs.values()))).shape[1])
+
+        model.get_submodule(attention_layer(model)).register_forward_pre_hook(read,
+                                                                              with_kwargs=True)
+        model(pixel_values=torch.zeros(2, 1, 8, 8))
+        assert seen[0] == 5 <= levers.FEW_TOKENS, task
+    assert {t.warmup > 0 for t in bench.ROUND24.values()} == {True, False}
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
