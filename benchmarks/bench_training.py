@@ -1549,6 +1549,18 @@ OPTIONAL_VARIANTS["attention_lr_paired"] = {
 #: constant-lr ViTs of ROUND23.
 OPTIONAL_VARIANTS["attention_split_paired"] = {
     "schedule": {"constant": {"levers": {"attention_split": [1.0, 3.0]}}, "warmup": None}}
+#: Round 23's candidate failed its test (better in the mean on two of the three ViTs it changed).
+#: Round 24's candidate, ``few_tokens_paired``: the paired rule's pick on the ``vittokens`` screen
+#: over the ten 4x4-patch ViTs seen through round 23 (rule and test fixed at
+#: VIT_TOKENS_CANDIDATES with ROUND24, before the screen ran): under a constant lr (4) round 10's
+#: factors times 0.5 (mean log ratio 0.211 -> 0.196, better on 3; ``g = 2`` worse by 2 SE on one;
+#: ``g = 1`` is today's step, equal on every run); under a warm-up (6) times 2 in place of round
+#: 22's 3 (mean log ratio 0.443 -> 0.347, better on 4; ``g = 0.5`` and ``1`` worse by 2 SE on
+#: four and two). The lever changes only ViTs whose attention reads at most 8 tokens: every model
+#: of ROUND24.
+OPTIONAL_VARIANTS["few_tokens_paired"] = {
+    "schedule": {"constant": {"levers": {"few_tokens": 0.5}},
+                 "warmup": {"levers": {"few_tokens": 2.0}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

@@ -1721,6 +1721,11 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
         assert ((opt["arm"], opt.get("levers")) ==
                 (("default", None) if t.warmup
                  else ("default_lever", {"attention_split": [1.0, 3.0]}))), task  # fmt: skip
+    tokens = bench.OPTIONAL_VARIANTS["few_tokens_paired"]  # round 24's: by the schedule only
+    for task, t in bench.ROUND24.items():
+        opt = bench._variant_opt(tokens, "core", bench.PROFILES["round24"], task)
+        assert (opt["arm"], opt["levers"]) == (
+            "default_lever", {"few_tokens": 2.0 if t.warmup else 0.5}), task
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
