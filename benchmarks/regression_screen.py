@@ -268,7 +268,7 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
                  marked: frozenset[str] = frozenset(), marked_label: str = "Friedman #3",
                  what: str = "decay λ of the matrices (0: none)", noun: str = "regressors",
-                 today: str = "0") -> None:  # fmt: skip
+                 today: str | dict[str, str] = "0") -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks, named ``marked_label``: the Friedman #3 models, or for
     ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end), the median
@@ -285,7 +285,8 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, (cls, rows) in zip(axes[0], by_class.items(), strict=True):
-        _panel(ax, xs, [f"{decays[j]:g}" if decays[j] else today for j in order],
+        label = today if isinstance(today, str) else today[cls]
+        _panel(ax, xs, [f"{decays[j]:g}" if decays[j] else label for j in order],
                {t: [r[j] for j in order] for t, r in rows.items()},
                f"{cls} ({len(rows)} {noun})", what, marked, marked_label)
     axes[0][0].set_ylabel("val loss / best tuned baseline's")
@@ -299,6 +300,12 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
 #: where the ``vitsplit`` figure draws today's column.
 TODAY_SPLIT = {"constant": (1.0, 1.0),
                "warm-up and decay": (ATTENTION_WARMUP_FACTOR, ATTENTION_WARMUP_FACTOR)}
+
+
+#: What the ``vittokens`` figure's left end (today's) is, per class: round 22's factor under a
+#: warm-up, round 10's step (``g = 1``) under a constant lr.
+TODAY_TOKENS = {"constant": "today (1)",
+                "warm-up and decay": f"today ({ATTENTION_WARMUP_FACTOR:g})"}
 
 
 def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
@@ -402,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
-                     today={"vitlr": "1", "vittokens": "today"}.get(args.stage, "0"))
+                     today=TODAY_TOKENS if args.stage == "vittokens"
+                     else "1" if args.stage == "vitlr" else "0")  # fmt: skip
     print("\n".join(lines))
     return 0
 
