@@ -1512,6 +1512,20 @@ def test_regpart_stage_runs_todays_defaults_and_each_lr_pair(bench, tmp_path):
     assert len(per) == len(means) == len(bench.REGRESSION_PART_CANDIDATES)
 
 
+#: A ViT small enough for a stage's check on the smoke profile.
+TINY_VIT = {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16}
+
+
+def _held_out_in_smoke(bench, monkeypatch, name: str, task) -> None:
+    """The smoke profile with ``task`` added as a held-out task ``name`` (for a stage's check on a
+    kind of model the smoke profile lacks)."""
+    smoke = bench.PROFILES["smoke"]
+    split = smoke.split()
+    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
+        smoke, suite={**smoke.suite, name: task},
+        split=lambda: {**split, "held_out": [*split["held_out"], name]}))
+
+
 def _decay_stage_check(bench, tmp_path, stage: str, lever: str, grid: list[float],
                        task: str = "friedman_tiny") -> None:  # fmt: skip
     """A one-lever stage's candidates on LR_SEEDS: ``RegMuon(model)`` as the final stage runs it
@@ -1558,13 +1572,9 @@ def test_normnoise_stage_runs_todays_defaults_and_each_exponent(bench, tmp_path,
     classifier's result (the smoke profile with a tiny LayerNorm digits MLP held out). Mutants
     caught: the lever frozen (every column equal to today's), another lever in its place (the
     stored levers differ)."""
-    smoke = bench.PROFILES["smoke"]
     tiny = bench.SuiteTask("digits", "tabular", 6, "linear",
                            {"hidden": 16, "batch": 16, "norm": True})  # fmt: skip
-    split = smoke.split()
-    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
-        smoke, suite={**smoke.suite, "digits_ln_tiny": tiny},
-        split=lambda: {**split, "held_out": [*split["held_out"], "digits_ln_tiny"]}))
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", tiny)
     _decay_stage_check(bench, tmp_path, "normnoise", "softmax_noise",
                        [0.125, 0.25, 0.5, 1.0, 2.0], task="digits_ln_tiny")
 
@@ -1587,13 +1597,8 @@ def test_vitlr_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monke
     """VIT_LR_CANDIDATES: the ``attention_lr`` lever at 1.5-4, each changing a ViT's result (the
     smoke profile with a tiny ViT held out). Mutants caught: the lever frozen (every column equal
     to today's), another lever in its place (the stored levers differ)."""
-    smoke = bench.PROFILES["smoke"]
-    tiny = bench.SuiteTask("vit", "vision", 6, "linear",
-                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16})  # fmt: skip
-    split = smoke.split()
-    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
-        smoke, suite={**smoke.suite, "vit_tiny": tiny},
-        split=lambda: {**split, "held_out": [*split["held_out"], "vit_tiny"]}))
+    _held_out_in_smoke(bench, monkeypatch, "vit_tiny",
+                       bench.SuiteTask("vit", "vision", 6, "linear", TINY_VIT))
     _decay_stage_check(bench, tmp_path, "vitlr", "attention_lr", [1.5, 2.0, 3.0, 4.0],
                        task="vit_tiny")
 
@@ -1602,13 +1607,8 @@ def test_vitsplit_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monk
     """VIT_SPLIT_CANDIDATES: the ``attention_split`` lever at five pairs, each changing a ViT's
     result (the smoke profile with a tiny ViT held out). Mutants caught: the lever frozen (every
     column equal to today's), another lever in its place (the stored levers differ)."""
-    smoke = bench.PROFILES["smoke"]
-    tiny = bench.SuiteTask("vit", "vision", 6, "linear",
-                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16})  # fmt: skip
-    split = smoke.split()
-    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
-        smoke, suite={**smoke.suite, "vit_tiny": tiny},
-        split=lambda: {**split, "held_out": [*split["held_out"], "vit_tiny"]}))
+    _held_out_in_smoke(bench, monkeypatch, "vit_tiny",
+                       bench.SuiteTask("vit", "vision", 6, "linear", TINY_VIT))
     _decay_stage_check(bench, tmp_path, "vitsplit", "attention_split",
                        [[1.0, 3.0], [2.0, 3.0], [1.0, 8.0], [2.0, 8.0], [3.0, 8.0]],
                        task="vit_tiny")
@@ -1638,14 +1638,8 @@ def test_vittokens_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, m
     warm-up (five tokens: the lever applies in place of today's factor 3), each changing its
     result. Mutants caught: the lever frozen (every column equal to today's), another lever in its
     place (the stored levers differ)."""
-    smoke = bench.PROFILES["smoke"]
-    tiny = bench.SuiteTask("vit", "vision", 40, "linear",
-                           {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16,
-                            "patch": 4})  # fmt: skip
-    split = smoke.split()
-    monkeypatch.setitem(bench.PROFILES, "smoke", dataclasses.replace(
-        smoke, suite={**smoke.suite, "vit_p4_tiny": tiny},
-        split=lambda: {**split, "held_out": [*split["held_out"], "vit_p4_tiny"]}))
+    _held_out_in_smoke(bench, monkeypatch, "vit_p4_tiny",
+                       bench.SuiteTask("vit", "vision", 40, "linear", {**TINY_VIT, "patch": 4}))
     _decay_stage_check(bench, tmp_path, "vittokens", "few_tokens", [0.5, 1.0, 2.0],
                        task="vit_p4_tiny")
 
