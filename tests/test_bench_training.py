@@ -1270,6 +1270,10 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23")),
+    ("round25", "ROUND25", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1644,17 +1648,20 @@ def test_vittokens_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, m
                        task="vit_p4_tiny")
 
 
-def test_round24_is_4x4_patch_vits_of_both_schedules(bench):
-    """Every model of ROUND24 is a ViT of round 10's class whose attention reads five tokens (at
-    most ``FEW_TOKENS``: the models the ``few_tokens`` lever changes), under both schedule regimes.
-    Mutant caught: a 2x2-patch ViT in the set (17 tokens)."""
+@pytest.mark.parametrize("profile", ["round24", "round25"])
+def test_round24_is_4x4_patch_vits_of_both_schedules(bench, profile):
+    """Every model of ROUND24 (and of ROUND25, its candidate's replication) is a ViT of round 10's
+    class whose attention reads five tokens (at most ``FEW_TOKENS``: the models the
+    ``few_tokens`` lever changes), under both schedule regimes. Mutant caught: a 2x2-patch ViT in
+    the set (17 tokens)."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer
     from muonflow.training import make_task
 
     levers = sys.modules["regmuon_levers"]
-    prof = bench.PROFILES["round24"]
-    for task, t in bench.ROUND24.items():
+    prof = bench.PROFILES[profile]
+    tasks = getattr(bench, profile.upper())
+    for task, t in tasks.items():
         built = make_task(t.builder, **t.options)
         model = built.make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
@@ -1667,7 +1674,7 @@ def test_round24_is_4x4_patch_vits_of_both_schedules(bench):
                                                                               with_kwargs=True)
         model(pixel_values=torch.zeros(2, 1, 8, 8))
         assert seen[0] == 5 <= levers.FEW_TOKENS, task
-    assert {t.warmup > 0 for t in bench.ROUND24.values()} == {True, False}
+    assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * 3 + [True] * 3
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
@@ -1716,8 +1723,9 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
                 (("default", None) if t.warmup
                  else ("default_lever", {"attention_split": [1.0, 3.0]}))), task  # fmt: skip
     tokens = bench.OPTIONAL_VARIANTS["few_tokens_paired"]  # round 24's: by the schedule only
-    for task, t in bench.ROUND24.items():
-        opt = bench._variant_opt(tokens, "core", bench.PROFILES["round24"], task)
+    for task, t in {**bench.ROUND24, **bench.ROUND25}.items():
+        prof = bench.PROFILES["round24" if task in bench.ROUND24 else "round25"]
+        opt = bench._variant_opt(tokens, "core", prof, task)
         assert (opt["arm"], opt["levers"]) == (
             "default_lever", {"few_tokens": 2.0 if t.warmup else 0.5}), task
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
