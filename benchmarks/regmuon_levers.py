@@ -103,7 +103,10 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   model's first attention layer reads at most :data:`FEW_TOKENS` tokens at the model's first
   forward (a ViT with 4x4 patches on 8x8 images: four and a class token), round 10's decided
   factors times ``g`` in place of round 22's factor, under either schedule (``g = 1``: round
-  10's step); a ViT with more tokens keeps ``RegMuon(model)``'s decision.
+  10's step); a ViT with more tokens keeps ``RegMuon(model)``'s decision. Adopted after round 25
+  at ``g = 2`` under a warm-up and ``0.5`` under a constant lr
+  (``muonflow.optim.FEW_TOKENS_WARMUP_FACTOR``, ``FEW_TOKENS_CONSTANT_FACTOR``); the lever
+  replaces the library's factor for such a ViT.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ import torch
 from torch import Tensor, nn
 
 from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, input_layer, kernel
+from muonflow.optim import FEW_TOKENS as optim_FEW_TOKENS
 from muonflow.optim import optimizer as optimizer_module
 from muonflow.optim.routing import attention_layer, softmax_head
 
@@ -127,10 +131,9 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float}
-#: ``few_tokens``' bound: a ViT whose first attention layer reads at most this many tokens at the
-#: first forward (between the 5 of a 4x4-patch ViT on the 8x8 digits and the 17 of a 2x2-patch
-#: one, the two kinds the benchmark has).
-FEW_TOKENS = 8
+#: ``few_tokens``' bound (the library's since round 25): a ViT whose first attention layer reads at
+#: most this many tokens at the first forward.
+FEW_TOKENS = optim_FEW_TOKENS
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.

@@ -20,7 +20,7 @@ from conftest import SmallViT
 from torch import nn
 
 from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
-from muonflow.optim import DEFAULTS, RegMuon
+from muonflow.optim import DEFAULTS, NORMALIZED_INPUT_ADAMW_LR, NORMALIZED_INPUT_LR, RegMuon
 from muonflow.training import MatrixMuon
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
@@ -998,10 +998,11 @@ def _attention_split_check(cls):
 def test_attention_split_scales_a_vits_two_lrs_apart(levers):
     """``attention_split``: a ViT's round-10 matrix factor times ``a``, its AdamW part's times
     ``b``; ``[1, 1]`` is round 10's step (round 22's factor replaced) and ``[3, 3]`` under a warm-up
-    RegMuon(model) today; bad pairs, and the pair with ``attention_lr``, refused."""
+    RegMuon(model) today for a ViT with more than ``FEW_TOKENS`` tokens; bad pairs, and the pair
+    with ``attention_lr``, refused."""
     _attention_split_check(levers.LeverRegMuon)
     torch.manual_seed(9)
-    x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
+    x, labels = torch.randn(8, 12, 4), torch.randint(0, 3, (8,))
     scales = []
     for make in (lambda m, o: RegMuon(m, **o),
                  lambda m, o: levers.LeverRegMuon(m, attention_split=[3, 3], **o)):
@@ -1048,7 +1049,7 @@ def _few_tokens_check(cls):
     """One step of ``cls(model, few_tokens=2)`` on a small ViT reading 5 tokens (at most
     ``FEW_TOKENS``) or 12, under a constant lr and under a warm-up (the lrs at the first step a
     tenth of the built ones): with 5 tokens the factors on the groups' lrs are round 10's times 2
-    under both (round 22's factor 3 replaced), with 12 those of ``RegMuon(model)`` (round 10's,
+    under both (the library's factor replaced), with 12 those of ``RegMuon(model)`` (round 10's,
     times 3 under a warm-up)."""
     torch.manual_seed(9)
     labels = torch.randint(0, 3, (8,))
@@ -1065,8 +1066,8 @@ def _few_tokens_check(cls):
         opt.step()
         return opt._lr_scale
 
-    base = scale(RegMuon, 5, False)  # round 10's factors
-    assert base
+    base = {0: NORMALIZED_INPUT_LR / float(DEFAULTS.lr),
+            1: NORMALIZED_INPUT_ADAMW_LR / float(DEFAULTS.adamw_lr)}  # round 10's factors
     for tokens, warm in ((5, False), (5, True), (12, False), (12, True)):
         got = scale(lambda m: cls(m, few_tokens=2.0), tokens, warm)
         f = 2.0 if tokens <= 8 else (3.0 if warm else 1.0)
@@ -1639,13 +1640,23 @@ def test_round23_is_vits_of_both_schedules_and_patch_sizes(bench):
 
 def test_vittokens_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monkeypatch):
     """VIT_TOKENS_CANDIDATES: the ``few_tokens`` lever at 0.5-2 on a tiny 4x4-patch ViT under a
-    warm-up (five tokens: the lever applies in place of today's factor 3), each changing its
-    result. Mutants caught: the lever frozen (every column equal to today's), another lever in its
-    place (the stored levers differ)."""
+    warm-up (five tokens: the lever applies in place of the library's factor), each changing its
+    result but ``g = 2``, the library's own factor there since round 25 (its runs equal today's).
+    Mutants caught: the lever frozen (every column equal to today's), another lever in its place
+    (the stored levers differ), the library's few-tokens rule lost (``g = 2`` differs)."""
     _held_out_in_smoke(bench, monkeypatch, "vit_p4_tiny",
                        bench.SuiteTask("vit", "vision", 40, "linear", {**TINY_VIT, "patch": 4}))
-    _decay_stage_check(bench, tmp_path, "vittokens", "few_tokens", [0.5, 1.0, 2.0],
-                       task="vit_p4_tiny")
+    runs = _run_stage(bench, tmp_path, "vittokens", "vit_p4_tiny")
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        opt = r["spec"]["opt"]
+        if opt["arm"] in ("default", "default_lever"):
+            key = "today" if opt["arm"] == "default" else f"{opt['levers']['few_tokens']:g}"
+            per.setdefault(key, []).append(r["val_loss"])
+    assert sorted(per) == ["0.5", "1", "2", "today"]
+    assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+    assert per["2"] == per["today"]
+    assert len({tuple(per[k]) for k in ("0.5", "1", "today")}) == 3
 
 
 @pytest.mark.parametrize("profile", ["round24", "round25"])

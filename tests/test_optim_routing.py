@@ -4,9 +4,11 @@ parameters, declared weight matrices), the name rule, the warning, and the recor
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import pickle
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -1626,15 +1628,20 @@ def test_corrupt_group_extras_are_refused_with_nothing_changed():
 
 
 # -- a ViT under a warm-up: round 10's lrs times ATTENTION_WARMUP_FACTOR -----------------------
+#: Round 10's factors on a normalized classifier's lrs (matrices, AdamW part) by structure.
+ROUND10_FACTORS = {0: mf.optim.NORMALIZED_INPUT_LR / float(mf.optim.DEFAULTS.lr),
+                   1: mf.optim.NORMALIZED_INPUT_ADAMW_LR / float(mf.optim.DEFAULTS.adamw_lr)}
+
+
 def _attention_rule_check(cls=RegMuon):
-    """One step of ``cls(model)``: a ViT under a softmax head and a warm-up takes round 10's
-    factors times ``ATTENTION_WARMUP_FACTOR`` — every parameter's step that factor times the
-    step without the rule (to rounding), the routing says so; under a constant lr, without an
-    attention layer or under a regression loss, the factors are round 10's (or none)."""
+    """One step of ``cls(model)``: a ViT (here reading 12 tokens, more than ``FEW_TOKENS``) under
+    a softmax head and a warm-up takes round 10's factors times ``ATTENTION_WARMUP_FACTOR`` —
+    every parameter's step that factor times the step without the rule (to rounding), the
+    routing says so; under a constant lr, without an attention layer or under a regression loss,
+    the factors are round 10's (or none)."""
     factor = mf.optim.ATTENTION_WARMUP_FACTOR
-    base = {0: mf.optim.NORMALIZED_INPUT_LR / float(mf.optim.DEFAULTS.lr),
-            1: mf.optim.NORMALIZED_INPUT_ADAMW_LR / float(mf.optim.DEFAULTS.adamw_lr)}
-    x, labels = torch.randn(8, 5, 4), torch.arange(8) % 3
+    base = ROUND10_FACTORS
+    x, labels = torch.randn(8, 12, 4), torch.arange(8) % 3
     for attention, warm, classify in ((True, True, True), (True, False, True),
                                       (False, True, True), (True, True, False)):  # fmt: skip
         steps = []
@@ -1691,3 +1698,111 @@ def test_attention_rule_check_catches_its_mutants():
     for mutant in (ConstantToo, EveryModel, MatricesOnly):
         with pytest.raises(AssertionError):
             _attention_rule_check(mutant)
+
+
+# -- a ViT with few tokens: round 10's lrs times FEW_TOKENS_*_FACTOR ------------------------------
+def _few_tokens_rule_check(cls=RegMuon):
+    """One step of ``cls(model)`` on a small ViT reading ``tokens`` tokens, under a constant lr
+    and a warm-up: with at most ``FEW_TOKENS`` round 10's factors times
+    ``FEW_TOKENS_CONSTANT_FACTOR`` or ``FEW_TOKENS_WARMUP_FACTOR`` — every parameter's step that
+    factor times the step with round 10's factors (to rounding), the routing names the tokens —
+    with more, round 22's rule (``ATTENTION_WARMUP_FACTOR`` under a warm-up, 1 otherwise)."""
+    o = mf.optim
+    labels = torch.arange(8) % 3
+    for tokens, warm in ((5, False), (5, True), (8, True), (9, True), (12, False)):
+        x = torch.randn(8, tokens, 4, generator=torch.Generator().manual_seed(tokens))
+        few = tokens <= o.FEW_TOKENS
+        f = ((o.FEW_TOKENS_WARMUP_FACTOR if warm else o.FEW_TOKENS_CONSTANT_FACTOR) if few
+             else o.ATTENTION_WARMUP_FACTOR if warm else 1.0)  # fmt: skip
+        steps = []
+        for rule in (True, False):
+            torch.manual_seed(11)
+            model = SmallViT(True)
+            opt = cls(model)
+            if not rule:
+                opt._attention_pending = None  # round 10's factors alone
+            torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+            w0 = [p.detach().clone() for p in model.parameters()]
+            nn.functional.cross_entropy(model(x), labels).backward()
+            opt.step()
+            steps.append([p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)])
+            if rule:
+                want = {gi: v * f for gi, v in ROUND10_FACTORS.items()}
+                assert opt._lr_scale == pytest.approx(want), (tokens, warm)
+                assert (f"read {tokens} tokens" in opt.routing.lr) == few, (tokens, warm)
+        for a, b in zip(*steps, strict=True):
+            torch.testing.assert_close(a, f * b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_vit_with_few_tokens_takes_round_10s_lrs_times_its_factors():
+    """Round 24's rule (``FEW_TOKENS_WARMUP_FACTOR``, ``FEW_TOKENS_CONSTANT_FACTOR``), at the
+    bound and on both sides of it."""
+    _few_tokens_rule_check()
+
+
+def test_few_tokens_rule_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_few_tokens_rule_check`: the tokens never read
+    (round 22's rule for every ViT), the bound exclusive (a ViT of exactly 8 tokens left out),
+    the two factors swapped."""
+
+    class NeverRead(RegMuon):
+        def _decide_scale(self):
+            self._attention_tokens = None
+            return super()._decide_scale()
+
+    class Exclusive(RegMuon):
+        def _decide_scale(self):
+            if self._attention_tokens == mf.optim.FEW_TOKENS:
+                self._attention_tokens += 1
+            return super()._decide_scale()
+
+    class Swapped(RegMuon):
+        def _decide_scale(self):
+            d = super()._decide_scale()
+            if d and "tokens at the first forward" in d[1]:
+                o = mf.optim
+                swap = o.FEW_TOKENS_WARMUP_FACTOR / o.FEW_TOKENS_CONSTANT_FACTOR
+                warm = "under a warm-up" in d[1]
+                return {gi: v / swap if warm else v * swap for gi, v in d[0].items()}, d[1]
+            return d
+
+    for mutant in (NeverRead, Exclusive, Swapped):
+        with pytest.raises(AssertionError):
+            _few_tokens_rule_check(mutant)
+
+
+def test_the_tokens_are_read_once_as_the_layer_lays_them_out():
+    """The attention layer's tokens at the model's first forward: ``[batch, tokens, d]``, or
+    ``[tokens, batch, d]`` for ``nn.MultiheadAttention(batch_first=False)``; read once (a later
+    forward with other shapes changes nothing); a deep copy of the model made before the first
+    forward reads nothing into the original's optimizer, and an optimizer garbage-collected
+    before it is not kept alive. Mutants caught: the layout ignored (the batch read as the
+    tokens), the hook never removed."""
+    torch.manual_seed(0)
+    model = SmallViT(True)
+    opt = RegMuon(model)
+    copy.deepcopy(model)(torch.randn(2, 3, 4))
+    assert opt._attention_tokens is None
+    model(torch.randn(8, 5, 4))
+    model(torch.randn(2, 30, 4))
+    assert opt._attention_tokens == 5
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.norm = nn.Linear(4, 16), nn.LayerNorm(16)
+            self.mix, self.head = nn.MultiheadAttention(16, 2), nn.Linear(16, 3)
+
+        def forward(self, x):  # x: [tokens, batch, 4]
+            h = self.norm(self.proj(x))
+            return self.head(self.mix(h, h, h)[0].mean(0))
+
+    model = SeqFirst()
+    opt = RegMuon(model)
+    model(torch.randn(6, 8, 4))
+    assert opt._attention_tokens == 6
+    model = SmallViT(True)
+    ref = weakref.ref(RegMuon(model))
+    gc.collect()
+    assert ref() is None
+    model(torch.randn(8, 5, 4))  # the hook finds no optimizer: nothing happens

@@ -26,6 +26,9 @@ from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import (
     ATTENTION_WARMUP_FACTOR,
     DEFAULTS,
+    FEW_TOKENS,
+    FEW_TOKENS_CONSTANT_FACTOR,
+    FEW_TOKENS_WARMUP_FACTOR,
     GROUP_KEYS,
     REGRESSION_CAUTIOUS_DECAY,
     WARMUP_LR_FACTOR,
@@ -38,6 +41,7 @@ from .routing import (
     EXECUTION_ORDER,
     REGISTRATION_ORDER,
     FirstForward,
+    FirstTokens,
     Routing,
     RoutingWarning,
     attention_layer,
@@ -82,7 +86,15 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_cautious_pending": lambda: None,
     "_cautious": lambda: 0.0,
     "_attention_pending": lambda: None,
+    "_attention_tokens": lambda: None,
 }
+
+def _read_tokens(ref: weakref.ReferenceType[RegMuon], tokens: int) -> None:
+    """:class:`FirstTokens`' callback: a ViT's number of tokens at the first forward, kept by
+    its optimizer (if it still exists) until the first step decides the lrs."""
+    if (opt := ref()) is not None:
+        opt._attention_tokens = tokens
+
 
 CAUTIOUS_WHY = ("decay only on the entries the step moves toward 0; docs/benchmark-training.md, "
                 "round 19")  # fmt: skip
@@ -193,6 +205,7 @@ class RegMuon(Optimizer):
         self._cautious_pending: float | None = None
         self._cautious = 0.0
         self._attention_pending: tuple[float, str] | None = None  # a ViT: (built lr, layer)
+        self._attention_tokens: int | None = None  # its tokens at the first forward
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -241,20 +254,30 @@ class RegMuon(Optimizer):
                                             if not isinstance(g["lr"], Tensor)}  # fmt: skip
                     model_routing.schedule = (f"decided at the first step: x {factor:g} on a "
                                               f"group whose lr a warm-up has lowered ({why})")
-            outputs = (output_candidates(model)
-                       if model_routing.output.endswith(f"({REGISTRATION_ORDER})") else [])
-            inputs = matrix_layers(model) if watch_input else []
-            if outputs or inputs:  # checked against the first forward's order (the inputs, if
-                # watched, are every matrix layer: the outputs' candidates among them)
-                ref = weakref.ref(self)
-                FirstForward(model, inputs or outputs, lambda order: (
-                    opt._first_forward(model, order, outputs, inputs)
-                    if (opt := ref()) is not None else None))  # fmt: skip
+            self._watch_first_forward(model, watch_input)
         else:
             self.routing.source = "named parameters" if any(
                 "param_names" in g for g in self.param_groups) else "parameters"  # fmt: skip
             warn_unrouted(self._unrouted, stacklevel=3)
         del self._unrouted
+
+    def _watch_first_forward(self, model: nn.Module, watch_input: bool) -> None:
+        """Hooks on the model's first forward: a ViT's tokens (round 10's lrs by structure
+        pending, :class:`~muonflow.optim.routing.FirstTokens`), and the order of the output
+        layer's candidates (chosen by registration order) and, if ``watch_input``, of every
+        matrix layer (:meth:`_first_forward`)."""
+        if self._attention_pending is not None:
+            FirstTokens(model.get_submodule(self._attention_pending[1]),
+                        functools.partial(_read_tokens, weakref.ref(self)))
+        outputs = (output_candidates(model)
+                   if self.routing.output.endswith(f"({REGISTRATION_ORDER})") else [])
+        inputs = matrix_layers(model) if watch_input else []
+        if outputs or inputs:  # checked against the first forward's order (the inputs, if
+            # watched, are every matrix layer: the outputs' candidates among them)
+            ref = weakref.ref(self)
+            FirstForward(model, inputs or outputs, lambda order: (
+                opt._first_forward(model, order, outputs, inputs)
+                if (opt := ref()) is not None else None))  # fmt: skip
 
     def _model_groups(self, routing: Routing, pairs: list[tuple[str, Tensor]]) -> list[dict]:
         groups: dict[str, dict[str, Any]] = {
@@ -628,15 +651,22 @@ class RegMuon(Optimizer):
         structure = self.routing.lr.split("(", 1)[-1]  # the structure's part, with its ")"
         if softmax:
             factors, why = dict(pending), ""
-            lr = self.param_groups[0]["lr"]
-            if (self._attention_pending is not None and not isinstance(lr, Tensor)
-                    and lr < self._attention_pending[0]):  # a ViT under a warm-up
-                factors = {gi: f * ATTENTION_WARMUP_FACTOR for gi, f in factors.items()}
-                why = (f"; x {ATTENTION_WARMUP_FACTOR:g} under a warm-up, attention layer "
-                       f"{self._attention_pending[1]!r}: the lr at the first step is below the "
-                       "built one")  # fmt: skip
-                lrs = ", ".join(f"{parts[self.param_groups[gi]['algorithm']]} lr x {f:g}"
-                                for gi, f in factors.items())  # fmt: skip
+            lr, vit = self.param_groups[0]["lr"], self._attention_pending
+            if vit is not None and not isinstance(lr, Tensor):  # a ViT
+                warm, tokens = lr < vit[0], self._attention_tokens
+                schedule = ("under a warm-up (the lr at the first step is below the built one)"
+                            if warm else "under a constant lr")  # fmt: skip
+                if tokens is not None and tokens <= FEW_TOKENS:
+                    f = FEW_TOKENS_WARMUP_FACTOR if warm else FEW_TOKENS_CONSTANT_FACTOR
+                    why = (f"; x {f:g} {schedule}, attention layer {vit[1]!r} read {tokens} "
+                           f"tokens at the first forward (at most {FEW_TOKENS})")  # fmt: skip
+                else:
+                    f = ATTENTION_WARMUP_FACTOR if warm else 1.0
+                    why = (f"; x {f:g} {schedule}, attention layer {vit[1]!r}" if warm
+                           else "")  # fmt: skip
+                factors = {gi: v * f for gi, v in factors.items()}
+                lrs = ", ".join(f"{parts[self.param_groups[gi]['algorithm']]} lr x {v:g}"
+                                for gi, v in factors.items())  # fmt: skip
             return factors, (f"{lrs} (a softmax head: its gradient sums to 0 over the "
                              f"outputs, r = {r:.1e}{why}; {structure}")  # fmt: skip
         return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"

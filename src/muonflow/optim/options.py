@@ -290,7 +290,8 @@ REGRESSION_CAUTIOUS_DECAY = 0.25
 
 #: The factor ``RegMuon(model)`` puts on round 10's lrs by structure
 #: (:data:`NORMALIZED_INPUT_LR`, :data:`NORMALIZED_INPUT_ADAMW_LR`) for a model with an attention
-#: layer (a ViT) when a scheduler's warm-up has lowered the matrices' lr at the first step: a ViT
+#: layer (a ViT; one with :data:`FEW_TOKENS` or fewer takes :data:`FEW_TOKENS_WARMUP_FACTOR`
+#: instead) when a scheduler's warm-up has lowered the matrices' lr at the first step: a ViT
 #: trained to the end of a decay takes the larger step (matrices 0.015, AdamW part 0.0075). The
 #: tuned ``torch.optim.Muon`` of the ViTs seen puts their matrices at 0.01-0.02 more often than
 #: at 0.005. Chosen after round 21 on the 18 ViTs seen (tuning seeds; the paired rule: under a
@@ -298,6 +299,24 @@ REGRESSION_CAUTIOUS_DECAY = 0.25
 #: 0.503 -> 0.374; under a constant lr none helped). Held out: round 22, better in the mean on
 #: all three ViTs it changed, worse by 2 paired SE on none (``docs/benchmark-training.md``).
 ATTENTION_WARMUP_FACTOR = 3.0
+
+#: A ViT "with few tokens": its first attention layer reads at most this many tokens at the
+#: model's first forward (a ViT with 4x4 patches on 8x8 images reads five, one with 2x2 patches
+#: seventeen; the benchmark has no ViT in between).
+FEW_TOKENS = 8
+
+#: The factors ``RegMuon(model)`` puts on round 10's lrs (:data:`NORMALIZED_INPUT_LR`,
+#: :data:`NORMALIZED_INPUT_ADAMW_LR`) for a ViT with :data:`FEW_TOKENS` or fewer, in place of
+#: :data:`ATTENTION_WARMUP_FACTOR`: under a warm-up (matrices 0.01, AdamW part 0.005) and under a
+#: constant lr (0.0025, 0.00125). Round 22's factor cost the ViTs with 4x4 patches, whose tuned
+#: ``torch.optim.Muon`` puts the matrices at 0.0025-0.01. Chosen after round 23 on the ten such
+#: ViTs seen (tuning seeds; the paired rule per schedule class: mean log ratio 0.443 -> 0.347
+#: under a warm-up, 0.211 -> 0.196 under a constant lr, worse by 2 paired SE on none). Held out:
+#: round 24 rejected it (better in the mean on four of six, worse by 2 SE on none); its
+#: replication on round 25, with the bar fixed before its runs (over both sets' twelve ViTs,
+#: better on nine, worse by 2 SE on none), adopted it (``docs/benchmark-training.md``).
+FEW_TOKENS_WARMUP_FACTOR = 2.0
+FEW_TOKENS_CONSTANT_FACTOR = 0.5
 
 
 def as_float(x: float | Tensor) -> float:

@@ -640,6 +640,41 @@ def _noop_hook() -> Callable[..., None]:
     return lambda module, args, output: None
 
 
+class FirstTokens:
+    """A forward pre-hook that reads how many tokens ``module`` (an attention layer) takes in
+    its first call — its first tensor input ``[batch, tokens, d]``, ``[tokens, batch, d]`` where
+    the module has ``batch_first`` false (``nn.MultiheadAttention``'s default), ``[tokens, d]``
+    unbatched — calls ``done(tokens)`` once and removes itself (an input of another shape reads
+    nothing). Pickling or deep-copying the module before then copies a hook that does nothing."""
+
+    def __init__(self, module: nn.Module, done: Callable[[int], None]) -> None:
+        self.done = done
+        self.handle = module.register_forward_pre_hook(_Tokens(self), with_kwargs=True)
+
+    def read(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.handle.remove()
+        x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if x is None or x.dim() not in (2, 3):
+            return
+        batch_first = x.dim() == 3 and getattr(module, "batch_first", True)
+        self.done(int(x.shape[1] if batch_first else x.shape[0]))
+
+
+class _Tokens:
+    def __init__(self, observer: FirstTokens) -> None:
+        self.observer = observer
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        self.observer.read(module, args, kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_noop_pre_hook, ())
+
+
+def _noop_pre_hook() -> Callable[..., None]:
+    return lambda module, args, kwargs: None
+
+
 def last_executed_layer(model: nn.Module, *args: Any, **kwargs: Any) -> str:
     """Name of the last module with a declared weight matrix that runs in ``model(*args)``.
 
