@@ -1633,6 +1633,24 @@ ROUND10_FACTORS = {0: mf.optim.NORMALIZED_INPUT_LR / float(mf.optim.DEFAULTS.lr)
                    1: mf.optim.NORMALIZED_INPUT_ADAMW_LR / float(mf.optim.DEFAULTS.adamw_lr)}
 
 
+def _vit_step(cls, attention: bool, x, labels, warm: bool, rule: bool):
+    """``(optimizer, each parameter's step)`` of one step of ``cls(SmallViT(attention))`` on ``x``
+    (cross-entropy on ``labels``, a regression loss where ``labels`` is ``None``), under a warm-up
+    (:func:`_warm`) or a constant lr; ``rule`` false: with round 10's factors alone (the rules on
+    a ViT's lrs off)."""
+    torch.manual_seed(11)
+    model = SmallViT(attention)
+    opt = cls(model)
+    if not rule:
+        opt._attention_pending = None
+    torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    z = model(x)
+    (z.square().mean() if labels is None else nn.functional.cross_entropy(z, labels)).backward()
+    opt.step()
+    return opt, [p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)]
+
+
 def _attention_rule_check(cls=RegMuon):
     """One step of ``cls(model)``: a ViT (here reading 12 tokens, more than ``FEW_TOKENS``) under
     a softmax head and a warm-up takes round 10's factors times ``ATTENTION_WARMUP_FACTOR`` —
@@ -1646,17 +1664,8 @@ def _attention_rule_check(cls=RegMuon):
                                       (False, True, True), (True, True, False)):  # fmt: skip
         steps = []
         for rule in (True, False):
-            torch.manual_seed(11)
-            model = SmallViT(attention)
-            opt = cls(model)
-            if not rule:
-                opt._attention_pending = None
-            torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
-            w0 = [p.detach().clone() for p in model.parameters()]
-            z = model(x)
-            (nn.functional.cross_entropy(z, labels) if classify else z.square().mean()).backward()
-            opt.step()
-            steps.append([p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)])
+            opt, step = _vit_step(cls, attention, x, labels if classify else None, warm, rule)
+            steps.append(step)
             if rule:
                 scaled = attention and warm and classify
                 want = {gi: f * factor for gi, f in base.items()} if scaled else base
@@ -1716,16 +1725,8 @@ def _few_tokens_rule_check(cls=RegMuon):
              else o.ATTENTION_WARMUP_FACTOR if warm else 1.0)  # fmt: skip
         steps = []
         for rule in (True, False):
-            torch.manual_seed(11)
-            model = SmallViT(True)
-            opt = cls(model)
-            if not rule:
-                opt._attention_pending = None  # round 10's factors alone
-            torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
-            w0 = [p.detach().clone() for p in model.parameters()]
-            nn.functional.cross_entropy(model(x), labels).backward()
-            opt.step()
-            steps.append([p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)])
+            opt, step = _vit_step(cls, True, x, labels, warm, rule)
+            steps.append(step)
             if rule:
                 want = {gi: v * f for gi, v in ROUND10_FACTORS.items()}
                 assert opt._lr_scale == pytest.approx(want), (tokens, warm)
