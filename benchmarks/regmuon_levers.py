@@ -101,7 +101,8 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   ``RegMuon(model)`` today).
 - ``few_tokens = g``: a ViT with few tokens apart. Where ``attention_lr`` would apply and the
   model's first attention layer reads at most :data:`FEW_TOKENS` tokens at the model's first
-  forward (a ViT with 4x4 patches on 8x8 images: four and a class token), round 10's decided
+  forward (``muonflow.optim.FEW_TOKENS``, read as ``RegMuon(model)`` reads it; a ViT with 4x4
+  patches on 8x8 images: four and a class token), round 10's decided
   factors times ``g`` in place of round 22's factor, under either schedule (``g = 1``: round
   10's step); a ViT with more tokens keeps ``RegMuon(model)``'s decision. Adopted after round 25
   at ``g = 2`` under a warm-up and ``0.5`` under a constant lr
@@ -119,10 +120,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from muonflow.optim import DEFAULTS, RegMuon, RegMuonOptions, input_layer, kernel
-from muonflow.optim import FEW_TOKENS as optim_FEW_TOKENS
+from muonflow.optim import DEFAULTS, FEW_TOKENS, RegMuon, RegMuonOptions, input_layer, kernel
 from muonflow.optim import optimizer as optimizer_module
-from muonflow.optim.routing import attention_layer, softmax_head
+from muonflow.optim.routing import softmax_head
 
 __all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
 
@@ -131,9 +131,6 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float}
-#: ``few_tokens``' bound (the library's since round 25): a ViT whose first attention layer reads at
-#: most this many tokens at the first forward.
-FEW_TOKENS = optim_FEW_TOKENS
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
@@ -231,11 +228,7 @@ class LeverRegMuon(RegMuon):
         if attention_lr is not None or attention_split is not None:  # replace round 22's factor
             self._attention_pending = None
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
-        self.few_tokens = few_tokens
-        self._tokens: int | None = None  # read at the first forward by the first attention layer
-        if few_tokens is not None and (name := attention_layer(model)) is not None:
-            self._token_hook = model.get_submodule(name).register_forward_pre_hook(
-                self._read_tokens, with_kwargs=True)
+        self.few_tokens = few_tokens  # on the tokens RegMuon(model) reads (_attention_tokens)
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -268,21 +261,13 @@ class LeverRegMuon(RegMuon):
         self._decision = decided
         return decided
 
-    def _read_tokens(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """The first attention layer's number of tokens at the model's first forward (its input
-        ``[batch, tokens, d]``, or ``[tokens, batch, d]`` for a module with ``batch_first``
-        false), read once."""
-        x = args[0] if args else next(iter(kwargs.values()))
-        self._tokens = int(x.shape[1] if getattr(module, "batch_first", True) else x.shape[0])
-        self._token_hook.remove()
-
     def _decide_scale(self) -> tuple[dict[int, float], str] | None:
         """RegMuon(model)'s decision on round 10's lrs, in a model with an attention layer its
         factors times ``attention_lr``, or the matrices' times ``a`` and the AdamW part's times
         ``b`` of ``attention_split``; with ``few_tokens`` and at most :data:`FEW_TOKENS` tokens,
         round 10's factors times ``few_tokens``."""
-        few = (self.few_tokens is not None and self._tokens is not None
-               and self._tokens <= FEW_TOKENS)  # fmt: skip
+        tokens = self._attention_tokens  # read by RegMuon(model) at the first forward
+        few = self.few_tokens is not None and tokens is not None and tokens <= FEW_TOKENS
         if few:  # round 22's factor replaced
             self._attention_pending = None
         decided = super()._decide_scale()
@@ -291,7 +276,7 @@ class LeverRegMuon(RegMuon):
         if few:
             assert self.few_tokens is not None
             factors = {gi: f * self.few_tokens for gi, f in decided[0].items()}
-            return factors, (f"{decided[1]}; x {self.few_tokens:g} ({self._tokens} tokens: the "
+            return factors, (f"{decided[1]}; x {self.few_tokens:g} ({tokens} tokens: the "
                              "few_tokens lever)")  # fmt: skip
         if self.attention_split is not None:
             a, b = self.attention_split

@@ -1093,23 +1093,26 @@ def test_few_tokens_check_catches_its_mutants(levers):
     inverted (the ViTs with many tokens given ``g``)."""
 
     class EveryViT(levers.LeverRegMuon):
-        def _read_tokens(self, module, args, kwargs):
-            super()._read_tokens(module, args, kwargs)
-            self._tokens = 1
+        def _decide_scale(self):
+            self._attention_tokens = 1
+            return super()._decide_scale()
 
     class KeepsRound22(levers.LeverRegMuon):
         def _decide_scale(self):
             pending = self._attention_pending
             d = super()._decide_scale()
-            if d and d[0] and pending is not None and self._tokens <= levers.FEW_TOKENS \
+            if d and d[0] and pending is not None and self._attention_tokens <= levers.FEW_TOKENS \
                     and self.param_groups[0]["lr"] < pending[0]:
                 return {gi: f * 3.0 for gi, f in d[0].items()}, d[1]
             return d
 
     class Inverted(levers.LeverRegMuon):
-        def _read_tokens(self, module, args, kwargs):
-            super()._read_tokens(module, args, kwargs)
-            self._tokens = 20 if self._tokens <= levers.FEW_TOKENS else 1
+        def _decide_scale(self):
+            if not getattr(self, "_inverted", False):
+                self._inverted = True
+                few = self._attention_tokens <= levers.FEW_TOKENS
+                self._attention_tokens = 20 if few else 1
+            return super()._decide_scale()
 
     for mutant in (EveryViT, KeepsRound22, Inverted):
         with pytest.raises(AssertionError):
@@ -1666,7 +1669,7 @@ def test_round24_is_4x4_patch_vits_of_both_schedules(bench, profile):
     ``few_tokens`` lever changes), under both schedule regimes. Mutant caught: a 2x2-patch ViT in
     the set (17 tokens)."""
     from muonflow.optim import lr_by_structure
-    from muonflow.optim.routing import attention_layer
+    from muonflow.optim.routing import FirstTokens, attention_layer
     from muonflow.training import make_task
 
     levers = sys.modules["regmuon_levers"]
@@ -1677,12 +1680,7 @@ def test_round24_is_4x4_patch_vits_of_both_schedules(bench, profile):
         model = built.make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         seen: list[int] = []
-
-        def read(module, args, kwargs, seen=seen):
-            seen.append((args[0] if args else next(iter(kwargs.values()))).shape[1])
-
-        model.get_submodule(attention_layer(model)).register_forward_pre_hook(read,
-                                                                              with_kwargs=True)
+        FirstTokens(model.get_submodule(attention_layer(model)), seen.append)
         model(pixel_values=torch.zeros(2, 1, 8, 8))
         assert seen[0] == 5 <= levers.FEW_TOKENS, task
     assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * 3 + [True] * 3

@@ -1778,7 +1778,8 @@ def test_the_tokens_are_read_once_as_the_layer_lays_them_out():
     forward with other shapes changes nothing); a deep copy of the model made before the first
     forward reads nothing into the original's optimizer, and an optimizer garbage-collected
     before it is not kept alive. Mutants caught: the layout ignored (the batch read as the
-    tokens), the hook never removed."""
+    tokens), the hook never removed, the hook holding the optimizer strongly, the hook pickled
+    whole (a deep copy's forward writes into the original's optimizer)."""
     torch.manual_seed(0)
     model = SmallViT(True)
     opt = RegMuon(model)

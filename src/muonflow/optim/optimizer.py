@@ -89,6 +89,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_tokens": lambda: None,
 }
 
+
 def _read_tokens(ref: weakref.ReferenceType[RegMuon], tokens: int) -> None:
     """:class:`FirstTokens`' callback: a ViT's number of tokens at the first forward, kept by
     its optimizer (if it still exists) until the first step decides the lrs."""
