@@ -45,6 +45,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                times its own factor), on ``--tasks``; writes ``OUT/vitsplit.md``.
 ``vittokens``  :data:`VIT_TOKENS_CANDIDATES` (round 10's step times ``g`` for a ViT with few
                tokens), on ``--tasks``; writes ``OUT/vittokens.md``.
+``fewrows``    :data:`FEW_ROWS_CANDIDATES` (every step of a regressor reading a small table times
+               ``f``), on ``--tasks``; writes ``OUT/fewrows.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -62,8 +64,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round25``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND25`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round26``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND26`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -666,6 +668,37 @@ ROUND25: dict[str, SuiteTask] = {
     "vit_p4_d24_h2c": SuiteTask("vit", "vision", 300, "constant",
                                 {"d_model": 24, "n_heads": 2, "patch": 4}),
 }  # fmt: skip
+#: Round 26's held-out set: eight regressors reading small tables (three diabetes MLPs, one with
+#: LayerNorm; five Friedman MLPs fit on their first 265-900 rows, the first regressors on a small
+#: table that is not the diabetes one; five under warm-up and decay, three under a constant lr),
+#: committed before any of their runs, with the next lever's stage, rule and test, before its
+#: screen was run: **a regressor reading a small table takes a smaller step** (the ``few_rows``
+#: lever: the input layer counts the distinct rows it reads; at most ``regmuon_levers.FEW_ROWS``
+#: = 1000, every step of a regressor times ``f``). Every regressor seen that reads at most 1000
+#: rows is a diabetes MLP (265 rows; every Friedman one reads 2000), so the screen chooses ``f``
+#: on the 25 diabetes MLPs, and this set's Friedman MLPs test whether a small table, not the
+#: diabetes one, is what wants the smaller step.
+ROUND26: dict[str, SuiteTask] = {
+    "diabetes_h48_b16_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                      {"dataset": "diabetes", "hidden": 48, "depth": 2,
+                                       "batch": 16}),
+    "diabetes_h96_d3_const": SuiteTask("tabular", "tabular", 300, "constant",
+                                       {"dataset": "diabetes", "hidden": 96, "depth": 3}),
+    "diabetes_ln_h32": SuiteTask("tabular", "tabular", 300, "linear",
+                                 {"dataset": "diabetes", "hidden": 32, "depth": 2, "norm": True}),
+    "friedman_r265": SuiteTask("friedman", "tabular", 300, "linear",
+                               {"hidden": 64, "depth": 2, "rows": 265}),
+    "friedman3_r300_cos": SuiteTask("friedman", "tabular", 300, "cosine",
+                                    {"function": 3, "noise": 0.1, "hidden": 48, "depth": 2,
+                                     "rows": 300}),
+    "friedman2_r400_const": SuiteTask("friedman", "tabular", 300, "constant",
+                                      {"function": 2, "noise": 30.0, "hidden": 64, "depth": 2,
+                                       "rows": 400}),
+    "friedman_f15_r600": SuiteTask("friedman", "tabular", 200, "linear",
+                                   {"features": 15, "hidden": 96, "depth": 2, "rows": 600}),
+    "friedman_n05_r900_const": SuiteTask("friedman", "tabular", 300, "constant",
+                                         {"noise": 0.5, "hidden": 48, "depth": 2, "rows": 900}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -697,6 +730,7 @@ ROUND22_BASELINES_FILE = Path(__file__).with_name("training_baselines_round22.js
 ROUND23_BASELINES_FILE = Path(__file__).with_name("training_baselines_round23.json")
 ROUND24_BASELINES_FILE = Path(__file__).with_name("training_baselines_round24.json")
 ROUND25_BASELINES_FILE = Path(__file__).with_name("training_baselines_round25.json")
+ROUND26_BASELINES_FILE = Path(__file__).with_name("training_baselines_round26.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -918,6 +952,7 @@ PROFILES = {
     "round23": held_out_profile(ROUND23, ROUND23_BASELINES_FILE),
     "round24": held_out_profile(ROUND24, ROUND24_BASELINES_FILE),
     "round25": held_out_profile(ROUND25, ROUND25_BASELINES_FILE),
+    "round26": held_out_profile(ROUND26, ROUND26_BASELINES_FILE),
 }
 
 
@@ -2146,6 +2181,30 @@ VIT_TOKENS_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"few tokens {g:g}": {"levers": {"few_tokens": g}} for g in (0.5, 1.0, 2.0)},
 }  # fmt: skip
 
+#: The ``fewrows`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``few_rows = f``: where the layer reading the raw input has read at most
+#: ``regmuon_levers.FEW_ROWS`` (1000) distinct rows by the time it has read twice as many rows in
+#: all, a model with no embedding or recurrent layer whose output layer's first gradient is not a
+#: softmax head's steps with its lrs times ``f`` (both parts) from then on; every other model as
+#: today. After round 19 the diabetes MLPs are most of the tasks on which ``RegMuon(model)`` loses
+#: to ``torch.optim.Muon``'s documented defaults (lr 1e-3 on both parts; today's 0.02 and 0.04), and
+#: round 20 found them worse than their own control with the matrices frozen: on 265 rows with a
+#: noisy target the step keeps fitting the noise. Round 20's step that reads the gradient's noise
+#: closed that gap and cost every Friedman regressor, whose gradients are as noisy; the size of the
+#: table the model reads tells the two apart on every regressor seen (265 rows against 2000).
+#: Screened after round 25 on the 25 diabetes MLPs seen (rounds 4-20, three with LayerNorm; the
+#: only regressors seen reading at most 1000 rows; seeds :data:`LR_SEEDS`), with round 26's set
+#: committed before. Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage fewrows --paired``, per schedule class. The test: adopted only if,
+#: paired by seed on ROUND26 (test loss, evaluation seeds), better in the mean on at least three
+#: quarters of the regressors it changes and worse by more than 2 paired SE on none. If the rule
+#: admits no factor in either class there is no candidate.
+FEW_ROWS_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"few rows {f:g}": {"levers": {"few_rows": f}}
+       for f in (0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2154,6 +2213,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "regcautious": REGRESSION_CAUTIOUS_CANDIDATES, "regnoise": REGRESSION_NOISE_CANDIDATES,
     "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
     "vitsplit": VIT_SPLIT_CANDIDATES, "vittokens": VIT_TOKENS_CANDIDATES,
+    "fewrows": FEW_ROWS_CANDIDATES,
 }  # fmt: skip
 
 

@@ -108,6 +108,18 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   at ``g = 2`` under a warm-up and ``0.5`` under a constant lr
   (``muonflow.optim.FEW_TOKENS_WARMUP_FACTOR``, ``FEW_TOKENS_CONSTANT_FACTOR``); the lever
   replaces the library's factor for such a ViT.
+- ``few_rows = f``: a regressor reading a small table. The layer that reads the raw input
+  (:func:`muonflow.optim.input_layer`) is watched by a forward pre-hook while gradients are on
+  (training forwards): it counts the distinct rows it reads (a row: one sample's input, bytes
+  equal) and the rows read in all. The table is **small** once the rows read reach twice the
+  distinct ones (each row read twice on average) with at most :data:`FEW_ROWS` distinct, and
+  large as soon as more than :data:`FEW_ROWS` are distinct; the hook is removed when it has
+  decided. Minibatches drawn with replacement from ``N`` rows reach it at about ``1.6 N`` rows
+  read with ``0.8 N`` distinct, so the bound holds for tables up to about 1.25x
+  :data:`FEW_ROWS`; drawn by epochs, after two. From the step after a small table is found, a
+  model whose output layer's first gradient is not a softmax head's and that has no embedding
+  or recurrent layer steps with its groups' lrs times ``f`` (both parts, their decay with them);
+  every other model as ``RegMuon(model)``. A diabetes MLP reads 265 rows, a Friedman one 2000.
 """
 
 from __future__ import annotations
@@ -122,17 +134,22 @@ from torch import Tensor, nn
 
 from muonflow.optim import DEFAULTS, FEW_TOKENS, RegMuon, RegMuonOptions, input_layer, kernel
 from muonflow.optim import optimizer as optimizer_module
-from muonflow.optim.routing import softmax_head
+from muonflow.optim.routing import _structural_kind, softmax_head
 
-__all__ = ["LEVERS", "LeverRegMuon", "build_lever_regmuon", "input_layers"]
+__all__ = ["LEVERS", "LeverRegMuon", "RowCount", "build_lever_regmuon", "input_layers"]
 
 #: The prototype levers :func:`build_lever_regmuon` accepts, with the type of their setting.
 LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard": bool | float,
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
-          "attention_lr": float, "attention_split": list, "few_tokens": float}
+          "attention_lr": float, "attention_split": list, "few_tokens": float,
+          "few_rows": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
+#: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
+#: 26's set, before the ``fewrows`` screen: the regressors seen read 265 rows (the diabetes
+#: table's fitting rows) or 2000 (every Friedman problem's).
+FEW_ROWS = 1000
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
 INPUT_RHO: dict[str, Callable[[float], float]] = {
     "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
@@ -144,6 +161,32 @@ def input_layers(model: nn.Module) -> list[str]:
     :func:`muonflow.optim.input_layer`, as a list."""
     name = input_layer(model)
     return [] if name is None else [name]
+
+
+class RowCount:
+    """``few_rows``: the distinct rows ``module`` reads in its training forwards (those with
+    gradients on), until it has decided whether the table is small (:attr:`small`, with
+    :attr:`table` its distinct rows; ``None`` until then). The module docstring's rule."""
+
+    def __init__(self, module: nn.Module, bound: int = FEW_ROWS) -> None:
+        self.bound = bound
+        self.rows: set[bytes] = set()
+        self.read = 0
+        self.small: bool | None = None
+        self.table: int | None = None
+        self._handle = module.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not torch.is_grad_enabled() or not args or not isinstance(args[0], Tensor):
+            return
+        x = args[0].detach()
+        flat = x.reshape(x.shape[0] if x.dim() > 1 else 1, -1).cpu().numpy()
+        self.rows.update(row.tobytes() for row in flat)
+        self.read += len(flat)
+        if len(self.rows) > self.bound or self.read >= 2 * len(self.rows):
+            self.small, self.table = len(self.rows) <= self.bound, len(self.rows)
+            self.rows = set()
+            self._handle.remove()
 
 
 class LeverRegMuon(RegMuon):
@@ -163,7 +206,8 @@ class LeverRegMuon(RegMuon):
     ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs, and
     ``attention_lr = f`` a ViT's round-10 lrs times ``f``, ``attention_split = [a, b]`` its
     matrices' times ``a`` and its AdamW part's times ``b``, ``few_tokens = g`` a ViT with few
-    tokens' times ``g`` (the module docstring).
+    tokens' times ``g``, ``few_rows = f`` a regressor reading a small table's steps times ``f``
+    (the module docstring).
     """
 
     def __init__(
@@ -182,6 +226,7 @@ class LeverRegMuon(RegMuon):
         attention_lr: float | None = None,
         attention_split: list[float] | None = None,
         few_tokens: float | None = None,
+        few_rows: float | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -210,6 +255,8 @@ class LeverRegMuon(RegMuon):
                              f"the AdamW part's), got {attention_split!r}")
         if few_tokens is not None and not (math.isfinite(few_tokens) and few_tokens > 0):
             raise ValueError(f"few_tokens must be a finite factor > 0, got {few_tokens!r}")
+        if few_rows is not None and not (math.isfinite(few_rows) and few_rows > 0):
+            raise ValueError(f"few_rows must be a finite factor > 0, got {few_rows!r}")
         if sum(x is not None for x in (attention_lr, attention_split, few_tokens)) > 1:
             raise ValueError("attention_lr, attention_split and few_tokens are factors on the "
                              "same lrs: pass one of them")  # fmt: skip
@@ -247,6 +294,13 @@ class LeverRegMuon(RegMuon):
         self._inputs = {id(p) for name in input_layers(model)
                         for p in modules[name].parameters() if id(p) in mapped}  # fmt: skip
         self._input_on: bool | None = None if input_rho == "one_regression" else True
+        self._softmax: bool | None = None  # the output layer's first gradient a softmax head's
+        self.few_rows = few_rows
+        plain = not any(_structural_kind(m) in ("embedding", "recurrent")
+                        for m in model.modules())  # fmt: skip
+        reads = input_layer(model)
+        self._rows = (RowCount(modules[reads]) if few_rows is not None and plain
+                      and reads is not None else None)  # fmt: skip
         self._scale: dict[int, tuple[Tensor, int]] = {}  # map call index -> (v, t)
         self._calls = 0
         self._last: dict[Tensor, Tensor] = {}  # guard: the weights before the last step
@@ -320,17 +374,32 @@ class LeverRegMuon(RegMuon):
         finally:
             kernel.mirror_map = real
 
-    def _input_rho_on(self) -> bool | None:
-        """Whether ``input_rho`` applies: always, or (``"one_regression"``) when the output
-        layer's first gradient is not a softmax head's; ``None`` while it has no gradient."""
-        if self._input_on is None:
+    def _softmax_head(self) -> bool | None:
+        """Whether the output layer's first gradient is a softmax head's (every output matrix's);
+        ``None`` while it has no gradient."""
+        if self._softmax is None:
             outputs = {r.name for r in self.routing.routes if r.reason == "output layer"}
             heads = [p for g in self.param_groups for n, p in
                      zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
                          strict=True) if n in outputs and p.dim() >= 2]  # fmt: skip
             if heads and all(p.grad is not None for p in heads):
-                self._input_on = not all(softmax_head(p.grad)[0] for p in heads)
+                self._softmax = all(softmax_head(p.grad)[0] for p in heads)
+        return self._softmax
+
+    def _input_rho_on(self) -> bool | None:
+        """Whether ``input_rho`` applies: always, or (``"one_regression"``) when the output
+        layer's first gradient is not a softmax head's; ``None`` while it has no gradient."""
+        if self._input_on is None and (softmax := self._softmax_head()) is not None:
+            self._input_on = not softmax
         return self._input_on
+
+    def _few_rows_factor(self) -> float:
+        """``few_rows``' factor on this step's lrs: ``f`` once a small table is found under a
+        head that is not a softmax one, else 1."""
+        if self._rows is None or not self._rows.small or self._softmax_head() is not False:
+            return 1.0
+        assert self.few_rows is not None
+        return self.few_rows
 
     def _step_with_input_rho(self, step: Callable[[], None]) -> None:
         """``step`` with the bucket plan's ρ of the input layer's matrices changed (they must
@@ -417,8 +486,9 @@ class LeverRegMuon(RegMuon):
         pending, skipped = self._decay_pending is not None, self.skipped_steps
         inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
         scheduled = [g["lr"] for g in self.param_groups]
+        rows = self._few_rows_factor()
         for g, f in zip(self.param_groups, self._warmup_factors(), strict=True):
-            g["lr"] = g["lr"] * f
+            g["lr"] = g["lr"] * f * rows
         try:
             if self.input_rho is not None and self._inputs and self._input_rho_on():
                 self._step_with_input_rho(inner)

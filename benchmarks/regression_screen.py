@@ -34,11 +34,14 @@ pair the library uses in the class: round 22's factor on both under a warm-up, 1
 constant lr).
 
 ``--stage vittokens`` joins the ``vittokens`` tables (one column per factor ``g`` on round 10's
-lrs for a ViT with few tokens; today's drawn at the left end).
+lrs for a ViT with few tokens; today's drawn at the left end), and ``--stage fewrows`` the
+``fewrows`` tables (one column per factor ``f`` on a regressor's every step once it reads a small
+table; today's, ``f = 1``, drawn at the right end; LayerNorm MLPs marked).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``, ``vittokens``) picks by the **paired rule** instead, fixed after round
-17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models both times):
+``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``) picks by the **paired rule** instead, fixed
+after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models
+both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
 if on no task of the class it is worse than today's defaults by 2 paired SE or more (the
 per-seed differences of the validation loss over the tuning seeds, read from each set's
@@ -113,7 +116,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "vitsplit": ("attention_split", "attention split",
                              "factor b on round 10's AdamW part for a ViT"),
                 "vittokens": ("few_tokens", "few tokens",
-                              "factor g on round 10's lrs for a ViT with few tokens")}
+                              "factor g on round 10's lrs for a ViT with few tokens"),
+                "fewrows": ("few_rows", "few rows",
+                            "factor f on a regressor's every step on a small table (1: today's)")}
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -268,11 +273,12 @@ def seed_diffs(out: Path, task: str, names: list[str], stage: str = "regdecay"
 def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
                  marked: frozenset[str] = frozenset(), marked_label: str = "Friedman #3",
                  what: str = "decay λ of the matrices (0: none)", noun: str = "regressors",
-                 today: str | dict[str, str] = "0") -> None:  # fmt: skip
+                 today: str | dict[str, str] = "0", today_x: float | None = None
+                 ) -> None:  # fmt: skip
     """Per schedule class: each regressor's ratio against the decay of its matrices (thin lines,
     blue for the ``marked`` tasks, named ``marked_label``: the Friedman #3 models, or for
-    ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end), the median
-    (thick), log scales."""
+    ``regnoise`` the diabetes MLPs; today's λ = 0 drawn at the grid's left end, or at
+    ``today_x``), the median (thick), log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +286,7 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
 
     decays = [decay_of(n) for n in names]
     order = sorted(range(len(names)), key=lambda j: decays[j])
-    low = min(d for d in decays if d > 0) / 2  # where λ = 0 is drawn
+    low = min(d for d in decays if d > 0) / 2 if today_x is None else today_x  # today's x
     xs = [decays[j] or low for j in order]
     fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
@@ -357,10 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
-    marked_label = {"regnoise": "diabetes", "normnoise": "ViT",
-                    "vitsplit": "4x4 patches"}.get(args.stage, "Friedman #3")
+    marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
+                    "fewrows": "LayerNorm"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
-            "vittokens": "4x4-patch ViTs"}.get(args.stage, "regressors")
+            "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs"}.get(args.stage,
+                                                                             "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -375,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             if {"regnoise": t.options.get("dataset") == "diabetes",
                     "normnoise": t.builder == "vit",
                     "vitsplit": t.options.get("patch") == 4,
-                    "vittokens": False}.get(args.stage,
+                    "vittokens": False, "fewrows": bool(t.options.get("norm"))}.get(args.stage,
                                                                  t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
@@ -410,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
                      today=TODAY_TOKENS if args.stage == "vittokens"
-                     else "1" if args.stage == "vitlr" else "0")  # fmt: skip
+                     else "1" if args.stage in ("vitlr", "fewrows") else "0",
+                     today_x=1.0 if args.stage == "fewrows" else None)  # fmt: skip
     print("\n".join(lines))
     return 0
 

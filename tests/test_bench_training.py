@@ -1119,6 +1119,114 @@ def test_few_tokens_check_catches_its_mutants(levers):
             _few_tokens_check(mutant)
 
 
+def _few_rows_check(cls):
+    """``cls(model, few_rows=0.25)`` against ``RegMuon(model)`` on the same minibatches (a
+    constant lr, so a step is ``lr`` times its direction), after a no-grad forward of 1500
+    distinct rows (an evaluation, not counted): an MLP regressor drawing minibatches of 8 from 40
+    rows equals ``RegMuon(model)`` bit for bit until the table is decided small (by its 10th step:
+    80 rows read, at most 40 distinct), and each step after moves every parameter by 0.25 times
+    ``RegMuon(model)``'s from the same state; on 1200 rows (more than ``FEW_ROWS``), or with a
+    softmax head on 40, it equals ``RegMuon(model)`` bit for bit throughout."""
+    gen = torch.Generator().manual_seed(3)
+    evaluation = torch.randn(1500, 6, generator=gen)
+
+    def pair(rows, outputs):
+        X = torch.randn(rows, 6, generator=gen)
+        y = torch.randint(0, 3, (rows,), generator=gen) if outputs == 3 else torch.randn(rows)
+        models = []
+        for _ in range(2):
+            torch.manual_seed(4)
+            models.append(MLP(6, 16, outputs, depth=2))
+        opts = [RegMuon(models[0]), cls(models[1], few_rows=0.25)]
+        for m in models:
+            with torch.no_grad():
+                m(evaluation)
+        return X, y, models, opts
+
+    def step(X, y, models, opts, idx):
+        """One step of both on the same minibatch from the same state: each one's moves."""
+        before = [[p.detach().clone() for p in m.parameters()] for m in models]
+        for p0, q0 in zip(*before, strict=True):
+            assert torch.equal(p0, q0)
+        for m, o in zip(models, opts, strict=True):
+            z = m(X[idx])
+            loss = (nn.functional.cross_entropy(z, y[idx]) if z.shape[-1] == 3
+                    else nn.functional.mse_loss(z.squeeze(-1), y[idx]))  # fmt: skip
+            o.zero_grad()
+            loss.backward()
+            o.step()
+        return [[p.detach() - p0 for p, p0 in zip(m.parameters(), b, strict=True)]
+                for m, b in zip(models, before, strict=True)]  # fmt: skip
+
+    small = pair(40, 1)
+    draws = torch.Generator().manual_seed(5)
+    for t in range(10):  # decided in the forward of the step that reads the 2x-th row
+        moves = step(*small, torch.randint(0, 40, (8,), generator=draws))
+        if small[3][1]._few_rows_factor() == 1.0:
+            assert all(torch.equal(a, b) for a, b in zip(*moves, strict=True)), t
+            continue
+        for a, b in zip(*moves, strict=True):
+            torch.testing.assert_close(b, 0.25 * a, rtol=1e-4, atol=1e-7)
+        break
+    else:
+        raise AssertionError("a 40-row table not found small in 10 steps")
+    for rows, outputs in ((1200, 1), (40, 3)):
+        X, y, models, opts = pair(rows, outputs)
+        for _ in range(30):
+            step(X, y, models, opts, torch.randint(0, rows, (8,), generator=draws))
+        for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            assert torch.equal(p, q), (rows, outputs)
+
+
+def test_few_rows_scales_a_regressor_on_a_small_table_only(levers):
+    """``few_rows``: a regressor whose input layer reads at most ``FEW_ROWS`` distinct rows steps
+    with its lrs times ``f`` once that is decided; a larger table or a softmax head as
+    ``RegMuon(model)``; a model with an embedding never counts; bad factors refused."""
+    assert levers.FEW_ROWS == 1000
+    _few_rows_check(levers.LeverRegMuon)
+    assert levers.LeverRegMuon(SortTransformer(vocab_size=8, d_model=16), few_rows=0.5)._rows \
+        is None
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="few_rows"):
+            levers.build_lever_regmuon(MLP(6, 8, 1), {}, {"few_rows": bad})
+
+
+def test_few_rows_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_few_rows_check`: the table's size ignored
+    (every regressor scaled from the first step), the head ignored (a classifier scaled), the
+    evaluation's forward counted (the small table then reads as large), the factor never applied
+    (a frozen lever)."""
+
+    class EveryTable(levers.LeverRegMuon):
+        def _few_rows_factor(self):
+            return 0.25 if self._softmax_head() is False else 1.0
+
+    class AnyHead(levers.LeverRegMuon):
+        def _few_rows_factor(self):
+            return 0.25 if self._rows.small else 1.0
+
+    class CountsEvaluations(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            rows = self._rows
+            rows._handle.remove()
+
+            def count(module, args):
+                with torch.enable_grad():
+                    rows._count(module, args)
+
+            layer = model.get_submodule(levers.input_layer(model))
+            rows._handle = layer.register_forward_pre_hook(count)
+
+    class Frozen(levers.LeverRegMuon):
+        def _few_rows_factor(self):
+            return 1.0
+
+    for mutant in (EveryTable, AnyHead, CountsEvaluations, Frozen):
+        with pytest.raises(AssertionError):
+            _few_rows_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1278,6 +1386,11 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24")),
+    ("round26", "ROUND26", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24",
+                            "ROUND25")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1684,6 +1797,51 @@ def test_round24_is_4x4_patch_vits_of_both_schedules(bench, profile):
         model(pixel_values=torch.zeros(2, 1, 8, 8))
         assert seen[0] == 5 <= levers.FEW_TOKENS, task
     assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * 3 + [True] * 3
+
+
+def test_fewrows_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, monkeypatch):
+    """FEW_ROWS_CANDIDATES: the ``few_rows`` lever at 1/2-1/64 on a tiny diabetes MLP (265 rows,
+    found small within its 40 steps), each changing its result; on the smoke profile's Friedman
+    MLP (2000 rows) every factor's runs equal today's. Mutants caught: the lever frozen (every
+    column equal to today's), another lever in its place (the stored levers differ), the table's
+    size ignored (the Friedman MLP's columns differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "diabetes_tiny", bench.SuiteTask(
+        "tabular", "tabular", 40, "linear", {"dataset": "diabetes", "hidden": 16, "batch": 16}))
+    grid = ["0.015625", "0.03125", "0.0625", "0.125", "0.25", "0.5"]
+    for task, changes in (("diabetes_tiny", True), ("friedman_tiny", False)):
+        per: dict[str, list[float]] = {}
+        for r in _run_stage(bench, tmp_path / task, "fewrows", task):
+            opt = r["spec"]["opt"]
+            if opt["arm"] in ("default", "default_lever"):
+                key = "today" if opt["arm"] == "default" else f"{opt['levers']['few_rows']:g}"
+                per.setdefault(key, []).append(r["val_loss"])
+        assert sorted(per) == [*grid, "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        distinct = len({tuple(v) for v in per.values()})
+        assert distinct == (len(grid) + 1 if changes else 1), task
+
+
+def test_round26_is_regressors_reading_small_tables(bench):
+    """Every model of ROUND26 is a regressor (no softmax head) without an embedding or recurrent
+    layer whose input layer reads a small table (``few_rows`` finds at most ``FEW_ROWS`` rows:
+    the models the lever changes), diabetes and Friedman ones, under both schedule regimes.
+    Mutant caught: a Friedman MLP on its full 2000 rows in the set."""
+    from muonflow.optim import input_layer
+    from muonflow.training import make_task
+
+    levers = sys.modules["regmuon_levers"]
+    prof = bench.PROFILES["round26"]
+    for task, t in bench.ROUND26.items():
+        built = make_task(t.builder, **t.options)
+        model = built.make_model()
+        assert not bench.softmax_headed(prof, task), task
+        rows = levers.RowCount(model.get_submodule(input_layer(model)))
+        gen = torch.Generator().manual_seed(0)
+        while rows.small is None:
+            built.train_loss(model, gen)
+        assert rows.small and rows.table <= levers.FEW_ROWS, task
+    assert {t.builder for t in bench.ROUND26.values()} == {"tabular", "friedman"}
+    assert {t.warmup > 0 for t in bench.ROUND26.values()} == {True, False}
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):

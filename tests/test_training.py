@@ -253,6 +253,27 @@ def test_friedman_functions_and_noise_inputs(function, features, noise):
     assert r["test_loss"] < 0.5, r["test_loss"]
 
 
+def test_friedman_small_table_fits_its_first_rows_only():
+    """``rows``: the minibatches draw only the first ``rows`` samples, and the held-out splits
+    still score ~1 with the zero model (their targets standardized by the smaller fitting set).
+    Mutant caught: ``rows`` ignored (20 minibatches of 64 draw about 1000 distinct rows of 2000)."""
+    small = training.make_task("friedman", hidden=8, batch=64, rows=100)
+    seen: list[torch.Tensor] = []
+    model = small.make_model()
+    model.layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        small.train_loss(model, gen)
+    assert len(torch.unique(torch.cat(seen), dim=0)) <= 100
+    zero = nn.Linear(10, 1)
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    ev = small.evaluate(zero)  # 100 fitting rows: their mean and scale off by ~10% at most
+    assert all(0.7 < ev[f"{s}_loss"] < 1.4 for s in ("val", "test")), ev
+    with pytest.raises(ValueError, match="rows must be in"):
+        training.make_task("friedman", rows=3000)
+
+
 def test_friedman_rejects_bad_options():
     with pytest.raises(ValueError, match="unknown Friedman function 4; valid: 1, 2, 3"):
         training.make_task("friedman", function=4)

@@ -434,9 +434,11 @@ def friedman_task(
     function: int = 1,
     features: int | None = None,
     norm: bool = False,
+    rows: int = 2000,
 ) -> Task:
     """An MLP ``features -> hidden (x depth) -> 1`` regressor (MSE) on a Friedman problem
-    (``norm``: LayerNorm in each hidden layer).
+    (``norm``: LayerNorm in each hidden layer), fit on its first ``rows`` samples (a small table
+    with ``rows`` < 2000).
 
     ``function`` 1: ``y = 10 sin(π x₁x₂) + 20 (x₃ − ½)² + 10 x₄ + 5 x₅``, ``x ~ U[0, 1]^features``
     (10 unless given, at least 5; the rest are noise inputs); 2: ``y = (x₁² + (x₂x₃ −
@@ -445,10 +447,13 @@ def friedman_task(
     ``make_friedman1/2/3``, seeded: nothing is downloaded). 4000 samples: the first 2000 fit,
     then 1000 ``val``, 1000 ``test``; features and target standardized with the fitting
     statistics, so predicting the mean scores about 1 (``chance_loss``: exactly the fitting
-    set's variance, 1).
+    set's variance, 1). With ``rows`` < 2000 only the first ``rows`` fit (and standardize);
+    ``val`` and ``test`` stay the same 1000 samples each.
     """
     import sklearn.datasets
 
+    if not 2 <= rows <= 2000:
+        raise ValueError(f"rows must be in [2, 2000] (the fitting samples), got {rows}")
     if function not in (1, 2, 3):
         raise ValueError(f"unknown Friedman function {function!r}; valid: 1, 2, 3")
     if function == 1:
@@ -466,14 +471,14 @@ def friedman_task(
         X_np, y_np = make(n_samples=4000, noise=noise, random_state=0)
     X = torch.as_tensor(X_np, dtype=torch.float32)
     y = torch.as_tensor(y_np, dtype=torch.float32)
-    mean, std = X[:2000].mean(0), X[:2000].std(0)
+    mean, std = X[:rows].mean(0), X[:rows].std(0)
     X = (X - mean) / std
-    y = (y - y[:2000].mean()) / y[:2000].std(correction=0)
+    y = (y - y[:rows].mean()) / y[:rows].std(correction=0)
     held = {"val": (X[2000:3000], y[2000:3000]), "test": (X[3000:], y[3000:]),
-            "trainset": (X[:1000], y[:1000])}  # fmt: skip
+            "trainset": (X[: min(rows, 1000)], y[: min(rows, 1000)])}  # fmt: skip
 
     def train_loss(model: nn.Module, gen: torch.Generator) -> Tensor:
-        idx = torch.randint(0, 2000, (batch,), generator=gen)
+        idx = torch.randint(0, rows, (batch,), generator=gen)
         return nn.functional.mse_loss(model(X[idx]).squeeze(-1), y[idx])
 
     @torch.no_grad()
