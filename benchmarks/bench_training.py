@@ -1618,6 +1618,17 @@ OPTIONAL_VARIANTS["attention_split_paired"] = {
 OPTIONAL_VARIANTS["few_tokens_paired"] = {
     "schedule": {"constant": {"levers": {"few_tokens": 0.5}},
                  "warmup": {"levers": {"few_tokens": 2.0}}}}
+#: Round 25's replication adopted it (``muonflow.optim.FEW_TOKENS``).
+#: Round 26's candidate, ``few_rows_paired``: the paired rule's pick on the ``fewrows`` screen over
+#: the 25 diabetes MLPs seen through round 20 (the only regressors seen reading at most 1000 rows;
+#: rule and test fixed at FEW_ROWS_CANDIDATES with ROUND26, before the screen ran): under a
+#: constant lr (6) every step times 1/32 (mean log ratio 0.460 -> 0.034, better on all six, worst
+#: 1.830 -> 1.059); under a warm-up (19) times 1/16 (0.427 -> 0.033, better on 18, worst 1.797 ->
+#: 1.079); no factor worse by 2 SE on any but 1/2 under a constant lr (on one). The lever changes
+#: only regressors whose input layer reads a small table: every model of ROUND26.
+OPTIONAL_VARIANTS["few_rows_paired"] = {
+    "schedule": {"constant": {"levers": {"few_rows": 0.03125}},
+                 "warmup": {"levers": {"few_rows": 0.0625}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

@@ -1895,6 +1895,11 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
         opt = bench._variant_opt(tokens, "core", prof, task)
         assert (opt["arm"], opt["levers"]) == (
             "default_lever", {"few_tokens": 2.0 if t.warmup else 0.5}), task
+    rows = bench.OPTIONAL_VARIANTS["few_rows_paired"]  # round 26's: by the schedule only
+    for task, t in bench.ROUND26.items():
+        opt = bench._variant_opt(rows, "core", bench.PROFILES["round26"], task)
+        assert (opt["arm"], opt["levers"]) == (
+            "default_lever", {"few_rows": 0.0625 if t.warmup else 0.03125}), task
     assert {t.warmup > 0 for t in bench.ROUND15.values()} == {True, False}
     assert all(t.warmup > 0 for t in bench.ROUND16.values())
     for profile, task in (("round12", "digits_h64_cos"), ("full", "gpt2_d64_l2")):
