@@ -285,8 +285,8 @@ def decay_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     import matplotlib.pyplot as plt
 
     decays = [decay_of(n) for n in names]
-    order = sorted(range(len(names)), key=lambda j: decays[j])
     low = min(d for d in decays if d > 0) / 2 if today_x is None else today_x  # today's x
+    order = sorted(range(len(names)), key=lambda j: decays[j] or low)
     xs = [decays[j] or low for j in order]
     fig, axes = plt.subplots(1, len(by_class), figsize=(5.0 * len(by_class), 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
