@@ -47,6 +47,9 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                tokens), on ``--tasks``; writes ``OUT/vittokens.md``.
 ``fewrows``    :data:`FEW_ROWS_CANDIDATES` (every step of a regressor reading a small table times
                ``f``), on ``--tasks``; writes ``OUT/fewrows.md``.
+``normmlp``    :data:`NORM_MLP_CANDIDATES` (round 10's matrix lr and AdamW part for a normalized
+               MLP classifier, each times its own factor), on ``--tasks``; writes
+               ``OUT/normmlp.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -64,8 +67,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round26``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND26`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round27``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND27`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -699,6 +702,36 @@ ROUND26: dict[str, SuiteTask] = {
     "friedman_n05_r900_const": SuiteTask("friedman", "tabular", 300, "constant",
                                          {"noise": 0.5, "hidden": 48, "depth": 2, "rows": 900}),
 }  # fmt: skip
+#: Round 27's held-out set: eight LayerNorm MLP classifiers on the breast-cancer, wine and iris
+#: tables and the digits (round 10's class with neither an attention layer nor a convolution; four
+#: under warm-up and decay, four under a constant lr), committed before any of their runs, with the
+#: next lever's stage, rule and test, before its screen was run: **a normalized MLP classifier's
+#: two lrs** (round 10's factors on the matrices and on the AdamW part each times its own factor;
+#: the ``mlp_split`` lever). None of the twelve seen is within 3% of the best tuned baseline, and
+#: their tuned ``torch.optim.Muon`` puts the matrices at a median 0.04 (round 10's 0.005) and the
+#: AdamW part at 0.01 (round 10's 0.0025).
+ROUND27: dict[str, SuiteTask] = {
+    "cancer_ln_h96_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                   {"dataset": "breast_cancer", "hidden": 96, "depth": 2,
+                                    "norm": True}),
+    "cancer_ln_h32_d3c": SuiteTask("tabular", "tabular", 200, "constant",
+                                   {"dataset": "breast_cancer", "hidden": 32, "depth": 3,
+                                    "norm": True}),
+    "wine_ln_h48_cos": SuiteTask("tabular", "tabular", 200, "cosine",
+                                 {"dataset": "wine", "hidden": 48, "depth": 2, "norm": True,
+                                  "batch": 16}),
+    "wine_ln_h96_const": SuiteTask("tabular", "tabular", 300, "constant",
+                                   {"dataset": "wine", "hidden": 96, "depth": 2, "norm": True}),
+    "iris_ln_h48": SuiteTask("tabular", "tabular", 200, "linear",
+                             {"dataset": "iris", "hidden": 48, "depth": 2, "norm": True,
+                              "batch": 16}),
+    "digits_ln_h64_cos": SuiteTask("digits", "tabular", 300, "cosine",
+                                   {"hidden": 64, "depth": 2, "norm": True}),
+    "digits_ln_h128_const": SuiteTask("digits", "tabular", 300, "constant",
+                                      {"hidden": 128, "depth": 2, "norm": True}),
+    "digits_ln_h48_d3c": SuiteTask("digits", "tabular", 300, "constant",
+                                   {"hidden": 48, "depth": 3, "norm": True, "batch": 64}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -731,6 +764,7 @@ ROUND23_BASELINES_FILE = Path(__file__).with_name("training_baselines_round23.js
 ROUND24_BASELINES_FILE = Path(__file__).with_name("training_baselines_round24.json")
 ROUND25_BASELINES_FILE = Path(__file__).with_name("training_baselines_round25.json")
 ROUND26_BASELINES_FILE = Path(__file__).with_name("training_baselines_round26.json")
+ROUND27_BASELINES_FILE = Path(__file__).with_name("training_baselines_round27.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -953,6 +987,7 @@ PROFILES = {
     "round24": held_out_profile(ROUND24, ROUND24_BASELINES_FILE),
     "round25": held_out_profile(ROUND25, ROUND25_BASELINES_FILE),
     "round26": held_out_profile(ROUND26, ROUND26_BASELINES_FILE),
+    "round27": held_out_profile(ROUND27, ROUND27_BASELINES_FILE),
 }
 
 
@@ -2218,6 +2253,28 @@ FEW_ROWS_CANDIDATES: dict[str, dict[str, Any]] = {
        for f in (0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625)},
 }  # fmt: skip
 
+#: The ``normmlp`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``mlp_split = [a, b]``: where ``RegMuon(model)`` decides round 10's smaller lrs (a normalized
+#: network reading raw inputs, under a softmax head) and the model has neither an attention layer
+#: nor a convolution (a LayerNorm MLP), the matrices' factor times ``a`` and the AdamW part's times
+#: ``b`` (``[8, 4]``: matrices 0.04, AdamW part 0.01), under any schedule; ViTs and CNNs as today.
+#: After round 19 none of the twelve such classifiers seen is within 3% of the best tuned baseline
+#: (1.10-2.55x) and three lose to ``torch.optim.Muon``'s documented defaults by 2 SE; round 10's
+#: step was chosen with ViTs and batch-norm CNNs, and their tuned ``torch.optim.Muon`` puts the
+#: matrices at 0.005-0.16 (median 0.04) and the AdamW part at 8e-5-0.08 (median 0.01). Screened
+#: after round 26 on the twelve seen (rounds 8-21; seeds :data:`LR_SEEDS`), with round 27's set
+#: committed before. Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage normmlp --paired``, per schedule class. The test: adopted only
+#: if, paired by seed on ROUND27 (test loss, evaluation seeds), better in the mean on at least three
+#: quarters of the classifiers it changes and worse by more than 2 paired SE on none. If the rule
+#: admits no pair in either class there is no candidate.
+NORM_MLP_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"mlp split {a:g}x{b:g}": {"levers": {"mlp_split": [a, b]}}
+       for a, b in ((0.5, 0.5), (1.0, 4.0), (2.0, 1.0), (2.0, 2.0), (4.0, 1.0), (4.0, 4.0),
+                    (8.0, 1.0), (8.0, 4.0))},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2226,7 +2283,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "regcautious": REGRESSION_CAUTIOUS_CANDIDATES, "regnoise": REGRESSION_NOISE_CANDIDATES,
     "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
     "vitsplit": VIT_SPLIT_CANDIDATES, "vittokens": VIT_TOKENS_CANDIDATES,
-    "fewrows": FEW_ROWS_CANDIDATES,
+    "fewrows": FEW_ROWS_CANDIDATES, "normmlp": NORM_MLP_CANDIDATES,
 }  # fmt: skip
 
 

@@ -123,6 +123,12 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   Rejected by round 26's test (``f`` = 1/16 under a warm-up, 1/32 under a constant lr: the three
   held-out diabetes MLPs within 1% of the best tuned loss, four Friedman MLPs on 265-900 rows
   2-4x it).
+- ``mlp_split = [a, b]``: a normalized MLP classifier's two lrs. Where ``RegMuon(model)``
+  decides round 10's smaller lrs at the first step (a normalized network reading raw inputs,
+  under a softmax head) and the model has neither an attention layer nor a convolution (a
+  LayerNorm MLP on a table or the digits), the matrices' decided factor is multiplied by ``a`` and
+  the AdamW part's by ``b`` (``[8, 4]``: matrices 0.04, AdamW part 0.01); ViTs and CNNs as
+  ``RegMuon(model)``.
 """
 
 from __future__ import annotations
@@ -146,7 +152,7 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float,
-          "few_rows": float}
+          "few_rows": float, "mlp_split": list}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -230,6 +236,7 @@ class LeverRegMuon(RegMuon):
         attention_split: list[float] | None = None,
         few_tokens: float | None = None,
         few_rows: float | None = None,
+        mlp_split: list[float] | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -250,12 +257,13 @@ class LeverRegMuon(RegMuon):
                 raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
         if attention_lr is not None and not (math.isfinite(attention_lr) and attention_lr > 0):
             raise ValueError(f"attention_lr must be a finite factor > 0, got {attention_lr!r}")
-        if attention_split is not None and not (
-                len(attention_split) == 2
-                and all(isinstance(f, int | float) and math.isfinite(f) and f > 0
-                        for f in attention_split)):  # fmt: skip
-            raise ValueError("attention_split must be two finite factors > 0 (the matrices', "
-                             f"the AdamW part's), got {attention_split!r}")
+        for name, pair in (("attention_split", attention_split), ("mlp_split", mlp_split)):
+            if pair is not None and not (
+                    len(pair) == 2
+                    and all(isinstance(f, int | float) and math.isfinite(f) and f > 0
+                            for f in pair)):  # fmt: skip
+                raise ValueError(f"{name} must be two finite factors > 0 (the matrices', the "
+                                 f"AdamW part's), got {pair!r}")  # fmt: skip
         if few_tokens is not None and not (math.isfinite(few_tokens) and few_tokens > 0):
             raise ValueError(f"few_tokens must be a finite factor > 0, got {few_tokens!r}")
         if few_rows is not None and not (math.isfinite(few_rows) and few_rows > 0):
@@ -279,6 +287,9 @@ class LeverRegMuon(RegMuon):
             self._attention_pending = None
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
         self.few_tokens = few_tokens  # on the tokens RegMuon(model) reads (_attention_tokens)
+        self.mlp_split = None if mlp_split is None else [*map(float, mlp_split)]
+        self._mlp = not self._attention and not any(
+            isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())  # fmt: skip
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -328,6 +339,11 @@ class LeverRegMuon(RegMuon):
         if few:  # round 22's factor replaced
             self._attention_pending = None
         decided = super()._decide_scale()
+        if decided is not None and decided[0] and self._mlp and self.mlp_split is not None:
+            a, b = self.mlp_split
+            factors = {gi: f * (a if self.param_groups[gi]["algorithm"] == "regmuon" else b)
+                       for gi, f in decided[0].items()}  # fmt: skip
+            return factors, f"{decided[1]}; matrices x {a:g}, AdamW part x {b:g} (mlp_split)"
         if decided is None or not decided[0] or not self._attention:
             return decided
         if few:

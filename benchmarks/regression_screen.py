@@ -38,10 +38,13 @@ lrs for a ViT with few tokens; today's drawn at the left end), and ``--stage few
 ``fewrows`` tables (one column per factor ``f`` on a regressor's every step once it reads a small
 table; today's, ``f = 1``, drawn at the right end; LayerNorm MLPs marked).
 
+``--stage normmlp`` joins the ``normmlp`` tables (pairs ``a x b`` on a normalized MLP
+classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x 1).
+
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``) picks by the **paired rule** instead, fixed
-after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out Friedman #3 models
-both times):
+``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``) picks by the **paired rule**
+instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out
+Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
 if on no task of the class it is worse than today's defaults by 2 paired SE or more (the
 per-seed differences of the validation loss over the tuning seeds, read from each set's
@@ -118,7 +121,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "vittokens": ("few_tokens", "few tokens",
                               "factor g on round 10's lrs for a ViT with few tokens"),
                 "fewrows": ("few_rows", "few rows",
-                            "factor f on a regressor's every step on a small table (1: today's)")}
+                            "factor f on a regressor's every step on a small table (1: today's)"),
+                "normmlp": ("mlp_split", "mlp split",
+                            "factor b on round 10's AdamW part for a normalized MLP")}
+#: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
+SPLIT_STAGES = ("vitsplit", "normmlp")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -130,8 +137,9 @@ def setting_name(prefix: str, value: float | list[float]) -> str:
 
 
 def split_of(name: str) -> tuple[float, float] | None:
-    """``(a, b)`` of a ``vitsplit`` column (``"attention split 2x8"``); ``None`` for today's."""
-    if not name.startswith("attention split "):
+    """``(a, b)`` of a ``vitsplit`` or ``normmlp`` column (``"attention split 2x8"``, ``"mlp
+    split 8x4"``); ``None`` for today's."""
+    if not name.startswith(("attention split ", "mlp split ")):
         return None
     a, b = name.rsplit(" ", 1)[1].split("x")
     return float(a), float(b)
@@ -315,22 +323,24 @@ TODAY_TOKENS = {"constant": "today (1)",
 
 
 def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
-                 marked: frozenset[str] = frozenset(), marked_label: str = "4x4 patches"
-                 ) -> None:  # fmt: skip
-    """Per schedule class (rows) and matrix factor ``a`` (columns): each ViT's ratio against the
-    AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
-    scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT`)."""
+                 marked: frozenset[str] = frozenset(), marked_label: str = "4x4 patches",
+                 stage: str = "vitsplit", noun: str = "ViTs") -> None:  # fmt: skip
+    """Per schedule class (rows) and matrix factor ``a`` (columns): each model's ratio against
+    the AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
+    scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT` for ``vitsplit``, 1 x
+    1 for ``normmlp``)."""
+    today = TODAY_SPLIT if stage == "vitsplit" else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mats = sorted({ab[0] for n in names if (ab := split_of(n))}
-                  | {a for a, _ in TODAY_SPLIT.values()})  # fmt: skip
+                  | {a for a, _ in today.values()})  # fmt: skip
     fig, axes = plt.subplots(len(by_class), len(mats), figsize=(4.2 * len(mats),
                              3.6 * len(by_class)), sharey=True, squeeze=False)  # fmt: skip
     for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
-        pairs = [split_of(n) or TODAY_SPLIT[cls] for n in names]
+        pairs = [split_of(n) or today[cls] for n in names]
         for ax, a in zip(row, mats, strict=True):
             cols = sorted({b: j for j, (x, b) in enumerate(pairs) if x == a}.items())
             if not cols or not rows:
@@ -339,7 +349,7 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
             parts = [b for b, _ in cols]
             _panel(ax, parts, [f"{b:g}" for b in parts],
                    {t: [r[j] for _, j in cols] for t, r in rows.items()},
-                   f"{cls} ({len(rows)} ViTs): matrices x {a:g}", DECAY_STAGES["vitsplit"][2],
+                   f"{cls} ({len(rows)} {noun}): matrices x {a:g}", DECAY_STAGES[stage][2],
                    marked, marked_label)
         row[0].set_ylabel("val loss / best tuned baseline's")
         row[0].legend(fontsize=7, loc="upper left")
@@ -357,16 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.paired and args.stage not in DECAY_STAGES:
         raise SystemExit(f"--paired picks a decay: use it with --stage {' or '.join(DECAY_STAGES)}")
-    if args.stage == "vitsplit" and not args.paired:
-        raise SystemExit("--stage vitsplit picks by the paired rule only: add --paired")
+    if args.stage in SPLIT_STAGES and not args.paired:
+        raise SystemExit(f"--stage {args.stage} picks by the paired rule only: add --paired")
     names: list[str] | None = None
     by_class: dict[str, dict[str, list[float]]] = {"constant": {}, "warm-up and decay": {}}
     outs: dict[str, Path] = {}
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
-                    "fewrows": "LayerNorm"}.get(args.stage, "Friedman #3")
+                    "fewrows": "LayerNorm", "normmlp": "digits"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
-            "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs"}.get(args.stage,
+            "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
+            "normmlp": "LayerNorm MLPs"}.get(args.stage,
                                                                              "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -382,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             if {"regnoise": t.options.get("dataset") == "diabetes",
                     "normnoise": t.builder == "vit",
                     "vitsplit": t.options.get("patch") == 4,
-                    "vittokens": False, "fewrows": bool(t.options.get("norm"))}.get(args.stage,
+                    "vittokens": False, "fewrows": bool(t.options.get("norm")),
+                    "normmlp": t.builder == "digits"}.get(args.stage,
                                                                  t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
@@ -411,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     if args.stage == "regpart":
         figure(names, by_class, args.out / f"{stem}.png")
-    elif args.stage == "vitsplit":
-        split_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked))
+    elif args.stage in SPLIT_STAGES:
+        split_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
+                     marked_label=marked_label, stage=args.stage, noun=noun)
     else:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,

@@ -1227,6 +1227,67 @@ def test_few_rows_check_catches_its_mutants(levers):
             _few_rows_check(mutant)
 
 
+def _mlp_split_check(cls):
+    """One step of ``cls(model, mlp_split=[8, 4])`` against ``cls(model, mlp_split=[1, 1])``
+    (round 10's step) under a softmax head: on a LayerNorm MLP the matrices' factor is 8 times and
+    the AdamW part's 4 times round 10's; on a batch-norm CNN and on a ViT the same as round 10's;
+    under a regression loss there are none."""
+    torch.manual_seed(9)
+    labels = torch.randint(0, 3, (8,))
+    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
+              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
+                      torch.randn(8, 64)),
+              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4))}  # fmt: skip
+    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("mlp", False)):
+        make, x = models[kind]
+        got = []
+        for split in ([1.0, 1.0], [8.0, 4.0]):
+            torch.manual_seed(10)
+            model = make()
+            opt = cls(model, mlp_split=split)
+            z = model(x)
+            loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()
+            loss.backward()
+            opt.step()
+            got.append((opt._lr_scale, [g["algorithm"] for g in opt.param_groups]))
+        (plain, algorithms), (lever, _) = got
+        assert bool(plain) == classify and set(algorithms) == {"regmuon", "adamw"}, kind
+        want = ({gi: f * (8.0 if algorithms[gi] == "regmuon" else 4.0) for gi, f in plain.items()}
+                if kind == "mlp" else plain)  # fmt: skip
+        assert lever == pytest.approx(want), (kind, classify)
+
+
+def test_mlp_split_scales_a_normalized_mlps_two_lrs(levers):
+    """``mlp_split``: a LayerNorm MLP classifier's round-10 matrix factor times ``a``, its AdamW
+    part's times ``b``; CNNs and ViTs as ``RegMuon(model)``; bad pairs refused."""
+    _mlp_split_check(levers.LeverRegMuon)
+    for bad in ([0.0, 1.0], [1.0, -1.0], [math.inf, 1.0], [2.0], [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="mlp_split"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"mlp_split": bad})
+
+
+def test_mlp_split_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_mlp_split_check`: the factors swapped, a CNN
+    taken for an MLP (convolutions not read), the lever frozen."""
+
+    class Swapped(levers.LeverRegMuon):
+        def __init__(self, model, mlp_split=None, **kw):
+            super().__init__(model, mlp_split=mlp_split[::-1], **kw)
+
+    class ConvBlind(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._mlp = not self._attention
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, mlp_split=None, **kw):
+            super().__init__(model, **kw)
+
+    for mutant in (Swapped, ConvBlind, Frozen):
+        with pytest.raises(AssertionError):
+            _mlp_split_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1391,6 +1452,11 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24",
                             "ROUND25")),
+    ("round27", "ROUND27", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24",
+                            "ROUND25", "ROUND26")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1842,6 +1908,37 @@ def test_round26_is_regressors_reading_small_tables(bench):
         assert rows.small and rows.table <= levers.FEW_ROWS, task
     assert {t.builder for t in bench.ROUND26.values()} == {"tabular", "friedman"}
     assert {t.warmup > 0 for t in bench.ROUND26.values()} == {True, False}
+
+
+def test_normmlp_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
+    """NORM_MLP_CANDIDATES: the ``mlp_split`` lever at eight pairs, each changing a LayerNorm MLP
+    classifier's result (the smoke profile with a tiny LayerNorm digits MLP held out). Mutants
+    caught: the lever frozen (every column equal to today's), another lever in its place (the
+    stored levers differ)."""
+    tiny = bench.SuiteTask("digits", "tabular", 6, "linear",
+                           {"hidden": 16, "batch": 16, "norm": True})  # fmt: skip
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", tiny)
+    _decay_stage_check(bench, tmp_path, "normmlp", "mlp_split",
+                       [[0.5, 0.5], [1.0, 4.0], [2.0, 1.0], [2.0, 2.0], [4.0, 1.0], [4.0, 4.0],
+                        [8.0, 1.0], [8.0, 4.0]], task="digits_ln_tiny")  # fmt: skip
+
+
+def test_round27_is_normalized_mlp_classifiers_of_both_schedules(bench):
+    """Every model of ROUND27 is of round 10's class (normalization, a first matrix layer reading
+    raw inputs, a softmax head) with neither an attention layer nor a convolution (the models
+    ``mlp_split`` changes), under both schedule regimes. Mutant caught: a batch-norm CNN in the
+    set."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round27"]
+    for task, t in bench.ROUND27.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None, task
+        assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()), task
+    assert sorted(t.warmup > 0 for t in bench.ROUND27.values()) == [False] * 4 + [True] * 4
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
