@@ -1666,6 +1666,15 @@ OPTIONAL_VARIANTS["few_rows_paired"] = {
                  "warmup": {"levers": {"few_rows": 0.0625}}}}
 #: Round 26's candidate failed its test: better in the mean on four of the eight (the three diabetes
 #: MLPs, by 4-9 SE), worse by 11-82 SE on four Friedman MLPs reading 265-900 rows.
+#: Round 27's candidate, ``mlp_split_paired``: the paired rule's pick on the ``normmlp`` screen over
+#: the twelve LayerNorm MLP classifiers seen through round 21 (rule and test fixed at
+#: NORM_MLP_CANDIDATES with ROUND27, before the screen ran): under both schedules round 10's
+#: factors times 0.5 on both parts, the grid's smallest pair (constant lr (5): mean log ratio 0.586
+#: -> 0.421, better on 3; warm-up (7): 0.785 -> 0.726, better on 3); every larger pair worse by 2
+#: SE on one to five. The lever changes only normalized MLP classifiers: every model of ROUND27.
+OPTIONAL_VARIANTS["mlp_split_paired"] = {
+    "schedule": {"constant": {"levers": {"mlp_split": [0.5, 0.5]}},
+                 "warmup": {"levers": {"mlp_split": [0.5, 0.5]}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

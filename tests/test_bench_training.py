@@ -1992,6 +1992,10 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
         opt = bench._variant_opt(tokens, "core", prof, task)
         assert (opt["arm"], opt["levers"]) == (
             "default_lever", {"few_tokens": 2.0 if t.warmup else 0.5}), task
+    mlp = bench.OPTIONAL_VARIANTS["mlp_split_paired"]  # round 27's: both schedules alike
+    for task in bench.ROUND27:
+        opt = bench._variant_opt(mlp, "core", bench.PROFILES["round27"], task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"mlp_split": [0.5, 0.5]}), task
     rows = bench.OPTIONAL_VARIANTS["few_rows_paired"]  # round 26's: by the schedule only
     for task, t in bench.ROUND26.items():
         opt = bench._variant_opt(rows, "core", bench.PROFILES["round26"], task)
