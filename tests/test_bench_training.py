@@ -1457,6 +1457,11 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
                             "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
                             "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24",
                             "ROUND25", "ROUND26")),
+    ("round28", "ROUND28", ("SUITE", "TRANSFER", "ROUND3", "ROUND4", "ROUND5", "ROUND6",
+                            "ROUND7", "ROUND8", "ROUND9", "ROUND10", "ROUND11", "ROUND12",
+                            "ROUND13", "ROUND14", "ROUND15", "ROUND16", "ROUND17", "ROUND18",
+                            "ROUND19", "ROUND20", "ROUND21", "ROUND22", "ROUND23", "ROUND24",
+                            "ROUND25", "ROUND26", "ROUND27")),
 ])  # fmt: skip
 def test_each_held_out_set_is_new_models_all_held_out(bench, profile, name, earlier):
     """Every task of a later held-out set is held out, none is a task of an earlier set (a new
@@ -1923,22 +1928,25 @@ def test_normmlp_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monke
                         [8.0, 1.0], [8.0, 4.0]], task="digits_ln_tiny")  # fmt: skip
 
 
-def test_round27_is_normalized_mlp_classifiers_of_both_schedules(bench):
-    """Every model of ROUND27 is of round 10's class (normalization, a first matrix layer reading
-    raw inputs, a softmax head) with neither an attention layer nor a convolution (the models
-    ``mlp_split`` changes), under both schedule regimes. Mutant caught: a batch-norm CNN in the
-    set."""
+@pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
+def test_round27_is_normalized_mlp_classifiers_of_both_schedules(bench, profile, warm):
+    """Every model of ROUND27 (and of ROUND28) is of round 10's class (normalization, a first
+    matrix layer reading raw inputs, a softmax head) with neither an attention layer nor a
+    convolution (the models ``mlp_split`` changes); ROUND27 under both schedule regimes, ROUND28
+    under a constant lr only (the one its candidate changes). Mutants caught: a batch-norm CNN in
+    the set, a warm-up model in round 28's."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer
     from muonflow.training import make_task
 
-    prof = bench.PROFILES["round27"]
-    for task, t in bench.ROUND27.items():
+    prof = bench.PROFILES[profile]
+    tasks = getattr(bench, profile.upper())
+    for task, t in tasks.items():
         model = make_task(t.builder, **t.options).make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         assert attention_layer(model) is None, task
         assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()), task
-    assert sorted(t.warmup > 0 for t in bench.ROUND27.values()) == [False] * 4 + [True] * 4
+    assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * (8 - warm) + [True] * warm
 
 
 def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
@@ -1996,6 +2004,13 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
     for task in bench.ROUND27:
         opt = bench._variant_opt(mlp, "core", bench.PROFILES["round27"], task)
         assert (opt["arm"], opt["levers"]) == ("default_lever", {"mlp_split": [0.5, 0.5]}), task
+    constant = bench.OPTIONAL_VARIANTS["mlp_split_constant"]  # round 28's: a constant lr only
+    for task, t in {**bench.ROUND27, **bench.ROUND28}.items():
+        prof = bench.PROFILES["round27" if task in bench.ROUND27 else "round28"]
+        opt = bench._variant_opt(constant, "core", prof, task)
+        assert ((opt["arm"], opt.get("levers")) ==
+                (("default", None) if t.warmup
+                 else ("default_lever", {"mlp_split": [0.5, 0.5]}))), task  # fmt: skip
     rows = bench.OPTIONAL_VARIANTS["few_rows_paired"]  # round 26's: by the schedule only
     for task, t in bench.ROUND26.items():
         opt = bench._variant_opt(rows, "core", bench.PROFILES["round26"], task)
