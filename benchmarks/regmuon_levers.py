@@ -128,7 +128,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   under a softmax head) and the model has neither an attention layer nor a convolution (a
   LayerNorm MLP on a table or the digits), the matrices' decided factor is multiplied by ``a`` and
   the AdamW part's by ``b`` (``[8, 4]``: matrices 0.04, AdamW part 0.01); ViTs and CNNs as
-  ``RegMuon(model)``.
+  ``RegMuon(model)``. Adopted after round 28 at ``[0.5, 0.5]`` under a constant lr only
+  (``muonflow.optim.NORMALIZED_MLP_CONSTANT_FACTOR``); the lever replaces the library's factor,
+  so ``[1, 1]`` is round 10's step.
 """
 
 from __future__ import annotations
@@ -288,6 +290,8 @@ class LeverRegMuon(RegMuon):
         self._attention = any("attention" in type(m).__name__.lower() for m in model.modules())
         self.few_tokens = few_tokens  # on the tokens RegMuon(model) reads (_attention_tokens)
         self.mlp_split = None if mlp_split is None else [*map(float, mlp_split)]
+        if mlp_split is not None:  # replaces round 28's factor
+            self._mlp_pending = None
         self._mlp = not self._attention and not any(
             isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())  # fmt: skip
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)

@@ -1374,7 +1374,9 @@ def test_the_cautious_check_fails_each_plausible_bug(monkeypatch):
 _FIRST_STEP = {
     "lr by structure": (_ln_mlp, _classify, lambda: torch.randn(32, 6), lambda m: m[0].weight,
                         ("lr_scale_pending", "lr_scale"), ("_scale_pending", "_lr_scale"),
-                        {0: 0.25, 1: 0.0625}, {0: 0.25, 1: 0.0625}, None),
+                        {0: 0.25, 1: 0.0625},  # an MLP under a constant lr: times round 28's
+                        {0: 0.25 * mf.optim.NORMALIZED_MLP_CONSTANT_FACTOR,
+                         1: 0.0625 * mf.optim.NORMALIZED_MLP_CONSTANT_FACTOR}, None),
     "lr by schedule": (_tokens_mlp, _tokens_loss, lambda: torch.randint(0, 10, (32,)),
                        lambda m: m[1].weight, ("warmup_pending", "warmup_scale"),
                        ("_warmup_pending", "_warmup_scale"),
@@ -1770,6 +1772,85 @@ def test_few_tokens_rule_check_catches_its_mutants():
     for mutant in (NeverRead, Exclusive, Swapped):
         with pytest.raises(AssertionError):
             _few_tokens_rule_check(mutant)
+
+
+# -- a normalized MLP classifier under a constant lr: round 10's lrs times 0.5 ------------------
+def _mlp_rule_check(cls=RegMuon):
+    """One step of ``cls(model)`` under a softmax head: a LayerNorm MLP under a constant lr takes
+    round 10's factors times ``NORMALIZED_MLP_CONSTANT_FACTOR`` — every parameter's step that
+    factor times the step with round 10's factors (to rounding), the routing says so — and under
+    a warm-up round 10's; a batch-norm CNN round 10's under both; under a regression loss there
+    are none."""
+    o = mf.optim
+    f = o.NORMALIZED_MLP_CONSTANT_FACTOR
+    cnn = lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),  # noqa: E731
+                                nn.Flatten(), nn.Linear(4 * 36, 3))  # fmt: skip
+    cases = {"mlp": (_ln_mlp, torch.randn(12, 6)), "cnn": (cnn, torch.randn(12, 1, 8, 8))}
+    for kind, warm, loss in (("mlp", False, _classify), ("mlp", True, _classify),
+                             ("cnn", False, _classify), ("mlp", False, None)):  # fmt: skip
+        make, x = cases[kind]
+        steps = []
+        for rule in (True, False):
+            torch.manual_seed(12)
+            model = make()
+            opt = cls(model)
+            if not rule:
+                opt._mlp_pending = None
+            torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+            w0 = [p.detach().clone() for p in model.parameters()]
+            (model(x).square().mean() if loss is None else loss(model, x)).backward()
+            opt.step()
+            steps.append([p.detach() - q for p, q in zip(model.parameters(), w0, strict=True)])
+            scaled = kind == "mlp" and not warm and loss is not None
+            if rule:
+                want = ({} if loss is None else
+                        {gi: v * (f if scaled else 1.0) for gi, v in ROUND10_FACTORS.items()})
+                assert opt._lr_scale == pytest.approx(want), (kind, warm)
+                assert ("an MLP (no attention layer or convolution)" in opt.routing.lr) == scaled
+        for a, b in zip(*steps, strict=True):
+            torch.testing.assert_close(a, (f if scaled else 1.0) * b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_normalized_mlp_under_a_constant_lr_takes_round_10s_lrs_times_its_factor():
+    """Round 28's rule (``NORMALIZED_MLP_CONSTANT_FACTOR``): an MLP of round 10's class under a
+    constant lr only."""
+    assert mf.optim.NORMALIZED_MLP_CONSTANT_FACTOR == 0.5
+    _mlp_rule_check()
+
+
+def test_mlp_rule_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_mlp_rule_check`: the schedule not read (the
+    factor under a warm-up too), the rule never firing (every lr read as a warm-up's),
+    convolutions not read (a CNN taken for an MLP), the factor on the matrices only."""
+
+    class EverySchedule(RegMuon):
+        def _class_factor(self):
+            if self._mlp_pending is not None:
+                self._mlp_pending = 0.0  # the lr at the first step never below it
+            return super()._class_factor()
+
+    class Never(RegMuon):
+        def _class_factor(self):
+            if self._mlp_pending is not None:
+                self._mlp_pending = math.inf  # the lr at the first step always below it
+            return super()._class_factor()
+
+    class ConvBlind(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._scale_pending is not None and self._attention_pending is None:
+                self._mlp_pending = float(mf.optim.DEFAULTS.lr)
+
+    class MatricesOnly(RegMuon):
+        def _decide_scale(self):
+            d = super()._decide_scale()
+            if d and d[0] and "an MLP" in d[1]:
+                d[0][1] /= mf.optim.NORMALIZED_MLP_CONSTANT_FACTOR
+            return d
+
+    for mutant in (EverySchedule, Never, ConvBlind, MatricesOnly):
+        with pytest.raises(AssertionError):
+            _mlp_rule_check(mutant)
 
 
 def test_the_tokens_are_read_once_as_the_layer_lays_them_out():

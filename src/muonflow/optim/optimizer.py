@@ -30,6 +30,7 @@ from .options import (
     FEW_TOKENS_CONSTANT_FACTOR,
     FEW_TOKENS_WARMUP_FACTOR,
     GROUP_KEYS,
+    NORMALIZED_MLP_CONSTANT_FACTOR,
     REGRESSION_CAUTIOUS_DECAY,
     WARMUP_LR_FACTOR,
     RegMuonOptions,
@@ -45,6 +46,7 @@ from .routing import (
     Routing,
     RoutingWarning,
     attention_layer,
+    convolution_layer,
     decay_by_structure,
     input_layer,
     lr_by_schedule,
@@ -87,6 +89,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_cautious": lambda: 0.0,
     "_attention_pending": lambda: None,
     "_attention_tokens": lambda: None,
+    "_mlp_pending": lambda: None,
 }
 
 
@@ -207,6 +210,7 @@ class RegMuon(Optimizer):
         self._cautious = 0.0
         self._attention_pending: tuple[float, str] | None = None  # a ViT: (built lr, layer)
         self._attention_tokens: int | None = None  # its tokens at the first forward
+        self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -221,6 +225,9 @@ class RegMuon(Optimizer):
                     attention = attention_layer(model)
                     if attention is not None and not isinstance(self.options.lr, Tensor):
                         self._attention_pending = (float(self.options.lr), attention)
+                    elif (attention is None and convolution_layer(model) is None
+                          and not isinstance(self.options.lr, Tensor)):  # an MLP
+                        self._mlp_pending = float(self.options.lr)
                     model_routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, "
                                         f"AdamW part {lrs['adamw_lr']:g} if the output layer "
                                         f"is a softmax head, else the options' ({why})")
@@ -577,6 +584,7 @@ class RegMuon(Optimizer):
                                            f"matrices ({CAUTIOUS_WHY})")  # fmt: skip
             if scale is not None:
                 self._scale_pending, self._attention_pending = None, None
+                self._mlp_pending = None
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
@@ -651,26 +659,39 @@ class RegMuon(Optimizer):
                         for gi, f in pending.items())  # fmt: skip
         structure = self.routing.lr.split("(", 1)[-1]  # the structure's part, with its ")"
         if softmax:
-            factors, why = dict(pending), ""
-            lr, vit = self.param_groups[0]["lr"], self._attention_pending
-            if vit is not None and not isinstance(lr, Tensor):  # a ViT
-                warm, tokens = lr < vit[0], self._attention_tokens
-                schedule = ("under a warm-up (the lr at the first step is below the built one)"
-                            if warm else "under a constant lr")  # fmt: skip
-                if tokens is not None and tokens <= FEW_TOKENS:
-                    f = FEW_TOKENS_WARMUP_FACTOR if warm else FEW_TOKENS_CONSTANT_FACTOR
-                    why = (f"; x {f:g} {schedule}, attention layer {vit[1]!r} read {tokens} "
-                           f"tokens at the first forward (at most {FEW_TOKENS})")  # fmt: skip
-                else:
-                    f = ATTENTION_WARMUP_FACTOR if warm else 1.0
-                    why = (f"; x {f:g} {schedule}, attention layer {vit[1]!r}" if warm
-                           else "")  # fmt: skip
-                factors = {gi: v * f for gi, v in factors.items()}
+            f, why = self._class_factor()
+            factors = {gi: v * f for gi, v in pending.items()}
+            if f != 1.0:
                 lrs = ", ".join(f"{parts[self.param_groups[gi]['algorithm']]} lr x {v:g}"
                                 for gi, v in factors.items())  # fmt: skip
             return factors, (f"{lrs} (a softmax head: its gradient sums to 0 over the "
                              f"outputs, r = {r:.1e}{why}; {structure}")  # fmt: skip
         return {}, f"none, the options' lrs (r = {r:.2g}: not a softmax head; {structure}"
+
+    def _class_factor(self) -> tuple[float, str]:
+        """The factor on round 10's lrs, read at the first step, and why: a ViT's (round 22's
+        under a warm-up; with at most ``FEW_TOKENS`` tokens round 25's under either schedule), a
+        normalized MLP's under a constant lr (round 28's); 1 otherwise."""
+        lr, vit, mlp = self.param_groups[0]["lr"], self._attention_pending, self._mlp_pending
+        if isinstance(lr, Tensor) or (vit is None and mlp is None):
+            return 1.0, ""
+        warm = lr < (vit[0] if vit is not None else cast(float, mlp))
+        schedule = ("under a warm-up (the lr at the first step is below the built one)"
+                    if warm else "under a constant lr")  # fmt: skip
+        if vit is None:  # an MLP: no attention layer, no convolution
+            if warm:
+                return 1.0, ""
+            f = NORMALIZED_MLP_CONSTANT_FACTOR
+            return f, f"; x {f:g} {schedule}, an MLP (no attention layer or convolution)"
+        tokens = self._attention_tokens
+        if tokens is not None and tokens <= FEW_TOKENS:
+            f = FEW_TOKENS_WARMUP_FACTOR if warm else FEW_TOKENS_CONSTANT_FACTOR
+            return f, (f"; x {f:g} {schedule}, attention layer {vit[1]!r} read {tokens} tokens "
+                       f"at the first forward (at most {FEW_TOKENS})")  # fmt: skip
+        if not warm:
+            return 1.0, ""
+        return ATTENTION_WARMUP_FACTOR, (f"; x {ATTENTION_WARMUP_FACTOR:g} {schedule}, "
+                                         f"attention layer {vit[1]!r}")  # fmt: skip
 
     def _decide_warmup(self) -> tuple[dict[int, float], str]:
         """RegMuon(model)'s lr factors by schedule, decided at its first step with an output

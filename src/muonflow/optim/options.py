@@ -318,6 +318,18 @@ FEW_TOKENS = 8
 FEW_TOKENS_WARMUP_FACTOR = 2.0
 FEW_TOKENS_CONSTANT_FACTOR = 0.5
 
+#: The factor ``RegMuon(model)`` puts on round 10's lrs (:data:`NORMALIZED_INPUT_LR`,
+#: :data:`NORMALIZED_INPUT_ADAMW_LR`) for a normalized MLP classifier — round 10's class with
+#: neither an attention layer nor a convolution (a LayerNorm MLP on a table or the digits) — under
+#: a constant lr (matrices 0.0025, AdamW part 0.00125); none under a warm-up. Round 27's screen, on
+#: the twelve such classifiers seen (tuning seeds; the paired rule), found every larger step worse
+#: by 2 SE on one to five and picked 0.5 under both schedules; its test on round 27 was better on
+#: all four constant-lr MLPs and worse by 3-6 SE on three of the four under a warm-up (rejected).
+#: Restricted to a constant lr and tested on round 28's eight new constant-lr MLPs with the bar
+#: fixed before their runs (better on six, worse by 2 SE on none): better on seven, worse by 2 SE on
+#: none, adopted (``docs/benchmark-training.md``).
+NORMALIZED_MLP_CONSTANT_FACTOR = 0.5
+
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

@@ -187,6 +187,13 @@ def attention_layer(model: nn.Module) -> str | None:
                  if name and "attention" in type(m).__name__.lower()), None)  # fmt: skip
 
 
+def convolution_layer(model: nn.Module) -> str | None:
+    """The first module, in registration order, that is a convolution (``nn.Conv1d/2d/3d`` and
+    their transposes), or ``None``."""
+    return next((name for name, m in model.named_modules()
+                 if isinstance(m, nn.modules.conv._ConvNd)), None)  # fmt: skip
+
+
 def lr_by_schedule(model: nn.Module) -> tuple[float, str]:
     """``(factor, why)``: the factor ``RegMuon(model)`` puts on its scheduled lrs if a
     scheduler warms them up (read at the first step) —
