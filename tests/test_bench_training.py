@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib.util
 import inspect
 import json
@@ -978,21 +979,30 @@ def _attention_split_check(cls):
     torch.manual_seed(9)
     x, labels = torch.randn(8, 5, 4), torch.randint(0, 3, (8,))
     for attention, classify in ((True, True), (False, True), (True, False)):
-        got = []
-        for split in ([1.0, 1.0], [2.0, 8.0]):
-            torch.manual_seed(10)
-            model = SmallViT(attention)
-            opt = cls(model, attention_split=split)
-            z = model(x)
-            loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()
-            loss.backward()
-            opt.step()
-            got.append((opt._lr_scale, [g["algorithm"] for g in opt.param_groups]))
-        (plain, algorithms), (lever, _) = got
-        assert bool(plain) == classify and set(algorithms) == {"regmuon", "adamw"}
-        want = ({gi: f * (2.0 if algorithms[gi] == "regmuon" else 8.0) for gi, f in plain.items()}
-                if attention else plain)  # fmt: skip
-        assert lever == pytest.approx(want), (attention, classify)
+        _pair_check(cls, functools.partial(SmallViT, attention), x, labels if classify else None,
+                    "attention_split", [2.0, 8.0], scaled=attention)  # fmt: skip
+
+
+def _pair_check(cls, make, x, labels, lever: str, pair: list[float], scaled: bool) -> None:
+    """One step of ``cls(make(), **{lever: [1, 1]})`` and of the same with ``pair`` (cross-entropy
+    on ``labels``, a regression loss where ``labels`` is ``None``): with a softmax head round
+    10's factors are decided, and the pair's are the matrices' times ``pair[0]`` and the AdamW
+    part's times ``pair[1]`` where ``scaled``, the same otherwise; with a regression loss there
+    are none."""
+    got = []
+    for split in ([1.0, 1.0], pair):
+        torch.manual_seed(10)
+        model = make()
+        opt = cls(model, **{lever: split})
+        z = model(x)
+        (z.square().mean() if labels is None else nn.functional.cross_entropy(z, labels)).backward()
+        opt.step()
+        got.append(opt._lr_scale)
+    (plain, paired), algorithms = got, [g["algorithm"] for g in opt.param_groups]
+    assert bool(plain) == (labels is not None) and set(algorithms) == {"regmuon", "adamw"}
+    want = ({gi: f * pair[0 if algorithms[gi] == "regmuon" else 1] for gi, f in plain.items()}
+            if scaled else plain)  # fmt: skip
+    assert paired == pytest.approx(want), (lever, scaled)
 
 
 def test_attention_split_scales_a_vits_two_lrs_apart(levers):
@@ -1240,21 +1250,8 @@ def _mlp_split_check(cls):
               "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4))}  # fmt: skip
     for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("mlp", False)):
         make, x = models[kind]
-        got = []
-        for split in ([1.0, 1.0], [8.0, 4.0]):
-            torch.manual_seed(10)
-            model = make()
-            opt = cls(model, mlp_split=split)
-            z = model(x)
-            loss = nn.functional.cross_entropy(z, labels) if classify else z.square().mean()
-            loss.backward()
-            opt.step()
-            got.append((opt._lr_scale, [g["algorithm"] for g in opt.param_groups]))
-        (plain, algorithms), (lever, _) = got
-        assert bool(plain) == classify and set(algorithms) == {"regmuon", "adamw"}, kind
-        want = ({gi: f * (8.0 if algorithms[gi] == "regmuon" else 4.0) for gi, f in plain.items()}
-                if kind == "mlp" else plain)  # fmt: skip
-        assert lever == pytest.approx(want), (kind, classify)
+        _pair_check(cls, make, x, labels if classify else None, "mlp_split", [8.0, 4.0],
+                    scaled=kind == "mlp")  # fmt: skip
 
 
 def test_mlp_split_scales_a_normalized_mlps_two_lrs(levers):
