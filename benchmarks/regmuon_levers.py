@@ -145,7 +145,7 @@ from torch import Tensor, nn
 
 from muonflow.optim import DEFAULTS, FEW_TOKENS, RegMuon, RegMuonOptions, input_layer, kernel
 from muonflow.optim import optimizer as optimizer_module
-from muonflow.optim.routing import _structural_kind, softmax_head
+from muonflow.optim.routing import _structural_kind, convolution_layer
 
 __all__ = ["LEVERS", "LeverRegMuon", "RowCount", "build_lever_regmuon", "input_layers"]
 
@@ -292,8 +292,7 @@ class LeverRegMuon(RegMuon):
         self.mlp_split = None if mlp_split is None else [*map(float, mlp_split)]
         if mlp_split is not None:  # replaces round 28's factor
             self._mlp_pending = None
-        self._mlp = not self._attention and not any(
-            isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())  # fmt: skip
+        self._mlp = not self._attention and convolution_layer(model) is None
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -398,15 +397,10 @@ class LeverRegMuon(RegMuon):
             kernel.mirror_map = real
 
     def _softmax_head(self) -> bool | None:
-        """Whether the output layer's first gradient is a softmax head's (every output matrix's);
-        ``None`` while it has no gradient."""
-        if self._softmax is None:
-            outputs = {r.name for r in self.routing.routes if r.reason == "output layer"}
-            heads = [p for g in self.param_groups for n, p in
-                     zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
-                         strict=True) if n in outputs and p.dim() >= 2]  # fmt: skip
-            if heads and all(p.grad is not None for p in heads):
-                self._softmax = all(softmax_head(p.grad)[0] for p in heads)
+        """Whether the output layer's first gradient is a softmax head's, read as
+        ``RegMuon(model)`` reads it (no output layer: not one); ``None`` while it has none."""
+        if self._softmax is None and (head := self._head()) is not None:
+            self._softmax = head is not optimizer_module.NO_HEAD and head[0]
         return self._softmax
 
     def _input_rho_on(self) -> bool | None:

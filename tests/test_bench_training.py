@@ -1865,14 +1865,14 @@ def test_normmlp_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monke
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
-def test_round27_is_normalized_mlp_classifiers_of_both_schedules(bench, profile, warm):
+def test_rounds_27_and_28_are_normalized_mlp_classifiers(bench, profile, warm):
     """Every model of ROUND27 (and of ROUND28) is of round 10's class (normalization, a first
     matrix layer reading raw inputs, a softmax head) with neither an attention layer nor a
     convolution (the models ``mlp_split`` changes); ROUND27 under both schedule regimes, ROUND28
     under a constant lr only (the one its candidate changes). Mutants caught: a batch-norm CNN in
     the set, a warm-up model in round 28's."""
     from muonflow.optim import lr_by_structure
-    from muonflow.optim.routing import attention_layer
+    from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
 
     prof = bench.PROFILES[profile]
@@ -1881,7 +1881,7 @@ def test_round27_is_normalized_mlp_classifiers_of_both_schedules(bench, profile,
         model = make_task(t.builder, **t.options).make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         assert attention_layer(model) is None, task
-        assert not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()), task
+        assert convolution_layer(model) is None, task
     assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * (8 - warm) + [True] * warm
 
 

@@ -672,10 +672,11 @@ class RegMuon(Optimizer):
         """The factor on round 10's lrs, read at the first step, and why: a ViT's (round 22's
         under a warm-up; with at most ``FEW_TOKENS`` tokens round 25's under either schedule), a
         normalized MLP's under a constant lr (round 28's); 1 otherwise."""
-        lr, vit, mlp = self.param_groups[0]["lr"], self._attention_pending, self._mlp_pending
-        if isinstance(lr, Tensor) or (vit is None and mlp is None):
+        lr, vit = self.param_groups[0]["lr"], self._attention_pending
+        built = vit[0] if vit is not None else self._mlp_pending
+        if isinstance(lr, Tensor) or built is None:
             return 1.0, ""
-        warm = lr < (vit[0] if vit is not None else cast(float, mlp))
+        warm = lr < built
         schedule = ("under a warm-up (the lr at the first step is below the built one)"
                     if warm else "under a constant lr")  # fmt: skip
         if vit is None:  # an MLP: no attention layer, no convolution

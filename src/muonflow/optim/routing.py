@@ -675,11 +675,7 @@ class _Tokens:
         self.observer.read(module, args, kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_noop_pre_hook, ())
-
-
-def _noop_pre_hook() -> Callable[..., None]:
-    return lambda module, args, kwargs: None
+        return (_noop_hook, ())  # three arguments: (module, args, kwargs) here
 
 
 def last_executed_layer(model: nn.Module, *args: Any, **kwargs: Any) -> str:
