@@ -50,6 +50,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
 ``normmlp``    :data:`NORM_MLP_CANDIDATES` (round 10's matrix lr and AdamW part for a normalized
                MLP classifier, each times its own factor), on ``--tasks``; writes
                ``OUT/normmlp.md``.
+``normwd``     :data:`NORM_PART_DECAY_CANDIDATES` (decay on a normalized classifier's AdamW
+               part, without an attention layer), on ``--tasks``; writes ``OUT/normwd.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -67,8 +69,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round28``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND28`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round29``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND29`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -762,6 +764,41 @@ ROUND28: dict[str, SuiteTask] = {
     "digits_ln_h192_b64c": SuiteTask("digits", "tabular", 200, "constant",
                                      {"hidden": 192, "depth": 2, "norm": True, "batch": 64}),
 }  # fmt: skip
+#: Round 29's held-out set: ten classifiers of round 10's class without an attention layer (five
+#: batch-norm CNNs on the digits, five LayerNorm MLPs on the breast-cancer, wine and iris tables
+#: and the digits; six under a constant lr, four under warm-up and decay), committed before any of
+#: their runs, with the next lever's stage, rule and test, before its screen was run: **decay on
+#: a normalized classifier's AdamW part** (the ``norm_part_decay`` lever: the output layer, the
+#: norms' gains and the biases decayed, where ``RegMuon(model)`` decides round 10's lrs and the
+#: model has no attention layer). After round 28, 10 of the 31 tasks on which ``RegMuon(model)``
+#: loses to ``torch.optim.Muon``'s documented defaults by 2 SE are such classifiers and one more
+#: is a batch-norm CNN; each fits its training set exactly and its held-out loss climbs after the
+#: fit. Round 11 tested this decay (1, under any schedule, with the LayerNorm MLPs and CNNs
+#: together): the batch-norm CNN under a constant lr 2.83x → 1.04x, the deep iris MLP under a
+#: warm-up worse by 4.6 SE; since then round 28 halved a constant-lr MLP's step.
+ROUND29: dict[str, SuiteTask] = {
+    "cnn_bn_c32_h96c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"channels": [32, 32], "hidden": 96, "norm": True,
+                                  "batch": 32}),
+    "cnn_bn_h48c": SuiteTask("cnn", "vision", 200, "constant", {"hidden": 48, "norm": True}),
+    "cnn_bn_c16_b32c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"channels": [16, 32], "norm": True, "batch": 32}),
+    "cnn_bn_c32_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                {"channels": [32, 64], "norm": True}),
+    "cnn_bn_h96": SuiteTask("cnn", "vision", 200, "linear", {"hidden": 96, "norm": True}),
+    "cancer_ln_h128c": SuiteTask("tabular", "tabular", 300, "constant",
+                                 {"dataset": "breast_cancer", "hidden": 128, "depth": 2,
+                                  "norm": True}),
+    "digits_ln_h64_d3c": SuiteTask("digits", "tabular", 200, "constant",
+                                   {"hidden": 64, "depth": 3, "norm": True}),
+    "wine_ln_h128c": SuiteTask("tabular", "tabular", 200, "constant",
+                               {"dataset": "wine", "hidden": 128, "depth": 2, "norm": True}),
+    "iris_ln_h64_cos": SuiteTask("tabular", "tabular", 300, "cosine",
+                                 {"dataset": "iris", "hidden": 64, "depth": 2, "norm": True,
+                                  "batch": 16}),
+    "digits_ln_h160_cos": SuiteTask("digits", "tabular", 300, "cosine",
+                                    {"hidden": 160, "depth": 2, "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -796,6 +833,7 @@ ROUND25_BASELINES_FILE = Path(__file__).with_name("training_baselines_round25.js
 ROUND26_BASELINES_FILE = Path(__file__).with_name("training_baselines_round26.json")
 ROUND27_BASELINES_FILE = Path(__file__).with_name("training_baselines_round27.json")
 ROUND28_BASELINES_FILE = Path(__file__).with_name("training_baselines_round28.json")
+ROUND29_BASELINES_FILE = Path(__file__).with_name("training_baselines_round29.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1020,6 +1058,7 @@ PROFILES = {
     "round26": held_out_profile(ROUND26, ROUND26_BASELINES_FILE),
     "round27": held_out_profile(ROUND27, ROUND27_BASELINES_FILE),
     "round28": held_out_profile(ROUND28, ROUND28_BASELINES_FILE),
+    "round29": held_out_profile(ROUND29, ROUND29_BASELINES_FILE),
 }
 
 
@@ -2322,6 +2361,26 @@ NORM_MLP_CANDIDATES: dict[str, dict[str, Any]] = {
                     (8.0, 1.0), (8.0, 4.0))},
 }  # fmt: skip
 
+#: The ``normwd`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``norm_part_decay = d``: where ``RegMuon(model)`` decides round 10's lrs (a normalized network
+#: reading raw inputs, under a softmax head) and the model has no attention layer (LayerNorm MLPs,
+#: batch-norm CNNs), decoupled decay ``d`` on the AdamW part (the output layer, the norms' gains,
+#: the biases), under any schedule; ViTs and every other model as today. After round 28, 11 of the
+#: 31 tasks on which ``RegMuon(model)`` loses to ``torch.optim.Muon``'s documented defaults by 2 SE
+#: are such classifiers (7 breast-cancer and 3 digits MLPs, a batch-norm CNN); they fit their
+#: training sets exactly and their held-out loss climbs after the fit. Screened after round 28 on
+#: the 37 seen (9 batch-norm CNNs, 28 LayerNorm MLPs; rounds 8-28; seeds :data:`LR_SEEDS`), with
+#: round 29's set committed before. Fixed before the screen's results, with this table: the
+#: **paired rule** of ``regression_screen.py --stage normwd --paired``, per schedule class. The
+#: test: adopted only if, paired by seed on ROUND29 (test loss, evaluation seeds), better in the
+#: mean on at least three quarters of the classifiers it changes and worse by more than 2 paired
+#: SE on none. If the rule admits no decay in either class there is no candidate.
+NORM_PART_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"norm part decay {d:g}": {"levers": {"norm_part_decay": d}}
+       for d in (0.25, 0.5, 1.0, 2.0, 4.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2331,6 +2390,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "normnoise": NORM_NOISE_CANDIDATES, "vitlr": VIT_LR_CANDIDATES,
     "vitsplit": VIT_SPLIT_CANDIDATES, "vittokens": VIT_TOKENS_CANDIDATES,
     "fewrows": FEW_ROWS_CANDIDATES, "normmlp": NORM_MLP_CANDIDATES,
+    "normwd": NORM_PART_DECAY_CANDIDATES,
 }  # fmt: skip
 
 

@@ -131,6 +131,15 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   ``RegMuon(model)``. Adopted after round 28 at ``[0.5, 0.5]`` under a constant lr only
   (``muonflow.optim.NORMALIZED_MLP_CONSTANT_FACTOR``); the lever replaces the library's factor,
   so ``[1, 1]`` is round 10's step.
+- ``norm_part_decay = d``: decay on a normalized classifier's AdamW part. Where
+  ``RegMuon(model)`` decides round 10's smaller lrs at the first step (a normalized network
+  reading raw inputs, under a softmax head) and the model has no attention layer (a LayerNorm MLP
+  or a batch-norm CNN), the AdamW part's groups (the output layer, the norms' gains, the biases)
+  get decoupled decay ``d`` (``p ← p − η d p``, ``η`` the part's decided lr) from the step after
+  the deciding one, under any schedule; ViTs, regressors and every other model as
+  ``RegMuon(model)``. With normalization before it the output layer's weights set the logits'
+  scale, and on a fitted training set Adam's step keeps its size: the margins grow and the
+  held-out cross-entropy climbs. The decay bounds that scale (``‖W‖ ≲ 1/d`` per entry).
 """
 
 from __future__ import annotations
@@ -154,7 +163,7 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "input_rho": str, "warmup_lr": float, "regression_decay": float,
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float,
-          "few_rows": float, "mlp_split": list}
+          "few_rows": float, "mlp_split": list, "norm_part_decay": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -239,6 +248,7 @@ class LeverRegMuon(RegMuon):
         few_tokens: float | None = None,
         few_rows: float | None = None,
         mlp_split: list[float] | None = None,
+        norm_part_decay: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -270,6 +280,9 @@ class LeverRegMuon(RegMuon):
             raise ValueError(f"few_tokens must be a finite factor > 0, got {few_tokens!r}")
         if few_rows is not None and not (math.isfinite(few_rows) and few_rows > 0):
             raise ValueError(f"few_rows must be a finite factor > 0, got {few_rows!r}")
+        if not (math.isfinite(norm_part_decay) and norm_part_decay >= 0):
+            raise ValueError(f"norm_part_decay must be a finite decay >= 0, "
+                             f"got {norm_part_decay!r}")  # fmt: skip
         if sum(x is not None for x in (attention_lr, attention_split, few_tokens)) > 1:
             raise ValueError("attention_lr, attention_split and few_tokens are factors on the "
                              "same lrs: pass one of them")  # fmt: skip
@@ -293,6 +306,7 @@ class LeverRegMuon(RegMuon):
         if mlp_split is not None:  # replaces round 28's factor
             self._mlp_pending = None
         self._mlp = not self._attention and convolution_layer(model) is None
+        self.norm_part_decay = norm_part_decay
         self._noise: dict[Tensor, tuple[Tensor, Tensor, int]] = {}  # p -> (m, v, t)
         self._decision: tuple[float, str, bool] | None = None  # the last _decide_decay's
         self._regressor = False  # decided at the first step: a head that is not a softmax one
@@ -501,6 +515,7 @@ class LeverRegMuon(RegMuon):
                 or self.softmax_noise):  # fmt: skip
             before = {p: p.detach().clone() for g in self.param_groups for p in g["params"]}
         pending, skipped = self._decay_pending is not None, self.skipped_steps
+        scaling = self._scale_pending is not None
         inner = super().step if self.eps_adapt is None else self._step_with_adaptive_eps
         scheduled = [g["lr"] for g in self.param_groups]
         rows = self._few_rows_factor()
@@ -516,6 +531,11 @@ class LeverRegMuon(RegMuon):
                 g["lr"] = lr
         if pending and self._decay_pending is None:  # decided (and committed) by this step
             self._regressor = self._decision is not None and self._decision[2]
+        decided = scaling and self._scale_pending is None and bool(self._lr_scale)
+        if decided and not self._attention and self.norm_part_decay:  # round 10's lrs, now
+            for g in self.param_groups:
+                if g["algorithm"] == "adamw":
+                    g["weight_decay"] = self.norm_part_decay
         if self.regression_cautious and self._regressor and self.skipped_steps == skipped:
             for g in self.param_groups:
                 if g["algorithm"] != "regmuon":

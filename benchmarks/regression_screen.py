@@ -39,12 +39,14 @@ lrs for a ViT with few tokens; today's drawn at the left end), and ``--stage few
 table; today's, ``f = 1``, drawn at the right end; LayerNorm MLPs marked).
 
 ``--stage normmlp`` joins the ``normmlp`` tables (pairs ``a x b`` on a normalized MLP
-classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x 1).
+classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x 1), and
+``--stage normwd`` the ``normwd`` tables (one column per decay ``d`` of a normalized
+classifier's AdamW part; today's, ``d = 0``, drawn at the left end).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``) picks by the **paired rule**
-instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on the held-out
-Friedman #3 models both times):
+``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``) picks by the
+**paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
+the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
 if on no task of the class it is worse than today's defaults by 2 paired SE or more (the
 per-seed differences of the validation loss over the tuning seeds, read from each set's
@@ -123,7 +125,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "fewrows": ("few_rows", "few rows",
                             "factor f on a regressor's every step on a small table (1: today's)"),
                 "normmlp": ("mlp_split", "mlp split",
-                            "factor b on round 10's AdamW part for a normalized MLP")}
+                            "factor b on round 10's AdamW part for a normalized MLP"),
+                "normwd": ("norm_part_decay", "norm part decay",
+                           "decay d of a normalized classifier's AdamW part (0: none)")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp")
 
@@ -374,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     outs: dict[str, Path] = {}
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
-                    "fewrows": "LayerNorm", "normmlp": "digits"}.get(args.stage, "Friedman #3")
+                    "fewrows": "LayerNorm", "normmlp": "digits",
+                    "normwd": "batch-norm CNN"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
-            "normmlp": "LayerNorm MLPs"}.get(args.stage,
-                                                                             "regressors")
+            "normmlp": "LayerNorm MLPs", "normwd": "classifiers"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -394,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                     "normnoise": t.builder == "vit",
                     "vitsplit": t.options.get("patch") == 4,
                     "vittokens": False, "fewrows": bool(t.options.get("norm")),
-                    "normmlp": t.builder == "digits"}.get(args.stage,
+                    "normmlp": t.builder == "digits",
+                    "normwd": t.builder == "cnn"}.get(args.stage,
                                                                  t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

@@ -1285,6 +1285,107 @@ def test_mlp_split_check_catches_its_mutants(levers):
             _mlp_split_check(mutant)
 
 
+def _norm_part_decay_check(cls):
+    """Two steps of ``cls(model, norm_part_decay=0.5)`` against two of ``cls(model)`` on the same
+    model (cross-entropy, or a regression loss): on a LayerNorm MLP and a batch-norm CNN
+    classifier the AdamW part's groups get decay 0.5 at the first step, and at the second every
+    AdamW-part parameter differs from the undecayed run's by exactly ``-η 0.5 p`` (``η`` the
+    part's decided lr, ``p`` the weights after the first step) while every matrix is the same;
+    on a ViT, under a regression loss and on a classifier without normalization nothing
+    differs."""
+    torch.manual_seed(9)
+    labels = torch.randint(0, 3, (8,))
+    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
+              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
+                      torch.randn(8, 64)),
+              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4)),
+              "plain": (lambda: MLP(6, 16, 3, depth=2), torch.randn(8, 6))}  # fmt: skip
+    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("plain", True),
+                           ("mlp", False)):  # fmt: skip
+        make, x = models[kind]
+        decays = kind in ("mlp", "cnn") and classify
+        runs = []
+        for d in (0.0, 0.5):
+            torch.manual_seed(10)
+            model = make()
+            opt = cls(model, norm_part_decay=d)
+            first = None
+            for _ in range(2):
+                z = model(x)
+                opt.zero_grad()
+                (nn.functional.cross_entropy(z, labels) if classify
+                 else z.square().mean()).backward()  # fmt: skip
+                opt.step()
+                if first is None:
+                    first = [p.detach().clone() for p in model.parameters()]
+            part = [g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"]
+            runs.append((model, opt, first, part))
+        (plain, _, first, part0), (decayed, opt, _, part1) = runs
+        assert part1 == ([0.5] * len(part0) if decays else part0), (kind, classify)
+        adamw = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
+                 if g["algorithm"] == "adamw" for p in g["params"]}  # fmt: skip
+        for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
+            if decays and id(p1) in adamw:
+                g, gi = adamw[id(p1)]
+                lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
+                torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
+            else:
+                torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+
+
+def test_norm_part_decay_decays_a_normalized_classifiers_adamw_part(levers):
+    """``norm_part_decay``: decay on the AdamW part of a LayerNorm MLP or batch-norm CNN
+    classifier (round 10's class with no attention layer); ViTs, regressors and networks without
+    normalization as ``RegMuon(model)``; bad decays refused."""
+    _norm_part_decay_check(levers.LeverRegMuon)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="norm_part_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"norm_part_decay": bad})
+
+
+def test_norm_part_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_norm_part_decay_check`: attention not read (a
+    ViT decayed), the head not read (a regressor decayed), the matrices decayed instead of the
+    AdamW part, the lever frozen."""
+
+    def setting(decay_matrices=False, attention=None, head=True):
+        class Mutant(levers.LeverRegMuon):
+            def __init__(self, model, **kw):
+                super().__init__(model, **kw)
+                if attention is not None:
+                    self._attention = attention
+
+            def step(self, closure=None):
+                pending = self._scale_pending is not None
+                out = super().step(closure)
+                if (pending and self._scale_pending is None and not self._attention
+                        and (self._lr_scale or not head) and decay_matrices):  # fmt: skip
+                    for g in self.param_groups:
+                        g["weight_decay"] = (self.norm_part_decay if g["algorithm"] == "regmuon"
+                                             else 0.0)  # fmt: skip
+                return out
+
+        return Mutant
+
+    class HeadBlind(levers.LeverRegMuon):
+        def step(self, closure=None):
+            pending = self._scale_pending is not None
+            out = super().step(closure)
+            if pending and self._scale_pending is None and self.norm_part_decay:
+                for g in self.param_groups:
+                    if g["algorithm"] == "adamw":
+                        g["weight_decay"] = self.norm_part_decay
+            return out
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, norm_part_decay=0.0, **kw):
+            super().__init__(model, **kw)
+
+    for mutant in (setting(attention=False), HeadBlind, setting(decay_matrices=True), Frozen):
+        with pytest.raises(AssertionError):
+            _norm_part_decay_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1384,7 +1485,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 29)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 30)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -1862,6 +1963,49 @@ def test_normmlp_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monke
     assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
     assert per["0.5x0.5"] == per["today"]
     assert len({tuple(v) for k, v in per.items() if k != "0.5x0.5"}) == 8
+
+
+def test_normwd_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
+    """NORM_PART_DECAY_CANDIDATES: the ``norm_part_decay`` lever at 0.25-4 on a tiny LayerNorm
+    digits MLP under a constant lr (the smoke profile with it held out), each changing its
+    result; on the smoke profile's Friedman MLP (a regressor) every decay's runs equal today's.
+    Mutants caught: the lever frozen (every column equal to today's), another lever in its place
+    (the stored levers differ), the head ignored (the Friedman MLP's columns differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", bench.SuiteTask(
+        "digits", "tabular", 6, "constant", {"hidden": 16, "batch": 16, "norm": True}))
+    grid = ["0.25", "0.5", "1", "2", "4"]
+    for task, changes in (("digits_ln_tiny", True), ("friedman_tiny", False)):
+        per: dict[str, list[float]] = {}
+        for r in _run_stage(bench, tmp_path / task, "normwd", task):
+            opt = r["spec"]["opt"]
+            if opt["arm"] in ("default", "default_lever"):
+                key = ("today" if opt["arm"] == "default"
+                       else f"{opt['levers']['norm_part_decay']:g}")  # fmt: skip
+                per.setdefault(key, []).append(r["val_loss"])
+        assert sorted(per) == [*grid, "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        distinct = len({tuple(v) for v in per.values()})
+        assert distinct == (len(grid) + 1 if changes else 1), task
+
+
+def test_round29_is_normalized_classifiers_without_attention(bench):
+    """Every model of ROUND29 is of round 10's class (normalization, a first matrix layer reading
+    raw inputs, a softmax head) without an attention layer (the models ``norm_part_decay``
+    changes): five batch-norm CNNs and five LayerNorm MLPs, six under a constant lr and four
+    under warm-up and decay. Mutants caught: a ViT in the set, a regressor in it."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round29"]
+    convolutions = []
+    for task, t in bench.ROUND29.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None, task
+        convolutions.append(convolution_layer(model) is not None)
+    assert sorted(convolutions) == [False] * 5 + [True] * 5
+    assert sorted(t.warmup > 0 for t in bench.ROUND29.values()) == [False] * 6 + [True] * 4
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
