@@ -41,11 +41,13 @@ table; today's, ``f = 1``, drawn at the right end; LayerNorm MLPs marked).
 ``--stage normmlp`` joins the ``normmlp`` tables (pairs ``a x b`` on a normalized MLP
 classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x 1), and
 ``--stage normwd`` the ``normwd`` tables (one column per decay ``d`` of a normalized
-classifier's AdamW part; today's, ``d = 0``, drawn at the left end).
+classifier's AdamW part; today's, ``d = 0``, drawn at the left end), and ``--stage fitwd``
+the ``fitwd`` tables (pairs ``d x c``: that decay switched on once the head's gradient has
+fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``) picks by the
-**paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
+``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``) picks by
+the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
 if on no task of the class it is worse than today's defaults by 2 paired SE or more (the
@@ -127,9 +129,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "normmlp": ("mlp_split", "mlp split",
                             "factor b on round 10's AdamW part for a normalized MLP"),
                 "normwd": ("norm_part_decay", "norm part decay",
-                           "decay d of a normalized classifier's AdamW part (0: none)")}
+                           "decay d of a normalized classifier's AdamW part (0: none)"),
+                "fitwd": ("fit_part_decay", "fit part decay",
+                          "threshold c: the head's gradient at c of its peak")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -141,9 +145,9 @@ def setting_name(prefix: str, value: float | list[float]) -> str:
 
 
 def split_of(name: str) -> tuple[float, float] | None:
-    """``(a, b)`` of a ``vitsplit`` or ``normmlp`` column (``"attention split 2x8"``, ``"mlp
-    split 8x4"``); ``None`` for today's."""
-    if not name.startswith(("attention split ", "mlp split ")):
+    """``(a, b)`` of a ``vitsplit``, ``normmlp`` or ``fitwd`` column (``"attention split 2x8"``,
+    ``"mlp split 8x4"``, ``"fit part decay 1x0.1"``); ``None`` for today's."""
+    if not name.startswith(("attention split ", "mlp split ", "fit part decay ")):
         return None
     a, b = name.rsplit(" ", 1)[1].split("x")
     return float(a), float(b)
@@ -332,8 +336,10 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     """Per schedule class (rows) and matrix factor ``a`` (columns): each model's ratio against
     the AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
     scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT` for ``vitsplit``, 1 x
-    1 for ``normmlp``)."""
-    today = TODAY_SPLIT if stage == "vitsplit" else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0))
+    1 for ``normmlp``; not drawn for ``fitwd``, whose panels are the decay ``d``)."""
+    today = (TODAY_SPLIT if stage == "vitsplit" else {} if stage == "fitwd"
+             else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0)))  # fmt: skip
+    first = "decay" if stage == "fitwd" else "matrices x"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,16 +350,16 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     fig, axes = plt.subplots(len(by_class), len(mats), figsize=(4.2 * len(mats),
                              3.6 * len(by_class)), sharey=True, squeeze=False)  # fmt: skip
     for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
-        pairs = [split_of(n) or today[cls] for n in names]
+        pairs = [split_of(n) or today.get(cls) for n in names]
         for ax, a in zip(row, mats, strict=True):
-            cols = sorted({b: j for j, (x, b) in enumerate(pairs) if x == a}.items())
+            cols = sorted({ab[1]: j for j, ab in enumerate(pairs) if ab and ab[0] == a}.items())
             if not cols or not rows:
                 ax.set_axis_off()
                 continue
             parts = [b for b, _ in cols]
             _panel(ax, parts, [f"{b:g}" for b in parts],
                    {t: [r[j] for _, j in cols] for t, r in rows.items()},
-                   f"{cls} ({len(rows)} {noun}): matrices x {a:g}", DECAY_STAGES[stage][2],
+                   f"{cls} ({len(rows)} {noun}): {first} {a:g}", DECAY_STAGES[stage][2],
                    marked, marked_label)
         row[0].set_ylabel("val loss / best tuned baseline's")
         row[0].legend(fontsize=7, loc="upper left")
@@ -379,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
                     "fewrows": "LayerNorm", "normmlp": "digits",
-                    "normwd": "batch-norm CNN"}.get(args.stage, "Friedman #3")
+                    "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN"}.get(args.stage,
+                                                                               "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
-            "normmlp": "LayerNorm MLPs", "normwd": "classifiers"}.get(args.stage, "regressors")
+            "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
+            "fitwd": "classifiers"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -399,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                     "vitsplit": t.options.get("patch") == 4,
                     "vittokens": False, "fewrows": bool(t.options.get("norm")),
                     "normmlp": t.builder == "digits",
-                    "normwd": t.builder == "cnn"}.get(args.stage,
+                    "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn"}.get(args.stage,
                                                                  t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

@@ -1386,6 +1386,98 @@ def test_norm_part_decay_check_catches_its_mutants(levers):
             _norm_part_decay_check(mutant)
 
 
+def _fit_part_decay_check(cls):
+    """``cls(model, fit_part_decay=[0.5, c])``. With ``c = 1`` (switched on at the first
+    observation): the AdamW part's decay 0.5 after one step on a LayerNorm MLP and a batch-norm
+    CNN classifier, none on a ViT, a network without normalization or under a regression loss.
+    With ``c = 0.2`` on a LayerNorm MLP fitting one batch (its lrs 20x, so it fits in tens of
+    steps): the decay is 0 after every step before the first at which the head's weight gradient,
+    its squared norm averaged here (β = 0.9, bias-corrected), is at most 0.2 of its peak, and 0.5
+    from that step on; the switch comes after the first ten steps and before the 100th."""
+    torch.manual_seed(9)
+    labels = torch.randint(0, 3, (8,))
+    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
+              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
+                      torch.randn(8, 64)),
+              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4)),
+              "plain": (lambda: MLP(6, 16, 3, depth=2), torch.randn(8, 6))}  # fmt: skip
+    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("plain", True),
+                           ("mlp", False)):  # fmt: skip
+        make, x = models[kind]
+        torch.manual_seed(10)
+        model = make()
+        opt = cls(model, fit_part_decay=[0.5, 1.0])
+        z = model(x)
+        (nn.functional.cross_entropy(z, labels) if classify else z.square().mean()).backward()
+        opt.step()
+        part = [g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"]
+        want = 0.5 if kind in ("mlp", "cnn") and classify else 0.0
+        assert part == [want] * len(part), (kind, classify)
+    torch.manual_seed(10)
+    model, x = MLP(6, 16, 3, depth=2, norm=True), models["mlp"][1]
+    opt = cls(model, fit_part_decay=[0.5, 0.2])
+    for g in opt.param_groups:
+        g["lr"] *= 20
+    head = model.head.weight
+    v = peak = 0.0
+    switched = None
+    for k in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), labels).backward()
+        v = 0.9 * v + 0.1 * float(head.grad.square().sum())
+        peak = max(peak, v / (1 - 0.9 ** (k + 1)))
+        if switched is None and math.sqrt(v / (1 - 0.9 ** (k + 1)) / peak) <= 0.2:
+            switched = k
+        opt.step()
+        part = {g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"}
+        assert part == {0.0 if switched is None else 0.5}, k
+    assert switched is not None and switched >= 10
+
+
+def test_fit_part_decay_switches_the_decay_on_once_the_head_is_fitted(levers):
+    """``fit_part_decay``: the AdamW part's decay switched on when the head's gradient has fallen
+    to ``c`` of its peak, for round 10's class without attention only; bad settings refused."""
+    _fit_part_decay_check(levers.LeverRegMuon)
+    for bad in ([1.0], [-1.0, 0.1], [1.0, 0.0], [1.0, 1.5], [math.inf, 0.1], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="fit_part_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"fit_part_decay": bad})
+    with pytest.raises(ValueError, match="pass one of them"):
+        levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"fit_part_decay": [1.0, 0.1],
+                                                     "norm_part_decay": 1.0})
+
+
+def test_fit_part_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_fit_part_decay_check`: no bias correction, the
+    threshold on the squared ratio, attention not read (a ViT decayed), the lever frozen."""
+
+    class Uncorrected(levers.LeverRegMuon):
+        def _observe_fit(self):
+            super()._observe_fit()
+            v = self._fit[0]
+            peak = max(getattr(self, "_raw_peak", 0.0), v)
+            self._raw_peak = peak
+            return math.sqrt(v / peak) <= self.fit_part_decay[1]
+
+    class Squared(levers.LeverRegMuon):
+        def _observe_fit(self):
+            super()._observe_fit()
+            v, peak, t = self._fit
+            return v / (1 - levers.FIT_BETA**t) / peak <= self.fit_part_decay[1]
+
+    class AttentionBlind(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._attention = False
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, fit_part_decay=None, **kw):
+            super().__init__(model, **kw)
+
+    for mutant in (Uncorrected, Squared, AttentionBlind, Frozen):
+        with pytest.raises(AssertionError):
+            _fit_part_decay_check(mutant)
+
+
 def test_cautious_decay_only_where_the_step_shrinks_the_weight(levers):
     """W ← W − η(u + λ 1[u ⊙ W ≥ 0] W): the difference from the undecayed step is ``ηλW`` on the
     entries whose step points toward 0, and nothing elsewhere. Mutant caught: the mask inverted."""
@@ -1986,6 +2078,29 @@ def test_normwd_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monke
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
         distinct = len({tuple(v) for v in per.values()})
         assert distinct == (len(grid) + 1 if changes else 1), task
+
+
+def test_fitwd_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
+    """FIT_PART_DECAY_CANDIDATES: the ``fit_part_decay`` lever at six pairs, each run with its
+    pair, on a tiny LayerNorm digits MLP under a constant lr (the smoke profile with it held
+    out) and on the smoke profile's Friedman MLP (a regressor). Neither is fitted within its six
+    steps (the switch is checked by ``_fit_part_decay_check``), so every pair's runs equal
+    today's: the decay waits for the fit. Mutants caught: the decay on from the first step (the
+    MLP's columns differ), another lever in its place (the stored pairs differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", bench.SuiteTask(
+        "digits", "tabular", 6, "constant", {"hidden": 16, "batch": 16, "norm": True}))
+    grid = sorted(f"{d:g}x{c:g}" for d in (1, 2) for c in (0.05, 0.1, 0.2))
+    for task in ("digits_ln_tiny", "friedman_tiny"):
+        per: dict[str, list[float]] = {}
+        for r in _run_stage(bench, tmp_path / task, "fitwd", task):
+            opt = r["spec"]["opt"]
+            if opt["arm"] in ("default", "default_lever"):
+                key = ("today" if opt["arm"] == "default"
+                       else "x".join(f"{v:g}" for v in opt["levers"]["fit_part_decay"]))
+                per.setdefault(key, []).append(r["val_loss"])
+        assert sorted(per) == [*grid, "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert len({tuple(v) for v in per.values()}) == 1, task
 
 
 def test_round29_is_normalized_classifiers_without_attention(bench):
