@@ -1756,6 +1756,15 @@ OPTIONAL_VARIANTS["mlp_split_paired"] = {
 #: 27's test, tested on ROUND28 with its bar fixed before the runs).
 OPTIONAL_VARIANTS["mlp_split_constant"] = {
     "schedule": {"constant": {"levers": {"mlp_split": [0.5, 0.5]}}, "warmup": None}}
+#: Round 29's candidate, ``fit_part_decay_paired``: the paired rule's pick on the ``fitwd`` screen
+#: over the 37 normalized classifiers without attention seen through round 28 (rule and test fixed
+#: at FIT_PART_DECAY_CANDIDATES, before the screen ran): under both schedules decay 2 on the AdamW
+#: part once the head's gradient has fallen to 0.1 of its peak (constant lr (21): mean log ratio
+#: 0.504 -> 0.291, better on 18; warm-up (16): 0.675 -> 0.584, better on 13); worse by 2 SE on
+#: none (the pairs at c = 0.2 on one each). The lever changes every model of ROUND29.
+OPTIONAL_VARIANTS["fit_part_decay_paired"] = {
+    "schedule": {"constant": {"levers": {"fit_part_decay": [2.0, 0.1]}},
+                 "warmup": {"levers": {"fit_part_decay": [2.0, 0.1]}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

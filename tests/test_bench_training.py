@@ -2206,6 +2206,10 @@ def test_regression_decay_variants_follow_the_head_and_the_schedule(bench):
         assert ((opt["arm"], opt.get("levers")) ==
                 (("default", None) if t.warmup
                  else ("default_lever", {"mlp_split": [0.5, 0.5]}))), task  # fmt: skip
+    fit = bench.OPTIONAL_VARIANTS["fit_part_decay_paired"]  # round 29's: both schedules alike
+    for task in bench.ROUND29:
+        opt = bench._variant_opt(fit, "core", bench.PROFILES["round29"], task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [2.0, 0.1]})
     rows = bench.OPTIONAL_VARIANTS["few_rows_paired"]  # round 26's: by the schedule only
     for task, t in bench.ROUND26.items():
         opt = bench._variant_opt(rows, "core", bench.PROFILES["round26"], task)
