@@ -200,3 +200,43 @@ def test_the_vitsplit_screen_reads_pairs_by_seed(screen, tmp_path):
     assert (out / "vitsplit_paired.png").stat().st_size > 0
     diffs = screen.seed_diffs(root, "vit_p4_h8", SPLIT, "vitsplit")
     assert [round(sum(d) / len(d), 6) for d in diffs] == [0.0, -0.01, 0.02]
+
+
+def test_the_fitwd_screen_reads_decay_and_threshold_pairs(screen, tmp_path):
+    """``fitwd``: columns ``"fit part decay d x c"`` read as pairs, picked by the paired rule per
+    schedule (under a constant lr ``2x0.1`` harms ``wine_ln_h128c`` on every seed: ``1x0.1``
+    picked; under a warm-up ``2x0.1``), its figure drawn with one panel per decay and today's
+    column left out. Mutants caught: the stage's columns not read as pairs (``split_of``), the
+    paired rule ignored."""
+    import bench_training as bt
+
+    names = ["today's defaults", "fit part decay 1x0.1", "fit part decay 2x0.1"]
+    assert [screen.split_of(n) for n in names] == [None, (1.0, 0.1), (2.0, 0.1)]
+    rows = {"cancer_ln_h128c": [2.5, 2.2, 2.0], "wine_ln_h128c": [1.2, 1.1, 1.0],
+            "iris_ln_h64_cos": [0.9, 0.85, 0.8]}
+    shift = {"cancer_ln_h128c": {1: -0.01, 2: -0.03}, "wine_ln_h128c": {1: -0.01, 2: +0.02},
+             "iris_ln_h64_cos": {1: -0.01, 2: -0.02}}
+    root = tmp_path / "R29"
+    root.mkdir()
+    head = "| task | best | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * 3 + "\n"
+    (root / "fitwd.md").write_text(head + "".join(
+        f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n" for t, r in rows.items()))
+    runs = {}
+    for t in rows:
+        for s in bt.LR_SEEDS:
+            wobble = 0.001 * (s % 3)
+            runs[f"{t}{s}"] = {"spec": {"task": t, "seed": s, "opt": {"arm": "default"}},
+                               "val_loss": 0.2 + wobble}  # fmt: skip
+            for j, pair in ((1, [1.0, 0.1]), (2, [2.0, 0.1])):
+                runs[f"{t}{s}{j}"] = {"spec": {"task": t, "seed": s, "opt": {
+                    "arm": "default_lever", "levers": {"fit_part_decay": pair}}},
+                    "val_loss": 0.2 + wobble + shift[t][j]}
+    (root / "results.json").write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "S"
+    assert screen.main(["--stage", "fitwd", "--paired", "--out", str(out),
+                        f"round29={root}"]) == 0  # fmt: skip
+    text = (out / "fitwd_paired.md").read_text()
+    assert "## constant: 2 classifiers; the paired rule picks **fit part decay 1x0.1**" in text
+    assert ("## warm-up and decay: 1 classifiers; the paired rule picks **fit part decay 2x0.1**"
+            in text)
+    assert (out / "fitwd_paired.png").stat().st_size > 0
