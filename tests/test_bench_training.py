@@ -1577,7 +1577,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 30)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 31)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2121,6 +2121,26 @@ def test_round29_is_normalized_classifiers_without_attention(bench):
         convolutions.append(convolution_layer(model) is not None)
     assert sorted(convolutions) == [False] * 5 + [True] * 5
     assert sorted(t.warmup > 0 for t in bench.ROUND29.values()) == [False] * 6 + [True] * 4
+
+
+def test_round30_is_batch_norm_cnns(bench):
+    """Every model of ROUND30 is of round 10's class with a convolution and no attention layer (a
+    batch-norm CNN: the models ``fit_part_decay_cnn`` changes, each given the lever), four under a
+    constant lr and four under warm-up and decay. Mutants caught: a LayerNorm MLP in the set, a
+    ViT in it."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round30"]
+    cnn = bench.OPTIONAL_VARIANTS["fit_part_decay_cnn"]
+    for task, t in bench.ROUND30.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+        opt = bench._variant_opt(cnn, "core", prof, task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [2.0, 0.1]})
+    assert sorted(t.warmup > 0 for t in bench.ROUND30.values()) == [False] * 4 + [True] * 4
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
