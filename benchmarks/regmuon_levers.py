@@ -149,7 +149,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   ``√(v̂_t / peak) ≤ c`` (the head's gradient has fallen to ``c`` of its largest: a softmax head's
   gradient is ``p − y``, which vanishes as every training example is fitted) the AdamW part's
   groups get decoupled decay ``d`` from the next step on, for good. A model still fitting keeps
-  ``RegMuon(model)``'s step.
+  ``RegMuon(model)``'s step. Rejected by round 29's test (the iris and wine MLPs worse by 4-6 SE);
+  adopted after round 30 at ``[2, 0.1]`` for a batch-norm CNN only
+  (``muonflow.optim.FITTED_HEAD_DECAY``). Either decay lever replaces the library's rule.
 """
 
 from __future__ import annotations
@@ -331,6 +333,8 @@ class LeverRegMuon(RegMuon):
         self._mlp = not self._attention and convolution_layer(model) is None
         self.norm_part_decay = norm_part_decay
         self.fit_part_decay = None if fit_part_decay is None else [*map(float, fit_part_decay)]
+        if norm_part_decay or fit_part_decay is not None:  # replaces round 30's rule
+            self._fit_candidate = False
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient
         self._fitted = False
@@ -522,7 +526,7 @@ class LeverRegMuon(RegMuon):
             if g["algorithm"] == "adamw":
                 g["weight_decay"] = d
 
-    def _observe_fit(self) -> bool:
+    def _observe_head_fall(self) -> bool:
         """``fit_part_decay``: average this step's squared norm of the output layer's weight
         gradient into ``v``, keep the peak of ``v̂``; whether ``√(v̂ / peak) ≤ c``."""
         outputs = {r.name for r in self.routing.routes
@@ -587,7 +591,7 @@ class LeverRegMuon(RegMuon):
             if self.norm_part_decay:
                 self._part_decay(self.norm_part_decay)
         if (self._class and self.fit_part_decay is not None and not self._fitted
-                and self.skipped_steps == skipped and self._observe_fit()):  # fmt: skip
+                and self.skipped_steps == skipped and self._observe_head_fall()):  # fmt: skip
             self._fitted = True
             self._part_decay(self.fit_part_decay[0])
         if self.regression_cautious and self._regressor and self.skipped_steps == skipped:

@@ -1444,6 +1444,10 @@ def test_fit_part_decay_switches_the_decay_on_once_the_head_is_fitted(levers):
     with pytest.raises(ValueError, match="pass one of them"):
         levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"fit_part_decay": [1.0, 0.1],
                                                      "norm_part_decay": 1.0})
+    cnn = SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True)
+    assert RegMuon(cnn)._fit_candidate  # round 30's rule, which either decay lever replaces
+    for lever in ({"fit_part_decay": [1.0, 0.05]}, {"norm_part_decay": 1.0}):
+        assert not levers.build_lever_regmuon(cnn, {}, lever)._fit_candidate
 
 
 def test_fit_part_decay_check_catches_its_mutants(levers):
@@ -1451,16 +1455,16 @@ def test_fit_part_decay_check_catches_its_mutants(levers):
     threshold on the squared ratio, attention not read (a ViT decayed), the lever frozen."""
 
     class Uncorrected(levers.LeverRegMuon):
-        def _observe_fit(self):
-            super()._observe_fit()
+        def _observe_head_fall(self):
+            super()._observe_head_fall()
             v = self._fit[0]
             peak = max(getattr(self, "_raw_peak", 0.0), v)
             self._raw_peak = peak
             return math.sqrt(v / peak) <= self.fit_part_decay[1]
 
     class Squared(levers.LeverRegMuon):
-        def _observe_fit(self):
-            super()._observe_fit()
+        def _observe_head_fall(self):
+            super()._observe_head_fall()
             v, peak, t = self._fit
             return v / (1 - levers.FIT_BETA**t) / peak <= self.fit_part_decay[1]
 

@@ -228,22 +228,7 @@ class RegMuon(Optimizer):
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
             if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by structure
-                lrs, why = lr_by_structure(model)
-                if lrs:  # set at the first step, if the output layer is a softmax head's
-                    self._scale_pending = {0: lrs["lr"] / as_float(DEFAULTS.lr),
-                                           1: lrs["adamw_lr"] / as_float(DEFAULTS.adamw_lr)}
-                    attention = attention_layer(model)
-                    if attention is not None and not isinstance(self.options.lr, Tensor):
-                        self._attention_pending = (float(self.options.lr), attention)
-                    elif (attention is None and convolution_layer(model) is None
-                          and not isinstance(self.options.lr, Tensor)):  # an MLP
-                        self._mlp_pending = float(self.options.lr)
-                    self._fit_candidate = (  # a CNN, no decay given
-                        attention is None and convolution_layer(model) is not None
-                        and not {"weight_decay", "adamw_weight_decay"} & set(overrides))
-                    model_routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, "
-                                        f"AdamW part {lrs['adamw_lr']:g} if the output layer "
-                                        f"is a softmax head, else the options' ({why})")
+                self._pend_lrs_by_structure(model, model_routing, set(overrides))
             if options is None and "weight_decay" not in overrides:  # none given: by structure
                 decay, why = decay_by_structure(model)
                 model_routing.decay = why
@@ -286,6 +271,27 @@ class RegMuon(Optimizer):
                 "param_names" in g for g in self.param_groups) else "parameters"  # fmt: skip
             warn_unrouted(self._unrouted, stacklevel=3)
         del self._unrouted
+
+    def _pend_lrs_by_structure(self, model: nn.Module, routing: Routing, given: set[str]) -> None:
+        """Round 10's lrs by structure (:func:`~muonflow.optim.lr_by_structure`), pending until
+        the first step reads the head, with what the class decides with them: a ViT's and an
+        MLP's factors, and a batch-norm CNN's decay once fitted (unless a decay is ``given``)."""
+        lrs, why = lr_by_structure(model)
+        if not lrs:
+            return
+        self._scale_pending = {0: lrs["lr"] / as_float(DEFAULTS.lr),
+                               1: lrs["adamw_lr"] / as_float(DEFAULTS.adamw_lr)}
+        attention, plain = attention_layer(model), not isinstance(self.options.lr, Tensor)
+        convolution = convolution_layer(model) is not None
+        if attention is not None and plain:
+            self._attention_pending = (float(self.options.lr), attention)
+        elif attention is None and not convolution and plain:  # an MLP
+            self._mlp_pending = float(self.options.lr)
+        self._fit_candidate = (attention is None and convolution  # a CNN, no decay given
+                               and not {"weight_decay", "adamw_weight_decay"} & given)
+        routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, AdamW part "
+                      f"{lrs['adamw_lr']:g} if the output layer is a softmax head, else the "
+                      f"options' ({why})")
 
     def _watch_first_forward(self, model: nn.Module, watch_input: bool) -> None:
         """Hooks on the model's first forward: a ViT's tokens (round 10's lrs by structure
