@@ -1285,6 +1285,23 @@ def test_mlp_split_check_catches_its_mutants(levers):
             _mlp_split_check(mutant)
 
 
+def _part_decay_cases():
+    """The labels and the models the two part-decay checks step, each ``(kind, make, input,
+    classify, in the class)``: a LayerNorm MLP and a batch-norm CNN classifier (round 10's class
+    without attention), a ViT, a classifier without normalization, the MLP under a regression
+    loss."""
+    torch.manual_seed(9)
+    labels = torch.randint(0, 3, (8,))
+    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
+              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
+                      torch.randn(8, 64)),
+              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4)),
+              "plain": (lambda: MLP(6, 16, 3, depth=2), torch.randn(8, 6))}  # fmt: skip
+    return labels, [(kind, *models[kind], classify, kind in ("mlp", "cnn") and classify)
+                    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True),
+                                           ("plain", True), ("mlp", False))]  # fmt: skip
+
+
 def _norm_part_decay_check(cls):
     """Two steps of ``cls(model, norm_part_decay=0.5)`` against two of ``cls(model)`` on the same
     model (cross-entropy, or a regression loss): on a LayerNorm MLP and a batch-norm CNN
@@ -1293,17 +1310,8 @@ def _norm_part_decay_check(cls):
     part's decided lr, ``p`` the weights after the first step) while every matrix is the same;
     on a ViT, under a regression loss and on a classifier without normalization nothing
     differs."""
-    torch.manual_seed(9)
-    labels = torch.randint(0, 3, (8,))
-    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
-              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
-                      torch.randn(8, 64)),
-              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4)),
-              "plain": (lambda: MLP(6, 16, 3, depth=2), torch.randn(8, 6))}  # fmt: skip
-    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("plain", True),
-                           ("mlp", False)):  # fmt: skip
-        make, x = models[kind]
-        decays = kind in ("mlp", "cnn") and classify
+    labels, cases = _part_decay_cases()
+    for kind, make, x, classify, decays in cases:
         runs = []
         for d in (0.0, 0.5):
             torch.manual_seed(10)
@@ -1394,16 +1402,8 @@ def _fit_part_decay_check(cls):
     steps): the decay is 0 after every step before the first at which the head's weight gradient,
     its squared norm averaged here (β = 0.9, bias-corrected), is at most 0.2 of its peak, and 0.5
     from that step on; the switch comes after the first ten steps and before the 100th."""
-    torch.manual_seed(9)
-    labels = torch.randint(0, 3, (8,))
-    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
-              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
-                      torch.randn(8, 64)),
-              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4)),
-              "plain": (lambda: MLP(6, 16, 3, depth=2), torch.randn(8, 6))}  # fmt: skip
-    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("plain", True),
-                           ("mlp", False)):  # fmt: skip
-        make, x = models[kind]
+    labels, cases = _part_decay_cases()
+    for kind, make, x, classify, decays in cases:
         torch.manual_seed(10)
         model = make()
         opt = cls(model, fit_part_decay=[0.5, 1.0])
@@ -1411,10 +1411,9 @@ def _fit_part_decay_check(cls):
         (nn.functional.cross_entropy(z, labels) if classify else z.square().mean()).backward()
         opt.step()
         part = [g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"]
-        want = 0.5 if kind in ("mlp", "cnn") and classify else 0.0
-        assert part == [want] * len(part), (kind, classify)
+        assert part == [0.5 if decays else 0.0] * len(part), (kind, classify)
     torch.manual_seed(10)
-    model, x = MLP(6, 16, 3, depth=2, norm=True), models["mlp"][1]
+    model, x = MLP(6, 16, 3, depth=2, norm=True), cases[0][2]
     opt = cls(model, fit_part_decay=[0.5, 0.2])
     for g in opt.param_groups:
         g["lr"] *= 20

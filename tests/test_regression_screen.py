@@ -157,6 +157,30 @@ def test_the_cautious_screen_is_a_decay_stage(screen, tmp_path):
 SPLIT = ["today's defaults", "attention split 1x3", "attention split 2x8"]
 
 
+def _pair_screen(root, stage: str, names: list[str], rows: dict, shift: dict, lever: str,
+                 pairs: list[list[float]]) -> None:
+    """A pair stage's table (``OUT/STAGE.md``, ``names`` its columns, ``rows`` each task's
+    ratios) and its runs on LR_SEEDS (``results.json``): today's validation loss 0.2 (plus a
+    wobble by seed), each pair's shifted by ``shift[task][j]`` (``j`` its column)."""
+    import bench_training as bt
+
+    root.mkdir()
+    head = "| task | best | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names) + "\n"
+    (root / f"{stage}.md").write_text(head + "".join(
+        f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n" for t, r in rows.items()))
+    runs = {}
+    for t in rows:
+        for s in bt.LR_SEEDS:
+            wobble = 0.001 * (s % 3)
+            runs[f"{t}{s}"] = {"spec": {"task": t, "seed": s, "opt": {"arm": "default"}},
+                               "val_loss": 0.2 + wobble}  # fmt: skip
+            for j, pair in enumerate(pairs, start=1):
+                runs[f"{t}{s}{j}"] = {"spec": {"task": t, "seed": s, "opt": {
+                    "arm": "default_lever", "levers": {lever: pair}}},
+                    "val_loss": 0.2 + wobble + shift[t][j]}
+    (root / "results.json").write_text(json.dumps({"runs": runs}))
+
+
 def test_the_vitsplit_screen_reads_pairs_by_seed(screen, tmp_path):
     """``vitsplit``: a column's pair ``a x b`` named from the lever's setting as the paired rule
     reads it from ``results.json``; under a warm-up ``2x8`` has the smaller mean log ratio and
@@ -164,7 +188,6 @@ def test_the_vitsplit_screen_reads_pairs_by_seed(screen, tmp_path):
     (``1x3`` picked); the figure is drawn; the robust rule refused. Mutants caught: a pair named
     with its factors swapped (its runs not found), the paired rule ignored (``2x8`` picked under
     a constant lr)."""
-    import bench_training as bt
 
     assert screen.setting_name("attention split", [2.0, 8.0]) == "attention split 2x8"
     assert screen.setting_name("attention lr", 3.0) == "attention lr 3"
@@ -174,21 +197,7 @@ def test_the_vitsplit_screen_reads_pairs_by_seed(screen, tmp_path):
     shift = {"vit_d32_cos": {1: -0.01, 2: -0.03}, "vit_d48_h2_b32": {1: -0.01, 2: -0.05},
              "vit_p4_h8": {1: -0.01, 2: +0.02}}
     root = tmp_path / "R22"
-    root.mkdir()
-    head = "| task | best | " + " | ".join(SPLIT) + " |\n|---|---:|" + "---:|" * 3 + "\n"
-    (root / "vitsplit.md").write_text(head + "".join(
-        f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n" for t, r in rows.items()))
-    runs = {}
-    for t in rows:
-        for s in bt.LR_SEEDS:
-            wobble = 0.001 * (s % 3)
-            runs[f"{t}{s}"] = {"spec": {"task": t, "seed": s, "opt": {"arm": "default"}},
-                               "val_loss": 0.2 + wobble}  # fmt: skip
-            for j, pair in ((1, [1.0, 3.0]), (2, [2.0, 8.0])):
-                runs[f"{t}{s}{j}"] = {"spec": {"task": t, "seed": s, "opt": {
-                    "arm": "default_lever", "levers": {"attention_split": pair}}},
-                    "val_loss": 0.2 + wobble + shift[t][j]}
-    (root / "results.json").write_text(json.dumps({"runs": runs}))
+    _pair_screen(root, "vitsplit", SPLIT, rows, shift, "attention_split", [[1.0, 3.0], [2.0, 8.0]])
     out = tmp_path / "S"
     with pytest.raises(SystemExit, match="--paired"):
         screen.main(["--stage", "vitsplit", "--out", str(out), f"round22={root}"])
@@ -208,7 +217,6 @@ def test_the_fitwd_screen_reads_decay_and_threshold_pairs(screen, tmp_path):
     picked; under a warm-up ``2x0.1``), its figure drawn with one panel per decay and today's
     column left out. Mutants caught: the stage's columns not read as pairs (``split_of``), the
     paired rule ignored."""
-    import bench_training as bt
 
     names = ["today's defaults", "fit part decay 1x0.1", "fit part decay 2x0.1"]
     assert [screen.split_of(n) for n in names] == [None, (1.0, 0.1), (2.0, 0.1)]
@@ -217,21 +225,7 @@ def test_the_fitwd_screen_reads_decay_and_threshold_pairs(screen, tmp_path):
     shift = {"cancer_ln_h128c": {1: -0.01, 2: -0.03}, "wine_ln_h128c": {1: -0.01, 2: +0.02},
              "iris_ln_h64_cos": {1: -0.01, 2: -0.02}}
     root = tmp_path / "R29"
-    root.mkdir()
-    head = "| task | best | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * 3 + "\n"
-    (root / "fitwd.md").write_text(head + "".join(
-        f"| {t} | 0.1 | " + " | ".join(f"{x:.3f}" for x in r) + " |\n" for t, r in rows.items()))
-    runs = {}
-    for t in rows:
-        for s in bt.LR_SEEDS:
-            wobble = 0.001 * (s % 3)
-            runs[f"{t}{s}"] = {"spec": {"task": t, "seed": s, "opt": {"arm": "default"}},
-                               "val_loss": 0.2 + wobble}  # fmt: skip
-            for j, pair in ((1, [1.0, 0.1]), (2, [2.0, 0.1])):
-                runs[f"{t}{s}{j}"] = {"spec": {"task": t, "seed": s, "opt": {
-                    "arm": "default_lever", "levers": {"fit_part_decay": pair}}},
-                    "val_loss": 0.2 + wobble + shift[t][j]}
-    (root / "results.json").write_text(json.dumps({"runs": runs}))
+    _pair_screen(root, "fitwd", names, rows, shift, "fit_part_decay", [[1.0, 0.1], [2.0, 0.1]])
     out = tmp_path / "S"
     assert screen.main(["--stage", "fitwd", "--paired", "--out", str(out),
                         f"round29={root}"]) == 0  # fmt: skip
