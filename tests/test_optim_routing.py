@@ -1604,6 +1604,19 @@ def test_a_dcp_checkpoint_carries_the_decisions(tmp_path):
     assert not all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
 
+def test_a_dcp_checkpoint_carries_the_fit_watch(tmp_path):
+    """A batch-norm CNN classifier watching its head (round 30's rule) resumes from a DCP
+    checkpoint bit for bit, its watch ``(v, peak, t)`` carried in the groups' copy of the extras.
+    Not vacuous: without the copy the resumed watch restarts (its step count differs)."""
+    x = torch.randn(32, 1, 8, 8)
+    a, b, opt, fopt = _dcp_resume(tmp_path, _bn_cnn, _classify, x, lambda t: 1.0)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert opt._fit_watch is not None and opt._fit_watch[2] == 6
+    assert fopt._fit_watch == opt._fit_watch
+    a, b, opt, fopt = _dcp_resume(tmp_path, _bn_cnn, _classify, x, lambda t: 1.0, True)
+    assert fopt._fit_watch is not None and fopt._fit_watch[2] != opt._fit_watch[2]
+
+
 def test_corrupt_group_extras_are_refused_with_nothing_changed():
     """The groups' copy of the extras is read (when the top-level entry is absent) and checked as
     the entry is: not JSON, not an object, an invalid entry: a clear error, nothing loaded."""
