@@ -164,7 +164,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from muonflow.optim import DEFAULTS, FEW_TOKENS, RegMuon, RegMuonOptions, input_layer, kernel
+from muonflow.optim import (
+    DEFAULTS,
+    FEW_TOKENS,
+    FITTED_HEAD_BETA,
+    RegMuon,
+    RegMuonOptions,
+    input_layer,
+    kernel,
+)
 from muonflow.optim import optimizer as optimizer_module
 from muonflow.optim.routing import _structural_kind, convolution_layer
 
@@ -183,8 +191,9 @@ NOISE_BETA = 0.9
 #: 26's set, before the ``fewrows`` screen: the regressors seen read 265 rows (the diabetes
 #: table's fitting rows) or 2000 (every Friedman problem's).
 FEW_ROWS = 1000
-#: ``fit_part_decay``'s averaging factor β on the head gradient's squared norm (about ten steps).
-FIT_BETA = 0.9
+#: ``fit_part_decay``'s averaging factor β on the head gradient's squared norm (about ten steps):
+#: the library's, adopted with the lever for a batch-norm CNN after round 30.
+FIT_BETA = FITTED_HEAD_BETA
 #: ``input_rho``'s settings: the input layer's shape factor as a function of ``original``'s ρ.
 INPUT_RHO: dict[str, Callable[[float], float]] = {
     "one": lambda rho: 1.0, "sqrt": math.sqrt, "one_regression": lambda rho: 1.0,
@@ -529,14 +538,9 @@ class LeverRegMuon(RegMuon):
     def _observe_head_fall(self) -> bool:
         """``fit_part_decay``: average this step's squared norm of the output layer's weight
         gradient into ``v``, keep the peak of ``v̂``; whether ``√(v̂ / peak) ≤ c``."""
-        outputs = {r.name for r in self.routing.routes
-                   if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
-        heads = [p for g in self.param_groups for n, p in zip(g["param_names"], g["params"],
-                                                                strict=True) if n in outputs]
-        g2 = sum(float(p.grad.float().square().sum()) for p in heads if p.grad is not None)
         b = FIT_BETA
         v, peak, t = self._fit or (0.0, 0.0, 0)
-        v, t = b * v + (1 - b) * g2, t + 1
+        v, t = b * v + (1 - b) * self._head_norm2(), t + 1  # the library's read of the head
         vhat = v / (1 - b**t)
         peak = max(peak, vhat)
         self._fit = (v, peak, t)
