@@ -71,8 +71,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round30``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND30`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round31``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND31`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -831,6 +831,41 @@ ROUND30: dict[str, SuiteTask] = {
     "cnn_bn_h96_cos": SuiteTask("cnn", "vision", 200, "cosine",
                                 {"channels": [16, 32], "hidden": 96, "norm": True}),
 }  # fmt: skip
+#: Round 31's held-out set: eight batch-norm CNNs reading images other than the digits (four under
+#: a constant lr, four under warm-up and decay; :func:`muonflow.data.images`): strokes on a 12x12
+#: field with little pixel noise (near separable, the kind round 29's iris and wine MLPs were), the
+#: same with a fifth of the labels random or with heavy pixel noise, smooth noise labelled by a
+#: random CNN (three channels; clean or a fifth random), and patches of two photographs (three
+#: channels). Committed before any of their runs, to test round 30's rule (decay 2 on the AdamW
+#: part of a batch-norm CNN once its output layer's gradient has fallen to 0.1 of its peak),
+#: adopted on CNNs of the digits only, on images it has never seen. The comparison: today's
+#: ``RegMuon(model)`` against the same with the rule off (``fit_rule_off``: the lever with decay
+#: 0, round 29's library bit for bit), paired by seed, test loss, evaluation seeds. Fixed with this
+#: set, before its runs: the rule stays in the library only if, on ROUND31, it is worse by more
+#: than 2 paired SE on no more tasks than it is better by more than 2 SE on, it leaves no fewer
+#: tasks within 1.03x of the best tuned baseline and no more worse than ``torch.optim.Muon``'s
+#: documented defaults by 2 SE; otherwise it is withdrawn. Round 30's own bar (better in the mean
+#: on at least six of eight, worse by 2 SE on none) is reported beside it as a replication.
+ROUND31: dict[str, SuiteTask] = {
+    "cnn_shapes_c": SuiteTask("cnn", "vision", 200, "constant",
+                              {"images": "shapes", "noise": 0.25, "norm": True}),
+    "cnn_shapes_flip_c": SuiteTask("cnn", "vision", 300, "constant",
+                                   {"images": "shapes", "noise": 0.25, "label_noise": 0.2,
+                                    "norm": True}),
+    "cnn_teacher_c": SuiteTask("cnn", "vision", 300, "constant",
+                               {"images": "teacher", "norm": True}),
+    "cnn_photos_c": SuiteTask("cnn", "vision", 200, "constant",
+                              {"images": "photos", "norm": True}),
+    "cnn_shapes_n1_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                   {"images": "shapes", "noise": 1.0, "norm": True}),
+    "cnn_shapes_c8_b32": SuiteTask("cnn", "vision", 200, "linear",
+                                   {"images": "shapes", "noise": 0.25, "channels": [8, 16],
+                                    "norm": True, "batch": 32}),
+    "cnn_teacher_flip": SuiteTask("cnn", "vision", 300, "linear",
+                                  {"images": "teacher", "label_noise": 0.2, "norm": True}),
+    "cnn_photos_c24_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                    {"images": "photos", "channels": [24, 48], "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -867,6 +902,7 @@ ROUND27_BASELINES_FILE = Path(__file__).with_name("training_baselines_round27.js
 ROUND28_BASELINES_FILE = Path(__file__).with_name("training_baselines_round28.json")
 ROUND29_BASELINES_FILE = Path(__file__).with_name("training_baselines_round29.json")
 ROUND30_BASELINES_FILE = Path(__file__).with_name("training_baselines_round30.json")
+ROUND31_BASELINES_FILE = Path(__file__).with_name("training_baselines_round31.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1093,6 +1129,7 @@ PROFILES = {
     "round28": held_out_profile(ROUND28, ROUND28_BASELINES_FILE),
     "round29": held_out_profile(ROUND29, ROUND29_BASELINES_FILE),
     "round30": held_out_profile(ROUND30, ROUND30_BASELINES_FILE),
+    "round31": held_out_profile(ROUND31, ROUND31_BASELINES_FILE),
 }
 
 
@@ -1801,6 +1838,12 @@ OPTIONAL_VARIANTS["fit_part_decay_paired"] = {
 #: off round 29's test, tested on ROUND30 with its bar fixed before the runs). Every model of
 #: ROUND30 is such a CNN, so the lever's own class (no attention layer) is the candidate's there.
 OPTIONAL_VARIANTS["fit_part_decay_cnn"] = {"levers": {"fit_part_decay": [2.0, 0.1]}}
+#: Round 30's candidate passed its test and is in the library
+#: (``muonflow.optim.FITTED_HEAD_DECAY``). Round 31's comparison arm, ``fit_rule_off``: today's
+#: ``RegMuon(model)`` with that rule off (the lever replaces it, and its decay 0 changes nothing:
+#: round 29's library bit for bit), for the test of the rule on CNNs reading other images
+#: (ROUND31, its bar fixed with the set).
+OPTIONAL_VARIANTS["fit_rule_off"] = {"levers": {"fit_part_decay": [0.0, 0.1]}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

@@ -4,6 +4,7 @@ the arms, the sweeps, the results file, a smoke run of every stage; and the prot
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -21,7 +22,13 @@ from conftest import SmallViT
 from torch import nn
 
 from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
-from muonflow.optim import DEFAULTS, NORMALIZED_INPUT_ADAMW_LR, NORMALIZED_INPUT_LR, RegMuon
+from muonflow.optim import (
+    DEFAULTS,
+    FITTED_HEAD_DECAY,
+    NORMALIZED_INPUT_ADAMW_LR,
+    NORMALIZED_INPUT_LR,
+    RegMuon,
+)
 from muonflow.training import MatrixMuon
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
@@ -1580,7 +1587,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 31)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 32)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2144,6 +2151,57 @@ def test_round30_is_batch_norm_cnns(bench):
         opt = bench._variant_opt(cnn, "core", prof, task)
         assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [2.0, 0.1]})
     assert sorted(t.warmup > 0 for t in bench.ROUND30.values()) == [False] * 4 + [True] * 4
+
+
+def test_round31_is_batch_norm_cnns_on_other_images(bench, levers, monkeypatch):
+    """Every model of ROUND31 is a batch-norm CNN of round 10's class that round 30's rule watches
+    (a convolution, no attention layer), reading generated strokes, teacher-labelled noise or
+    photograph patches (each source twice or more), four under a constant lr and four under
+    warm-up and decay; its comparison arm ``fit_rule_off`` is the lever with decay 0. With the
+    rule's fall at 1 (the switch at the first step), today's ``RegMuon(model)`` decays the AdamW
+    part, and the ``fit_rule_off`` run keeps it at 0 and equals, parameter for parameter,
+    ``RegMuon(model)`` with the rule off by a decay the user gives (0): round 29's library
+    (a regression check). Mutants caught: a LayerNorm MLP or a CNN without batch norm in the set,
+    the comparison arm at decay 2."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round31"]
+    off = bench.OPTIONAL_VARIANTS["fit_rule_off"]
+    for task, t in bench.ROUND31.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+        assert RegMuon(model)._fit_candidate, task
+        opt = bench._variant_opt(off, "core", prof, task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [0.0, 0.1]})
+    assert sorted(t.warmup > 0 for t in bench.ROUND31.values()) == [False] * 4 + [True] * 4
+    sources = collections.Counter(t.options["images"] for t in bench.ROUND31.values())
+    assert set(sources) == {"shapes", "teacher", "photos"} and min(sources.values()) >= 2
+    module = __import__("muonflow.optim.optimizer", fromlist=["x"])
+    monkeypatch.setattr(module, "FITTED_HEAD_FALL", 1.0)
+    task = make_task("cnn", images="shapes", channels=(4, 8), hidden=16, norm=True, batch=16)
+    runs = {}
+    for arm in ("today", "off", "given"):
+        torch.manual_seed(31)
+        model = task.make_model()
+        if arm == "off":
+            opt = levers.build_lever_regmuon(model, {}, off["levers"])
+        else:
+            opt = RegMuon(model) if arm == "today" else RegMuon(model, adamw_weight_decay=0.0)
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(3):
+            opt.zero_grad()
+            task.train_loss(model, gen).backward()
+            opt.step()
+        runs[arm] = ({g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"},
+                     [p.detach().clone() for p in model.parameters()])
+    assert runs["today"][0] == {FITTED_HEAD_DECAY} and runs["off"][0] == runs["given"][0] == {0.0}
+    for a, b in zip(runs["off"][1], runs["given"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(runs["today"][1], runs["off"][1],
+                                                     strict=True))
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])

@@ -116,6 +116,27 @@ def test_small_cnn_shapes_and_layout():
         SmallCNN((4, 8), 0)
 
 
+def test_small_cnn_reads_other_images():
+    """``in_channels`` and ``size`` set the input (``[B, C·S·S]`` or ``[B, C, S, S]``) and the
+    hidden layer's fan-in ``c2 (S/2)²``; the defaults are the digits' network parameter for
+    parameter (the benchmark's earlier CNNs rely on it). Mutant caught: the fan-in left at the
+    digits' 16 cells."""
+    torch.manual_seed(0)
+    model = SmallCNN((4, 8), 16, 5, in_channels=3, size=12)
+    x = torch.randn(2, 3 * 144)
+    assert model(x).shape == (2, 5) and torch.equal(model(x.view(2, 3, 12, 12)), model(x))
+    assert model.conv1.weight.shape == (4, 3, 3, 3) and model.fc.weight.shape == (16, 8 * 36)
+    torch.manual_seed(0)
+    digits_net = SmallCNN((4, 8), 16, in_channels=1, size=8)
+    torch.manual_seed(0)
+    for a, b in zip(SmallCNN((4, 8), 16).parameters(), digits_net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="size must be even"):
+        SmallCNN((4, 8), 16, size=9)
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1"):
+        SmallCNN((4, 8), 16, in_channels=0)
+
+
 def test_norm_options_add_normalization_and_change_nothing_without_it():
     """``norm=True`` puts a LayerNorm (MLP) or BatchNorm2d (CNN) after each hidden map; without
     it the model is the plain one, weight for weight (the benchmark's earlier tasks rely on it).

@@ -274,6 +274,35 @@ def test_friedman_small_table_fits_its_first_rows_only():
         training.make_task("friedman", rows=3000)
 
 
+def test_a_cnn_reads_generated_images():
+    """``cnn`` with ``images=``: the network reads that source's channels, side and classes, the
+    minibatches draw its fitting images only (the last fifth of the training split tunes), the
+    held-out loss of a network that ignores its input is the log of the classes near balance,
+    and the digits refuse the generated images' noise options."""
+    from muonflow.data import images
+
+    task = training.make_task("cnn", images="photos", norm=True, batch=32)
+    data = images("photos")
+    model = task.make_model()
+    assert task.name == "cnn_photos"
+    assert model.conv1.in_channels == 3 and model.head.out_features == 4
+    seen: list[torch.Tensor] = []
+    model.conv1.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().flatten(1)))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        task.train_loss(model, gen)
+    fit = data.X_train[:960]
+    assert all(bool((x[:, None] == fit[None]).all(-1).any(-1).all()) for x in seen)
+    assert not any(bool((x[:, None] == data.X_train[960:][None]).all(-1).any()) for x in seen)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    ev = task.evaluate(model, ["test"])
+    assert ev["test_loss"] == pytest.approx(math.log(4), rel=1e-6)
+    with pytest.raises(ValueError, match="options of the generated images"):
+        training.make_task("cnn", noise=0.5)
+
+
 def test_friedman_rejects_bad_options():
     with pytest.raises(ValueError, match="unknown Friedman function 4; valid: 1, 2, 3"):
         training.make_task("friedman", function=4)

@@ -2,7 +2,9 @@
 
 ``digits``  an MLP 64-128-128-10 (ReLU) on scikit-learn's bundled digits, minibatch 128.
 ``cnn``     :class:`~muonflow.models.SmallCNN` (two 3x3 convs, a hidden linear layer, a head)
-            on the same digits, minibatch 64.
+            on the same digits, minibatch 64; or (``images=``) on generated strokes, smooth
+            noise labelled by a random CNN, or patches of two photographs
+            (:func:`~muonflow.data.images`).
 ``chars``   a character-level transformer (:class:`~muonflow.models.Transformer`, d_model 64,
             4 heads, 2 layers, MLP 256, block 64, batch 32) on Python standard-library source.
 ``gpt2``    Hugging Face ``GPT2LMHeadModel`` from a ``GPT2Config`` (no download; tied token
@@ -26,8 +28,8 @@
 
 Splits: ``val`` tunes (learning rates, defaults), ``test`` is reported, ``trainset`` is the loss
 on a fixed sample of the training data (the digits fit set; fixed training windows; a fixed
-batch of sequences). Digits: the last 20% of the 75% train split is ``val``, the 25% test split
-is ``test``. Text: the held-out tail of the corpus, its first half ``val``, its second half
+batch of sequences). Digits (and generated images): the last 20% of the 75% train split is
+``val``, the 25% test split is ``test``. Text: the held-out tail of the corpus, its first half ``val``, its second half
 ``test``, fixed windows whatever the seed. Sort: fixed sequences from their own generators.
 Friedman: 2000 fitting, 1000 ``val`` and 1000 ``test`` samples, features and targets
 standardized with the fitting statistics.
@@ -43,7 +45,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..data import digits, stdlib_corpus
+from ..data import Digits, Images, digits, stdlib_corpus
+from ..data import images as _images
 from ..models import MLP, CharRNN, SmallCNN, SortTransformer, Transformer, TransformerConfig
 
 __all__ = ["TASKS", "Task", "make_task"]
@@ -93,8 +96,10 @@ def _image_task(
     batch: int,
     trainset_size: int = 512,
     logits: Callable[[nn.Module, Tensor], Tensor] = lambda m, x: m(x),
+    data: Digits | Images | None = None,
 ) -> Task:
-    data = digits()  # 75% train / 25% test; the last 20% of train is the tuning split
+    if data is None:
+        data = digits()  # 75% train / 25% test; the last 20% of train is the tuning split
     n_fit = round(0.8 * len(data.y_train))
     X_fit, y_fit = data.X_train[:n_fit], data.y_train[:n_fit]
     X_val, y_val = data.X_train[n_fit:], data.y_train[n_fit:]
@@ -136,12 +141,32 @@ def digits_task(
 
 
 def cnn_task(
-    *, batch: int = 64, channels: tuple[int, int] = (16, 32), hidden: int = 64, norm: bool = False
+    *,
+    batch: int = 64,
+    channels: tuple[int, int] = (16, 32),
+    hidden: int = 64,
+    norm: bool = False,
+    images: str = "digits",
+    noise: float = 0.0,
+    label_noise: float = 0.0,
 ) -> Task:
-    """:class:`~muonflow.models.SmallCNN` on the digits (``norm``: batch norm after each conv;
-    evaluated in eval mode, with the running statistics)."""
+    """:class:`~muonflow.models.SmallCNN` on the digits, or on small images of another source of
+    :func:`muonflow.data.images` (its ``noise`` and ``label_noise``; 1600 images, split as the
+    digits are) (``norm``: batch norm after each conv; evaluated in eval mode, with the running
+    statistics)."""
     c1, c2 = channels
-    return _image_task("cnn", lambda: SmallCNN((c1, c2), hidden, norm=norm), batch=batch)
+    if images == "digits":
+        if noise or label_noise:
+            raise ValueError("noise and label_noise are options of the generated images, "
+                             "not of the digits")  # fmt: skip
+        return _image_task("cnn", lambda: SmallCNN((c1, c2), hidden, norm=norm), batch=batch)
+    data = _images(images, noise=noise, label_noise=label_noise)
+    return _image_task(
+        f"cnn_{images}",
+        lambda: SmallCNN((c1, c2), hidden, data.n_classes, norm,
+                         in_channels=data.channels, size=data.size),
+        batch=batch, data=data,
+    )  # fmt: skip
 
 
 def _char_lm_task(
