@@ -1838,11 +1838,12 @@ OPTIONAL_VARIANTS["fit_part_decay_paired"] = {
 #: off round 29's test, tested on ROUND30 with its bar fixed before the runs). Every model of
 #: ROUND30 is such a CNN, so the lever's own class (no attention layer) is the candidate's there.
 OPTIONAL_VARIANTS["fit_part_decay_cnn"] = {"levers": {"fit_part_decay": [2.0, 0.1]}}
-#: Round 30's candidate passed its test and is in the library
-#: (``muonflow.optim.FITTED_HEAD_DECAY``). Round 31's comparison arm, ``fit_rule_off``: today's
-#: ``RegMuon(model)`` with that rule off (the lever replaces it, and its decay 0 changes nothing:
-#: round 29's library bit for bit), for the test of the rule on CNNs reading other images
-#: (ROUND31, its bar fixed with the set).
+#: Round 30's candidate passed its test and went into the library. Round 31's comparison arm,
+#: ``fit_rule_off``: ``RegMuon(model)`` with that rule off (the lever replaces it, and its decay 0
+#: changes nothing: round 29's library bit for bit), for the test of the rule on CNNs reading
+#: other images (ROUND31, its bar fixed with the set). The rule failed that bar (worse by 2.4 SE on
+#: the near-separable strokes, better by 2 SE on none) and was withdrawn: today's ``RegMuon(model)``
+#: is this arm.
 OPTIONAL_VARIANTS["fit_rule_off"] = {"levers": {"fit_part_decay": [0.0, 0.1]}}
 
 

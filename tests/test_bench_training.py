@@ -22,13 +22,7 @@ from conftest import SmallViT
 from torch import nn
 
 from muonflow.models import MLP, CharRNN, SmallCNN, SortTransformer
-from muonflow.optim import (
-    DEFAULTS,
-    FITTED_HEAD_DECAY,
-    NORMALIZED_INPUT_ADAMW_LR,
-    NORMALIZED_INPUT_LR,
-    RegMuon,
-)
+from muonflow.optim import DEFAULTS, NORMALIZED_INPUT_ADAMW_LR, NORMALIZED_INPUT_LR, RegMuon
 from muonflow.training import MatrixMuon
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_training.py"
@@ -1450,10 +1444,6 @@ def test_fit_part_decay_switches_the_decay_on_once_the_head_is_fitted(levers):
     with pytest.raises(ValueError, match="pass one of them"):
         levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"fit_part_decay": [1.0, 0.1],
                                                      "norm_part_decay": 1.0})
-    cnn = SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True)
-    assert RegMuon(cnn)._fit_candidate  # round 30's rule, which either decay lever replaces
-    for lever in ({"fit_part_decay": [1.0, 0.05]}, {"norm_part_decay": 1.0}):
-        assert not levers.build_lever_regmuon(cnn, {}, lever)._fit_candidate
 
 
 def test_fit_part_decay_check_catches_its_mutants(levers):
@@ -2153,16 +2143,15 @@ def test_round30_is_batch_norm_cnns(bench):
     assert sorted(t.warmup > 0 for t in bench.ROUND30.values()) == [False] * 4 + [True] * 4
 
 
-def test_round31_is_batch_norm_cnns_on_other_images(bench, levers, monkeypatch):
-    """Every model of ROUND31 is a batch-norm CNN of round 10's class that round 30's rule watches
+def test_round31_is_batch_norm_cnns_on_other_images(bench, levers):
+    """Every model of ROUND31 is a batch-norm CNN of round 10's class that round 30's rule watched
     (a convolution, no attention layer), reading generated strokes, teacher-labelled noise or
     photograph patches (each source twice or more), four under a constant lr and four under
-    warm-up and decay; its comparison arm ``fit_rule_off`` is the lever with decay 0. With the
-    rule's fall at 1 (the switch at the first step), today's ``RegMuon(model)`` decays the AdamW
-    part, and the ``fit_rule_off`` run keeps it at 0 and equals, parameter for parameter,
-    ``RegMuon(model)`` with the rule off by a decay the user gives (0): round 29's library
-    (a regression check). Mutants caught: a LayerNorm MLP or a CNN without batch norm in the set,
-    the comparison arm at decay 2."""
+    warm-up and decay; its comparison arm ``fit_rule_off`` is the lever with decay 0. Switched on
+    at the first step (threshold 1), that lever's run equals ``RegMuon(model)`` parameter for
+    parameter (the rule withdrawn after round 31: today's library is round 29's on these models, a
+    regression check), where the same lever with round 30's decay 2 differs. Mutants caught: a
+    LayerNorm MLP or a CNN without batch norm in the set, the comparison arm at decay 2."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
@@ -2173,23 +2162,18 @@ def test_round31_is_batch_norm_cnns_on_other_images(bench, levers, monkeypatch):
         model = make_task(t.builder, **t.options).make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         assert attention_layer(model) is None and convolution_layer(model) is not None, task
-        assert RegMuon(model)._fit_candidate, task
         opt = bench._variant_opt(off, "core", prof, task)
         assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [0.0, 0.1]})
     assert sorted(t.warmup > 0 for t in bench.ROUND31.values()) == [False] * 4 + [True] * 4
     sources = collections.Counter(t.options["images"] for t in bench.ROUND31.values())
     assert set(sources) == {"shapes", "teacher", "photos"} and min(sources.values()) >= 2
-    module = __import__("muonflow.optim.optimizer", fromlist=["x"])
-    monkeypatch.setattr(module, "FITTED_HEAD_FALL", 1.0)
     task = make_task("cnn", images="shapes", channels=(4, 8), hidden=16, norm=True, batch=16)
     runs = {}
-    for arm in ("today", "off", "given"):
+    for arm, decay in (("today", None), ("off", off["levers"]["fit_part_decay"][0]), ("on", 2.0)):
         torch.manual_seed(31)
         model = task.make_model()
-        if arm == "off":
-            opt = levers.build_lever_regmuon(model, {}, off["levers"])
-        else:
-            opt = RegMuon(model) if arm == "today" else RegMuon(model, adamw_weight_decay=0.0)
+        opt = (RegMuon(model) if decay is None
+               else levers.build_lever_regmuon(model, {}, {"fit_part_decay": [decay, 1.0]}))
         gen = torch.Generator().manual_seed(5)
         for _ in range(3):
             opt.zero_grad()
@@ -2197,10 +2181,10 @@ def test_round31_is_batch_norm_cnns_on_other_images(bench, levers, monkeypatch):
             opt.step()
         runs[arm] = ({g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"},
                      [p.detach().clone() for p in model.parameters()])
-    assert runs["today"][0] == {FITTED_HEAD_DECAY} and runs["off"][0] == runs["given"][0] == {0.0}
-    for a, b in zip(runs["off"][1], runs["given"][1], strict=True):
+    assert runs["today"][0] == runs["off"][0] == {0.0} and runs["on"][0] == {2.0}
+    for a, b in zip(runs["today"][1], runs["off"][1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert any(not torch.equal(a, b) for a, b in zip(runs["today"][1], runs["off"][1],
+    assert any(not torch.equal(a, b) for a, b in zip(runs["today"][1], runs["on"][1],
                                                      strict=True))
 
 

@@ -29,9 +29,6 @@ from .options import (
     FEW_TOKENS,
     FEW_TOKENS_CONSTANT_FACTOR,
     FEW_TOKENS_WARMUP_FACTOR,
-    FITTED_HEAD_BETA,
-    FITTED_HEAD_DECAY,
-    FITTED_HEAD_FALL,
     GROUP_KEYS,
     NORMALIZED_MLP_CONSTANT_FACTOR,
     REGRESSION_CAUTIOUS_DECAY,
@@ -93,8 +90,6 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_pending": lambda: None,
     "_attention_tokens": lambda: None,
     "_mlp_pending": lambda: None,
-    "_fit_candidate": lambda: False,
-    "_fit_watch": lambda: None,
 }
 
 
@@ -216,11 +211,6 @@ class RegMuon(Optimizer):
         self._attention_pending: tuple[float, str] | None = None  # a ViT: (built lr, layer)
         self._attention_tokens: int | None = None  # its tokens at the first forward
         self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
-        # round 10's class with a convolution, no attention, no decay given: the AdamW part's
-        # decay once the training set is fitted, watched from the step that finds a softmax head
-        # (then _fit_watch: (v, peak, t) of the output layer gradient's squared norm, until fallen)
-        self._fit_candidate = False
-        self._fit_watch: tuple[float, float, int] | None = None
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -228,15 +218,10 @@ class RegMuon(Optimizer):
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
             if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by structure
-                self._pend_lrs_by_structure(model, model_routing, set(overrides))
+                self._pend_lrs_by_structure(model, model_routing)
             if options is None and "weight_decay" not in overrides:  # none given: by structure
                 decay, why = decay_by_structure(model)
                 model_routing.decay = why
-                if self._fit_candidate:
-                    model_routing.decay += (f"; the AdamW part decays {FITTED_HEAD_DECAY:g} once "
-                                            f"the training set is fitted, if the output layer is "
-                                            f"a softmax head (a convolution, no attention "
-                                            f"layer; watched from the first step)")
                 if decay:  # set at the first step, if the output layer is a softmax head's
                     self._decay_pending = decay
                     if not isinstance(self.options.lr, Tensor):  # under another head, a
@@ -272,23 +257,20 @@ class RegMuon(Optimizer):
             warn_unrouted(self._unrouted, stacklevel=3)
         del self._unrouted
 
-    def _pend_lrs_by_structure(self, model: nn.Module, routing: Routing, given: set[str]) -> None:
+    def _pend_lrs_by_structure(self, model: nn.Module, routing: Routing) -> None:
         """Round 10's lrs by structure (:func:`~muonflow.optim.lr_by_structure`), pending until
         the first step reads the head, with what the class decides with them: a ViT's and an
-        MLP's factors, and a batch-norm CNN's decay once fitted (unless a decay is ``given``)."""
+        MLP's factors."""
         lrs, why = lr_by_structure(model)
         if not lrs:
             return
         self._scale_pending = {0: lrs["lr"] / as_float(DEFAULTS.lr),
                                1: lrs["adamw_lr"] / as_float(DEFAULTS.adamw_lr)}
         attention, plain = attention_layer(model), not isinstance(self.options.lr, Tensor)
-        convolution = convolution_layer(model) is not None
         if attention is not None and plain:
             self._attention_pending = (float(self.options.lr), attention)
-        elif attention is None and not convolution and plain:  # an MLP
+        elif attention is None and convolution_layer(model) is None and plain:  # an MLP
             self._mlp_pending = float(self.options.lr)
-        self._fit_candidate = (attention is None and convolution  # a CNN, no decay given
-                               and not {"weight_decay", "adamw_weight_decay"} & given)
         routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, AdamW part "
                       f"{lrs['adamw_lr']:g} if the output layer is a softmax head, else the "
                       f"options' ({why})")
@@ -487,7 +469,6 @@ class RegMuon(Optimizer):
                 self._decay_pending = self.__dict__.pop("_loading_decay")
                 self._unit_rho = self.__dict__.pop("_loading_unit")
                 self._cautious_pending, self._cautious = self.__dict__.pop("_loading_cautious")
-                self._fit_watch = self.__dict__.pop("_loading_fit")
                 if self._decay_pending is None:  # decided: so is the input layer's ρ
                     self._input_pending = ()
                 self._scale_pending, self._lr_scale = self.__dict__.pop("_loading_scale")
@@ -532,7 +513,6 @@ class RegMuon(Optimizer):
             self.__dict__.pop("_loading_decay", None)
             self.__dict__.pop("_loading_unit", None)
             self.__dict__.pop("_loading_cautious", None)
-            self.__dict__.pop("_loading_fit", None)
             self.__dict__.pop("_loading_scale", None)
             self.__dict__.pop("_loading_warmup", None)
 
@@ -563,10 +543,6 @@ class RegMuon(Optimizer):
                    else None)  # fmt: skip
         scale = self._decide_scale() if self._scale_pending is not None and not idle else None
         lr_scale = self._lr_scale if scale is None else scale[0]
-        watch = self._fit_watch
-        if scale is not None and scale[0] and self._fit_candidate:  # a softmax head: watch
-            watch = (0.0, 0.0, 0)
-        fit = self._observe_fit(watch) if watch is not None else None
         warm = (self._decide_warmup() if self._warmup_pending is not None and not idle
                 and self._head() is not None else None)  # fmt: skip
         warm_scale = self._warmup_scale if warm is None else warm[0]
@@ -614,15 +590,8 @@ class RegMuon(Optimizer):
                                            f"matrices ({CAUTIOUS_WHY})")  # fmt: skip
             if scale is not None:
                 self._scale_pending, self._attention_pending = None, None
-                self._mlp_pending, self._fit_candidate = None, False
+                self._mlp_pending = None
                 self._lr_scale, self.routing.lr = scale
-            if fit is not None:  # the decay from the next step on, once fitted
-                self._fit_watch, why = fit
-                if why:
-                    for group in self.param_groups:
-                        if group["algorithm"] == "adamw":
-                            group["weight_decay"] = FITTED_HEAD_DECAY
-                    self.routing.decay += why
             if warm is not None:
                 self._warmup_pending = None
                 self._warmup_scale, self.routing.schedule = warm
@@ -635,34 +604,6 @@ class RegMuon(Optimizer):
                 if items and group["algorithm"] == "adamw":
                     self._adamw_group(o, items)
         return loss
-
-    def _head_norm2(self) -> float:
-        """The squared Frobenius norm of the output layer's weight gradient (0 without one)."""
-        outputs = {r.name for r in self.routing.routes
-                   if r.reason == "output layer" and len(r.shape) >= 2}  # fmt: skip
-        heads = [p for g in self.param_groups for n, p in
-                 zip(g.get("param_names") or [None] * len(g["params"]), g["params"],
-                     strict=True) if n in outputs and p.grad is not None]  # fmt: skip
-        return sum(float((p.grad.full_tensor() if is_dtensor(p.grad) else p.grad).float()
-                         .square().sum()) for p in heads)  # fmt: skip
-
-    def _observe_fit(self, watch: tuple[float, float, int]
-                     ) -> tuple[tuple[float, float, int] | None, str]:  # fmt: skip
-        """The output layer's weight gradient observed (:data:`~muonflow.optim.FITTED_HEAD_DECAY`):
-        its squared norm averaged into ``watch = (v, peak, t)``; ``(None, why)`` once the average
-        (bias-corrected) has fallen to :data:`~muonflow.optim.FITTED_HEAD_FALL` of its peak (the
-        training set fitted), else ``(new watch, "")``. Changes nothing."""
-        b = FITTED_HEAD_BETA
-        v, peak, t = watch
-        v, t = b * v + (1 - b) * self._head_norm2(), t + 1
-        vhat = v / (1 - b**t)
-        peak = max(peak, vhat)
-        fall = math.sqrt(vhat / peak) if peak > 0 else 1.0
-        if fall > FITTED_HEAD_FALL:
-            return (v, peak, t), ""
-        return None, (f"; the AdamW part decays {FITTED_HEAD_DECAY:g} from step {t + 1} of its "
-                      f"watch on (the output layer's gradient at {fall:.2g} of its peak: the "
-                      f"training set fitted; docs/benchmark-training.md, round 30)")  # fmt: skip
 
     def _idle(self) -> bool:
         """Whether this step moves nothing, every group's lr 0, while a decision is pending: it
@@ -919,8 +860,6 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         extras["cautious_pending"] = cast(RegMuon, opt)._cautious_pending
     if cast(RegMuon, opt)._cautious:
         extras["cautious"] = cast(RegMuon, opt)._cautious
-    if (watch := cast(RegMuon, opt)._fit_watch) is not None:
-        extras["fit_watch"] = list(watch)
     for key, factors in (("lr_scale_pending", cast(RegMuon, opt)._scale_pending),
                          ("lr_scale", cast(RegMuon, opt)._lr_scale),
                          ("warmup_pending", cast(RegMuon, opt)._warmup_pending),
@@ -1016,19 +955,6 @@ def _cautious_of(extras: dict[str, Any]) -> tuple[float | None, float]:
     return found[0], found[1] or 0.0
 
 
-def _fit_watch_of(watch: Any) -> tuple[float, float, int] | None:
-    """A checkpoint's ``fit_watch`` (the output layer gradient's average, its peak, the steps
-    watched), checked: two finite floats >= 0 and an int >= 0, or none."""
-    if watch is None:
-        return None
-    if not (isinstance(watch, list | tuple) and len(watch) == 3
-            and all(type(x) is float and math.isfinite(x) and x >= 0 for x in watch[:2])
-            and type(watch[2]) is int and watch[2] >= 0):  # fmt: skip
-        raise ValueError("state_dict['regmuon']['fit_watch'] must be [average, peak, steps]: two "
-                         f"finite floats >= 0 and an int >= 0, got {watch!r}")  # fmt: skip
-    return float(watch[0]), float(watch[1]), int(watch[2])
-
-
 def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
     """The matrices a checkpoint's ``unit_rho`` names, checked: names of this optimizer's
     RegMuon matrices."""
@@ -1073,7 +999,6 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
         opt.__dict__["_loading_cautious"] = _cautious_of(state_dict["regmuon"])
-        opt.__dict__["_loading_fit"] = _fit_watch_of(state_dict["regmuon"].get("fit_watch"))
         for attr, keys in (("_loading_scale", ("lr_scale_pending", "lr_scale")),
                            ("_loading_warmup", ("warmup_pending", "warmup_scale"))):
             opt.__dict__[attr] = _pending_and_decided(opt, state_dict["regmuon"], *keys)

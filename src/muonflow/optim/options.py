@@ -330,26 +330,6 @@ FEW_TOKENS_CONSTANT_FACTOR = 0.5
 #: none, adopted (``docs/benchmark-training.md``).
 NORMALIZED_MLP_CONSTANT_FACTOR = 0.5
 
-#: The decoupled decay ``RegMuon(model)`` switches on in the AdamW part (the output layer, the
-#: norms' gains, the biases) of a classifier of round 10's class with a convolution and no attention
-#: layer (a batch-norm CNN under a softmax head) once its training set is fitted: once the output
-#: layer's weight gradient, its squared norm averaged with factor :data:`FITTED_HEAD_BETA`
-#: (bias-corrected), has fallen to :data:`FITTED_HEAD_FALL` of its peak (a softmax head's gradient
-#: is ``p − y``, which vanishes as every training example is fitted), from the next step on, under
-#: any schedule. Such a classifier fits its training set exactly and Adam's step on the output layer
-#: keeps its size: the margins grow and the held-out cross-entropy climbs; the decay bounds them,
-#: and a model still fitting keeps its step. Round 29's screen (37 normalized classifiers without
-#: attention seen: tuning seeds, the paired rule) picked decay 2 at fall 0.1 under both schedules;
-#: its test was better on all five batch-norm CNNs and worse by 4-6 SE on the tiny iris and wine
-#: LayerNorm MLPs (rejected). Restricted to a convolution and tested on round 30's eight new CNNs
-#: with the bar fixed before their runs (better on six, worse by 2 SE on none): better on seven,
-#: worse by 2 SE on none, adopted (``docs/benchmark-training.md``).
-FITTED_HEAD_DECAY = 2.0
-#: The share of its peak the output layer's gradient falls to for :data:`FITTED_HEAD_DECAY`.
-FITTED_HEAD_FALL = 0.1
-#: The averaging factor of the output layer gradient's squared norm (about ten steps).
-FITTED_HEAD_BETA = 0.9
-
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""

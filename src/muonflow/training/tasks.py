@@ -29,10 +29,10 @@
 Splits: ``val`` tunes (learning rates, defaults), ``test`` is reported, ``trainset`` is the loss
 on a fixed sample of the training data (the digits fit set; fixed training windows; a fixed
 batch of sequences). Digits (and generated images): the last 20% of the 75% train split is
-``val``, the 25% test split is ``test``. Text: the held-out tail of the corpus, its first half ``val``, its second half
-``test``, fixed windows whatever the seed. Sort: fixed sequences from their own generators.
-Friedman: 2000 fitting, 1000 ``val`` and 1000 ``test`` samples, features and targets
-standardized with the fitting statistics.
+``val``, the 25% test split is ``test``. Text: the held-out tail of the corpus, its first half
+``val``, its second half ``test``, fixed windows whatever the seed. Sort: fixed sequences from
+their own generators. Friedman: 2000 fitting, 1000 ``val`` and 1000 ``test`` samples, features
+and targets standardized with the fitting statistics.
 """
 
 from __future__ import annotations
