@@ -2123,48 +2123,44 @@ def test_round29_is_normalized_classifiers_without_attention(bench):
     assert sorted(t.warmup > 0 for t in bench.ROUND29.values()) == [False] * 6 + [True] * 4
 
 
-def test_round30_is_batch_norm_cnns(bench):
-    """Every model of ROUND30 is of round 10's class with a convolution and no attention layer (a
-    batch-norm CNN: the models ``fit_part_decay_cnn`` changes, each given the lever), four under a
-    constant lr and four under warm-up and decay. Mutants caught: a LayerNorm MLP in the set, a
-    ViT in it."""
+def _batch_norm_cnn_set(bench, profile, variant, decay):
+    """Every model of ``profile``'s set is of round 10's class with a convolution and no attention
+    layer (a batch-norm CNN under a softmax head), four under a constant lr and four under warm-up
+    and decay, and ``variant`` gives each the lever ``fit_part_decay = [decay, 0.1]``."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
 
-    prof = bench.PROFILES["round30"]
-    cnn = bench.OPTIONAL_VARIANTS["fit_part_decay_cnn"]
-    for task, t in bench.ROUND30.items():
+    prof = bench.PROFILES[profile]
+    suite = prof.suite
+    for task, t in suite.items():
         model = make_task(t.builder, **t.options).make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         assert attention_layer(model) is None and convolution_layer(model) is not None, task
-        opt = bench._variant_opt(cnn, "core", prof, task)
-        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [2.0, 0.1]})
-    assert sorted(t.warmup > 0 for t in bench.ROUND30.values()) == [False] * 4 + [True] * 4
+        opt = bench._variant_opt(bench.OPTIONAL_VARIANTS[variant], "core", prof, task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [decay, 0.1]})
+    assert sorted(t.warmup > 0 for t in suite.values()) == [False] * 4 + [True] * 4
+
+
+def test_round30_is_batch_norm_cnns(bench):
+    """Every model of ROUND30 is a batch-norm CNN (the models ``fit_part_decay_cnn`` changes, each
+    given the lever), four under each schedule. Mutants caught: a LayerNorm MLP in the set, a ViT
+    in it."""
+    _batch_norm_cnn_set(bench, "round30", "fit_part_decay_cnn", 2.0)
 
 
 def test_round31_is_batch_norm_cnns_on_other_images(bench, levers):
-    """Every model of ROUND31 is a batch-norm CNN of round 10's class that round 30's rule watched
-    (a convolution, no attention layer), reading generated strokes, teacher-labelled noise or
-    photograph patches (each source twice or more), four under a constant lr and four under
-    warm-up and decay; its comparison arm ``fit_rule_off`` is the lever with decay 0. Switched on
-    at the first step (threshold 1), that lever's run equals ``RegMuon(model)`` parameter for
+    """Every model of ROUND31 is a batch-norm CNN that round 30's rule watched, reading generated
+    strokes, teacher-labelled noise or photograph patches (each source twice or more), four under
+    each schedule; its comparison arm ``fit_rule_off`` is the lever with decay 0. Switched on at
+    the first step (threshold 1), that lever's run equals ``RegMuon(model)`` parameter for
     parameter (the rule withdrawn after round 31: today's library is round 29's on these models, a
     regression check), where the same lever with round 30's decay 2 differs. Mutants caught: a
     LayerNorm MLP or a CNN without batch norm in the set, the comparison arm at decay 2."""
-    from muonflow.optim import lr_by_structure
-    from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
 
-    prof = bench.PROFILES["round31"]
+    _batch_norm_cnn_set(bench, "round31", "fit_rule_off", 0.0)
     off = bench.OPTIONAL_VARIANTS["fit_rule_off"]
-    for task, t in bench.ROUND31.items():
-        model = make_task(t.builder, **t.options).make_model()
-        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
-        assert attention_layer(model) is None and convolution_layer(model) is not None, task
-        opt = bench._variant_opt(off, "core", prof, task)
-        assert (opt["arm"], opt["levers"]) == ("default_lever", {"fit_part_decay": [0.0, 0.1]})
-    assert sorted(t.warmup > 0 for t in bench.ROUND31.values()) == [False] * 4 + [True] * 4
     sources = collections.Counter(t.options["images"] for t in bench.ROUND31.values())
     assert set(sources) == {"shapes", "teacher", "photos"} and min(sources.values()) >= 2
     task = make_task("cnn", images="shapes", channels=(4, 8), hidden=16, norm=True, batch=16)
