@@ -43,10 +43,12 @@ classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x
 ``--stage normwd`` the ``normwd`` tables (one column per decay ``d`` of a normalized
 classifier's AdamW part; today's, ``d = 0``, drawn at the left end), and ``--stage fitwd``
 the ``fitwd`` tables (pairs ``d x c``: that decay switched on once the head's gradient has
-fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``).
+fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), and ``--stage cnndecay`` the
+``cnndecay`` tables (one column per decay ``d`` of a batch-norm CNN's matrices, as ``normwd``).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
-``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``) picks by
+``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
+``cnndecay``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -131,7 +133,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "normwd": ("norm_part_decay", "norm part decay",
                            "decay d of a normalized classifier's AdamW part (0: none)"),
                 "fitwd": ("fit_part_decay", "fit part decay",
-                          "threshold c: the head's gradient at c of its peak")}
+                          "threshold c: the head's gradient at c of its peak"),
+                "cnndecay": ("cnn_decay", "cnn decay",
+                             "decay d of a batch-norm CNN's matrices (0: none)")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd")
 
@@ -385,12 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     marked: set[str] = set()  # the tasks the figure marks (Friedman #3, diabetes MLPs, ViTs)
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
                     "fewrows": "LayerNorm", "normmlp": "digits",
-                    "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN"}.get(args.stage,
-                                                                               "Friedman #3")
+                    "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
+                    "cnndecay": "other images"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
-            "fitwd": "classifiers"}.get(args.stage, "regressors")
+            "fitwd": "classifiers", "cnndecay": "batch-norm CNNs"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -407,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                     "vitsplit": t.options.get("patch") == 4,
                     "vittokens": False, "fewrows": bool(t.options.get("norm")),
                     "normmlp": t.builder == "digits",
-                    "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn"}.get(args.stage,
-                                                                 t.options.get("function") == 3):
+                    "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn",
+                    "cnndecay": "images" in t.options}.get(args.stage,
+                                                          t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "

@@ -1577,7 +1577,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 32)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 33)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2182,6 +2182,129 @@ def test_round31_is_batch_norm_cnns_on_other_images(bench, levers):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert any(not torch.equal(a, b) for a, b in zip(runs["today"][1], runs["on"][1],
                                                      strict=True))
+
+
+def test_round32_is_batch_norm_cnns_on_the_digits_and_other_images(bench):
+    """Every model of ROUND32 is a batch-norm CNN (the models ``cnn_decay`` changes), four on the
+    digits and four on generated or photographed images, four under each schedule. Mutants
+    caught: a LayerNorm MLP or a ViT in the set, every model on the digits."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round32"]
+    for task, t in bench.ROUND32.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+    assert sorted(t.warmup > 0 for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
+    assert sorted("images" in t.options for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
+
+
+def _cnn_decay_check(cls):
+    """Two steps of ``cls(model, cnn_decay=0.5)`` against two of ``cls(model)`` on the same model:
+    on a batch-norm CNN classifier the RegMuon groups get decay 0.5 at the first step, and at the
+    second every matrix differs from the undecayed run's by exactly ``-η 0.5 W`` (``η`` the
+    matrices' decided lr, ``W`` the weights after the first step) while every AdamW-part
+    parameter is the same; on a LayerNorm MLP, a ViT, under a regression loss and on a classifier
+    without normalization nothing differs."""
+    labels, cases = _part_decay_cases()
+    for kind, make, x, classify, _ in cases:
+        decays = kind == "cnn" and classify
+        runs = []
+        for d in (0.0, 0.5):
+            torch.manual_seed(10)
+            model = make()
+            opt = cls(model, cnn_decay=d)
+            first = None
+            for _ in range(2):
+                z = model(x)
+                opt.zero_grad()
+                (nn.functional.cross_entropy(z, labels) if classify
+                 else z.square().mean()).backward()  # fmt: skip
+                opt.step()
+                if first is None:
+                    first = [p.detach().clone() for p in model.parameters()]
+            runs.append((model, opt, first))
+        (plain, opt0, first), (decayed, opt, _) = runs
+        mats = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
+                if g["algorithm"] == "regmuon" for p in g["params"]}  # fmt: skip
+        assert all(g["weight_decay"] == (0.5 if decays else g0["weight_decay"])
+                   for g, g0 in zip(opt.param_groups, opt0.param_groups, strict=True)
+                   if g["algorithm"] == "regmuon"), (kind, classify)  # fmt: skip
+        for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
+            if decays and id(p1) in mats:
+                g, gi = mats[id(p1)]
+                lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
+                torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
+            else:
+                torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+
+
+def test_cnn_decay_decays_a_batch_norm_cnns_matrices(levers):
+    """``cnn_decay``: decay on the matrices of a batch-norm CNN classifier (round 10's class with
+    a convolution, no attention layer); every other model as ``RegMuon(model)``; bad decays
+    refused."""
+    _cnn_decay_check(levers.LeverRegMuon)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="cnn_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"cnn_decay": bad})
+
+
+def test_cnn_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_cnn_decay_check`: the convolution not read (a
+    LayerNorm MLP decayed), the decay on the AdamW part, the lever frozen."""
+
+    class ConvBlind(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._cnn = not self._attention
+
+    class OnThePart(levers.LeverRegMuon):
+        def __init__(self, model, cnn_decay=0.0, **kw):
+            super().__init__(model, **kw)
+            self._cnn_part, self._cnn_model = cnn_decay, convolution_layer_of(model)
+
+        def step(self, closure=None):
+            out = super().step(closure)
+            if self._class and self._cnn_part and self._cnn_model:
+                self._part_decay(self._cnn_part)
+            return out
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, cnn_decay=0.0, **kw):
+            super().__init__(model, **kw)
+
+    for mutant in (ConvBlind, OnThePart, Frozen):
+        with pytest.raises(AssertionError):
+            _cnn_decay_check(mutant)
+
+
+def convolution_layer_of(model):
+    from muonflow.optim.routing import convolution_layer
+
+    return convolution_layer(model) is not None
+
+
+def test_cnndecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
+    """CNN_DECAY_CANDIDATES: the ``cnn_decay`` lever at five decays, each run with its decay, on a
+    tiny batch-norm CNN on the strokes (the smoke profile with it held out, a constant lr): the
+    decays' runs differ from today's and from each other; on the smoke profile's Friedman MLP (a
+    regressor) every decay's runs equal today's. Mutants caught: the lever not passed (every
+    CNN column today's), another lever in its place (the stored decays differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
+        "cnn", "vision", 6, "constant",
+        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
+    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
+        per: dict[str, list[float]] = {}
+        for r in _run_stage(bench, tmp_path / task, "cnndecay", task):
+            opt = r["spec"]["opt"]
+            if opt["arm"] in ("default", "default_lever"):
+                key = "today" if opt["arm"] == "default" else f"{opt['levers']['cnn_decay']:g}"
+                per.setdefault(key, []).append(r["val_loss"])
+        assert sorted(per) == ["0.25", "0.5", "1", "2", "4", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
