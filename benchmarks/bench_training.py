@@ -1873,6 +1873,15 @@ OPTIONAL_VARIANTS["fit_part_decay_cnn"] = {"levers": {"fit_part_decay": [2.0, 0.
 #: the near-separable strokes, better by 2 SE on none) and was withdrawn: today's ``RegMuon(model)``
 #: is this arm.
 OPTIONAL_VARIANTS["fit_rule_off"] = {"levers": {"fit_part_decay": [0.0, 0.1]}}
+#: Round 32's candidate, ``cnn_decay_paired``: the paired rule's pick on the ``cnndecay`` screen
+#: over the 30 batch-norm CNNs seen through round 31 (rule and test fixed at CNN_DECAY_CANDIDATES
+#: with ROUND32, before the screen ran): under a constant lr (15) decay 1 on the matrices (mean log
+#: ratio 0.531 -> 0.227, better on 14; decay 2 and 4 worse by 2 SE on one each), under a warm-up
+#: (15) decay 0.25 (0.487 -> 0.442, better on 14; every larger decay worse by 2 SE on one to four).
+#: The lever changes every model of ROUND32.
+OPTIONAL_VARIANTS["cnn_decay_paired"] = {
+    "schedule": {"constant": {"levers": {"cnn_decay": 1.0}},
+                 "warmup": {"levers": {"cnn_decay": 0.25}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:
