@@ -1577,7 +1577,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 33)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 34)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2199,6 +2199,25 @@ def test_round32_is_batch_norm_cnns_on_the_digits_and_other_images(bench):
         assert attention_layer(model) is None and convolution_layer(model) is not None, task
     assert sorted(t.warmup > 0 for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
     assert sorted("images" in t.options for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
+
+
+def test_round33_is_batch_norm_cnns_under_a_constant_lr(bench):
+    """Every model of ROUND33 is a batch-norm CNN under a constant lr (each given
+    ``cnn_decay_constant``'s decay 1), four on the digits and four on other images. Mutants
+    caught: a warm-up CNN in the set (no lever: the test would not test it), a LayerNorm MLP."""
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round33"]
+    variant = bench.OPTIONAL_VARIANTS["cnn_decay_constant"]
+    for task, t in bench.ROUND33.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+        opt = bench._variant_opt(variant, "core", prof, task)
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"cnn_decay": 1.0}), task
+    assert all(t.warmup == 0 for t in bench.ROUND33.values())
+    assert sorted("images" in t.options for t in bench.ROUND33.values()) == [False] * 4 + [True] * 4
 
 
 def _cnn_decay_check(cls):
