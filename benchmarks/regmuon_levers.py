@@ -164,6 +164,9 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   Decay holds the norm at an equilibrium. The tuned ``torch.optim.Muon`` decays the matrices of
   15 of the 19 batch-norm CNNs on the digits by 2 (its decay grid 0-2), and round 11's screen,
   where matrix decay ruined every ViT, found decay 0.5 better on all five batch-norm CNNs then seen.
+  Rejected by round 32's test at 1 under a constant lr and 0.25 under a warm-up (a warm-up CNN
+  worse by 3.3 SE); adopted after round 33 at 1 under a constant lr only
+  (``muonflow.optim.NORMALIZED_CNN_CONSTANT_DECAY``). The lever replaces the library's rule.
 """
 
 from __future__ import annotations
@@ -277,7 +280,7 @@ class LeverRegMuon(RegMuon):
         mlp_split: list[float] | None = None,
         norm_part_decay: float = 0.0,
         fit_part_decay: list[float] | None = None,
-        cnn_decay: float = 0.0,
+        cnn_decay: float | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -318,7 +321,7 @@ class LeverRegMuon(RegMuon):
                 and fit_part_decay[0] >= 0 and 0 < fit_part_decay[1] <= 1):  # fmt: skip
             raise ValueError(f"fit_part_decay must be [d, c], a finite decay d >= 0 and a "
                              f"threshold 0 < c <= 1, got {fit_part_decay!r}")  # fmt: skip
-        if not (math.isfinite(cnn_decay) and cnn_decay >= 0):
+        if cnn_decay is not None and not (math.isfinite(cnn_decay) and cnn_decay >= 0):
             raise ValueError(f"cnn_decay must be a finite decay >= 0, got {cnn_decay!r}")
         if norm_part_decay and fit_part_decay is not None:
             raise ValueError("norm_part_decay and fit_part_decay are two decays of the same "
@@ -349,6 +352,8 @@ class LeverRegMuon(RegMuon):
         self.norm_part_decay = norm_part_decay
         self.fit_part_decay = None if fit_part_decay is None else [*map(float, fit_part_decay)]
         self.cnn_decay = cnn_decay
+        if cnn_decay is not None:  # replaces round 33's rule (0: none)
+            self._cnn_pending = None
         self._cnn = not self._attention and convolution_layer(model) is not None
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient

@@ -2154,8 +2154,8 @@ def test_round31_is_batch_norm_cnns_on_other_images(bench, levers):
     strokes, teacher-labelled noise or photograph patches (each source twice or more), four under
     each schedule; its comparison arm ``fit_rule_off`` is the lever with decay 0. Switched on at
     the first step (threshold 1), that lever's run equals ``RegMuon(model)`` parameter for
-    parameter (the rule withdrawn after round 31: today's library is round 29's on these models, a
-    regression check), where the same lever with round 30's decay 2 differs. Mutants caught: a
+    parameter (the rule withdrawn after round 31, a regression check), where the same lever with
+    round 30's decay 2 differs. Mutants caught: a
     LayerNorm MLP or a CNN without batch norm in the set, the comparison arm at decay 2."""
     from muonflow.training import make_task
 

@@ -1944,6 +1944,112 @@ def test_fitted_cnn_check_catches_its_mutants():
             _fitted_cnn_check(mutant)
 
 
+# -- a batch-norm CNN classifier under a constant lr: decay on its matrices (round 33) ------------
+def _cnn_decay_rule_check(cls=RegMuon):
+    """Round 33's rule: under a constant lr a batch-norm CNN classifier's RegMuon groups get
+    decoupled decay ``NORMALIZED_CNN_CONSTANT_DECAY`` (1) from the step after the one that reads
+    its softmax head, the AdamW part none, and the routing says so; at the second step every
+    matrix moves by exactly ``-η d W`` more than with the rule off (``weight_decay=0`` given: the
+    first step equal bit for bit). Under a warm-up (a ``LambdaLR`` that lowers the first step's
+    lr) nothing decays and the runs equal the rule-off ones. A LayerNorm MLP, a ViT, a network
+    without normalization, a regression loss and a decay given by the user get no matrix decay."""
+    o = mf.optim
+    x = torch.randn(12, 1, 8, 8)
+    for warm, d in ((False, o.NORMALIZED_CNN_CONSTANT_DECAY), (True, 0.0)):
+        runs = []
+        for kw in ({}, {"weight_decay": 0.0}):
+            torch.manual_seed(12)
+            model = _bn_cnn()
+            opt = cls(model, **kw)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+            first = None
+            for _ in range(2):
+                opt.zero_grad()
+                _classify(model, x).backward()
+                lr = opt.param_groups[0]["lr"] * opt._lr_scale.get(0, 1.0)  # this step's
+                opt.step()
+                sched.step()
+                if first is None:
+                    first = [p.detach().clone() for p in model.parameters()]
+            runs.append((model, opt, first, lr))
+        (ruled, opt, first, lr), (plain, off, first_off, _) = runs
+        assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
+        assert [g["weight_decay"] for g in opt.param_groups] == [d, 0.0], warm
+        assert [g["weight_decay"] for g in off.param_groups] == [0.0, 0.0]
+        assert (f"the matrices decay {d:g}" in opt.routing.decay) == (not warm)
+        mats = {id(p) for p in opt.param_groups[0]["params"]}
+        for p1, p0, w in zip(ruled.parameters(), plain.parameters(), first, strict=True):
+            if id(p1) in mats:
+                torch.testing.assert_close(p1 - p0, -lr * d * w, atol=1e-6, rtol=1e-4)
+            else:
+                torch.testing.assert_close(p1, p0, rtol=0, atol=0)
+    plain_net = lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))  # noqa: E731
+    for make, xs, loss, kw in ((_ln_mlp, torch.randn(12, 6), _classify, {}),
+                               (lambda: SmallViT(True), torch.randn(12, 5, 4), _classify, {}),
+                               (plain_net, torch.randn(12, 6), _classify, {}),
+                               (_bn_cnn, x, lambda m, v: m(v).square().mean(), {}),
+                               (_bn_cnn, x, _classify, {"weight_decay": 0.5})):  # fmt: skip
+        torch.manual_seed(12)
+        model = make()
+        opt = cls(model, **kw)
+        for _ in range(2):
+            opt.zero_grad()
+            loss(model, xs).backward()
+            opt.step()
+        matrices = {g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "regmuon"}
+        assert matrices <= {0.0, o.UNNORMALIZED_DECAY, kw.get("weight_decay", 0.0)}, make
+        assert "the matrices decay" not in opt.routing.decay, make
+
+
+def test_a_batch_norm_cnn_decays_its_matrices_under_a_constant_lr():
+    """Round 33's rule: decay 1 on a batch-norm CNN's matrices under a constant lr, none under a
+    warm-up."""
+    assert mf.optim.NORMALIZED_CNN_CONSTANT_DECAY == 1.0
+    _cnn_decay_rule_check()
+
+
+def test_cnn_decay_rule_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_cnn_decay_rule_check`: the decay under either
+    schedule, the decay on the AdamW part, the convolution not read (a LayerNorm MLP's matrices
+    decayed), a decay the user gave overridden, the decay from the deciding step on."""
+    o = mf.optim
+
+    class EverySchedule(RegMuon):
+        def _decay_cnn_matrices(self, built):
+            super()._decay_cnn_matrices(float("-inf"))  # every lr reads as the built one
+
+    class OnThePart(RegMuon):
+        def _decay_cnn_matrices(self, built):
+            super()._decay_cnn_matrices(built)
+            for g in self.param_groups:
+                g["weight_decay"] = {"regmuon": 0.0, "adamw": 1.0}[g["algorithm"]]
+
+    class ConvBlind(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._mlp_pending is not None:
+                self._cnn_pending = self._mlp_pending
+
+    class Overrides(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._scale_pending is not None and self._attention_pending is None:
+                self._cnn_pending = self._cnn_pending or float(self.options.lr)
+                self._mlp_pending = None
+
+    class Early(RegMuon):
+        def step(self, closure=None):
+            if self._cnn_pending is not None:
+                for g in self.param_groups:
+                    if g["algorithm"] == "regmuon":
+                        g["weight_decay"] = o.NORMALIZED_CNN_CONSTANT_DECAY
+            return super().step(closure)
+
+    for mutant in (EverySchedule, OnThePart, ConvBlind, Overrides, Early):
+        with pytest.raises(AssertionError):
+            _cnn_decay_rule_check(mutant)
+
+
 def test_the_tokens_are_read_once_as_the_layer_lays_them_out():
     """The attention layer's tokens at the model's first forward: ``[batch, tokens, d]``, or
     ``[tokens, batch, d]`` for ``nn.MultiheadAttention(batch_first=False)``; read once (a later

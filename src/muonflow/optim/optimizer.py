@@ -30,6 +30,7 @@ from .options import (
     FEW_TOKENS_CONSTANT_FACTOR,
     FEW_TOKENS_WARMUP_FACTOR,
     GROUP_KEYS,
+    NORMALIZED_CNN_CONSTANT_DECAY,
     NORMALIZED_MLP_CONSTANT_FACTOR,
     REGRESSION_CAUTIOUS_DECAY,
     WARMUP_LR_FACTOR,
@@ -90,6 +91,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_pending": lambda: None,
     "_attention_tokens": lambda: None,
     "_mlp_pending": lambda: None,
+    "_cnn_pending": lambda: None,
 }
 
 
@@ -211,6 +213,7 @@ class RegMuon(Optimizer):
         self._attention_pending: tuple[float, str] | None = None  # a ViT: (built lr, layer)
         self._attention_tokens: int | None = None  # its tokens at the first forward
         self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
+        self._cnn_pending: float | None = None  # a batch-norm CNN, no decay given: its built lr
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -218,7 +221,7 @@ class RegMuon(Optimizer):
                                                                 extra_adamw=extra)  # fmt: skip
             params = self._model_groups(model_routing, pairs)
             if options is None and not {"lr", "adamw_lr"} & set(overrides):  # by structure
-                self._pend_lrs_by_structure(model, model_routing)
+                self._pend_lrs_by_structure(model, model_routing, "weight_decay" in overrides)
             if options is None and "weight_decay" not in overrides:  # none given: by structure
                 decay, why = decay_by_structure(model)
                 model_routing.decay = why
@@ -257,10 +260,10 @@ class RegMuon(Optimizer):
             warn_unrouted(self._unrouted, stacklevel=3)
         del self._unrouted
 
-    def _pend_lrs_by_structure(self, model: nn.Module, routing: Routing) -> None:
+    def _pend_lrs_by_structure(self, model: nn.Module, routing: Routing, decay_given: bool) -> None:
         """Round 10's lrs by structure (:func:`~muonflow.optim.lr_by_structure`), pending until
         the first step reads the head, with what the class decides with them: a ViT's and an
-        MLP's factors."""
+        MLP's factors, and a CNN's decay on its matrices (unless ``weight_decay`` was given)."""
         lrs, why = lr_by_structure(model)
         if not lrs:
             return
@@ -271,6 +274,8 @@ class RegMuon(Optimizer):
             self._attention_pending = (float(self.options.lr), attention)
         elif attention is None and convolution_layer(model) is None and plain:  # an MLP
             self._mlp_pending = float(self.options.lr)
+        elif attention is None and plain and not decay_given:  # a CNN
+            self._cnn_pending = float(self.options.lr)
         routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, AdamW part "
                       f"{lrs['adamw_lr']:g} if the output layer is a softmax head, else the "
                       f"options' ({why})")
@@ -589,8 +594,10 @@ class RegMuon(Optimizer):
                                            f"(a warm-up): cautious decay {cautious:g} on the "
                                            f"matrices ({CAUTIOUS_WHY})")  # fmt: skip
             if scale is not None:
+                if scale[0] and self._cnn_pending is not None:  # from the next step on
+                    self._decay_cnn_matrices(self._cnn_pending)
                 self._scale_pending, self._attention_pending = None, None
-                self._mlp_pending = None
+                self._mlp_pending, self._cnn_pending = None, None
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
@@ -699,6 +706,21 @@ class RegMuon(Optimizer):
             return 1.0, ""
         return ATTENTION_WARMUP_FACTOR, (f"; x {ATTENTION_WARMUP_FACTOR:g} {schedule}, "
                                          f"attention layer {vit[1]!r}")  # fmt: skip
+
+    def _decay_cnn_matrices(self, built: float) -> None:
+        """Round 33's rule, at the step that decides round 10's lrs for a CNN under a softmax
+        head: under a constant lr (the lr at this step the built one) the RegMuon groups get
+        decoupled decay :data:`~muonflow.optim.NORMALIZED_CNN_CONSTANT_DECAY` from the next step
+        on, said in the routing; under a warm-up nothing changes."""
+        if self.param_groups[0]["lr"] < built:
+            return
+        d = NORMALIZED_CNN_CONSTANT_DECAY
+        for group in self.param_groups:
+            if group["algorithm"] == "regmuon":
+                group["weight_decay"] = d
+        self.routing.decay += (f"; the matrices decay {d:g} from the next step on (a batch-norm "
+                               f"CNN under a softmax head and a constant lr; "
+                               f"docs/benchmark-training.md, round 33)")  # fmt: skip
 
     def _decide_warmup(self) -> tuple[dict[int, float], str]:
         """RegMuon(model)'s lr factors by schedule, decided at its first step with an output

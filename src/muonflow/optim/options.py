@@ -330,6 +330,19 @@ FEW_TOKENS_CONSTANT_FACTOR = 0.5
 #: none, adopted (``docs/benchmark-training.md``).
 NORMALIZED_MLP_CONSTANT_FACTOR = 0.5
 
+#: The decoupled decay ``RegMuon(model)`` gives the matrices (the conv kernels, the hidden linear
+#: layers) of a classifier of round 10's class with a convolution and no attention layer (a
+#: batch-norm CNN under a softmax head, no ``weight_decay=`` given) under a constant lr (the lr
+#: at the first step the built one), from the step after the one that reads the head; none under
+#: a warm-up. A conv kernel behind batch norm is scale-invariant: the loss does not see its norm,
+#: a fixed-size step grows it and so shrinks the step's effect on the kernel's direction; decay
+#: holds the norm. Round 32's screen (30 batch-norm CNNs seen: tuning seeds, the paired rule per
+#: schedule) picked decay 1 under a constant lr and 0.25 under a warm-up; its test was better on
+#: all four constant-lr CNNs and worse by 3.3 SE on a warm-up one (rejected). Under a constant lr
+#: only, tested on round 33's eight new CNNs with the bar fixed before their runs (better on six,
+#: worse by 2 SE on none): adopted (``docs/benchmark-training.md``).
+NORMALIZED_CNN_CONSTANT_DECAY = 1.0
+
 
 def as_float(x: float | Tensor) -> float:
     """A Python float of an option that may be a 0-dim tensor (``lr``)."""
