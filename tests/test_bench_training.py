@@ -1303,21 +1303,21 @@ def _part_decay_cases():
                                            ("plain", True), ("mlp", False))]  # fmt: skip
 
 
-def _norm_part_decay_check(cls):
-    """Two steps of ``cls(model, norm_part_decay=0.5)`` against two of ``cls(model)`` on the same
-    model (cross-entropy, or a regression loss): on a LayerNorm MLP and a batch-norm CNN
-    classifier the AdamW part's groups get decay 0.5 at the first step, and at the second every
-    AdamW-part parameter differs from the undecayed run's by exactly ``-η 0.5 p`` (``η`` the
-    part's decided lr, ``p`` the weights after the first step) while every matrix is the same;
-    on a ViT, under a regression loss and on a classifier without normalization nothing
-    differs."""
+def _two_step_decay_check(cls, lever, algorithm, decays_for):
+    """Two steps of ``cls(model, **{lever: 0.5})`` against two of ``cls(model, **{lever: 0})`` on
+    each model of :func:`_part_decay_cases` (cross-entropy, or a regression loss): where
+    ``decays_for(kind, classify, in_class)``, the ``algorithm`` groups get decay 0.5 at the first
+    step, and at the second each of their parameters differs from the undecayed run's by exactly
+    ``-η 0.5 p`` (``η`` the group's decided lr, ``p`` the weights after the first step) while
+    every other parameter is the same; elsewhere nothing differs."""
     labels, cases = _part_decay_cases()
-    for kind, make, x, classify, decays in cases:
+    for kind, make, x, classify, in_class in cases:
+        decays = decays_for(kind, classify, in_class)
         runs = []
         for d in (0.0, 0.5):
             torch.manual_seed(10)
             model = make()
-            opt = cls(model, norm_part_decay=d)
+            opt = cls(model, **{lever: d})
             first = None
             for _ in range(2):
                 z = model(x)
@@ -1327,19 +1327,27 @@ def _norm_part_decay_check(cls):
                 opt.step()
                 if first is None:
                     first = [p.detach().clone() for p in model.parameters()]
-            part = [g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "adamw"]
-            runs.append((model, opt, first, part))
-        (plain, _, first, part0), (decayed, opt, _, part1) = runs
-        assert part1 == ([0.5] * len(part0) if decays else part0), (kind, classify)
-        adamw = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
-                 if g["algorithm"] == "adamw" for p in g["params"]}  # fmt: skip
+            runs.append((model, opt, first))
+        (plain, opt0, first), (decayed, opt, _) = runs
+        wds = [[g["weight_decay"] for g in o.param_groups if g["algorithm"] == algorithm]
+               for o in (opt0, opt)]  # fmt: skip
+        assert wds[1] == ([0.5] * len(wds[0]) if decays else wds[0]), (kind, classify)
+        target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
+                  if g["algorithm"] == algorithm for p in g["params"]}  # fmt: skip
         for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
-            if decays and id(p1) in adamw:
-                g, gi = adamw[id(p1)]
+            if decays and id(p1) in target:
+                g, gi = target[id(p1)]
                 lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
                 torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
             else:
                 torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+
+
+def _norm_part_decay_check(cls):
+    """``norm_part_decay``: on a LayerNorm MLP and a batch-norm CNN classifier the AdamW part
+    decays (:func:`_two_step_decay_check`); on a ViT, under a regression loss and on a classifier
+    without normalization nothing differs."""
+    _two_step_decay_check(cls, "norm_part_decay", "adamw", lambda k, c, in_class: in_class)
 
 
 def test_norm_part_decay_decays_a_normalized_classifiers_adamw_part(levers):
@@ -1999,12 +2007,7 @@ def test_fewrows_stage_runs_todays_defaults_and_each_factor(bench, tmp_path, mon
         "tabular", "tabular", 40, "linear", {"dataset": "diabetes", "hidden": 16, "batch": 16}))
     grid = ["0.015625", "0.03125", "0.0625", "0.125", "0.25", "0.5"]
     for task, changes in (("diabetes_tiny", True), ("friedman_tiny", False)):
-        per: dict[str, list[float]] = {}
-        for r in _run_stage(bench, tmp_path / task, "fewrows", task):
-            opt = r["spec"]["opt"]
-            if opt["arm"] in ("default", "default_lever"):
-                key = "today" if opt["arm"] == "default" else f"{opt['levers']['few_rows']:g}"
-                per.setdefault(key, []).append(r["val_loss"])
+        per = _lever_columns(bench, tmp_path / task, "fewrows", task, "few_rows")
         assert sorted(per) == [*grid, "today"]
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
         distinct = len({tuple(v) for v in per.values()})
@@ -2221,43 +2224,10 @@ def test_round33_is_batch_norm_cnns_under_a_constant_lr(bench):
 
 
 def _cnn_decay_check(cls):
-    """Two steps of ``cls(model, cnn_decay=0.5)`` against two of ``cls(model)`` on the same model:
-    on a batch-norm CNN classifier the RegMuon groups get decay 0.5 at the first step, and at the
-    second every matrix differs from the undecayed run's by exactly ``-η 0.5 W`` (``η`` the
-    matrices' decided lr, ``W`` the weights after the first step) while every AdamW-part
-    parameter is the same; on a LayerNorm MLP, a ViT, under a regression loss and on a classifier
-    without normalization nothing differs."""
-    labels, cases = _part_decay_cases()
-    for kind, make, x, classify, _ in cases:
-        decays = kind == "cnn" and classify
-        runs = []
-        for d in (0.0, 0.5):
-            torch.manual_seed(10)
-            model = make()
-            opt = cls(model, cnn_decay=d)
-            first = None
-            for _ in range(2):
-                z = model(x)
-                opt.zero_grad()
-                (nn.functional.cross_entropy(z, labels) if classify
-                 else z.square().mean()).backward()  # fmt: skip
-                opt.step()
-                if first is None:
-                    first = [p.detach().clone() for p in model.parameters()]
-            runs.append((model, opt, first))
-        (plain, opt0, first), (decayed, opt, _) = runs
-        mats = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
-                if g["algorithm"] == "regmuon" for p in g["params"]}  # fmt: skip
-        assert all(g["weight_decay"] == (0.5 if decays else g0["weight_decay"])
-                   for g, g0 in zip(opt.param_groups, opt0.param_groups, strict=True)
-                   if g["algorithm"] == "regmuon"), (kind, classify)  # fmt: skip
-        for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
-            if decays and id(p1) in mats:
-                g, gi = mats[id(p1)]
-                lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
-                torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
-            else:
-                torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+    """``cnn_decay``: on a batch-norm CNN classifier the matrices decay
+    (:func:`_two_step_decay_check`); on a LayerNorm MLP, a ViT, under a regression loss and on a
+    classifier without normalization nothing differs."""
+    _two_step_decay_check(cls, "cnn_decay", "regmuon", lambda k, c, _: k == "cnn" and c)
 
 
 def test_cnn_decay_decays_a_batch_norm_cnns_matrices(levers):
@@ -2305,6 +2275,18 @@ def convolution_layer_of(model):
     return convolution_layer(model) is not None
 
 
+def _lever_columns(bench, root, stage, task, lever):
+    """The validation losses of a one-lever stage's runs on ``task``, by column: ``"today"`` or
+    the lever's setting (``f"{value:g}"``)."""
+    per: dict[str, list[float]] = {}
+    for r in _run_stage(bench, root, stage, task):
+        opt = r["spec"]["opt"]
+        if opt["arm"] in ("default", "default_lever"):
+            key = "today" if opt["arm"] == "default" else f"{opt['levers'][lever]:g}"
+            per.setdefault(key, []).append(r["val_loss"])
+    return per
+
+
 def test_cnndecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
     """CNN_DECAY_CANDIDATES: the ``cnn_decay`` lever at five decays, each run with its decay, on a
     tiny batch-norm CNN on the strokes (the smoke profile with it held out, a constant lr): the
@@ -2315,12 +2297,7 @@ def test_cnndecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, mon
         "cnn", "vision", 6, "constant",
         {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
     for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
-        per: dict[str, list[float]] = {}
-        for r in _run_stage(bench, tmp_path / task, "cnndecay", task):
-            opt = r["spec"]["opt"]
-            if opt["arm"] in ("default", "default_lever"):
-                key = "today" if opt["arm"] == "default" else f"{opt['levers']['cnn_decay']:g}"
-                per.setdefault(key, []).append(r["val_loss"])
+        per = _lever_columns(bench, tmp_path / task, "cnndecay", task, "cnn_decay")
         assert sorted(per) == ["0.25", "0.5", "1", "2", "4", "today"]
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
         assert (len({tuple(v) for v in per.values()}) == 1) == same, task
