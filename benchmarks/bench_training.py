@@ -56,6 +56,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                set is fitted), on ``--tasks``; writes ``OUT/fitwd.md``.
 ``cnndecay``   :data:`CNN_DECAY_CANDIDATES` (decay on a batch-norm CNN's matrices), on
                ``--tasks``; writes ``OUT/cnndecay.md``.
+``convdecay``  :data:`CONV_DECAY_CANDIDATES` (decay on a batch-norm CNN's conv kernels only), on
+               ``--tasks``; writes ``OUT/convdecay.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -73,8 +75,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round33``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND33`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round34``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND34`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -920,6 +922,30 @@ ROUND33: dict[str, SuiteTask] = {
                                        {"images": "shapes", "noise": 0.25, "label_noise": 0.05,
                                         "channels": [8, 16], "norm": True}),
 }  # fmt: skip
+#: Round 34's held-out set: eight batch-norm CNNs (four on the digits, four on round 31's images;
+#: four under a constant lr, four under warm-up and decay), committed before any of their runs
+#: with the next lever (``conv_decay``: decay on a batch-norm CNN's conv kernels only, the
+#: scale-invariant matrices), its stage ``convdecay`` (:data:`CONV_DECAY_CANDIDATES`), rule and
+#: test, before the lever's screen on the 46 batch-norm CNNs seen (rounds 8-11, 21, 29-33).
+ROUND34: dict[str, SuiteTask] = {
+    "cnn_bn_c12_h56c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"channels": [12, 24], "hidden": 56, "norm": True}),
+    "cnn_bn_c28_b32c": SuiteTask("cnn", "vision", 200, "constant",
+                                 {"channels": [28, 56], "norm": True, "batch": 32}),
+    "cnn_shapes_n06_c8c": SuiteTask("cnn", "vision", 300, "constant",
+                                    {"images": "shapes", "noise": 0.6, "channels": [8, 16],
+                                     "norm": True}),
+    "cnn_teacher_flip05_c": SuiteTask("cnn", "vision", 200, "constant",
+                                      {"images": "teacher", "label_noise": 0.05, "norm": True}),
+    "cnn_bn_c20_h40": SuiteTask("cnn", "vision", 300, "linear",
+                                {"channels": [20, 40], "hidden": 40, "norm": True}),
+    "cnn_bn_c12_b32_cos": SuiteTask("cnn", "vision", 200, "cosine",
+                                    {"channels": [12, 24], "norm": True, "batch": 32}),
+    "cnn_photos_h80": SuiteTask("cnn", "vision", 300, "linear",
+                                {"images": "photos", "hidden": 80, "norm": True}),
+    "cnn_shapes_n05_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                    {"images": "shapes", "noise": 0.5, "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -959,6 +985,7 @@ ROUND30_BASELINES_FILE = Path(__file__).with_name("training_baselines_round30.js
 ROUND31_BASELINES_FILE = Path(__file__).with_name("training_baselines_round31.json")
 ROUND32_BASELINES_FILE = Path(__file__).with_name("training_baselines_round32.json")
 ROUND33_BASELINES_FILE = Path(__file__).with_name("training_baselines_round33.json")
+ROUND34_BASELINES_FILE = Path(__file__).with_name("training_baselines_round34.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1188,6 +1215,7 @@ PROFILES = {
     "round31": held_out_profile(ROUND31, ROUND31_BASELINES_FILE),
     "round32": held_out_profile(ROUND32, ROUND32_BASELINES_FILE),
     "round33": held_out_profile(ROUND33, ROUND33_BASELINES_FILE),
+    "round34": held_out_profile(ROUND34, ROUND34_BASELINES_FILE),
 }
 
 
@@ -2590,6 +2618,24 @@ CNN_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"cnn decay {d:g}": {"levers": {"cnn_decay": d}} for d in (0.25, 0.5, 1.0, 2.0, 4.0)},
 }  # fmt: skip
 
+#: The ``convdecay`` stage's candidates: ``RegMuon(model)`` and the same with the prototype lever
+#: ``conv_decay = d``: where ``RegMuon(model)`` decides round 10's lrs and the model has a
+#: convolution and no attention layer (a batch-norm CNN under a softmax head), decoupled decay
+#: ``d`` on the conv kernels only, under any schedule, in place of round 33's rule (decay 1 on
+#: every matrix under a constant lr); every other model as today. Round 32's screen found each
+#: decay of every matrix worse by 2 SE on one to four warm-up CNNs (the narrow ones), and the
+#: hidden linear layer is the one matrix that is not scale-invariant. Screened after round 33 on
+#: the 46 seen (rounds 8-11, 21, 29-33; seeds :data:`LR_SEEDS`), with round 34's set committed
+#: before. Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage convdecay --paired``, per schedule class. The test: adopted
+#: only if, paired by seed on ROUND34 (test loss, evaluation seeds), better in the mean on at
+#: least three quarters of the CNNs it changes and worse by more than 2 paired SE on none. If
+#: the rule admits no decay in either class there is no candidate.
+CONV_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"conv decay {d:g}": {"levers": {"conv_decay": d}} for d in (0.5, 1.0, 2.0, 4.0, 8.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2600,7 +2646,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "vitsplit": VIT_SPLIT_CANDIDATES, "vittokens": VIT_TOKENS_CANDIDATES,
     "fewrows": FEW_ROWS_CANDIDATES, "normmlp": NORM_MLP_CANDIDATES,
     "normwd": NORM_PART_DECAY_CANDIDATES, "fitwd": FIT_PART_DECAY_CANDIDATES,
-    "cnndecay": CNN_DECAY_CANDIDATES,
+    "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
 }  # fmt: skip
 
 

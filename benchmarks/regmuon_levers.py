@@ -167,6 +167,17 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   Rejected by round 32's test at 1 under a constant lr and 0.25 under a warm-up (a warm-up CNN
   worse by 3.3 SE); adopted after round 33 at 1 under a constant lr only
   (``muonflow.optim.NORMALIZED_CNN_CONSTANT_DECAY``). The lever replaces the library's rule.
+- ``conv_decay = d``: the same decay on a batch-norm CNN's conv kernels only. For the same models,
+  from the step after the deciding one and under any schedule, each conv kernel (the weight of a
+  convolution, a RegMuon matrix) gets ``W ← (1 − η d) W`` before its step (``η`` the matrices'
+  decided lr, the order of the core's decoupled decay); the hidden linear layers and the AdamW
+  part get none, and round 33's rule is off (the lever replaces it). Only a kernel followed by
+  batch norm is scale-invariant; the hidden linear layer is not, and its decay bounds the
+  function's scale. Round 32's screen found every decay of the whole set of matrices worse by 2
+  SE on a narrow warm-up CNN (hidden width 32, batch 32), larger decays on more of them; with a
+  scale-invariant kernel the step's equilibrium angle depends on ``η d`` alone (``√(2 η d)``
+  per step), so the kernels can take the tuned ``torch.optim.Muon``'s ``η λ`` (0.01-0.02 on most
+  batch-norm CNNs of the digits) without the linear layer's bound.
 """
 
 from __future__ import annotations
@@ -191,7 +202,7 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float,
           "few_rows": float, "mlp_split": list, "norm_part_decay": float,
-          "fit_part_decay": list, "cnn_decay": float}
+          "fit_part_decay": list, "cnn_decay": float, "conv_decay": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -281,6 +292,7 @@ class LeverRegMuon(RegMuon):
         norm_part_decay: float = 0.0,
         fit_part_decay: list[float] | None = None,
         cnn_decay: float | None = None,
+        conv_decay: float | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -323,6 +335,11 @@ class LeverRegMuon(RegMuon):
                              f"threshold 0 < c <= 1, got {fit_part_decay!r}")  # fmt: skip
         if cnn_decay is not None and not (math.isfinite(cnn_decay) and cnn_decay >= 0):
             raise ValueError(f"cnn_decay must be a finite decay >= 0, got {cnn_decay!r}")
+        if conv_decay is not None and not (math.isfinite(conv_decay) and conv_decay >= 0):
+            raise ValueError(f"conv_decay must be a finite decay >= 0, got {conv_decay!r}")
+        if cnn_decay is not None and conv_decay is not None:
+            raise ValueError("cnn_decay and conv_decay are two decays of the same kernels: pass "
+                             "one of them")  # fmt: skip
         if norm_part_decay and fit_part_decay is not None:
             raise ValueError("norm_part_decay and fit_part_decay are two decays of the same "
                              "part: pass one of them")  # fmt: skip
@@ -355,6 +372,12 @@ class LeverRegMuon(RegMuon):
         if cnn_decay is not None:  # replaces round 33's rule (0: none)
             self._cnn_pending = None
         self._cnn = not self._attention and convolution_layer(model) is not None
+        self.conv_decay = conv_decay
+        if conv_decay is not None:  # replaces round 33's rule (0: none)
+            self._cnn_pending = None
+        self._kernels = [m.weight for m in model.modules()
+                         if isinstance(m, nn.modules.conv._ConvNd)]  # fmt: skip
+        self._conv_on = False  # decided: the kernels decay from the next step on
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient
         self._fitted = False
@@ -566,6 +589,26 @@ class LeverRegMuon(RegMuon):
         assert self.fit_part_decay is not None
         return peak > 0 and math.sqrt(vhat / peak) <= self.fit_part_decay[1]
 
+    def _decay_kernels(self) -> None:
+        """``conv_decay``: ``W ← (1 − η d) W`` on each conv kernel in a RegMuon group with a
+        gradient, ``η`` that group's lr as the core's step reads it (the scheduled lr, then the
+        factor by schedule, then the one by structure), before the step; none if a gradient is
+        not finite (the core skips the step)."""
+        if not all(bool(torch.isfinite(p.grad).all()) for g in self.param_groups
+                   for p in g["params"] if p.grad is not None):  # fmt: skip
+            return
+        kernels = {id(k) for k in self._kernels}
+        for gi, g in enumerate(self.param_groups):
+            if g["algorithm"] != "regmuon":
+                continue
+            lr = g["lr"]
+            for factor in (self._warmup_scale.get(gi, 1.0), self._lr_scale.get(gi, 1.0)):
+                lr = lr if factor == 1.0 else lr * factor
+            assert self.conv_decay is not None
+            for p in g["params"]:
+                if id(p) in kernels and p.grad is not None:
+                    p.mul_(1 - lr * self.conv_decay)
+
     def _matrices(self) -> list[Tensor]:
         return [p for g in self.param_groups if g["algorithm"] == "regmuon" for p in g["params"]]
 
@@ -599,6 +642,8 @@ class LeverRegMuon(RegMuon):
         for g, f in zip(self.param_groups, self._warmup_factors(), strict=True):
             g["lr"] = g["lr"] * f * rows
         try:
+            if self._conv_on:
+                self._decay_kernels()
             if self.input_rho is not None and self._inputs and self._input_rho_on():
                 self._step_with_input_rho(inner)
             else:
@@ -617,6 +662,7 @@ class LeverRegMuon(RegMuon):
                 for g in self.param_groups:
                     if g["algorithm"] == "regmuon":
                         g["weight_decay"] = self.cnn_decay
+            self._conv_on = bool(self.conv_decay) and self._cnn
         if (self._class and self.fit_part_decay is not None and not self._fitted
                 and self.skipped_steps == skipped and self._observe_head_fall()):  # fmt: skip
             self._fitted = True

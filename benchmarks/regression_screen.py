@@ -43,12 +43,13 @@ classifier's round-10 matrix lr and AdamW part), as ``vitsplit`` (today's at 1 x
 ``--stage normwd`` the ``normwd`` tables (one column per decay ``d`` of a normalized
 classifier's AdamW part; today's, ``d = 0``, drawn at the left end), and ``--stage fitwd``
 the ``fitwd`` tables (pairs ``d x c``: that decay switched on once the head's gradient has
-fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), and ``--stage cnndecay`` the
-``cnndecay`` tables (one column per decay ``d`` of a batch-norm CNN's matrices, as ``normwd``).
+fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnndecay`` the
+``cnndecay`` tables (one column per decay ``d`` of a batch-norm CNN's matrices, as ``normwd``)
+and ``--stage convdecay`` the ``convdecay`` tables (the same for its conv kernels only).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``) picks by
+``cnndecay``, ``convdecay``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -85,7 +86,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_training as bt
 
-from muonflow.optim import ATTENTION_WARMUP_FACTOR, DEFAULTS
+from muonflow.optim import ATTENTION_WARMUP_FACTOR, DEFAULTS, NORMALIZED_CNN_CONSTANT_DECAY
 
 TIE = 1.05
 
@@ -135,7 +136,9 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "fitwd": ("fit_part_decay", "fit part decay",
                           "threshold c: the head's gradient at c of its peak"),
                 "cnndecay": ("cnn_decay", "cnn decay",
-                             "decay d of a batch-norm CNN's matrices (0: none)")}
+                             "decay d of a batch-norm CNN's matrices (0: none)"),
+                "convdecay": ("conv_decay", "conv decay",
+                              "decay d of a batch-norm CNN's conv kernels (0: none)")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd")
 
@@ -334,6 +337,12 @@ TODAY_TOKENS = {"constant": "today (1)",
                 "warm-up and decay": f"today ({ATTENTION_WARMUP_FACTOR:g})"}
 
 
+#: What the ``convdecay`` figure's left end (today's) is, per class: round 33's decay of every
+#: matrix under a constant lr, none under a warm-up.
+TODAY_CONV = {"constant": f"today (all {NORMALIZED_CNN_CONSTANT_DECAY:g})",
+              "warm-up and decay": "today (0)"}
+
+
 def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: Path,
                  marked: frozenset[str] = frozenset(), marked_label: str = "4x4 patches",
                  stage: str = "vitsplit", noun: str = "ViTs") -> None:  # fmt: skip
@@ -390,11 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     marked_label = {"regnoise": "diabetes", "normnoise": "ViT", "vitsplit": "4x4 patches",
                     "fewrows": "LayerNorm", "normmlp": "digits",
                     "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
-                    "cnndecay": "other images"}.get(args.stage, "Friedman #3")
+                    "cnndecay": "other images",
+                    "convdecay": "warm-up"}.get(args.stage, "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
-            "fitwd": "classifiers", "cnndecay": "batch-norm CNNs"}.get(args.stage, "regressors")
+            "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
+            "convdecay": "batch-norm CNNs"}.get(args.stage, "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -412,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                     "vittokens": False, "fewrows": bool(t.options.get("norm")),
                     "normmlp": t.builder == "digits",
                     "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn",
-                    "cnndecay": "images" in t.options}.get(args.stage,
+                    "cnndecay": "images" in t.options,
+                    "convdecay": t.warmup > 0}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
@@ -448,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         decay_figure(names, by_class, args.out / f"{stem}.png", frozenset(marked),
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
                      today=TODAY_TOKENS if args.stage == "vittokens"
+                     else TODAY_CONV if args.stage == "convdecay"
                      else "1" if args.stage in ("vitlr", "fewrows") else "0",
                      today_x=1.0 if args.stage == "fewrows" else None)  # fmt: skip
     print("\n".join(lines))

@@ -1303,44 +1303,59 @@ def _part_decay_cases():
                                            ("plain", True), ("mlp", False))]  # fmt: skip
 
 
+def _two_step_runs(cls, lever, make, x, labels, classify):
+    """Two steps of ``cls(model, **{lever: d})`` for ``d`` = 0 and 0.5 on fresh copies of one
+    model (cross-entropy, or a regression loss): ``[(model, optimizer, parameters after the
+    first step)]`` per ``d``."""
+    runs = []
+    for d in (0.0, 0.5):
+        torch.manual_seed(10)
+        model = make()
+        opt = cls(model, **{lever: d})
+        first = None
+        for _ in range(2):
+            z = model(x)
+            opt.zero_grad()
+            (nn.functional.cross_entropy(z, labels) if classify
+             else z.square().mean()).backward()  # fmt: skip
+            opt.step()
+            if first is None:
+                first = [p.detach().clone() for p in model.parameters()]
+        runs.append((model, opt, first))
+    return runs
+
+
+def _decayed_by_half(opt, plain, decayed, first, target):
+    """Each parameter of ``decayed`` in ``target`` (``id -> (group, group index)``) differs from
+    ``plain``'s by exactly ``-η 0.5 p`` (``η`` the group's decided lr, ``p`` the weights after the
+    first step); every other parameter is the same, bit for bit."""
+    for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
+        if id(p1) in target:
+            g, gi = target[id(p1)]
+            lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
+            torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
+        else:
+            torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+
+
 def _two_step_decay_check(cls, lever, algorithm, decays_for):
     """Two steps of ``cls(model, **{lever: 0.5})`` against two of ``cls(model, **{lever: 0})`` on
-    each model of :func:`_part_decay_cases` (cross-entropy, or a regression loss): where
+    each model of :func:`_part_decay_cases` (:func:`_two_step_runs`): where
     ``decays_for(kind, classify, in_class)``, the ``algorithm`` groups get decay 0.5 at the first
     step, and at the second each of their parameters differs from the undecayed run's by exactly
-    ``-η 0.5 p`` (``η`` the group's decided lr, ``p`` the weights after the first step) while
-    every other parameter is the same; elsewhere nothing differs."""
+    ``-η 0.5 p`` while every other parameter is the same (:func:`_decayed_by_half`); elsewhere
+    nothing differs."""
     labels, cases = _part_decay_cases()
     for kind, make, x, classify, in_class in cases:
         decays = decays_for(kind, classify, in_class)
-        runs = []
-        for d in (0.0, 0.5):
-            torch.manual_seed(10)
-            model = make()
-            opt = cls(model, **{lever: d})
-            first = None
-            for _ in range(2):
-                z = model(x)
-                opt.zero_grad()
-                (nn.functional.cross_entropy(z, labels) if classify
-                 else z.square().mean()).backward()  # fmt: skip
-                opt.step()
-                if first is None:
-                    first = [p.detach().clone() for p in model.parameters()]
-            runs.append((model, opt, first))
-        (plain, opt0, first), (decayed, opt, _) = runs
+        (plain, opt0, first), (decayed, opt, _) = _two_step_runs(cls, lever, make, x, labels,
+                                                                 classify)  # fmt: skip
         wds = [[g["weight_decay"] for g in o.param_groups if g["algorithm"] == algorithm]
                for o in (opt0, opt)]  # fmt: skip
         assert wds[1] == ([0.5] * len(wds[0]) if decays else wds[0]), (kind, classify)
         target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
-                  if g["algorithm"] == algorithm for p in g["params"]}  # fmt: skip
-        for p0, p1, w in zip(plain.parameters(), decayed.parameters(), first, strict=True):
-            if decays and id(p1) in target:
-                g, gi = target[id(p1)]
-                lr = g["lr"] * opt._lr_scale.get(gi, 1.0)
-                torch.testing.assert_close(p1 - p0, -lr * 0.5 * w, atol=1e-6, rtol=1e-4)
-            else:
-                torch.testing.assert_close(p1, p0, atol=0, rtol=0)
+                  if decays and g["algorithm"] == algorithm for p in g["params"]}  # fmt: skip
+        _decayed_by_half(opt, plain, decayed, first, target)
 
 
 def _norm_part_decay_check(cls):
@@ -1585,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 34)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 35)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2273,6 +2288,101 @@ def convolution_layer_of(model):
     from muonflow.optim.routing import convolution_layer
 
     return convolution_layer(model) is not None
+
+
+def test_round34_is_batch_norm_cnns_under_both_schedules(bench):
+    """Every model of ROUND34 is a batch-norm CNN (the models ``conv_decay`` changes), four on the
+    digits and four on other images, four under each schedule. Mutants caught: a LayerNorm MLP or
+    a ViT in the set, every model under a constant lr."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round34"]
+    for task, t in bench.ROUND34.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+    assert sorted(t.warmup > 0 for t in bench.ROUND34.values()) == [False] * 4 + [True] * 4
+    assert sorted("images" in t.options for t in bench.ROUND34.values()) == [False] * 4 + [True] * 4
+
+
+def _conv_decay_check(cls):
+    """``conv_decay``: two steps at 0.5 against two at 0 (:func:`_two_step_runs`, a constant lr):
+    on a batch-norm CNN classifier each conv kernel at the second step differs by exactly
+    ``-η 0.5 W`` and every other parameter (the hidden linear layer, the AdamW part) is the same
+    bit for bit; no CNN group decays in either run (round 33's rule, which would decay every
+    matrix under this constant lr, is replaced); on a LayerNorm MLP, a ViT, under a regression
+    loss and on a classifier without normalization nothing differs."""
+    labels, cases = _part_decay_cases()
+    for kind, make, x, classify, _ in cases:
+        (plain, opt0, first), (decayed, opt, _) = _two_step_runs(cls, "conv_decay", make, x,
+                                                                 labels, classify)  # fmt: skip
+        wds = [[g["weight_decay"] for g in o.param_groups] for o in (opt0, opt)]
+        assert wds[0] == wds[1] and (kind != "cnn" or set(wds[0]) == {0.0}), kind
+        kernels = {id(m.weight) for m in decayed.modules() if isinstance(m, nn.Conv2d)}
+        target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
+                  if kind == "cnn" and classify for p in g["params"] if id(p) in kernels}
+        assert bool(target) == (kind == "cnn" and classify), kind
+        _decayed_by_half(opt, plain, decayed, first, target)
+
+
+def test_conv_decay_decays_a_batch_norm_cnns_kernels_only(levers):
+    """``conv_decay``: decay on the conv kernels of a batch-norm CNN classifier only; every other
+    parameter and model as ``RegMuon(model)`` without round 33's rule; bad decays and both CNN
+    decays together refused."""
+    _conv_decay_check(levers.LeverRegMuon)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="conv_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"conv_decay": bad})
+    with pytest.raises(ValueError, match="pass one of them"):
+        levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"conv_decay": 1.0, "cnn_decay": 1.0})
+
+
+def test_conv_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_conv_decay_check`: every matrix decayed (the
+    hidden linear layer too), the decay from the deciding step, round 33's rule left on, the lever
+    frozen."""
+
+    class EveryMatrix(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._kernels = [p for g in self.param_groups if g["algorithm"] == "regmuon"
+                             for p in g["params"]]  # fmt: skip
+
+    class FromTheDecidingStep(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            self._conv_on = bool(self.conv_decay) and self._cnn
+
+    class RuleLeftOn(levers.LeverRegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model)
+            self.conv_decay = kw["conv_decay"]
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, conv_decay=0.0, **kw):
+            super().__init__(model, conv_decay=0.0, **kw)
+
+    for mutant in (EveryMatrix, FromTheDecidingStep, RuleLeftOn, Frozen):
+        with pytest.raises(AssertionError):
+            _conv_decay_check(mutant)
+
+
+def test_convdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
+    """CONV_DECAY_CANDIDATES: the ``conv_decay`` lever at five decays, each run with its decay, on
+    a tiny batch-norm CNN on the strokes (the smoke profile with it held out, a warm-up): the
+    decays' runs differ from today's and from each other; on the smoke profile's Friedman MLP (a
+    regressor) every decay's runs equal today's. Mutants caught: the lever not passed (every
+    CNN column today's), another lever in its place (the stored decays differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
+        "cnn", "vision", 6, "linear",
+        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
+    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "convdecay", task, "conv_decay")
+        assert sorted(per) == ["0.5", "1", "2", "4", "8", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
 
 
 def _lever_columns(bench, root, stage, task, lever):
