@@ -177,7 +177,13 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   SE on a narrow warm-up CNN (hidden width 32, batch 32), larger decays on more of them; with a
   scale-invariant kernel the step's equilibrium angle depends on ``η d`` alone (``√(2 η d)``
   per step), so the kernels can take the tuned ``torch.optim.Muon``'s ``η λ`` (0.01-0.02 on most
-  batch-norm CNNs of the digits) without the linear layer's bound.
+  batch-norm CNNs of the digits) without the linear layer's bound. Rejected at round 34's screen:
+  under a constant lr every decay was worse by 2 SE on 14-17 of 27 CNNs (round 33's decay of
+  every matrix gains through the linear layer), under a warm-up each on one to four of 19.
+- ``cnn_decays = [c, l]``: the two parts of that decay apart. For the same models, from the step
+  after the deciding one and under any schedule, ``W ← (1 − η c) W`` on each conv kernel and
+  ``W ← (1 − η l) W`` on each other RegMuon matrix (the hidden linear layers) before its step
+  (round 33's rule is ``[1, 1]`` under a constant lr; the lever replaces it).
 """
 
 from __future__ import annotations
@@ -202,7 +208,8 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "regression_cautious": float, "regression_noise": float, "softmax_noise": float,
           "attention_lr": float, "attention_split": list, "few_tokens": float,
           "few_rows": float, "mlp_split": list, "norm_part_decay": float,
-          "fit_part_decay": list, "cnn_decay": float, "conv_decay": float}
+          "fit_part_decay": list, "cnn_decay": float, "conv_decay": float,
+          "cnn_decays": list}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -293,6 +300,7 @@ class LeverRegMuon(RegMuon):
         fit_part_decay: list[float] | None = None,
         cnn_decay: float | None = None,
         conv_decay: float | None = None,
+        cnn_decays: list[float] | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -337,9 +345,15 @@ class LeverRegMuon(RegMuon):
             raise ValueError(f"cnn_decay must be a finite decay >= 0, got {cnn_decay!r}")
         if conv_decay is not None and not (math.isfinite(conv_decay) and conv_decay >= 0):
             raise ValueError(f"conv_decay must be a finite decay >= 0, got {conv_decay!r}")
-        if cnn_decay is not None and conv_decay is not None:
-            raise ValueError("cnn_decay and conv_decay are two decays of the same kernels: pass "
-                             "one of them")  # fmt: skip
+        if cnn_decays is not None and not (
+                len(cnn_decays) == 2
+                and all(isinstance(x, int | float) and math.isfinite(x) and x >= 0
+                        for x in cnn_decays)):  # fmt: skip
+            raise ValueError(f"cnn_decays must be [c, l], two finite decays >= 0 (the conv "
+                             f"kernels', the other matrices'), got {cnn_decays!r}")  # fmt: skip
+        if sum(x is not None for x in (cnn_decay, conv_decay, cnn_decays)) > 1:
+            raise ValueError("cnn_decay, conv_decay and cnn_decays are decays of the same "
+                             "kernels: pass one of them")  # fmt: skip
         if norm_part_decay and fit_part_decay is not None:
             raise ValueError("norm_part_decay and fit_part_decay are two decays of the same "
                              "part: pass one of them")  # fmt: skip
@@ -373,11 +387,12 @@ class LeverRegMuon(RegMuon):
             self._cnn_pending = None
         self._cnn = not self._attention and convolution_layer(model) is not None
         self.conv_decay = conv_decay
-        if conv_decay is not None:  # replaces round 33's rule (0: none)
+        self.cnn_decays = None if cnn_decays is None else [*map(float, cnn_decays)]
+        if conv_decay is not None or cnn_decays is not None:  # replace round 33's rule
             self._cnn_pending = None
         self._kernels = [m.weight for m in model.modules()
                          if isinstance(m, nn.modules.conv._ConvNd)]  # fmt: skip
-        self._conv_on = False  # decided: the kernels decay from the next step on
+        self._conv_on = False  # decided: the matrices decay by kind from the next step on
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient
         self._fitted = False
@@ -590,10 +605,11 @@ class LeverRegMuon(RegMuon):
         return peak > 0 and math.sqrt(vhat / peak) <= self.fit_part_decay[1]
 
     def _decay_kernels(self) -> None:
-        """``conv_decay``: ``W ← (1 − η d) W`` on each conv kernel in a RegMuon group with a
-        gradient, ``η`` that group's lr as the core's step reads it (the scheduled lr, then the
-        factor by schedule, then the one by structure), before the step; none if a gradient is
-        not finite (the core skips the step)."""
+        """``conv_decay`` (``cnn_decays = [c, l]``): ``W ← (1 − η d) W`` on each conv kernel
+        (``c``; ``l`` on each other matrix) in a RegMuon group with a gradient, ``η`` that
+        group's lr as the core's step reads it (the scheduled lr, then the factor by schedule,
+        then the one by structure), before the step; none if a gradient is not finite (the
+        core skips the step)."""
         if not all(bool(torch.isfinite(p.grad).all()) for g in self.param_groups
                    for p in g["params"] if p.grad is not None):  # fmt: skip
             return
@@ -604,10 +620,12 @@ class LeverRegMuon(RegMuon):
             lr = g["lr"]
             for factor in (self._warmup_scale.get(gi, 1.0), self._lr_scale.get(gi, 1.0)):
                 lr = lr if factor == 1.0 else lr * factor
-            assert self.conv_decay is not None
+            c, other = (self.cnn_decays if self.cnn_decays is not None
+                        else (self.conv_decay or 0.0, 0.0))  # fmt: skip
             for p in g["params"]:
-                if id(p) in kernels and p.grad is not None:
-                    p.mul_(1 - lr * self.conv_decay)
+                d = c if id(p) in kernels else other
+                if d and p.grad is not None:
+                    p.mul_(1 - lr * d)
 
     def _matrices(self) -> list[Tensor]:
         return [p for g in self.param_groups if g["algorithm"] == "regmuon" for p in g["params"]]
@@ -662,7 +680,7 @@ class LeverRegMuon(RegMuon):
                 for g in self.param_groups:
                     if g["algorithm"] == "regmuon":
                         g["weight_decay"] = self.cnn_decay
-            self._conv_on = bool(self.conv_decay) and self._cnn
+            self._conv_on = bool(self.conv_decay or self.cnn_decays) and self._cnn
         if (self._class and self.fit_part_decay is not None and not self._fitted
                 and self.skipped_steps == skipped and self._observe_head_fall()):  # fmt: skip
             self._fitted = True

@@ -45,11 +45,13 @@ classifier's AdamW part; today's, ``d = 0``, drawn at the left end), and ``--sta
 the ``fitwd`` tables (pairs ``d x c``: that decay switched on once the head's gradient has
 fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnndecay`` the
 ``cnndecay`` tables (one column per decay ``d`` of a batch-norm CNN's matrices, as ``normwd``)
-and ``--stage convdecay`` the ``convdecay`` tables (the same for its conv kernels only).
+``--stage convdecay`` the ``convdecay`` tables (the same for its conv kernels only) and
+``--stage cnnsplit`` the ``cnnsplit`` tables (pairs ``c x l``: the kernels' decay, the other
+matrices'; as ``fitwd``, one panel per ``c``).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``, ``convdecay``) picks by
+``cnndecay``, ``convdecay``, ``cnnsplit``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -138,9 +140,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "cnndecay": ("cnn_decay", "cnn decay",
                              "decay d of a batch-norm CNN's matrices (0: none)"),
                 "convdecay": ("conv_decay", "conv decay",
-                              "decay d of a batch-norm CNN's conv kernels (0: none)")}
+                              "decay d of a batch-norm CNN's conv kernels (0: none)"),
+                "cnnsplit": ("cnn_decays", "cnn decays",
+                             "decay l of a batch-norm CNN's linear layers")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -152,9 +156,10 @@ def setting_name(prefix: str, value: float | list[float]) -> str:
 
 
 def split_of(name: str) -> tuple[float, float] | None:
-    """``(a, b)`` of a ``vitsplit``, ``normmlp`` or ``fitwd`` column (``"attention split 2x8"``,
-    ``"mlp split 8x4"``, ``"fit part decay 1x0.1"``); ``None`` for today's."""
-    if not name.startswith(("attention split ", "mlp split ", "fit part decay ")):
+    """``(a, b)`` of a ``vitsplit``, ``normmlp``, ``fitwd`` or ``cnnsplit`` column (``"attention
+    split 2x8"``, ``"mlp split 8x4"``, ``"fit part decay 1x0.1"``, ``"cnn decays 1x4"``);
+    ``None`` for today's."""
+    if not name.startswith(("attention split ", "mlp split ", "fit part decay ", "cnn decays ")):
         return None
     a, b = name.rsplit(" ", 1)[1].split("x")
     return float(a), float(b)
@@ -349,10 +354,13 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     """Per schedule class (rows) and matrix factor ``a`` (columns): each model's ratio against
     the AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
     scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT` for ``vitsplit``, 1 x
-    1 for ``normmlp``; not drawn for ``fitwd``, whose panels are the decay ``d``)."""
+    1 for ``normmlp``; not drawn for ``fitwd``, whose panels are the decay ``d``; for ``cnnsplit``
+    at 1 x 1 under a constant lr, round 33's rule, and not drawn under a warm-up, 0 x 0)."""
     today = (TODAY_SPLIT if stage == "vitsplit" else {} if stage == "fitwd"
+             else {"constant": (1.0, 1.0)} if stage == "cnnsplit"
              else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0)))  # fmt: skip
-    first = "decay" if stage == "fitwd" else "matrices x"
+    first = ("decay" if stage == "fitwd" else "kernels' decay" if stage == "cnnsplit"
+             else "matrices x")  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,12 +408,14 @@ def main(argv: list[str] | None = None) -> int:
                     "fewrows": "LayerNorm", "normmlp": "digits",
                     "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
                     "cnndecay": "other images",
-                    "convdecay": "warm-up"}.get(args.stage, "Friedman #3")
+                    "convdecay": "warm-up", "cnnsplit": "other images"}.get(args.stage,
+                                                                            "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
-            "convdecay": "batch-norm CNNs"}.get(args.stage, "regressors")
+            "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs"}.get(args.stage,
+                                                                               "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
         cols, rows = read_table(Path(out) / f"{args.stage}.md")
@@ -424,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                     "normmlp": t.builder == "digits",
                     "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn",
                     "cnndecay": "images" in t.options,
-                    "convdecay": t.warmup > 0}.get(args.stage,
+                    "convdecay": t.warmup > 0,
+                    "cnnsplit": "images" in t.options}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

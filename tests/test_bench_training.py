@@ -1600,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 35)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 36)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2290,41 +2290,95 @@ def convolution_layer_of(model):
     return convolution_layer(model) is not None
 
 
-def test_round34_is_batch_norm_cnns_under_both_schedules(bench):
-    """Every model of ROUND34 is a batch-norm CNN (the models ``conv_decay`` changes), four on the
-    digits and four on other images, four under each schedule. Mutants caught: a LayerNorm MLP or
-    a ViT in the set, every model under a constant lr."""
+@pytest.mark.parametrize("profile", ["round34", "round35"])
+def test_rounds_34_and_35_are_batch_norm_cnns_under_both_schedules(bench, profile):
+    """Every model of ROUND34 (and of ROUND35) is a batch-norm CNN (the models ``conv_decay`` and
+    ``cnn_decays`` change), four on the digits and four on other images, four under each schedule.
+    Mutants caught: a LayerNorm MLP or a ViT in the set, every model under a constant lr."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
 
-    prof = bench.PROFILES["round34"]
-    for task, t in bench.ROUND34.items():
+    prof, tasks = bench.PROFILES[profile], getattr(bench, profile.upper())
+    for task, t in tasks.items():
         model = make_task(t.builder, **t.options).make_model()
         assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
         assert attention_layer(model) is None and convolution_layer(model) is not None, task
-    assert sorted(t.warmup > 0 for t in bench.ROUND34.values()) == [False] * 4 + [True] * 4
-    assert sorted("images" in t.options for t in bench.ROUND34.values()) == [False] * 4 + [True] * 4
+    assert sorted(t.warmup > 0 for t in tasks.values()) == [False] * 4 + [True] * 4
+    assert sorted("images" in t.options for t in tasks.values()) == [False] * 4 + [True] * 4
 
 
-def _conv_decay_check(cls):
-    """``conv_decay``: two steps at 0.5 against two at 0 (:func:`_two_step_runs`, a constant lr):
-    on a batch-norm CNN classifier each conv kernel at the second step differs by exactly
-    ``-η 0.5 W`` and every other parameter (the hidden linear layer, the AdamW part) is the same
-    bit for bit; no CNN group decays in either run (round 33's rule, which would decay every
-    matrix under this constant lr, is replaced); on a LayerNorm MLP, a ViT, under a regression
-    loss and on a classifier without normalization nothing differs."""
+def _conv_decay_check(cls, lever="conv_decay", kernels_only=True):
+    """``conv_decay`` (or ``lever``): two steps at 0.5 against two at 0 (:func:`_two_step_runs`, a
+    constant lr): on a batch-norm CNN classifier each conv kernel (each matrix, unless
+    ``kernels_only``) at the second step differs by exactly ``-η 0.5 W`` and every other parameter
+    (the hidden linear layer, the AdamW part) is the same bit for bit; no CNN group decays in
+    either run (round 33's rule, which would decay every matrix under this constant lr, is
+    replaced); on a LayerNorm MLP, a ViT, under a regression loss and on a classifier without
+    normalization nothing differs."""
     labels, cases = _part_decay_cases()
     for kind, make, x, classify, _ in cases:
-        (plain, opt0, first), (decayed, opt, _) = _two_step_runs(cls, "conv_decay", make, x,
-                                                                 labels, classify)  # fmt: skip
+        (plain, opt0, first), (decayed, opt, _) = _two_step_runs(cls, lever, make, x, labels,
+                                                                 classify)  # fmt: skip
         wds = [[g["weight_decay"] for g in o.param_groups] for o in (opt0, opt)]
         assert wds[0] == wds[1] and (kind != "cnn" or set(wds[0]) == {0.0}), kind
         kernels = {id(m.weight) for m in decayed.modules() if isinstance(m, nn.Conv2d)}
         target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
-                  if kind == "cnn" and classify for p in g["params"] if id(p) in kernels}
+                  if kind == "cnn" and classify and g["algorithm"] == "regmuon"
+                  for p in g["params"] if id(p) in kernels or not kernels_only}  # fmt: skip
         assert bool(target) == (kind == "cnn" and classify), kind
         _decayed_by_half(opt, plain, decayed, first, target)
+
+
+def _cnn_decays_check(cls):
+    """``cnn_decays = [c, l]``: at ``[0.5, 0]`` the kernels alone decay, at ``[0, 0.5]`` the hidden
+    linear layer alone, at ``[0.5, 0.5]`` every matrix (:func:`_conv_decay_check`, each against
+    ``[0, 0]``)."""
+
+    def at(pair):
+        return lambda model, cnn_decays: cls(model, cnn_decays=[x * cnn_decays / 0.5 for x in pair])
+
+    _conv_decay_check(at((0.5, 0.0)), "cnn_decays")
+    _conv_decay_check(at((0.5, 0.5)), "cnn_decays", kernels_only=False)
+    with pytest.raises(AssertionError):  # the linear layer alone: neither of those patterns
+        _conv_decay_check(at((0.0, 0.5)), "cnn_decays")
+    linear_only = at((0.0, 0.5))
+    labels, cases = _part_decay_cases()
+    for kind, make, x, classify, _ in cases:
+        (plain, _, first), (decayed, opt, _) = _two_step_runs(linear_only, "cnn_decays", make, x,
+                                                              labels, classify)  # fmt: skip
+        kernels = {id(m.weight) for m in decayed.modules() if isinstance(m, nn.Conv2d)}
+        target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
+                  if kind == "cnn" and classify and g["algorithm"] == "regmuon"
+                  for p in g["params"] if id(p) not in kernels}  # fmt: skip
+        assert bool(target) == (kind == "cnn" and classify), kind
+        _decayed_by_half(opt, plain, decayed, first, target)
+
+
+def test_cnn_decays_decays_a_batch_norm_cnns_kernels_and_linear_layers_apart(levers):
+    """``cnn_decays``: the kernels' and the other matrices' decays, each where it belongs; bad
+    pairs refused."""
+    _cnn_decays_check(levers.LeverRegMuon)
+    for bad in ([-1.0, 1.0], [1.0, math.nan], [1.0], [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="cnn_decays"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"cnn_decays": bad})
+
+
+def test_cnn_decays_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_cnn_decays_check`: the pair swapped, one decay
+    on every matrix."""
+
+    class Swapped(levers.LeverRegMuon):
+        def __init__(self, model, cnn_decays=None, **kw):
+            super().__init__(model, cnn_decays=cnn_decays[::-1], **kw)
+
+    class OneDecay(levers.LeverRegMuon):
+        def __init__(self, model, cnn_decays=None, **kw):
+            super().__init__(model, cnn_decays=[max(cnn_decays)] * 2, **kw)
+
+    for mutant in (Swapped, OneDecay):
+        with pytest.raises(AssertionError):
+            _cnn_decays_check(mutant)
 
 
 def test_conv_decay_decays_a_batch_norm_cnns_kernels_only(levers):
@@ -2369,6 +2423,22 @@ def test_conv_decay_check_catches_its_mutants(levers):
             _conv_decay_check(mutant)
 
 
+def test_cnnsplit_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
+    """CNN_SPLIT_CANDIDATES: the ``cnn_decays`` lever at six pairs, each run with its pair, on a
+    tiny batch-norm CNN on the strokes (the smoke profile with it held out, a constant lr): the
+    pairs' runs differ from today's and from each other; on the smoke profile's Friedman MLP
+    every pair's runs equal today's. Mutants caught: the lever not passed, another lever in its
+    place."""
+    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
+        "cnn", "vision", 6, "constant",
+        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
+    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "cnnsplit", task, "cnn_decays")
+        assert sorted(per) == ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
+
+
 def test_convdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
     """CONV_DECAY_CANDIDATES: the ``conv_decay`` lever at five decays, each run with its decay, on
     a tiny batch-norm CNN on the strokes (the smoke profile with it held out, a warm-up): the
@@ -2392,7 +2462,9 @@ def _lever_columns(bench, root, stage, task, lever):
     for r in _run_stage(bench, root, stage, task):
         opt = r["spec"]["opt"]
         if opt["arm"] in ("default", "default_lever"):
-            key = "today" if opt["arm"] == "default" else f"{opt['levers'][lever]:g}"
+            v = opt["levers"].get(lever) if opt["arm"] != "default" else None
+            key = ("today" if opt["arm"] == "default" else
+                   "x".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v:g}")
             per.setdefault(key, []).append(r["val_loss"])
     return per
 
