@@ -1977,6 +1977,14 @@ OPTIONAL_VARIANTS["cnn_decay_paired"] = {
 #: runs). Every model of ROUND33 is a batch-norm CNN under a constant lr.
 OPTIONAL_VARIANTS["cnn_decay_constant"] = {
     "schedule": {"constant": {"levers": {"cnn_decay": 1.0}}, "warmup": None}}
+#: Round 35's candidate, ``cnn_decays_paired``: the paired rule's pick on the ``cnnsplit`` screen
+#: over the 46 batch-norm CNNs seen through round 33 (rule and test fixed at CNN_SPLIT_CANDIDATES
+#: before the screen): under a constant lr the kernels 0 and the linear layers 4 (mean log
+#: ratio 0.209 -> -0.041, better on 26 of 27, worse by 2 SE on none), under a warm-up the
+#: kernels 4 and the linear layers 1 (0.433 -> 0.197, better on all 19, worse by 2 SE on none).
+OPTIONAL_VARIANTS["cnn_decays_paired"] = {
+    "schedule": {"constant": {"levers": {"cnn_decays": [0.0, 4.0]}},
+                 "warmup": {"levers": {"cnn_decays": [4.0, 1.0]}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

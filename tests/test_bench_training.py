@@ -2330,6 +2330,18 @@ def _conv_decay_check(cls, lever="conv_decay", kernels_only=True):
         _decayed_by_half(opt, plain, decayed, first, target)
 
 
+def test_round35s_candidate_gives_each_cnn_its_schedules_pair(bench):
+    """``cnn_decays_paired`` gives each model of ROUND35 the ``cnnsplit`` screen's pick for its
+    schedule: kernels 0 and linear layers 4 under a constant lr, 4 and 1 under a warm-up. Mutant
+    caught: the pairs swapped between the schedules."""
+    prof = bench.PROFILES["round35"]
+    variant = bench.OPTIONAL_VARIANTS["cnn_decays_paired"]
+    for task, t in bench.ROUND35.items():
+        opt = bench._variant_opt(variant, "core", prof, task)
+        want = [4.0, 1.0] if t.warmup else [0.0, 4.0]
+        assert (opt["arm"], opt["levers"]) == ("default_lever", {"cnn_decays": want}), task
+
+
 def _cnn_decays_check(cls):
     """``cnn_decays = [c, l]``: at ``[0.5, 0]`` the kernels alone decay, at ``[0, 0.5]`` the hidden
     linear layer alone, at ``[0.5, 0.5]`` every matrix (:func:`_conv_decay_check`, each against
