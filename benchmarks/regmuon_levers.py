@@ -166,7 +166,8 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   where matrix decay ruined every ViT, found decay 0.5 better on all five batch-norm CNNs then seen.
   Rejected by round 32's test at 1 under a constant lr and 0.25 under a warm-up (a warm-up CNN
   worse by 3.3 SE); adopted after round 33 at 1 under a constant lr only
-  (``muonflow.optim.NORMALIZED_CNN_CONSTANT_DECAY``). The lever replaces the library's rule.
+  (replaced after round 35 by ``muonflow.optim.NORMALIZED_CNN_DECAYS``). The lever replaces the
+  library's rule.
 - ``conv_decay = d``: the same decay on a batch-norm CNN's conv kernels only. For the same models,
   from the step after the deciding one and under any schedule, each conv kernel (the weight of a
   convolution, a RegMuon matrix) gets ``W ← (1 − η d) W`` before its step (``η`` the matrices'
@@ -183,7 +184,10 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
 - ``cnn_decays = [c, l]``: the two parts of that decay apart. For the same models, from the step
   after the deciding one and under any schedule, ``W ← (1 − η c) W`` on each conv kernel and
   ``W ← (1 − η l) W`` on each other RegMuon matrix (the hidden linear layers) before its step
-  (round 33's rule is ``[1, 1]`` under a constant lr; the lever replaces it).
+  (round 33's rule is ``[1, 1]`` under a constant lr; the lever replaces the library's rule).
+  Round 35's screen picked ``[0, 4]`` under a constant lr and ``[4, 1]`` under a warm-up, and its
+  held-out test adopted them (``muonflow.optim.NORMALIZED_CNN_DECAYS``, the same steps bit for
+  bit).
 """
 
 from __future__ import annotations
@@ -383,12 +387,12 @@ class LeverRegMuon(RegMuon):
         self.norm_part_decay = norm_part_decay
         self.fit_part_decay = None if fit_part_decay is None else [*map(float, fit_part_decay)]
         self.cnn_decay = cnn_decay
-        if cnn_decay is not None:  # replaces round 33's rule (0: none)
+        if cnn_decay is not None:  # replaces the library's rule (0: none)
             self._cnn_pending = None
         self._cnn = not self._attention and convolution_layer(model) is not None
         self.conv_decay = conv_decay
         self.cnn_decays = None if cnn_decays is None else [*map(float, cnn_decays)]
-        if conv_decay is not None or cnn_decays is not None:  # replace round 33's rule
+        if conv_decay is not None or cnn_decays is not None:  # replace the library's rule
             self._cnn_pending = None
         self._kernels = [m.weight for m in model.modules()
                          if isinstance(m, nn.modules.conv._ConvNd)]  # fmt: skip

@@ -2312,16 +2312,17 @@ def _conv_decay_check(cls, lever="conv_decay", kernels_only=True):
     """``conv_decay`` (or ``lever``): two steps at 0.5 against two at 0 (:func:`_two_step_runs`, a
     constant lr): on a batch-norm CNN classifier each conv kernel (each matrix, unless
     ``kernels_only``) at the second step differs by exactly ``-η 0.5 W`` and every other parameter
-    (the hidden linear layer, the AdamW part) is the same bit for bit; no CNN group decays in
-    either run (round 33's rule, which would decay every matrix under this constant lr, is
-    replaced); on a LayerNorm MLP, a ViT, under a regression loss and on a classifier without
-    normalization nothing differs."""
+    (the hidden linear layer, the AdamW part) is the same bit for bit; no CNN group decays and
+    no matrix has the library's own decay in either run (the library's rule by schedule, which
+    decays this constant-lr CNN's matrices, is replaced); on a LayerNorm MLP, a ViT, under a
+    regression loss and on a classifier without normalization nothing differs."""
     labels, cases = _part_decay_cases()
     for kind, make, x, classify, _ in cases:
         (plain, opt0, first), (decayed, opt, _) = _two_step_runs(cls, lever, make, x, labels,
                                                                  classify)  # fmt: skip
         wds = [[g["weight_decay"] for g in o.param_groups] for o in (opt0, opt)]
         assert wds[0] == wds[1] and (kind != "cnn" or set(wds[0]) == {0.0}), kind
+        assert not opt0._matrix_decay and not opt._matrix_decay, kind  # the library's, off
         kernels = {id(m.weight) for m in decayed.modules() if isinstance(m, nn.Conv2d)}
         target = {id(p): (g, gi) for gi, g in enumerate(opt.param_groups)
                   if kind == "cnn" and classify and g["algorithm"] == "regmuon"
@@ -2395,7 +2396,7 @@ def test_cnn_decays_check_catches_its_mutants(levers):
 
 def test_conv_decay_decays_a_batch_norm_cnns_kernels_only(levers):
     """``conv_decay``: decay on the conv kernels of a batch-norm CNN classifier only; every other
-    parameter and model as ``RegMuon(model)`` without round 33's rule; bad decays and both CNN
+    parameter and model as ``RegMuon(model)`` without the library's rule; bad decays and both CNN
     decays together refused."""
     _conv_decay_check(levers.LeverRegMuon)
     for bad in (-1.0, math.inf, math.nan):
@@ -2407,8 +2408,8 @@ def test_conv_decay_decays_a_batch_norm_cnns_kernels_only(levers):
 
 def test_conv_decay_check_catches_its_mutants(levers):
     """Mutants kept as code, each failing :func:`_conv_decay_check`: every matrix decayed (the
-    hidden linear layer too), the decay from the deciding step, round 33's rule left on, the lever
-    frozen."""
+    hidden linear layer too), the decay from the deciding step, the library's rule left on, the
+    lever frozen."""
 
     class EveryMatrix(levers.LeverRegMuon):
         def __init__(self, model, **kw):

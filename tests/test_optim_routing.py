@@ -1343,19 +1343,19 @@ def test_the_cautious_check_fails_each_plausible_bug(monkeypatch):
 
     real_commit = kernel_module.commit
 
-    def inverted(work, ds, o, cautious=0.0):  # decays where D ⊙ W < 0 instead
+    def inverted(work, ds, o, cautious=0.0, own=()):  # decays where D ⊙ W < 0 instead
         if cautious:
             grows = [(d * w < 0) * w for d, w in zip(
                 (D for (lo, hi), Dc in zip(work.b.chunks(), ds, strict=True)
                  for D in Dc.split([w.shape[0] for w in work.b.rows(work.ws, lo, hi)])),
                 work.ws, strict=True)]  # fmt: skip
-            real_commit(work, ds, o)
+            real_commit(work, ds, o, 0.0, own)
             torch._foreach_add_(work.ws, grows, alpha=-as_float(o.lr) * cautious)
             return
-        real_commit(work, ds, o)
+        real_commit(work, ds, o, 0.0, own)
 
-    def unmasked(work, ds, o, cautious=0.0):  # a plain decoupled decay
-        real_commit(work, ds, o.replace(weight_decay=cautious) if cautious else o)
+    def unmasked(work, ds, o, cautious=0.0, own=()):  # a plain decoupled decay
+        real_commit(work, ds, o.replace(weight_decay=cautious) if cautious else o, 0.0, own)
 
     from muonflow.optim.options import as_float
 
@@ -1459,7 +1459,7 @@ def _decisions(opt: RegMuon) -> tuple:
     return (opt._decay_pending, opt._cautious_pending, opt._cautious, opt._scale_pending,
             opt._lr_scale, opt._warmup_pending, opt._warmup_scale, sorted(opt._unit_rho.values()),
             opt.param_groups[0]["weight_decay"], opt.routing.decay, opt.routing.lr,
-            opt.routing.schedule)  # fmt: skip
+            opt.routing.schedule, sorted(opt._matrix_decay.values()))  # fmt: skip
 
 
 _DCP_CASES = {"classifier": (_mlp, _classify, torch.randn),
@@ -1860,6 +1860,11 @@ def _bn_cnn() -> nn.Module:
                          nn.Linear(4 * 36, 3))
 
 
+def _bn_cnn_hidden() -> nn.Module:  # with a hidden linear layer: a matrix that is no kernel
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 36, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
 def _fitted_cnn_check(cls=RegMuon):
     """A batch-norm CNN classifier ``cls(model)`` on one batch of 12 (its lrs 20x, so it fits
     within tens of steps) for 120 steps: its output layer's gradient — the squared norm averaged
@@ -1946,20 +1951,22 @@ def test_fitted_cnn_check_catches_its_mutants():
 
 # -- a batch-norm CNN classifier under a constant lr: decay on its matrices (round 33) ------------
 def _cnn_decay_rule_check(cls=RegMuon):
-    """Round 33's rule: under a constant lr a batch-norm CNN classifier's RegMuon groups get
-    decoupled decay ``NORMALIZED_CNN_CONSTANT_DECAY`` (1) from the step after the one that reads
-    its softmax head, the AdamW part none, and the routing says so; at the second step every
-    matrix moves by exactly ``-η d W`` more than with the rule off (``weight_decay=0`` given: the
-    first step equal bit for bit). Under a warm-up (a ``LambdaLR`` that lowers the first step's
-    lr) nothing decays and the runs equal the rule-off ones. A LayerNorm MLP, a ViT, a network
-    without normalization, a regression loss and a decay given by the user get no matrix decay."""
+    """Rounds 33 and 35's rules: a batch-norm CNN classifier's conv kernels and other RegMuon
+    matrices get the decoupled decays ``NORMALIZED_CNN_DECAYS`` gives its schedule (a constant
+    lr; a warm-up: a ``LambdaLR`` that lowers the first step's lr) from the step after the one
+    that reads its softmax head, the AdamW part none: one decay for both as the RegMuon group's
+    ``weight_decay``, two as the matrices' own; the routing says so. At the second step each
+    decayed matrix moves by exactly ``-η d W`` more than with the rules off (``weight_decay=0``
+    given: the first step equal bit for bit) and every other parameter equals the rules-off run's
+    bit for bit. A LayerNorm MLP, a ViT, a network without normalization, a regression loss and
+    a decay given by the user get no matrix decay."""
     o = mf.optim
     x = torch.randn(12, 1, 8, 8)
-    for warm, d in ((False, o.NORMALIZED_CNN_CONSTANT_DECAY), (True, 0.0)):
+    for warm in (False, True):
         runs = []
         for kw in ({}, {"weight_decay": 0.0}):
             torch.manual_seed(12)
-            model = _bn_cnn()
+            model = _bn_cnn_hidden()
             opt = cls(model, **kw)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
             first = None
@@ -1974,12 +1981,19 @@ def _cnn_decay_rule_check(cls=RegMuon):
             runs.append((model, opt, first, lr))
         (ruled, opt, first, lr), (plain, off, first_off, _) = runs
         assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
-        assert [g["weight_decay"] for g in opt.param_groups] == [d, 0.0], warm
+        schedule = "a warm-up" if warm else "a constant lr"
+        c, lin = o.NORMALIZED_CNN_DECAYS[schedule]
+        assert [g["weight_decay"] for g in opt.param_groups] == [c if c == lin else 0.0, 0.0]
         assert [g["weight_decay"] for g in off.param_groups] == [0.0, 0.0]
-        assert (f"the matrices decay {d:g}" in opt.routing.decay) == (not warm)
+        said = (f"the matrices decay {c:g} from the next step on" if c == lin else
+                f"the conv kernels (0.weight) by {c:g}, the other matrices (4.weight) by {lin:g}")
+        assert (said in opt.routing.decay) == bool(c or lin), (schedule, opt.routing.decay)
+        assert (schedule in opt.routing.decay) == bool(c or lin), schedule
+        kernels = {id(m.weight) for m in ruled.modules() if isinstance(m, nn.Conv2d)}
         mats = {id(p) for p in opt.param_groups[0]["params"]}
         for p1, p0, w in zip(ruled.parameters(), plain.parameters(), first, strict=True):
-            if id(p1) in mats:
+            d = (c if id(p1) in kernels else lin) if id(p1) in mats else 0.0
+            if d:
                 torch.testing.assert_close(p1 - p0, -lr * d * w, atol=1e-6, rtol=1e-4)
             else:
                 torch.testing.assert_close(p1, p0, rtol=0, atol=0)
@@ -2001,18 +2015,24 @@ def _cnn_decay_rule_check(cls=RegMuon):
         assert "the matrices decay" not in opt.routing.decay, make
 
 
-def test_a_batch_norm_cnn_decays_its_matrices_under_a_constant_lr():
-    """Round 33's rule: decay 1 on a batch-norm CNN's matrices under a constant lr, none under a
-    warm-up."""
-    assert mf.optim.NORMALIZED_CNN_CONSTANT_DECAY == 1.0
-    _cnn_decay_rule_check()
+#: Pairs (the kernels', the others') that exercise each path of the rule: one decay for both, two
+#: apart, none; each under both schedules across the two tables.
+_CNN_TABLES = ({"a constant lr": (0.5, 2.0), "a warm-up": (3.0, 0.0)},
+               {"a constant lr": (0.0, 0.0), "a warm-up": (0.75, 0.75)})
+
+
+def test_a_batch_norm_cnn_decays_its_matrices_by_its_schedule():
+    """Rounds 33 and 35's rules, with the library's table and with tables that take each path
+    (:data:`_CNN_TABLES`)."""
+    _cnn_decay_rule_checks()
 
 
 def test_cnn_decay_rule_check_catches_its_mutants():
     """Mutants kept as code, each failing :func:`_cnn_decay_rule_check`: the decay under either
     schedule, the decay on the AdamW part, the convolution not read (a LayerNorm MLP's matrices
-    decayed), a decay the user gave overridden, the decay from the deciding step on."""
-    o = mf.optim
+    decayed), a decay the user gave overridden, the decay from the deciding step on; the two
+    decays swapped, every matrix taken for a kernel, the matrices' own decays from the deciding
+    step on."""
 
     class EverySchedule(RegMuon):
         def _decay_cnn_matrices(self, built):
@@ -2042,12 +2062,105 @@ def test_cnn_decay_rule_check_catches_its_mutants():
             if self._cnn_pending is not None:
                 for g in self.param_groups:
                     if g["algorithm"] == "regmuon":
-                        g["weight_decay"] = o.NORMALIZED_CNN_CONSTANT_DECAY
+                        g["weight_decay"] = 1.0
             return super().step(closure)
 
-    for mutant in (EverySchedule, OnThePart, ConvBlind, Overrides, Early):
+    class Swapped(RegMuon):  # the kernels' decay on the linear layers and back
+        def _decay_cnn_matrices(self, built):
+            self._cnn_matrices = tuple((n, p, not c) for n, p, c in self._cnn_matrices)
+            super()._decay_cnn_matrices(built)
+
+    class KernelsBlind(RegMuon):  # every matrix read as a kernel
+        def _decay_cnn_matrices(self, built):
+            self._cnn_matrices = tuple((n, p, True) for n, p, _ in self._cnn_matrices)
+            super()._decay_cnn_matrices(built)
+
+    class OwnEarly(RegMuon):  # the matrices' own decays at the deciding step
+        def _works(self, gi, o, items, cap, unit):
+            if self._cnn_pending is not None and self._cnn_matrices:
+                self._decay_cnn_matrices(self._cnn_pending)
+            return super()._works(gi, o, items, cap, unit)
+
+    for mutant in (EverySchedule, OnThePart, ConvBlind, Overrides, Early, Swapped, KernelsBlind,
+                   OwnEarly):  # fmt: skip
         with pytest.raises(AssertionError):
-            _cnn_decay_rule_check(mutant)
+            _cnn_decay_rule_checks(mutant)
+
+
+def _cnn_decay_rule_checks(cls=RegMuon):
+    """:func:`_cnn_decay_rule_check` with the library's table, then with each of
+    :data:`_CNN_TABLES` (the table restored after)."""
+    _cnn_decay_rule_check(cls)
+    mods = (mf.optim.optimizer, mf.optim)
+    saved = mf.optim.NORMALIZED_CNN_DECAYS
+    try:
+        for table in _CNN_TABLES:
+            for mod in mods:
+                mod.NORMALIZED_CNN_DECAYS = table
+            _cnn_decay_rule_check(cls)
+    finally:
+        for mod in mods:
+            mod.NORMALIZED_CNN_DECAYS = saved
+
+
+def _kernel_resume_check(cls=RegMuon):
+    """A batch-norm CNN under a warm-up with the rule's table at (3, 0) (:data:`_CNN_TABLES`),
+    checkpointed after the step that decides its matrices' own decays and resumed into a fresh
+    ``cls(model)``: the next two steps equal the uninterrupted run's bit for bit (the decays, by
+    name, travel in the checkpoint's extras)."""
+    torch.manual_seed(3)
+    model, x = _bn_cnn_hidden(), torch.randn(12, 1, 8, 8)
+    opt = cls(model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+    opt.zero_grad()
+    _classify(model, x).backward()
+    opt.step()
+    sched.step()
+    fresh_model = copy.deepcopy(model)
+    fresh = cls(fresh_model)
+    fresh_sched = torch.optim.lr_scheduler.LambdaLR(fresh, _warm)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    fresh_sched.load_state_dict(sched.state_dict())
+    for m, o, s in ((model, opt, sched), (fresh_model, fresh, fresh_sched)):
+        for _ in range(2):
+            o.zero_grad()
+            _classify(m, x).backward()
+            o.step()
+            s.step()
+    assert sorted(opt._matrix_decay.values()) == [("0.weight", 3.0)]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh_model.parameters(),
+                                                 strict=True))  # fmt: skip
+    return opt
+
+
+def test_a_batch_norm_cnns_own_decays_travel_with_checkpoints(monkeypatch):
+    """The matrices' own decays resume bit for bit (:func:`_kernel_resume_check`); corrupt entries
+    (a bad λ, a name that is not a RegMuon matrix, a name twice, not pairs) are refused with
+    nothing changed. Mutant caught: the entry not restored on load (the resumed run does not
+    decay)."""
+    for mod in (mf.optim.optimizer, mf.optim):
+        monkeypatch.setattr(mod, "NORMALIZED_CNN_DECAYS", _CNN_TABLES[0])
+    opt = _kernel_resume_check()
+    sd = opt.state_dict()
+    assert sd["regmuon"]["matrix_decay"] == [["0.weight", 3.0]]
+    fresh = RegMuon(_bn_cnn_hidden())
+    before = _decisions(fresh)
+    for bad in ([["0.weight", -1.0]], [["0.weight", math.nan]], [["0.weight", 3]],
+                [["6.weight", 3.0]], [["0.weight", 3.0], ["0.weight", 1.0]], [], "0.weight",
+                [["0.weight"]]):  # fmt: skip
+        corrupt = copy.deepcopy(sd)
+        corrupt["regmuon"]["matrix_decay"] = bad
+        with pytest.raises(ValueError, match="matrix_decay"):
+            fresh.load_state_dict(corrupt)
+        assert _decisions(fresh) == before and not fresh.state
+
+    class Forgets(RegMuon):
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            self._matrix_decay = {}
+
+    with pytest.raises(AssertionError):
+        _kernel_resume_check(Forgets)
 
 
 def test_the_tokens_are_read_once_as_the_layer_lays_them_out():

@@ -124,10 +124,12 @@ def directions(work: Work, o: RegMuonOptions, map_fn: MapFn | None = None) -> li
     return out
 
 
-def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions, cautious: float = 0.0) -> None:
+def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions, cautious: float = 0.0,
+           own: Sequence[tuple[int, float]] = ()) -> None:  # fmt: skip
     """Post of one bucket: ``M ← M'``, ``W ← (1 - ηλ)W - ηρD``, in place; with ``cautious =
     λ_c`` also ``W ← W − ηλ_c 1[D ⊙ W ≥ 0] ⊙ W`` (from the ``W`` before the step): decay only
-    where the step moves the entry toward 0."""
+    where the step moves the entry toward 0; each member at a position ``j`` of ``own``'s pairs
+    ``(j, λ_j)`` also gets its own ``W ← (1 - ηλ_j)W`` before the step."""
     beta, lr, b = o.momentum, as_float(o.lr), work.b
     if work.new_momentum:  # M ← M', computed in pre and rounded once to the state's dtype
         assert work.stack is not None
@@ -140,6 +142,8 @@ def commit(work: Work, ds: Sequence[Tensor], o: RegMuonOptions, cautious: float 
         torch._foreach_add_(work.ms, work.gs)
     if o.weight_decay != 0:
         torch._foreach_mul_(work.ws, 1 - lr * o.weight_decay)  # decoupled decay
+    for lam in sorted({lam for _, lam in own}):  # one foreach per distinct own decay
+        torch._foreach_mul_([work.ws[j] for j, x in own if x == lam], 1 - lr * lam)
     for (lo, hi), D in zip(b.chunks(), ds, strict=True):
         ws = b.rows(work.ws, lo, hi)
         Ds = list(D.split([w.shape[0] for w in ws]))

@@ -30,7 +30,7 @@ from .options import (
     FEW_TOKENS_CONSTANT_FACTOR,
     FEW_TOKENS_WARMUP_FACTOR,
     GROUP_KEYS,
-    NORMALIZED_CNN_CONSTANT_DECAY,
+    NORMALIZED_CNN_DECAYS,
     NORMALIZED_MLP_CONSTANT_FACTOR,
     REGRESSION_CAUTIOUS_DECAY,
     WARMUP_LR_FACTOR,
@@ -92,6 +92,8 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_tokens": lambda: None,
     "_mlp_pending": lambda: None,
     "_cnn_pending": lambda: None,
+    "_cnn_matrices": tuple,
+    "_matrix_decay": dict,
 }
 
 
@@ -214,6 +216,9 @@ class RegMuon(Optimizer):
         self._attention_tokens: int | None = None  # its tokens at the first forward
         self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
         self._cnn_pending: float | None = None  # a batch-norm CNN, no decay given: its built lr
+        # and its RegMuon matrices: (name, parameter, a conv kernel?)
+        self._cnn_matrices: tuple[tuple[str, Tensor, bool], ...] = ()
+        self._matrix_decay: dict[Tensor, tuple[str, float]] = {}  # own decays: (name, λ)
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
             extra = self._adamw_rule if self._explicit_rule else None
@@ -276,6 +281,9 @@ class RegMuon(Optimizer):
             self._mlp_pending = float(self.options.lr)
         elif attention is None and plain and not decay_given:  # a CNN
             self._cnn_pending = float(self.options.lr)
+            params = dict(model.named_parameters())
+            self._cnn_matrices = tuple((r.name, params[r.name], r.view == "conv")
+                                       for r in routing.routes if r.algorithm == "regmuon")
         routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, AdamW part "
                       f"{lrs['adamw_lr']:g} if the output layer is a softmax head, else the "
                       f"options' ({why})")
@@ -474,6 +482,7 @@ class RegMuon(Optimizer):
                 self._decay_pending = self.__dict__.pop("_loading_decay")
                 self._unit_rho = self.__dict__.pop("_loading_unit")
                 self._cautious_pending, self._cautious = self.__dict__.pop("_loading_cautious")
+                self._matrix_decay = self.__dict__.pop("_loading_matrix_decay")
                 if self._decay_pending is None:  # decided: so is the input layer's ρ
                     self._input_pending = ()
                 self._scale_pending, self._lr_scale = self.__dict__.pop("_loading_scale")
@@ -518,6 +527,7 @@ class RegMuon(Optimizer):
             self.__dict__.pop("_loading_decay", None)
             self.__dict__.pop("_loading_unit", None)
             self.__dict__.pop("_loading_cautious", None)
+            self.__dict__.pop("_loading_matrix_decay", None)
             self.__dict__.pop("_loading_scale", None)
             self.__dict__.pop("_loading_warmup", None)
 
@@ -574,9 +584,9 @@ class RegMuon(Optimizer):
         pending = []  # every map of the step, before any change
         for gi, (group, o, items) in enumerate(zip(self.param_groups, opts, todo, strict=True)):
             if items and group["algorithm"] == "regmuon":
-                works, installs = self._works(gi, o, items, cap, unit)
+                works, installs, owns = self._works(gi, o, items, cap, unit)
                 pending.append((works, [directions(w, o) for w in works], o, installs,
-                                cautious if gi == 0 else 0.0))  # fmt: skip
+                                cautious if gi == 0 else 0.0, owns))  # fmt: skip
         with _holding_interrupts():  # the commit
             if decided is not None:
                 self._decay_pending = None
@@ -597,16 +607,16 @@ class RegMuon(Optimizer):
                 if scale[0] and self._cnn_pending is not None:  # from the next step on
                     self._decay_cnn_matrices(self._cnn_pending)
                 self._scale_pending, self._attention_pending = None, None
-                self._mlp_pending, self._cnn_pending = None, None
+                self._mlp_pending, self._cnn_pending, self._cnn_matrices = None, None, ()
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
                 self._warmup_scale, self.routing.schedule = warm
-            for works, ds, o, installs, cautious_g in pending:
+            for works, ds, o, installs, cautious_g, owns in pending:
                 for install in installs:
                     install()
-                for w, d in zip(works, ds, strict=True):
-                    commit(w, d, o, cautious_g)
+                for w, d, own in zip(works, ds, owns, strict=True):
+                    commit(w, d, o, cautious_g, own)
             for group, o, items in zip(self.param_groups, opts, todo, strict=True):
                 if items and group["algorithm"] == "adamw":
                     self._adamw_group(o, items)
@@ -708,19 +718,32 @@ class RegMuon(Optimizer):
                                          f"attention layer {vit[1]!r}")  # fmt: skip
 
     def _decay_cnn_matrices(self, built: float) -> None:
-        """Round 33's rule, at the step that decides round 10's lrs for a CNN under a softmax
-        head: under a constant lr (the lr at this step the built one) the RegMuon groups get
-        decoupled decay :data:`~muonflow.optim.NORMALIZED_CNN_CONSTANT_DECAY` from the next step
-        on, said in the routing; under a warm-up nothing changes."""
-        if self.param_groups[0]["lr"] < built:
+        """Rounds 33 and 35's rules, at the step that decides round 10's lrs for a CNN under a
+        softmax head: by the schedule (a constant lr: the lr at this step the built one; else a
+        warm-up), the pair :data:`~muonflow.optim.NORMALIZED_CNN_DECAYS` gives the conv kernels
+        and the other RegMuon matrices their decoupled decays from the next step on — one decay
+        for both as the RegMuon groups' ``weight_decay``, two as the matrices' own decays; said in
+        the routing."""
+        warm = self.param_groups[0]["lr"] < built
+        schedule = "a warm-up" if warm else "a constant lr"
+        kernels, linear = NORMALIZED_CNN_DECAYS[schedule]
+        why = (f"(a batch-norm CNN under a softmax head and {schedule}; "
+               f"docs/benchmark-training.md, rounds 33 and 35)")  # fmt: skip
+        if kernels == linear:
+            if kernels:
+                for group in self.param_groups:
+                    if group["algorithm"] == "regmuon":
+                        group["weight_decay"] = kernels
+                self.routing.decay += (f"; the matrices decay {kernels:g} from the next step "
+                                       f"on {why}")  # fmt: skip
             return
-        d = NORMALIZED_CNN_CONSTANT_DECAY
-        for group in self.param_groups:
-            if group["algorithm"] == "regmuon":
-                group["weight_decay"] = d
-        self.routing.decay += (f"; the matrices decay {d:g} from the next step on (a batch-norm "
-                               f"CNN under a softmax head and a constant lr; "
-                               f"docs/benchmark-training.md, round 33)")  # fmt: skip
+        self._matrix_decay = {p: (name, kernels if conv else linear)
+                              for name, p, conv in self._cnn_matrices
+                              if (kernels if conv else linear)}  # fmt: skip
+        said = [f"({', '.join(n for n, _, c in self._cnn_matrices if c == conv) or 'none'}) "
+                f"by {d:g}" for conv, d in ((True, kernels), (False, linear))]
+        self.routing.decay += (f"; the matrices decay from the next step on: the conv kernels "
+                               f"{said[0]}, the other matrices {said[1]} {why}")  # fmt: skip
 
     def _decide_warmup(self) -> tuple[dict[int, float], str]:
         """RegMuon(model)'s lr factors by schedule, decided at its first step with an output
@@ -790,11 +813,12 @@ class RegMuon(Optimizer):
         items: list[tuple[Tensor, Tensor]],
         cap: int | None,
         unit: dict[Tensor, str],
-    ) -> tuple[list[Work], list[Callable[[], None]]]:
+    ) -> tuple[list[Work], list[Callable[[], None]], list[tuple[tuple[int, float], ...]]]:
         """The bucket plan of a group's update, read from its momentum stacks; the stacks that
-        must be installed into the state at the commit (nothing changes before)."""
+        must be installed into the state at the commit (nothing changes before); per bucket,
+        ``(position, λ)`` of its members with their own decay (``_matrix_decay``)."""
         params, grads = [p for p, _ in items], [g for _, g in items]
-        works, installs = [], []
+        works, installs, owns = [], [], []
         rhos = [1.0 if p in unit else None for p in params] if unit else None
         for b in build_plan(params, [self._spec(p, o) for p in params], o.adjust_lr,
                             o.max_batch_bytes, cap, rhos):  # fmt: skip
@@ -805,7 +829,9 @@ class RegMuon(Optimizer):
             if install is not None:
                 installs.append(install)
             works.append(Work.of(b, ps, [grads[i] for i in b.members], bufs, stack))
-        return works, installs
+            owns.append(tuple((j, self._matrix_decay[p][1]) for j, p in enumerate(ps)
+                              if p in self._matrix_decay))  # fmt: skip
+        return works, installs, owns
 
     def _adamw_group(self, o: RegMuonOptions, items: list[tuple[Tensor, Tensor]]) -> None:
         for p, _ in items:
@@ -882,6 +908,9 @@ def _add_extras(opt: Optimizer, state_dict: dict[str, Any]) -> None:
         extras["cautious_pending"] = cast(RegMuon, opt)._cautious_pending
     if cast(RegMuon, opt)._cautious:
         extras["cautious"] = cast(RegMuon, opt)._cautious
+    if cast(RegMuon, opt)._matrix_decay:
+        extras["matrix_decay"] = sorted([n, lam] for n, lam in
+                                        cast(RegMuon, opt)._matrix_decay.values())
     for key, factors in (("lr_scale_pending", cast(RegMuon, opt)._scale_pending),
                          ("lr_scale", cast(RegMuon, opt)._lr_scale),
                          ("warmup_pending", cast(RegMuon, opt)._warmup_pending),
@@ -977,21 +1006,39 @@ def _cautious_of(extras: dict[str, Any]) -> tuple[float | None, float]:
     return found[0], found[1] or 0.0
 
 
-def _unit_rho_of(opt: RegMuon, names: Any) -> dict[Tensor, str]:
-    """The matrices a checkpoint's ``unit_rho`` names, checked: names of this optimizer's
-    RegMuon matrices."""
+def _unit_rho_of(opt: RegMuon, names: Any, key: str = "unit_rho") -> dict[Tensor, str]:
+    """The matrices a checkpoint's ``unit_rho`` (or ``key``) names, checked: names of this
+    optimizer's RegMuon matrices."""
     if names is None:
         return {}
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("state_dict['regmuon']['unit_rho'] must be a list of parameter names, "
+        raise ValueError(f"state_dict['regmuon'][{key!r}] must be a list of parameter names, "
                          f"got {names!r}")  # fmt: skip
     mine = {n: p for g in opt.param_groups if g["algorithm"] == "regmuon" and "param_names" in g
             for n, p in zip(g["param_names"], g["params"], strict=True)}  # fmt: skip
     unknown = [n for n in names if n not in mine]
     if unknown:
-        raise ValueError(f"state_dict['regmuon']['unit_rho'] names {unknown}, not matrices "
+        raise ValueError(f"state_dict['regmuon'][{key!r}] names {unknown}, not matrices "
                          "of this optimizer's RegMuon part")  # fmt: skip
     return {mine[n]: n for n in names}
+
+
+def _matrix_decay_of(opt: RegMuon, extras: dict[str, Any]) -> dict[Tensor, tuple[str, float]]:
+    """A checkpoint's ``matrix_decay``, ``[[name, λ], ...]`` (the matrices with their own decay),
+    checked: names of this optimizer's RegMuon matrices, each once, with a positive finite float;
+    ``{}`` if absent."""
+    entry = extras.get("matrix_decay")
+    if entry is None:
+        return {}
+    ok = isinstance(entry, list) and entry and all(
+        isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and type(x[1]) is float
+        and math.isfinite(x[1]) and x[1] > 0.0 for x in entry)  # fmt: skip
+    if not ok or len({x[0] for x in entry}) != len(entry):
+        raise ValueError("state_dict['regmuon']['matrix_decay'] must be a list of [parameter "
+                         f"name, positive finite float] pairs, each name once, got {entry!r}")
+    mats = _unit_rho_of(opt, [x[0] for x in entry], "matrix_decay")
+    lams = dict(entry)
+    return {p: (n, lams[n]) for p, n in mats.items()}
 
 
 def _input_matrices(
@@ -1021,6 +1068,7 @@ def _check_and_align(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[s
         opt.__dict__["_loading_decay"] = state_dict["regmuon"].get("decay_pending")
         opt.__dict__["_loading_unit"] = _unit_rho_of(opt, state_dict["regmuon"].get("unit_rho"))
         opt.__dict__["_loading_cautious"] = _cautious_of(state_dict["regmuon"])
+        opt.__dict__["_loading_matrix_decay"] = _matrix_decay_of(opt, state_dict["regmuon"])
         for attr, keys in (("_loading_scale", ("lr_scale_pending", "lr_scale")),
                            ("_loading_warmup", ("warmup_pending", "warmup_scale"))):
             opt.__dict__[attr] = _pending_and_decided(opt, state_dict["regmuon"], *keys)
