@@ -2065,19 +2065,23 @@ def test_cnn_decay_rule_check_catches_its_mutants():
                         g["weight_decay"] = 1.0
             return super().step(closure)
 
+    def regmuon_names(opt):
+        return {n for g in opt.param_groups if g["algorithm"] == "regmuon"
+                for n in g["param_names"]}  # fmt: skip
+
     class Swapped(RegMuon):  # the kernels' decay on the linear layers and back
         def _decay_cnn_matrices(self, built):
-            self._cnn_matrices = tuple((n, p, not c) for n, p, c in self._cnn_matrices)
+            self._cnn_kernels = frozenset(regmuon_names(self) - self._cnn_kernels)
             super()._decay_cnn_matrices(built)
 
     class KernelsBlind(RegMuon):  # every matrix read as a kernel
         def _decay_cnn_matrices(self, built):
-            self._cnn_matrices = tuple((n, p, True) for n, p, _ in self._cnn_matrices)
+            self._cnn_kernels = frozenset(regmuon_names(self))
             super()._decay_cnn_matrices(built)
 
     class OwnEarly(RegMuon):  # the matrices' own decays at the deciding step
         def _works(self, gi, o, items, cap, unit):
-            if self._cnn_pending is not None and self._cnn_matrices:
+            if self._cnn_pending is not None and self._cnn_kernels:
                 self._decay_cnn_matrices(self._cnn_pending)
             return super()._works(gi, o, items, cap, unit)
 
@@ -2131,6 +2135,67 @@ def _kernel_resume_check(cls=RegMuon):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh_model.parameters(),
                                                  strict=True))  # fmt: skip
     return opt
+
+
+class _HeadFirstCNN(nn.Module):
+    """A batch-norm CNN whose output layer is registered first: registration order takes ``fc``
+    for the output layer, and the first forward reroutes (``head`` to AdamW, ``fc`` to RegMuon)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 36, 8)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))))
+
+
+def test_a_rerouted_cnns_own_decays_follow_the_first_forward():
+    """The matrices' own decays are given to the RegMuon matrices as the first forward routed them
+    (the hidden ``fc``, not the output ``head``), and the checkpoint loads into a fresh optimizer
+    whose model has run its first forward. Mutant caught: the decays read from the routing at
+    construction (``head`` decayed, ``fc`` not)."""
+    x = torch.randn(12, 1, 8, 8)
+
+    def run(cls):
+        torch.manual_seed(4)
+        model = _HeadFirstCNN()
+        opt = cls(model)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+        for _ in range(2):
+            opt.zero_grad()
+            _classify(model, x).backward()
+            opt.step()
+            sched.step()
+        return model, opt
+
+    with pytest.warns(RoutingWarning, match="routed by the first forward"):
+        model, opt = run(RegMuon)
+    c, lin = mf.optim.NORMALIZED_CNN_DECAYS["a warm-up"]
+    assert sorted(opt._matrix_decay.values()) == sorted(
+        [("conv.weight", c), ("fc.weight", lin)][0 if c else 1:])  # fmt: skip
+    fresh_model = copy.deepcopy(model)
+    fresh = RegMuon(fresh_model)
+    with pytest.warns(RoutingWarning, match="routed by the first forward"):
+        fresh_model(x)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert sorted(fresh._matrix_decay.values()) == sorted(opt._matrix_decay.values())
+
+    class AtConstruction(RegMuon):
+        def _decay_cnn_matrices(self, built):
+            super()._decay_cnn_matrices(built)
+            routed = {r.name: r.algorithm for r in self.routing.routes}
+            named = dict(self._named)
+            self._matrix_decay = {named[n]: (n, lin) for n, a in routed.items()
+                                  if a == "regmuon" and n != "conv.weight"}
+
+        def __init__(self, model, **kw):
+            self._named = list(model.named_parameters())
+            super().__init__(model, **kw)
+
+    with pytest.warns(RoutingWarning, match="routed by the first forward"):
+        _, bad = run(AtConstruction)
+    assert sorted(bad._matrix_decay.values()) != sorted(opt._matrix_decay.values())
 
 
 def test_a_batch_norm_cnns_own_decays_travel_with_checkpoints(monkeypatch):

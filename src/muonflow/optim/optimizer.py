@@ -92,7 +92,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_tokens": lambda: None,
     "_mlp_pending": lambda: None,
     "_cnn_pending": lambda: None,
-    "_cnn_matrices": tuple,
+    "_cnn_kernels": frozenset,
     "_matrix_decay": dict,
 }
 
@@ -216,8 +216,7 @@ class RegMuon(Optimizer):
         self._attention_tokens: int | None = None  # its tokens at the first forward
         self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
         self._cnn_pending: float | None = None  # a batch-norm CNN, no decay given: its built lr
-        # and its RegMuon matrices: (name, parameter, a conv kernel?)
-        self._cnn_matrices: tuple[tuple[str, Tensor, bool], ...] = ()
+        self._cnn_kernels: frozenset[str] = frozenset()  # and its conv kernels' names
         self._matrix_decay: dict[Tensor, tuple[str, float]] = {}  # own decays: (name, λ)
         model_routing, watch_input = None, False
         if isinstance(params, nn.Module):
@@ -281,9 +280,7 @@ class RegMuon(Optimizer):
             self._mlp_pending = float(self.options.lr)
         elif attention is None and plain and not decay_given:  # a CNN
             self._cnn_pending = float(self.options.lr)
-            params = dict(model.named_parameters())
-            self._cnn_matrices = tuple((r.name, params[r.name], r.view == "conv")
-                                       for r in routing.routes if r.algorithm == "regmuon")
+            self._cnn_kernels = frozenset(r.name for r in routing.routes if r.view == "conv")
         routing.lr = (f"decided at the first step: matrices {lrs['lr']:g}, AdamW part "
                       f"{lrs['adamw_lr']:g} if the output layer is a softmax head, else the "
                       f"options' ({why})")
@@ -607,7 +604,8 @@ class RegMuon(Optimizer):
                 if scale[0] and self._cnn_pending is not None:  # from the next step on
                     self._decay_cnn_matrices(self._cnn_pending)
                 self._scale_pending, self._attention_pending = None, None
-                self._mlp_pending, self._cnn_pending, self._cnn_matrices = None, None, ()
+                self._mlp_pending, self._cnn_pending = None, None
+                self._cnn_kernels = frozenset()
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
                 self._warmup_pending = None
@@ -737,11 +735,12 @@ class RegMuon(Optimizer):
                 self.routing.decay += (f"; the matrices decay {kernels:g} from the next step "
                                        f"on {why}")  # fmt: skip
             return
-        self._matrix_decay = {p: (name, kernels if conv else linear)
-                              for name, p, conv in self._cnn_matrices
-                              if (kernels if conv else linear)}  # fmt: skip
-        said = [f"({', '.join(n for n, _, c in self._cnn_matrices if c == conv) or 'none'}) "
-                f"by {d:g}" for conv, d in ((True, kernels), (False, linear))]
+        mats = [(n, p) for g in self.param_groups if g["algorithm"] == "regmuon"
+                for n, p in zip(g["param_names"], g["params"], strict=True)]  # as routed now
+        self._matrix_decay = {p: (n, d) for n, p in mats
+                              if (d := kernels if n in self._cnn_kernels else linear)}
+        said = [f"({', '.join(n for n, _ in mats if (n in self._cnn_kernels) == conv) or 'none'})"
+                f" by {d:g}" for conv, d in ((True, kernels), (False, linear))]
         self.routing.decay += (f"; the matrices decay from the next step on: the conv kernels "
                                f"{said[0]}, the other matrices {said[1]} {why}")  # fmt: skip
 
