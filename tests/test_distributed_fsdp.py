@@ -480,7 +480,8 @@ def _worker_body(rank: int, port: int, out_dir: str) -> None:
         res[3]["fsdp"] = _fsdp_run(rank, 3, mesh3, ckpt3)
         res[3]["resumed"] = _resume(rank, 3, mesh3, ckpt2)
         res[3]["regressor"] = _regressor_run(mesh3, mfd.shard_range(BATCH, rank, 3))
-        res[3]["warnings"] = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught]
+        res[3]["warnings"] = [(w.category.__module__, w.filename, f"{w.lineno}: {w.message}")
+                              for w in caught]  # fmt: skip
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
         if rank < 2:  # breaks the group: last
             fail = _failing_rank(rank, mesh2)
@@ -714,9 +715,35 @@ def test_an_exception_on_one_rank_is_a_clear_error_on_every_rank(runs: Any) -> N
     assert runs["wall"] < JOIN_TIMEOUT_S
 
 
+def _from_muonflow(module: str, filename: str) -> bool:
+    """A warning of muonflow's own category, or one raised in muonflow's package (not in torch's
+    files, whatever directory the checkout that installed them is called)."""
+    package = os.path.dirname(os.path.abspath(mf.__file__))
+    return module.split(".")[0] == "muonflow" or os.path.abspath(filename).startswith(
+        package + os.sep)
+
+
 def test_no_warnings_from_muonflow(runs: Any) -> None:
     for res in runs[3]:
-        assert not [w for w in res["warnings"] if "muonflow" in w], res["warnings"]
+        assert not [w for w in res["warnings"] if _from_muonflow(w[0], w[1])], res["warnings"]
+
+
+def _warning_filter_check(is_ours: Any) -> None:
+    """``is_ours(category module, filename)`` on a torch warning from a checkout named
+    ``muonflow`` (not ours), a muonflow category raised from user code (ours), a warning raised in
+    the package (ours)."""
+    torch_file = "/tmp/muonflow/.venv/lib/python3.11/site-packages/torch/distributed/fsdp/x.py"
+    assert not is_ours("builtins", torch_file)
+    assert is_ours("muonflow.optim.routing", "/home/user/train.py")
+    assert is_ours("builtins", os.path.join(os.path.dirname(mf.__file__), "optim", "x.py"))
+
+
+def test_the_warning_filter_reads_origins_not_paths() -> None:
+    """:func:`_from_muonflow` passes :func:`_warning_filter_check`. Mutant caught: the filter
+    that searched the warning's text, path included, for "muonflow"."""
+    _warning_filter_check(_from_muonflow)
+    with pytest.raises(AssertionError):
+        _warning_filter_check(lambda module, filename: "muonflow" in f"{module} {filename}")
 
 
 # -- without a process group ---------------------------------------------------------------------
