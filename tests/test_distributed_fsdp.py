@@ -247,7 +247,9 @@ class Regressor(torch.nn.Module):
         self.out = torch.nn.Linear(DIM, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(torch.tanh(self.inp(x))))).squeeze(-1)
+        # sum(-1) of the one column, not squeeze(-1): FSDP2 warns when a wrapped module returns a
+        # view (an in-place op on it would skip the all-gather); the values are the same bits
+        return self.out(torch.tanh(self.hidden(torch.tanh(self.inp(x))))).sum(-1)
 
 
 def _regressor_data() -> tuple[torch.Tensor, torch.Tensor]:
