@@ -60,6 +60,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                ``--tasks``; writes ``OUT/convdecay.md``.
 ``cnnsplit``   :data:`CNN_SPLIT_CANDIDATES` (a batch-norm CNN's kernels and linear layers decayed
                apart), on ``--tasks``; writes ``OUT/cnnsplit.md``.
+``cnnlinear``  :data:`CNN_LINEAR_CANDIDATES` (a larger decay of a batch-norm CNN's linear layers
+               under a constant lr), on ``--tasks``; writes ``OUT/cnnlinear.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -77,8 +79,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round35``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND35`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round36``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND36`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -974,6 +976,29 @@ ROUND35: dict[str, SuiteTask] = {
                                     {"images": "shapes", "noise": 0.25, "channels": [12, 24],
                                      "norm": True, "batch": 32}),
 }  # fmt: skip
+#: Round 36's held-out set: eight batch-norm CNNs, all under a constant lr (four on the digits,
+#: four on round 31's images), committed before any of their runs with the next stage
+#: (``cnnlinear``: a larger decay of the linear layers under a constant lr, round 35's pick 0 x 4
+#: being the top of its grid), its rule and test, before the screen on the 31 constant-lr
+#: batch-norm CNNs seen (rounds 9-11, 21, 29-33, 35).
+ROUND36: dict[str, SuiteTask] = {
+    "cnn_bn_c18_h64c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"channels": [18, 36], "hidden": 64, "norm": True}),
+    "cnn_bn_c24_b16c": SuiteTask("cnn", "vision", 200, "constant",
+                                 {"channels": [24, 48], "norm": True, "batch": 16}),
+    "cnn_bn_h144c": SuiteTask("cnn", "vision", 200, "constant", {"hidden": 144, "norm": True}),
+    "cnn_bn_c6_h48c": SuiteTask("cnn", "vision", 300, "constant",
+                                {"channels": [6, 12], "hidden": 48, "norm": True}),
+    "cnn_shapes_b32c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"images": "shapes", "noise": 0.25, "norm": True, "batch": 32}),
+    "cnn_teacher_flip15_c": SuiteTask("cnn", "vision", 200, "constant",
+                                      {"images": "teacher", "label_noise": 0.15, "norm": True}),
+    "cnn_photos_h96c": SuiteTask("cnn", "vision", 300, "constant",
+                                 {"images": "photos", "hidden": 96, "norm": True}),
+    "cnn_shapes_n08_c12c": SuiteTask("cnn", "vision", 300, "constant",
+                                     {"images": "shapes", "noise": 0.8, "channels": [12, 24],
+                                      "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -1015,6 +1040,7 @@ ROUND32_BASELINES_FILE = Path(__file__).with_name("training_baselines_round32.js
 ROUND33_BASELINES_FILE = Path(__file__).with_name("training_baselines_round33.json")
 ROUND34_BASELINES_FILE = Path(__file__).with_name("training_baselines_round34.json")
 ROUND35_BASELINES_FILE = Path(__file__).with_name("training_baselines_round35.json")
+ROUND36_BASELINES_FILE = Path(__file__).with_name("training_baselines_round36.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1246,6 +1272,7 @@ PROFILES = {
     "round33": held_out_profile(ROUND33, ROUND33_BASELINES_FILE),
     "round34": held_out_profile(ROUND34, ROUND34_BASELINES_FILE),
     "round35": held_out_profile(ROUND35, ROUND35_BASELINES_FILE),
+    "round36": held_out_profile(ROUND36, ROUND36_BASELINES_FILE),
 }
 
 
@@ -2699,6 +2726,20 @@ CNN_SPLIT_CANDIDATES: dict[str, dict[str, Any]] = {
        for c, lin in ((0.0, 1.0), (0.0, 2.0), (0.0, 4.0), (1.0, 2.0), (1.0, 4.0), (4.0, 1.0))},
 }  # fmt: skip
 
+#: The ``cnnlinear`` stage's candidates: ``RegMuon(model)`` (after round 35: a batch-norm CNN's
+#: kernels 0 and linear layers 4 under a constant lr) and the ``cnn_decays`` lever with the linear
+#: layers' decay above the top of round 35's grid (kernels 0). Screened after round 35 on the 31
+#: constant-lr batch-norm CNNs seen (seeds :data:`LR_SEEDS`), with round 36's set committed before.
+#: Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage cnnlinear --paired`` on the constant-lr class. The test: adopted
+#: only if, paired by seed on ROUND36 (test loss, evaluation seeds), better in the mean on at
+#: least six of the eight and worse by more than 2 paired SE on none (round 33's bar). If the rule
+#: admits none there is no candidate.
+CNN_LINEAR_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"cnn decays 0x{lin:g}": {"levers": {"cnn_decays": [0.0, lin]}} for lin in (6.0, 8.0, 16.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2710,7 +2751,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "fewrows": FEW_ROWS_CANDIDATES, "normmlp": NORM_MLP_CANDIDATES,
     "normwd": NORM_PART_DECAY_CANDIDATES, "fitwd": FIT_PART_DECAY_CANDIDATES,
     "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
-    "cnnsplit": CNN_SPLIT_CANDIDATES,
+    "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
 }  # fmt: skip
 
 

@@ -47,11 +47,12 @@ fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnn
 ``cnndecay`` tables (one column per decay ``d`` of a batch-norm CNN's matrices, as ``normwd``)
 ``--stage convdecay`` the ``convdecay`` tables (the same for its conv kernels only) and
 ``--stage cnnsplit`` the ``cnnsplit`` tables (pairs ``c x l``: the kernels' decay, the other
-matrices'; as ``fitwd``, one panel per ``c``).
+matrices'; as ``fitwd``, one panel per ``c``) and ``--stage cnnlinear`` the same for the larger
+decays of the linear layers (one panel, kernels 0).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``, ``convdecay``, ``cnnsplit``) picks by
+``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -142,9 +143,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "convdecay": ("conv_decay", "conv decay",
                               "decay d of a batch-norm CNN's conv kernels (0: none)"),
                 "cnnsplit": ("cnn_decays", "cnn decays",
-                             "decay l of a batch-norm CNN's linear layers")}
+                             "decay l of a batch-norm CNN's linear layers"),
+                "cnnlinear": ("cnn_decays", "cnn decays",
+                              "decay l of a batch-norm CNN's linear layers")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -357,8 +360,9 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     at 1 x 1 under a constant lr, round 33's rule, and not drawn under a warm-up, 0 x 0)."""
     today = (TODAY_SPLIT if stage == "vitsplit" else {} if stage == "fitwd"
              else {"constant": (1.0, 1.0)} if stage == "cnnsplit"
+             else {"constant": (0.0, 4.0)} if stage == "cnnlinear"
              else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0)))  # fmt: skip
-    first = ("decay" if stage == "fitwd" else "kernels' decay" if stage == "cnnsplit"
+    first = ("decay" if stage == "fitwd" else "kernels' decay" if stage in ("cnnsplit", "cnnlinear")
              else "matrices x")  # fmt: skip
     import matplotlib
 
@@ -407,13 +411,15 @@ def main(argv: list[str] | None = None) -> int:
                     "fewrows": "LayerNorm", "normmlp": "digits",
                     "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
                     "cnndecay": "other images",
-                    "convdecay": "warm-up", "cnnsplit": "other images"}.get(args.stage,
+                    "convdecay": "warm-up", "cnnsplit": "other images",
+                    "cnnlinear": "other images"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
-            "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs"}.get(args.stage,
+            "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
+            "cnnlinear": "batch-norm CNNs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -434,13 +440,17 @@ def main(argv: list[str] | None = None) -> int:
                     "normwd": t.builder == "cnn", "fitwd": t.builder == "cnn",
                     "cnndecay": "images" in t.options,
                     "convdecay": t.warmup > 0,
-                    "cnnsplit": "images" in t.options}.get(args.stage,
+                    "cnnsplit": "images" in t.options,
+                    "cnnlinear": "images" in t.options}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
     lines = [f"# The {args.stage} screen by schedule (val loss / best tuned baseline, seeds "
              "100-103)"]  # fmt: skip
     for cls, rows in by_class.items():
+        if not rows:  # a stage screened on one schedule class only (cnnlinear)
+            lines += ["", f"## {cls}: no {noun} screened"]
+            continue
         if args.paired:
             diffs = [seed_diffs(outs[t], t, names, args.stage) for t in rows]
             chosen, stats = paired_pick(names, list(rows.values()), diffs)

@@ -1600,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 36)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 37)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2219,6 +2219,23 @@ def test_round32_is_batch_norm_cnns_on_the_digits_and_other_images(bench):
     assert sorted("images" in t.options for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
 
 
+def test_round36_is_batch_norm_cnns_under_a_constant_lr(bench):
+    """Every model of ROUND36 is a batch-norm CNN under a constant lr (the class ``cnnlinear``'s
+    candidates change), four on the digits and four on other images. Mutants caught: a warm-up CNN
+    in the set, a LayerNorm MLP."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round36"]
+    for task, t in bench.ROUND36.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+    assert all(t.warmup == 0 for t in bench.ROUND36.values())
+    assert sorted("images" in t.options for t in bench.ROUND36.values()) == [False] * 4 + [True] * 4
+
+
 def test_round33_is_batch_norm_cnns_under_a_constant_lr(bench):
     """Every model of ROUND33 is a batch-norm CNN under a constant lr (each given
     ``cnn_decay_constant``'s decay 1), four on the digits and four on other images. Mutants
@@ -2450,6 +2467,22 @@ def test_cnnsplit_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monk
         assert sorted(per) == ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1", "today"]
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
         assert (len({tuple(v) for v in per.values()}) == 1) == same, task
+
+
+def test_cnnlinear_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
+    """CNN_LINEAR_CANDIDATES: the ``cnn_decays`` lever with the linear layers at 6, 8 and 16
+    (kernels 0), each run with its pair, on a tiny batch-norm CNN on the strokes under a constant
+    lr: the runs differ from today's (0 x 4) and from each other; on the smoke profile's Friedman
+    MLP every column equals today's. Mutants caught: the lever not passed, today's pair among the
+    candidates (a column equal to today's)."""
+    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
+        "cnn", "vision", 6, "constant",
+        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
+    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "cnnlinear", task, "cnn_decays")
+        assert sorted(per) == ["0x16", "0x6", "0x8", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert len({tuple(v) for v in per.values()}) == (1 if same else 4), task
 
 
 def test_convdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
