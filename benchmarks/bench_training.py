@@ -2734,7 +2734,8 @@ CNN_SPLIT_CANDIDATES: dict[str, dict[str, Any]] = {
 #: ``regression_screen.py --stage cnnlinear --paired`` on the constant-lr class. The test: adopted
 #: only if, paired by seed on ROUND36 (test loss, evaluation seeds), better in the mean on at
 #: least six of the eight and worse by more than 2 paired SE on none (round 33's bar). If the rule
-#: admits none there is no candidate.
+#: admits none there is no candidate. **Result: none** (worse by 2 SE on 10, 14 and 25 of the 31;
+#: mean log ratio -0.025 -> 0.012, 0.090, 0.503): rejected at its screen, round 36's set never run.
 CNN_LINEAR_CANDIDATES: dict[str, dict[str, Any]] = {
     "today's defaults": {"arm": "default"},
     **{f"cnn decays 0x{lin:g}": {"levers": {"cnn_decays": [0.0, lin]}} for lin in (6.0, 8.0, 16.0)},

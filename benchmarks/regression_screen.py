@@ -248,7 +248,8 @@ def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: 
                    {t: [r[j] for _, j in cols] for t, r in rows.items()},
                    f"{cls} ({len(rows)}): matrix lr {lr:g}", "AdamW part's lr")
         row[0].set_ylabel("val loss / best tuned baseline's")
-        row[0].legend(fontsize=7, loc="upper left")
+        if rows:  # a class with no task screened draws no panel (cnnlinear's warm-up row)
+            row[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -386,7 +387,8 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
                    f"{cls} ({len(rows)} {noun}): {first} {a:g}", DECAY_STAGES[stage][2],
                    marked, marked_label)
         row[0].set_ylabel("val loss / best tuned baseline's")
-        row[0].legend(fontsize=7, loc="upper left")
+        if rows:  # a class with no task screened draws no panel (cnnlinear's warm-up row)
+            row[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
