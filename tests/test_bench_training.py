@@ -2453,54 +2453,6 @@ def test_conv_decay_check_catches_its_mutants(levers):
             _conv_decay_check(mutant)
 
 
-def test_cnnsplit_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
-    """CNN_SPLIT_CANDIDATES: the ``cnn_decays`` lever at six pairs, each run with its pair, on a
-    tiny batch-norm CNN on the strokes (the smoke profile with it held out, a constant lr): the
-    pairs' runs differ from today's and from each other; on the smoke profile's Friedman MLP
-    every pair's runs equal today's. Mutants caught: the lever not passed, another lever in its
-    place."""
-    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
-        "cnn", "vision", 6, "constant",
-        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
-    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
-        per = _lever_columns(bench, tmp_path / task, "cnnsplit", task, "cnn_decays")
-        assert sorted(per) == ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1", "today"]
-        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
-        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
-
-
-def test_cnnlinear_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
-    """CNN_LINEAR_CANDIDATES: the ``cnn_decays`` lever with the linear layers at 6, 8 and 16
-    (kernels 0), each run with its pair, on a tiny batch-norm CNN on the strokes under a constant
-    lr: the runs differ from today's (0 x 4) and from each other; on the smoke profile's Friedman
-    MLP every column equals today's. Mutants caught: the lever not passed, today's pair among the
-    candidates (a column equal to today's)."""
-    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
-        "cnn", "vision", 6, "constant",
-        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
-    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
-        per = _lever_columns(bench, tmp_path / task, "cnnlinear", task, "cnn_decays")
-        assert sorted(per) == ["0x16", "0x6", "0x8", "today"]
-        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
-        assert len({tuple(v) for v in per.values()}) == (1 if same else 4), task
-
-
-def test_convdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
-    """CONV_DECAY_CANDIDATES: the ``conv_decay`` lever at five decays, each run with its decay, on
-    a tiny batch-norm CNN on the strokes (the smoke profile with it held out, a warm-up): the
-    decays' runs differ from today's and from each other; on the smoke profile's Friedman MLP (a
-    regressor) every decay's runs equal today's. Mutants caught: the lever not passed (every
-    CNN column today's), another lever in its place (the stored decays differ)."""
-    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
-        "cnn", "vision", 6, "linear",
-        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
-    for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
-        per = _lever_columns(bench, tmp_path / task, "convdecay", task, "conv_decay")
-        assert sorted(per) == ["0.5", "1", "2", "4", "8", "today"]
-        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
-        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
-
-
 def _lever_columns(bench, root, stage, task, lever):
     """The validation losses of a one-lever stage's runs on ``task``, by column: ``"today"`` or
     the lever's setting (``f"{value:g}"``)."""
@@ -2515,20 +2467,37 @@ def _lever_columns(bench, root, stage, task, lever):
     return per
 
 
-def test_cnndecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
-    """CNN_DECAY_CANDIDATES: the ``cnn_decay`` lever at five decays, each run with its decay, on a
-    tiny batch-norm CNN on the strokes (the smoke profile with it held out, a constant lr): the
-    decays' runs differ from today's and from each other; on the smoke profile's Friedman MLP (a
-    regressor) every decay's runs equal today's. Mutants caught: the lever not passed (every
-    CNN column today's), another lever in its place (the stored decays differ)."""
-    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", bench.SuiteTask(
-        "cnn", "vision", 6, "constant",
-        {"images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True}))
+@pytest.mark.parametrize(("stage", "lever", "schedule", "columns", "todays"), [
+    ("cnndecay", "cnn_decay", "constant", ["0.25", "0.5", "1", "2", "4"], None),
+    ("convdecay", "conv_decay", "linear", ["0.5", "1", "2", "4", "8"], None),
+    ("cnnsplit", "cnn_decays", "constant", ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1"], "0x4"),
+    ("cnnsplit", "cnn_decays", "linear", ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1"], "4x1"),
+    ("cnnlinear", "cnn_decays", "constant", ["0x16", "0x6", "0x8"], None),
+])  # fmt: skip
+def test_the_cnn_decay_stages_run_todays_defaults_and_each_setting(
+        bench, tmp_path, monkeypatch, stage, lever, schedule, columns, todays):  # fmt: skip
+    """The batch-norm CNN decay stages (CNN_DECAY_CANDIDATES, CONV_DECAY_CANDIDATES,
+    CNN_SPLIT_CANDIDATES, CNN_LINEAR_CANDIDATES): each setting of the stage's lever run with its
+    setting on a tiny batch-norm CNN on the strokes (the smoke profile with it held out, under the
+    schedule given: 6 steps at a constant lr, or 40 with a two-step warm-up): every column's runs
+    differ from each other's and from today's, except the
+    column ``todays`` that is the library's rule for that schedule since round 35, which equals
+    today's bit for bit (a regression check of library against lever); on the smoke profile's
+    Friedman MLP (a regressor) every column equals today's. Mutants caught: the lever not passed
+    (every CNN column today's), another lever in its place (the stored settings differ), the
+    library's pair not the lever's (its column apart from today's)."""
+    steps = 6 if schedule == "constant" else 40  # a warm-up of two steps (SuiteTask.warmup)
+    task_spec = bench.SuiteTask("cnn", "vision", steps, schedule, {
+        "images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True})
+    assert (task_spec.warmup >= 2) == (schedule != "constant")
+    _held_out_in_smoke(bench, monkeypatch, "cnn_shapes_tiny", task_spec)
     for task, same in (("cnn_shapes_tiny", False), ("friedman_tiny", True)):
-        per = _lever_columns(bench, tmp_path / task, "cnndecay", task, "cnn_decay")
-        assert sorted(per) == ["0.25", "0.5", "1", "2", "4", "today"]
+        per = _lever_columns(bench, tmp_path / task, stage, task, lever)
+        assert sorted(per) == sorted([*columns, "today"])
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
-        assert (len({tuple(v) for v in per.values()}) == 1) == same, task
+        distinct = 1 if same else len(per) - (todays is not None)
+        assert len({tuple(v) for v in per.values()}) == distinct, task
+        assert same or todays is None or per[todays] == per["today"], task
 
 
 @pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
