@@ -62,6 +62,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                apart), on ``--tasks``; writes ``OUT/cnnsplit.md``.
 ``cnnlinear``  :data:`CNN_LINEAR_CANDIDATES` (a larger decay of a batch-norm CNN's linear layers
                under a constant lr), on ``--tasks``; writes ``OUT/cnnlinear.md``.
+``cnnkernel``  :data:`CNN_KERNEL_CANDIDATES` (a larger decay of a batch-norm CNN's conv kernels
+               under a warm-up), on ``--tasks``; writes ``OUT/cnnkernel.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -79,8 +81,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round36``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND36`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round37``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND37`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -999,6 +1001,32 @@ ROUND36: dict[str, SuiteTask] = {
                                      {"images": "shapes", "noise": 0.8, "channels": [12, 24],
                                       "norm": True}),
 }  # fmt: skip
+#: Round 37's held-out set: eight batch-norm CNNs, all under warm-up and decay (four on the
+#: digits, four on round 31's images; three with batch 32, the narrow small-batch CNNs being the
+#: class's largest misses), committed before any of their runs with the next stage
+#: (``cnnkernel``: a larger decay of the conv kernels under a warm-up, round 35's pick 4 x 1 being
+#: the top of its kernels' grid), its rule and test, before the screen on the 23 warm-up
+#: batch-norm CNNs seen (rounds 8-11, 21, 29-32, 35). Rounds 34 and 36's sets stay unrun.
+ROUND37: dict[str, SuiteTask] = {
+    "cnn_bn_c10_b32": SuiteTask("cnn", "vision", 300, "linear",
+                                {"channels": [10, 20], "norm": True, "batch": 32}),
+    "cnn_bn_c28_h48_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                    {"channels": [28, 56], "hidden": 48, "norm": True}),
+    "cnn_bn_h40_b64": SuiteTask("cnn", "vision", 200, "linear",
+                                {"hidden": 40, "norm": True, "batch": 64}),
+    "cnn_bn_c14_b32_cos": SuiteTask("cnn", "vision", 200, "cosine",
+                                    {"channels": [14, 28], "norm": True, "batch": 32}),
+    "cnn_shapes_c10_b32": SuiteTask("cnn", "vision", 200, "linear",
+                                    {"images": "shapes", "noise": 0.25, "channels": [10, 20],
+                                     "norm": True, "batch": 32}),
+    "cnn_shapes_n07_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                    {"images": "shapes", "noise": 0.7, "norm": True}),
+    "cnn_photos_h56": SuiteTask("cnn", "vision", 300, "linear",
+                                {"images": "photos", "hidden": 56, "norm": True}),
+    "cnn_teacher_flip08_cos": SuiteTask("cnn", "vision", 200, "cosine",
+                                        {"images": "teacher", "label_noise": 0.08,
+                                         "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -1041,6 +1069,7 @@ ROUND33_BASELINES_FILE = Path(__file__).with_name("training_baselines_round33.js
 ROUND34_BASELINES_FILE = Path(__file__).with_name("training_baselines_round34.json")
 ROUND35_BASELINES_FILE = Path(__file__).with_name("training_baselines_round35.json")
 ROUND36_BASELINES_FILE = Path(__file__).with_name("training_baselines_round36.json")
+ROUND37_BASELINES_FILE = Path(__file__).with_name("training_baselines_round37.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1273,6 +1302,7 @@ PROFILES = {
     "round34": held_out_profile(ROUND34, ROUND34_BASELINES_FILE),
     "round35": held_out_profile(ROUND35, ROUND35_BASELINES_FILE),
     "round36": held_out_profile(ROUND36, ROUND36_BASELINES_FILE),
+    "round37": held_out_profile(ROUND37, ROUND37_BASELINES_FILE),
 }
 
 
@@ -2741,6 +2771,20 @@ CNN_LINEAR_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"cnn decays 0x{lin:g}": {"levers": {"cnn_decays": [0.0, lin]}} for lin in (6.0, 8.0, 16.0)},
 }  # fmt: skip
 
+#: The ``cnnkernel`` stage's candidates: ``RegMuon(model)`` (after round 35: a batch-norm CNN's
+#: kernels 4 and linear layers 1 under a warm-up) and the ``cnn_decays`` lever with the kernels'
+#: decay above the top of round 35's grid (linear layers 1). Screened after round 36 on the 23
+#: warm-up batch-norm CNNs seen (seeds :data:`LR_SEEDS`), with round 37's set committed before.
+#: Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage cnnkernel --paired`` on the warm-up class. The test: adopted
+#: only if, paired by seed on ROUND37 (test loss, evaluation seeds), better in the mean on at
+#: least six of the eight and worse by more than 2 paired SE on none (round 36's bar). If the rule
+#: admits none there is no candidate.
+CNN_KERNEL_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"cnn decays {c:g}x1": {"levers": {"cnn_decays": [c, 1.0]}} for c in (8.0, 16.0, 32.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2753,6 +2797,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "normwd": NORM_PART_DECAY_CANDIDATES, "fitwd": FIT_PART_DECAY_CANDIDATES,
     "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
     "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
+    "cnnkernel": CNN_KERNEL_CANDIDATES,
 }  # fmt: skip
 
 

@@ -48,11 +48,12 @@ fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnn
 ``--stage convdecay`` the ``convdecay`` tables (the same for its conv kernels only) and
 ``--stage cnnsplit`` the ``cnnsplit`` tables (pairs ``c x l``: the kernels' decay, the other
 matrices'; as ``fitwd``, one panel per ``c``) and ``--stage cnnlinear`` the same for the larger
-decays of the linear layers (one panel, kernels 0).
+decays of the linear layers (one panel, kernels 0), ``--stage cnnkernel`` the larger decays of
+the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay along the axis).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``) picks by
+``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -145,9 +146,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "cnnsplit": ("cnn_decays", "cnn decays",
                              "decay l of a batch-norm CNN's linear layers"),
                 "cnnlinear": ("cnn_decays", "cnn decays",
-                              "decay l of a batch-norm CNN's linear layers")}
+                              "decay l of a batch-norm CNN's linear layers"),
+                "cnnkernel": ("cnn_decays", "cnn decays",
+                              "decay c of a batch-norm CNN's conv kernels")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -166,6 +169,14 @@ def split_of(name: str) -> tuple[float, float] | None:
         return None
     a, b = name.rsplit(" ", 1)[1].split("x")
     return float(a), float(b)
+
+
+def drawn_pair(name: str, stage: str) -> tuple[float, float] | None:
+    """The pair of a split stage's column as its figure draws it: ``(panel, axis)``, that is
+    :func:`split_of`, except for ``cnnkernel``, whose pairs ``c x l`` are drawn one panel per
+    linear layers' decay ``l``, the kernels' decay ``c`` along the axis."""
+    ab = split_of(name)
+    return (ab[1], ab[0]) if ab and stage == "cnnkernel" else ab
 
 
 def decay_of(name: str) -> float:
@@ -358,24 +369,27 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
     the AdamW part's factor ``b`` (thin lines, blue for the ``marked``), the median (thick), log
     scales; today's column drawn at the class's pair (:data:`TODAY_SPLIT` for ``vitsplit``, 1 x
     1 for ``normmlp``; not drawn for ``fitwd``, whose panels are the decay ``d``; for ``cnnsplit``
-    at 1 x 1 under a constant lr, round 33's rule, and not drawn under a warm-up, 0 x 0)."""
+    at 1 x 1 under a constant lr, round 33's rule, and not drawn under a warm-up, 0 x 0). For
+    ``cnnkernel`` each pair is read the other way round: one panel per linear layers' decay, the
+    kernels' decay along the axis (today's 4 x 1 under a warm-up)."""
     today = (TODAY_SPLIT if stage == "vitsplit" else {} if stage == "fitwd"
              else {"constant": (1.0, 1.0)} if stage == "cnnsplit"
              else {"constant": (0.0, 4.0)} if stage == "cnnlinear"
+             else {"warm-up and decay": (1.0, 4.0)} if stage == "cnnkernel"
              else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0)))  # fmt: skip
     first = ("decay" if stage == "fitwd" else "kernels' decay" if stage in ("cnnsplit", "cnnlinear")
-             else "matrices x")  # fmt: skip
+             else "linear layers' decay" if stage == "cnnkernel" else "matrices x")  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mats = sorted({ab[0] for n in names if (ab := split_of(n))}
+    mats = sorted({ab[0] for n in names if (ab := drawn_pair(n, stage))}
                   | {a for a, _ in today.values()})  # fmt: skip
     fig, axes = plt.subplots(len(by_class), len(mats), figsize=(4.2 * len(mats),
                              3.6 * len(by_class)), sharey=True, squeeze=False)  # fmt: skip
     for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
-        pairs = [split_of(n) or today.get(cls) for n in names]
+        pairs = [drawn_pair(n, stage) or today.get(cls) for n in names]
         for ax, a in zip(row, mats, strict=True):
             cols = sorted({ab[1]: j for j, ab in enumerate(pairs) if ab and ab[0] == a}.items())
             if not cols or not rows:
@@ -414,14 +428,14 @@ def main(argv: list[str] | None = None) -> int:
                     "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
                     "cnndecay": "other images",
                     "convdecay": "warm-up", "cnnsplit": "other images",
-                    "cnnlinear": "other images"}.get(args.stage,
+                    "cnnlinear": "other images", "cnnkernel": "batch 32"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
-            "cnnlinear": "batch-norm CNNs"}.get(args.stage,
+            "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -443,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cnndecay": "images" in t.options,
                     "convdecay": t.warmup > 0,
                     "cnnsplit": "images" in t.options,
-                    "cnnlinear": "images" in t.options}.get(args.stage,
+                    "cnnlinear": "images" in t.options,
+                    "cnnkernel": t.options.get("batch") == 32}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

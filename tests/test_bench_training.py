@@ -1600,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 37)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 38)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2219,6 +2219,24 @@ def test_round32_is_batch_norm_cnns_on_the_digits_and_other_images(bench):
     assert sorted("images" in t.options for t in bench.ROUND32.values()) == [False] * 4 + [True] * 4
 
 
+def test_round37_is_batch_norm_cnns_under_a_warm_up(bench):
+    """Every model of ROUND37 is a batch-norm CNN under warm-up and decay (the class ``cnnkernel``'s
+    candidates change), four on the digits and four on other images, three with batch 32.
+    Mutants caught: a constant-lr CNN in the set, a LayerNorm MLP."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer, convolution_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round37"]
+    for task, t in bench.ROUND37.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is None and convolution_layer(model) is not None, task
+    assert all(t.warmup > 0 for t in bench.ROUND37.values())
+    assert sorted("images" in t.options for t in bench.ROUND37.values()) == [False] * 4 + [True] * 4
+    assert sum(t.options.get("batch") == 32 for t in bench.ROUND37.values()) == 3
+
+
 def test_round36_is_batch_norm_cnns_under_a_constant_lr(bench):
     """Every model of ROUND36 is a batch-norm CNN under a constant lr (the class ``cnnlinear``'s
     candidates change), four on the digits and four on other images. Mutants caught: a warm-up CNN
@@ -2473,15 +2491,16 @@ def _lever_columns(bench, root, stage, task, lever):
     ("cnnsplit", "cnn_decays", "constant", ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1"], "0x4"),
     ("cnnsplit", "cnn_decays", "linear", ["0x1", "0x2", "0x4", "1x2", "1x4", "4x1"], "4x1"),
     ("cnnlinear", "cnn_decays", "constant", ["0x16", "0x6", "0x8"], None),
+    ("cnnkernel", "cnn_decays", "linear", ["16x1", "32x1", "8x1"], None),
 ])  # fmt: skip
 def test_the_cnn_decay_stages_run_todays_defaults_and_each_setting(
         bench, tmp_path, monkeypatch, stage, lever, schedule, columns, todays):  # fmt: skip
     """The batch-norm CNN decay stages (CNN_DECAY_CANDIDATES, CONV_DECAY_CANDIDATES,
-    CNN_SPLIT_CANDIDATES, CNN_LINEAR_CANDIDATES): each setting of the stage's lever run with its
-    setting on a tiny batch-norm CNN on the strokes (the smoke profile with it held out, under the
-    schedule given: 6 steps at a constant lr, or 40 with a two-step warm-up): every column's runs
-    differ from each other's and from today's, except the
-    column ``todays`` that is the library's rule for that schedule since round 35, which equals
+    CNN_SPLIT_CANDIDATES, CNN_LINEAR_CANDIDATES, CNN_KERNEL_CANDIDATES): each setting of the
+    stage's lever run with its setting on a tiny batch-norm CNN on the strokes (the smoke profile
+    with it held out, under the schedule given: 6 steps at a constant lr, or 40 with a two-step
+    warm-up): every column's runs differ from each other's and from today's, except the column
+    ``todays`` that is the library's rule for that schedule since round 35, which equals
     today's bit for bit (a regression check of library against lever); on the smoke profile's
     Friedman MLP (a regressor) every column equals today's. Mutants caught: the lever not passed
     (every CNN column today's), another lever in its place (the stored settings differ), the

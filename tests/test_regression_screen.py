@@ -234,3 +234,34 @@ def test_the_fitwd_screen_reads_decay_and_threshold_pairs(screen, tmp_path):
     assert ("## warm-up and decay: 1 classifiers; the paired rule picks **fit part decay 2x0.1**"
             in text)
     assert (out / "fitwd_paired.png").stat().st_size > 0
+
+
+def test_the_cnnkernel_screen_draws_the_kernels_decay_along_the_axis(screen, tmp_path):
+    """``cnnkernel``: columns ``"cnn decays c x 1"`` read as pairs, picked by the paired rule on the
+    warm-up class only (``16x1`` harms ``cnn_bn_c40_cos`` on every seed: ``8x1`` picked; the
+    constant-lr class has no CNN and says so), its figure drawn one panel per linear layers' decay
+    with the kernels' decay along the axis (today's 4 x 1 on it). Mutants caught: the pair drawn as
+    ``cnnsplit`` draws it (a panel per kernels' decay), the paired rule ignored (``16x1``)."""
+
+    names = ["today's defaults", "cnn decays 8x1", "cnn decays 16x1"]
+    assert [screen.split_of(n) for n in names] == [None, (8.0, 1.0), (16.0, 1.0)]
+    assert [screen.drawn_pair(n, "cnnkernel") for n in names] == [None, (1.0, 8.0), (1.0, 16.0)]
+    assert screen.drawn_pair(names[1], "cnnsplit") == (8.0, 1.0)
+    rows = {"cnn_shapes_c8_b32": [4.3, 3.5, 3.0], "cnn_bn_c40_cos": [1.0, 0.99, 1.1],
+            "cnn_bn_h32_b32": [1.5, 1.3, 1.2]}
+    shift = {"cnn_shapes_c8_b32": {1: -0.05, 2: -0.08}, "cnn_bn_c40_cos": {1: -0.001, 2: +0.02},
+             "cnn_bn_h32_b32": {1: -0.02, 2: -0.03}}
+    sets = []
+    for task, profile in (("cnn_shapes_c8_b32", "round31"), ("cnn_bn_c40_cos", "round32"),
+                          ("cnn_bn_h32_b32", "round30")):  # each task read where it lives
+        root = tmp_path / profile
+        _pair_screen(root, "cnnkernel", names, {task: rows[task]}, shift, "cnn_decays",
+                     [[8.0, 1.0], [16.0, 1.0]])
+        sets.append(f"{profile}={root}")
+    out = tmp_path / "S"
+    assert screen.main(["--stage", "cnnkernel", "--paired", "--out", str(out), *sets]) == 0
+    text = (out / "cnnkernel_paired.md").read_text()
+    assert "## constant: no batch-norm CNNs screened" in text
+    assert ("## warm-up and decay: 3 batch-norm CNNs; the paired rule picks **cnn decays 8x1**"
+            in text)
+    assert (out / "cnnkernel_paired.png").stat().st_size > 0
