@@ -64,6 +64,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                under a constant lr), on ``--tasks``; writes ``OUT/cnnlinear.md``.
 ``cnnkernel``  :data:`CNN_KERNEL_CANDIDATES` (a larger decay of a batch-norm CNN's conv kernels
                under a warm-up), on ``--tasks``; writes ``OUT/cnnkernel.md``.
+``mlpsmall``   :data:`MLP_SMALL_CANDIDATES` (a normalized MLP classifier's two lrs below round 28's
+               under a constant lr), on ``--tasks``; writes ``OUT/mlpsmall.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -81,8 +83,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round37``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND37`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round38``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND38`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -1027,6 +1029,34 @@ ROUND37: dict[str, SuiteTask] = {
                                         {"images": "teacher", "label_noise": 0.08,
                                          "norm": True}),
 }  # fmt: skip
+#: Round 38's held-out set: eight LayerNorm MLP classifiers, all under a constant lr (two each on
+#: the breast-cancer, wine and iris tables and the digits, as round 28's), committed before any of
+#: their runs with the next stage (``mlpsmall``: a normalized MLP classifier's two lrs below round
+#: 28's factor 0.5, the smallest of round 27's grid), its rule and test, before the screen on the
+#: 20 constant-lr LayerNorm MLP classifiers seen (rounds 8, 10, 11, 21, 27-29).
+ROUND38: dict[str, SuiteTask] = {
+    "cancer_ln_h80c": SuiteTask("tabular", "tabular", 300, "constant",
+                                {"dataset": "breast_cancer", "hidden": 80, "depth": 2,
+                                 "norm": True, "batch": 32}),
+    "cancer_ln_h48_d3c": SuiteTask("tabular", "tabular", 200, "constant",
+                                   {"dataset": "breast_cancer", "hidden": 48, "depth": 3,
+                                    "norm": True}),
+    "wine_ln_h80c": SuiteTask("tabular", "tabular", 300, "constant",
+                              {"dataset": "wine", "hidden": 80, "depth": 2, "norm": True,
+                               "batch": 16}),
+    "wine_ln_h40_d3c": SuiteTask("tabular", "tabular", 200, "constant",
+                                 {"dataset": "wine", "hidden": 40, "depth": 3, "norm": True}),
+    "iris_ln_h128c": SuiteTask("tabular", "tabular", 200, "constant",
+                               {"dataset": "iris", "hidden": 128, "depth": 2, "norm": True,
+                                "batch": 16}),
+    "iris_ln_h48_d3c": SuiteTask("tabular", "tabular", 300, "constant",
+                                 {"dataset": "iris", "hidden": 48, "depth": 3, "norm": True,
+                                  "batch": 16}),
+    "digits_ln_h112c": SuiteTask("digits", "tabular", 300, "constant",
+                                 {"hidden": 112, "depth": 2, "norm": True}),
+    "digits_ln_h56_d3c": SuiteTask("digits", "tabular", 200, "constant",
+                                   {"hidden": 56, "depth": 3, "norm": True, "batch": 64}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -1070,6 +1100,7 @@ ROUND34_BASELINES_FILE = Path(__file__).with_name("training_baselines_round34.js
 ROUND35_BASELINES_FILE = Path(__file__).with_name("training_baselines_round35.json")
 ROUND36_BASELINES_FILE = Path(__file__).with_name("training_baselines_round36.json")
 ROUND37_BASELINES_FILE = Path(__file__).with_name("training_baselines_round37.json")
+ROUND38_BASELINES_FILE = Path(__file__).with_name("training_baselines_round38.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1303,6 +1334,7 @@ PROFILES = {
     "round35": held_out_profile(ROUND35, ROUND35_BASELINES_FILE),
     "round36": held_out_profile(ROUND36, ROUND36_BASELINES_FILE),
     "round37": held_out_profile(ROUND37, ROUND37_BASELINES_FILE),
+    "round38": held_out_profile(ROUND38, ROUND38_BASELINES_FILE),
 }
 
 
@@ -2785,6 +2817,21 @@ CNN_KERNEL_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"cnn decays {c:g}x1": {"levers": {"cnn_decays": [c, 1.0]}} for c in (8.0, 16.0, 32.0)},
 }  # fmt: skip
 
+#: The ``mlpsmall`` stage's candidates: ``RegMuon(model)`` (after round 28: a LayerNorm MLP
+#: classifier under a constant lr takes round 10's factors times 0.5 on both parts, the smallest
+#: pair of round 27's grid) and the ``mlp_split`` lever below it. Screened after round 37 on the 20
+#: constant-lr LayerNorm MLP classifiers seen (seeds :data:`LR_SEEDS`), with round 38's set
+#: committed before. Fixed before the screen's results, with this table: the **paired rule** of
+#: ``regression_screen.py --stage mlpsmall --paired`` on the constant-lr class. The test: adopted
+#: only if, paired by seed on ROUND38 (test loss, evaluation seeds), better in the mean on at
+#: least six of the eight and worse by more than 2 paired SE on none (round 28's bar). If the rule
+#: admits none there is no candidate.
+MLP_SMALL_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"mlp split {a:g}x{b:g}": {"levers": {"mlp_split": [a, b]}}
+       for a, b in ((0.25, 0.5), (0.5, 0.25), (0.25, 0.25), (0.125, 0.125))},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2797,7 +2844,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "normwd": NORM_PART_DECAY_CANDIDATES, "fitwd": FIT_PART_DECAY_CANDIDATES,
     "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
     "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
-    "cnnkernel": CNN_KERNEL_CANDIDATES,
+    "cnnkernel": CNN_KERNEL_CANDIDATES, "mlpsmall": MLP_SMALL_CANDIDATES,
 }  # fmt: skip
 
 

@@ -49,11 +49,12 @@ fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnn
 ``--stage cnnsplit`` the ``cnnsplit`` tables (pairs ``c x l``: the kernels' decay, the other
 matrices'; as ``fitwd``, one panel per ``c``) and ``--stage cnnlinear`` the same for the larger
 decays of the linear layers (one panel, kernels 0), ``--stage cnnkernel`` the larger decays of
-the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay along the axis).
+the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay along the axis),
+``--stage mlpsmall`` a normalized MLP classifier's two lrs below round 28's (as ``normmlp``).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``) picks by
+``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -148,9 +149,11 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "cnnlinear": ("cnn_decays", "cnn decays",
                               "decay l of a batch-norm CNN's linear layers"),
                 "cnnkernel": ("cnn_decays", "cnn decays",
-                              "decay c of a batch-norm CNN's conv kernels")}
+                              "decay c of a batch-norm CNN's conv kernels"),
+                "mlpsmall": ("mlp_split", "mlp split",
+                             "factor b on round 10's AdamW part for a normalized MLP")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -376,6 +379,7 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
              else {"constant": (1.0, 1.0)} if stage == "cnnsplit"
              else {"constant": (0.0, 4.0)} if stage == "cnnlinear"
              else {"warm-up and decay": (1.0, 4.0)} if stage == "cnnkernel"
+             else {"constant": (0.5, 0.5)} if stage == "mlpsmall"
              else dict.fromkeys(TODAY_SPLIT, (1.0, 1.0)))  # fmt: skip
     first = ("decay" if stage == "fitwd" else "kernels' decay" if stage in ("cnnsplit", "cnnlinear")
              else "linear layers' decay" if stage == "cnnkernel" else "matrices x")  # fmt: skip
@@ -428,14 +432,16 @@ def main(argv: list[str] | None = None) -> int:
                     "normwd": "batch-norm CNN", "fitwd": "batch-norm CNN",
                     "cnndecay": "other images",
                     "convdecay": "warm-up", "cnnsplit": "other images",
-                    "cnnlinear": "other images", "cnnkernel": "batch 32"}.get(args.stage,
+                    "cnnlinear": "other images", "cnnkernel": "batch 32",
+                    "mlpsmall": "digits"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
             "normmlp": "LayerNorm MLPs", "normwd": "classifiers",
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
-            "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs"}.get(args.stage,
+            "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs",
+            "mlpsmall": "LayerNorm MLPs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -458,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                     "convdecay": t.warmup > 0,
                     "cnnsplit": "images" in t.options,
                     "cnnlinear": "images" in t.options,
-                    "cnnkernel": t.options.get("batch") == 32}.get(args.stage,
+                    "cnnkernel": t.options.get("batch") == 32,
+                    "mlpsmall": t.builder == "digits"}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

@@ -1600,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 38)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 39)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2075,6 +2075,22 @@ def test_normmlp_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monke
     assert len({tuple(v) for k, v in per.items() if k != "0.5x0.5"}) == 8
 
 
+def test_mlpsmall_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monkeypatch):
+    """MLP_SMALL_CANDIDATES: the ``mlp_split`` lever at four pairs below round 28's ``[0.5, 0.5]``
+    on a tiny LayerNorm digits MLP under a constant lr (the smoke profile with it held out), each
+    changing its result and differing from the others; on the smoke profile's Friedman MLP (a
+    regressor) every column equals today's. Mutants caught: the lever frozen (every column
+    today's), round 28's own pair among the candidates (a column equal to today's)."""
+    tiny = bench.SuiteTask("digits", "tabular", 6, "constant",
+                           {"hidden": 16, "batch": 16, "norm": True})  # fmt: skip
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", tiny)
+    for task, same in (("digits_ln_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "mlpsmall", task, "mlp_split")
+        assert sorted(per) == ["0.125x0.125", "0.25x0.25", "0.25x0.5", "0.5x0.25", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert len({tuple(v) for v in per.values()}) == (1 if same else 5), task
+
+
 def test_normwd_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
     """NORM_PART_DECAY_CANDIDATES: the ``norm_part_decay`` lever at 0.25-4 on a tiny LayerNorm
     digits MLP under a constant lr (the smoke profile with it held out), each changing its
@@ -2519,13 +2535,13 @@ def test_the_cnn_decay_stages_run_todays_defaults_and_each_setting(
         assert same or todays is None or per[todays] == per["today"], task
 
 
-@pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0)])
-def test_rounds_27_and_28_are_normalized_mlp_classifiers(bench, profile, warm):
-    """Every model of ROUND27 (and of ROUND28) is of round 10's class (normalization, a first
+@pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0), ("round38", 0)])
+def test_rounds_27_28_and_38_are_normalized_mlp_classifiers(bench, profile, warm):
+    """Every model of ROUND27 (ROUND28, ROUND38) is of round 10's class (normalization, a first
     matrix layer reading raw inputs, a softmax head) with neither an attention layer nor a
     convolution (the models ``mlp_split`` changes); ROUND27 under both schedule regimes, ROUND28
-    under a constant lr only (the one its candidate changes). Mutants caught: a batch-norm CNN in
-    the set, a warm-up model in round 28's."""
+    and ROUND38 under a constant lr only (the one their candidates change). Mutants caught: a
+    batch-norm CNN in the set, a warm-up model in round 28's or 38's."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task

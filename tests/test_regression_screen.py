@@ -265,3 +265,25 @@ def test_the_cnnkernel_screen_draws_the_kernels_decay_along_the_axis(screen, tmp
     assert ("## warm-up and decay: 3 batch-norm CNNs; the paired rule picks **cnn decays 8x1**"
             in text)
     assert (out / "cnnkernel_paired.png").stat().st_size > 0
+
+
+def test_the_mlpsmall_screen_reads_pairs_below_round_28s(screen, tmp_path):
+    """``mlpsmall``: columns ``"mlp split a x b"`` below round 28's 0.5 x 0.5, picked by the paired
+    rule on the constant-lr class (``0.125x0.125`` harms the still-fitting ``digits_ln_h32`` on
+    every seed: ``0.25x0.25`` picked), the warm-up class empty and said so, the figure drawn with
+    today's pair at 0.5 x 0.5. Mutants caught: the paired rule ignored (``0.125x0.125``)."""
+    names = ["today's defaults", "mlp split 0.25x0.25", "mlp split 0.125x0.125"]
+    rows = {"cancer_ln_wide": [1.5, 1.2, 1.0], "digits_ln_h32": [1.1, 1.09, 1.3]}
+    shift = {"cancer_ln_wide": {1: -0.02, 2: -0.04}, "digits_ln_h32": {1: -0.001, 2: +0.03}}
+    sets = []
+    for task, profile in (("cancer_ln_wide", "round10"), ("digits_ln_h32", "round11")):
+        root = tmp_path / profile
+        _pair_screen(root, "mlpsmall", names, {task: rows[task]}, shift, "mlp_split",
+                     [[0.25, 0.25], [0.125, 0.125]])
+        sets.append(f"{profile}={root}")
+    out = tmp_path / "S"
+    assert screen.main(["--stage", "mlpsmall", "--paired", "--out", str(out), *sets]) == 0
+    text = (out / "mlpsmall_paired.md").read_text()
+    assert "## warm-up and decay: no LayerNorm MLPs screened" in text
+    assert "## constant: 2 LayerNorm MLPs; the paired rule picks **mlp split 0.25x0.25**" in text
+    assert (out / "mlpsmall_paired.png").stat().st_size > 0
