@@ -2074,6 +2074,13 @@ OPTIONAL_VARIANTS["cnn_decay_constant"] = {
 OPTIONAL_VARIANTS["cnn_decays_paired"] = {
     "schedule": {"constant": {"levers": {"cnn_decays": [0.0, 4.0]}},
                  "warmup": {"levers": {"cnn_decays": [4.0, 1.0]}}}}
+#: Round 37's candidate, ``cnn_kernel_paired``: the paired rule's pick on the ``cnnkernel`` screen
+#: over the 23 warm-up batch-norm CNNs seen through round 35 (rule and test fixed at
+#: CNN_KERNEL_CANDIDATES with ROUND37, before the screen): under a warm-up the kernels 8 and the
+#: linear layers 1 (mean log ratio 0.214 -> 0.179, better on 19 of 23, worse by 2 SE on none; 16 x
+#: 1 admissible at 0.215, 32 x 1 worse by 2 SE on four); under a constant lr today's (0 x 4).
+OPTIONAL_VARIANTS["cnn_kernel_paired"] = {
+    "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [8.0, 1.0]}}}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

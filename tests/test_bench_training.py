@@ -2394,6 +2394,19 @@ def test_round35s_candidate_gives_each_cnn_its_schedules_pair(bench):
         assert (opt["arm"], opt["levers"]) == ("default_lever", {"cnn_decays": want}), task
 
 
+def test_round37s_candidate_gives_each_warm_up_cnn_kernels_8(bench):
+    """``cnn_kernel_paired`` gives each model of ROUND37 (all under a warm-up) the ``cnnkernel``
+    screen's pick, kernels 8 and linear layers 1, and a constant-lr CNN (round 35's) the default
+    arm. Mutant caught: the constant-lr CNNs given the warm-up pair."""
+    variant = bench.OPTIONAL_VARIANTS["cnn_kernel_paired"]
+    for profile, tasks in (("round37", bench.ROUND37), ("round35", bench.ROUND35)):
+        for task, t in tasks.items():
+            opt = bench._variant_opt(variant, "core", bench.PROFILES[profile], task)
+            got = (opt["arm"], opt.get("levers"))
+            want = ("default_lever", {"cnn_decays": [8.0, 1.0]}) if t.warmup else ("default", None)
+            assert got == want, task
+
+
 def _cnn_decays_check(cls):
     """``cnn_decays = [c, l]``: at ``[0.5, 0]`` the kernels alone decay, at ``[0, 0.5]`` the hidden
     linear layer alone, at ``[0.5, 0.5]`` every matrix (:func:`_conv_decay_check`, each against
