@@ -66,6 +66,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                under a warm-up), on ``--tasks``; writes ``OUT/cnnkernel.md``.
 ``mlpsmall``   :data:`MLP_SMALL_CANDIDATES` (a normalized MLP classifier's two lrs below round 28's
                under a constant lr), on ``--tasks``; writes ``OUT/mlpsmall.md``.
+``vitdecay``   :data:`VIT_DECAY_CANDIDATES` (decay on a ViT's matrices), on ``--tasks``; writes
+               ``OUT/vitdecay.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -83,8 +85,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round38``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND38`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round39``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND39`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -1057,6 +1059,24 @@ ROUND38: dict[str, SuiteTask] = {
     "digits_ln_h56_d3c": SuiteTask("digits", "tabular", 200, "constant",
                                    {"hidden": 56, "depth": 3, "norm": True, "batch": 64}),
 }  # fmt: skip
+#: Round 39's held-out set: eight ViTs on the digits (four under a constant lr, four under warm-up
+#: and decay; three with 4x4 patches), committed before any of their runs with the next lever
+#: (``vit_decay``: decay on a ViT's matrices), its stage ``vitdecay``, rule and test, before the
+#: lever's screen on the 42 ViTs seen (rounds 1-25). Round 38's set was never run: its stage was
+#: rejected at its screen.
+ROUND39: dict[str, SuiteTask] = {
+    "vit_d40_h2c": SuiteTask("vit", "vision", 300, "constant", {"d_model": 40, "n_heads": 2}),
+    "vit_p4_d64_b32c": SuiteTask("vit", "vision", 200, "constant",
+                                 {"d_model": 64, "patch": 4, "batch": 32}),
+    "vit_d24_l3c": SuiteTask("vit", "vision", 300, "constant", {"d_model": 24, "n_layers": 3}),
+    "vit_d56_b32c": SuiteTask("vit", "vision", 200, "constant", {"d_model": 56, "batch": 32}),
+    "vit_d48_cos": SuiteTask("vit", "vision", 300, "cosine", {"d_model": 48}),
+    "vit_p4_d64_l3": SuiteTask("vit", "vision", 200, "linear",
+                               {"d_model": 64, "patch": 4, "n_layers": 3}),
+    "vit_d32_b128_cos": SuiteTask("vit", "vision", 200, "cosine", {"d_model": 32, "batch": 128}),
+    "vit_p4_d40_h2": SuiteTask("vit", "vision", 300, "linear",
+                               {"d_model": 40, "patch": 4, "n_heads": 2}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -1101,6 +1121,7 @@ ROUND35_BASELINES_FILE = Path(__file__).with_name("training_baselines_round35.js
 ROUND36_BASELINES_FILE = Path(__file__).with_name("training_baselines_round36.json")
 ROUND37_BASELINES_FILE = Path(__file__).with_name("training_baselines_round37.json")
 ROUND38_BASELINES_FILE = Path(__file__).with_name("training_baselines_round38.json")
+ROUND39_BASELINES_FILE = Path(__file__).with_name("training_baselines_round39.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1335,6 +1356,7 @@ PROFILES = {
     "round36": held_out_profile(ROUND36, ROUND36_BASELINES_FILE),
     "round37": held_out_profile(ROUND37, ROUND37_BASELINES_FILE),
     "round38": held_out_profile(ROUND38, ROUND38_BASELINES_FILE),
+    "round39": held_out_profile(ROUND39, ROUND39_BASELINES_FILE),
 }
 
 
@@ -2839,6 +2861,20 @@ MLP_SMALL_CANDIDATES: dict[str, dict[str, Any]] = {
        for a, b in ((0.25, 0.5), (0.5, 0.25), (0.25, 0.25), (0.125, 0.125))},
 }  # fmt: skip
 
+#: The ``vitdecay`` stage's candidates: ``RegMuon(model)`` (a ViT's matrices get no decay) and the
+#: same with the prototype lever ``vit_decay = d``: where ``RegMuon(model)`` decides round 10's lrs
+#: and the model has an attention layer, decoupled decay ``d`` on its matrices from the step after
+#: the deciding one. Screened after round 38 on the 42 ViTs seen (seeds :data:`LR_SEEDS`), with
+#: round 39's set committed before. Fixed before the screen's results, with this table: the
+#: **paired rule** of ``regression_screen.py --stage vitdecay --paired``, per schedule class. The
+#: test: adopted only if, paired by seed on ROUND39 (test loss, evaluation seeds), better in the
+#: mean on at least three quarters of the ViTs it changes and worse by more than 2 paired SE on
+#: none. If the rule admits no decay in either class there is no candidate.
+VIT_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"vit decay {d:g}": {"levers": {"vit_decay": d}} for d in (0.25, 0.5, 1.0)},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2852,6 +2888,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
     "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
     "cnnkernel": CNN_KERNEL_CANDIDATES, "mlpsmall": MLP_SMALL_CANDIDATES,
+    "vitdecay": VIT_DECAY_CANDIDATES,
 }  # fmt: skip
 
 

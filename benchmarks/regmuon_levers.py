@@ -188,6 +188,15 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   Round 35's screen picked ``[0, 4]`` under a constant lr and ``[4, 1]`` under a warm-up, and its
   held-out test adopted them (``muonflow.optim.NORMALIZED_CNN_DECAYS``, the same steps bit for
   bit).
+- ``vit_decay = d``: decay on a ViT's matrices. Where ``RegMuon(model)`` decides round 10's
+  smaller lrs at the first step (a normalized network reading raw inputs, under a softmax head)
+  and the model has an attention layer, the RegMuon groups get decoupled decay ``d`` (``W ← (1 −
+  η d) W``, ``η`` the matrices' lr as the core's step reads it, round 22's and round 25's factors
+  included) from the step after the deciding one, under any schedule; every other model as
+  ``RegMuon(model)``. A ViT gets no decay today (the decay by structure gives a normalized network
+  none); the tuned ``torch.optim.Muon`` decays the matrices of 26 of the 42 ViTs seen through
+  round 25 (by 0.1 on ten, 0.5 on nine, 2 on seven), and round 9's decay 2, at round 7's larger
+  step, ruined every ViT.
 """
 
 from __future__ import annotations
@@ -213,7 +222,7 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "attention_lr": float, "attention_split": list, "few_tokens": float,
           "few_rows": float, "mlp_split": list, "norm_part_decay": float,
           "fit_part_decay": list, "cnn_decay": float, "conv_decay": float,
-          "cnn_decays": list}
+          "cnn_decays": list, "vit_decay": float}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -305,6 +314,7 @@ class LeverRegMuon(RegMuon):
         cnn_decay: float | None = None,
         conv_decay: float | None = None,
         cnn_decays: list[float] | None = None,
+        vit_decay: float = 0.0,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -355,6 +365,8 @@ class LeverRegMuon(RegMuon):
                         for x in cnn_decays)):  # fmt: skip
             raise ValueError(f"cnn_decays must be [c, l], two finite decays >= 0 (the conv "
                              f"kernels', the other matrices'), got {cnn_decays!r}")  # fmt: skip
+        if not (math.isfinite(vit_decay) and vit_decay >= 0):
+            raise ValueError(f"vit_decay must be a finite decay >= 0, got {vit_decay!r}")
         if sum(x is not None for x in (cnn_decay, conv_decay, cnn_decays)) > 1:
             raise ValueError("cnn_decay, conv_decay and cnn_decays are decays of the same "
                              "kernels: pass one of them")  # fmt: skip
@@ -396,6 +408,7 @@ class LeverRegMuon(RegMuon):
             self._cnn_pending = None
         self._kernels = [m.weight for m in model.modules()
                          if isinstance(m, nn.modules.conv._ConvNd)]  # fmt: skip
+        self.vit_decay = vit_decay
         self._conv_on = False  # decided: the matrices decay by kind from the next step on
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient
@@ -685,6 +698,10 @@ class LeverRegMuon(RegMuon):
                     if g["algorithm"] == "regmuon":
                         g["weight_decay"] = self.cnn_decay
             self._conv_on = bool(self.conv_decay or self.cnn_decays) and self._cnn
+        if decided and self._attention and self.vit_decay:  # a ViT of round 10's class
+            for g in self.param_groups:
+                if g["algorithm"] == "regmuon":
+                    g["weight_decay"] = self.vit_decay
         if (self._class and self.fit_part_decay is not None and not self._fitted
                 and self.skipped_steps == skipped and self._observe_head_fall()):  # fmt: skip
             self._fitted = True

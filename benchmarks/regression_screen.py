@@ -50,11 +50,14 @@ fallen to ``c`` of its peak; as ``normmlp``, one panel per ``d``), ``--stage cnn
 matrices'; as ``fitwd``, one panel per ``c``) and ``--stage cnnlinear`` the same for the larger
 decays of the linear layers (one panel, kernels 0), ``--stage cnnkernel`` the larger decays of
 the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay along the axis),
-``--stage mlpsmall`` a normalized MLP classifier's two lrs below round 28's (as ``normmlp``).
+``--stage mlpsmall`` a normalized MLP classifier's two lrs below round 28's (as ``normmlp``) and
+``--stage vitdecay`` the ``vitdecay`` tables (one column per decay ``d`` of a ViT's matrices, as
+``cnndecay``; the 4x4-patch ViTs marked).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
-``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``) picks by
+``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``,
+``vitdecay``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -151,7 +154,8 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "cnnkernel": ("cnn_decays", "cnn decays",
                               "decay c of a batch-norm CNN's conv kernels"),
                 "mlpsmall": ("mlp_split", "mlp split",
-                             "factor b on round 10's AdamW part for a normalized MLP")}
+                             "factor b on round 10's AdamW part for a normalized MLP"),
+                "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall")
 
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cnndecay": "other images",
                     "convdecay": "warm-up", "cnnsplit": "other images",
                     "cnnlinear": "other images", "cnnkernel": "batch 32",
-                    "mlpsmall": "digits"}.get(args.stage,
+                    "mlpsmall": "digits", "vitdecay": "4x4 patches"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
@@ -441,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
             "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs",
-            "mlpsmall": "LayerNorm MLPs"}.get(args.stage,
+            "mlpsmall": "LayerNorm MLPs", "vitdecay": "ViTs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -465,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cnnsplit": "images" in t.options,
                     "cnnlinear": "images" in t.options,
                     "cnnkernel": t.options.get("batch") == 32,
-                    "mlpsmall": t.builder == "digits"}.get(args.stage,
+                    "mlpsmall": t.builder == "digits",
+                    "vitdecay": t.options.get("patch") == 4}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

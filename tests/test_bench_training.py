@@ -1600,7 +1600,7 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 39)))
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 40)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2091,6 +2091,21 @@ def test_mlpsmall_stage_runs_todays_defaults_and_each_pair(bench, tmp_path, monk
         assert len({tuple(v) for v in per.values()}) == (1 if same else 5), task
 
 
+def test_vitdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
+    """VIT_DECAY_CANDIDATES: the ``vit_decay`` lever at 0.25, 0.5 and 1 on a tiny ViT under a
+    constant lr (the smoke profile with it held out), each changing its result and differing from
+    the others; on the smoke profile's Friedman MLP (a regressor) every column equals today's.
+    Mutants caught: the lever frozen (every column today's), another lever in its place (the stored
+    settings differ)."""
+    _held_out_in_smoke(bench, monkeypatch, "vit_tiny", bench.SuiteTask(
+        "vit", "vision", 6, "constant", {"d_model": 16, "n_layers": 1, "n_heads": 2, "batch": 16}))
+    for task, same in (("vit_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "vitdecay", task, "vit_decay")
+        assert sorted(per) == ["0.25", "0.5", "1", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert len({tuple(v) for v in per.values()}) == (1 if same else 4), task
+
+
 def test_normwd_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):
     """NORM_PART_DECAY_CANDIDATES: the ``norm_part_decay`` lever at 0.25-4 on a tiny LayerNorm
     digits MLP under a constant lr (the smoke profile with it held out), each changing its
@@ -2333,6 +2348,74 @@ def test_cnn_decay_check_catches_its_mutants(levers):
     for mutant in (ConvBlind, OnThePart, Frozen):
         with pytest.raises(AssertionError):
             _cnn_decay_check(mutant)
+
+
+def _vit_decay_check(cls):
+    """``vit_decay``: on a ViT classifier the matrices decay (:func:`_two_step_decay_check`); on a
+    LayerNorm MLP, a batch-norm CNN, under a regression loss and on a classifier without
+    normalization nothing differs."""
+    _two_step_decay_check(cls, "vit_decay", "regmuon", lambda k, c, _: k == "vit" and c)
+
+
+def test_vit_decay_decays_a_vits_matrices(levers):
+    """``vit_decay``: decay on the matrices of a ViT classifier (round 10's class with an attention
+    layer); every other model as ``RegMuon(model)``; bad decays refused."""
+    _vit_decay_check(levers.LeverRegMuon)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="vit_decay"):
+            levers.build_lever_regmuon(MLP(6, 8, 3), {}, {"vit_decay": bad})
+
+
+def test_vit_decay_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_vit_decay_check`: attention not read (every model
+    of round 10's class decayed), the decay on the AdamW part, the lever frozen."""
+
+    class AttentionBlind(levers.LeverRegMuon):
+        def step(self, closure=None):
+            pending = self._scale_pending is not None
+            out = super().step(closure)
+            if pending and self._scale_pending is None and self._lr_scale and self.vit_decay:
+                for g in self.param_groups:
+                    if g["algorithm"] == "regmuon":
+                        g["weight_decay"] = self.vit_decay
+            return out
+
+    class OnThePart(levers.LeverRegMuon):
+        def __init__(self, model, vit_decay=0.0, **kw):
+            super().__init__(model, **kw)
+            self._vit_part = vit_decay
+
+        def step(self, closure=None):
+            pending = self._scale_pending is not None
+            out = super().step(closure)
+            if pending and self._scale_pending is None and self._attention and self._vit_part:
+                self._part_decay(self._vit_part)
+            return out
+
+    class Frozen(levers.LeverRegMuon):
+        def __init__(self, model, vit_decay=0.0, **kw):
+            super().__init__(model, **kw)
+
+    for mutant in (AttentionBlind, OnThePart, Frozen):
+        with pytest.raises(AssertionError):
+            _vit_decay_check(mutant)
+
+
+def test_round39_is_vits_under_both_schedules(bench):
+    """Every model of ROUND39 is a ViT of round 10's class (the models ``vit_decay`` changes), four
+    under each schedule, three with 4x4 patches. Mutants caught: a batch-norm CNN in the set,
+    every ViT under a constant lr."""
+    from muonflow.optim import lr_by_structure
+    from muonflow.optim.routing import attention_layer
+    from muonflow.training import make_task
+
+    prof = bench.PROFILES["round39"]
+    for task, t in bench.ROUND39.items():
+        model = make_task(t.builder, **t.options).make_model()
+        assert lr_by_structure(model)[0] and bench.softmax_headed(prof, task), task
+        assert attention_layer(model) is not None, task
+    assert sorted(t.warmup > 0 for t in bench.ROUND39.values()) == [False] * 4 + [True] * 4
+    assert sum(t.options.get("patch") == 4 for t in bench.ROUND39.values()) == 3
 
 
 def convolution_layer_of(model):
