@@ -266,8 +266,7 @@ def figure(names: list[str], by_class: dict[str, dict[str, list[float]]], path: 
                    {t: [r[j] for _, j in cols] for t, r in rows.items()},
                    f"{cls} ({len(rows)}): matrix lr {lr:g}", "AdamW part's lr")
         row[0].set_ylabel("val loss / best tuned baseline's")
-        if rows:  # a class with no task screened draws no panel (cnnlinear's warm-up row)
-            row[0].legend(fontsize=7, loc="upper left")
+        row[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -394,7 +393,8 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
 
     mats = sorted({ab[0] for n in names if (ab := drawn_pair(n, stage))}
                   | {a for a, _ in today.values()})  # fmt: skip
-    fig, axes = plt.subplots(len(by_class), len(mats), figsize=(4.2 * len(mats),
+    by_class = {cls: rows for cls, rows in by_class.items() if rows}  # a row per class screened
+    fig, axes = plt.subplots(len(by_class), len(mats), figsize=(max(4.2 * len(mats), 6.4),
                              3.6 * len(by_class)), sharey=True, squeeze=False)  # fmt: skip
     for row, (cls, rows) in zip(axes, by_class.items(), strict=True):
         pairs = [drawn_pair(n, stage) or today.get(cls) for n in names]
@@ -409,8 +409,7 @@ def split_figure(names: list[str], by_class: dict[str, dict[str, list[float]]], 
                    f"{cls} ({len(rows)} {noun}): {first} {a:g}", DECAY_STAGES[stage][2],
                    marked, marked_label)
         row[0].set_ylabel("val loss / best tuned baseline's")
-        if rows:  # a class with no task screened draws no panel (cnnlinear's warm-up row)
-            row[0].legend(fontsize=7, loc="upper left")
+        row[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
