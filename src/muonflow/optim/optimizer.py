@@ -716,7 +716,7 @@ class RegMuon(Optimizer):
                                          f"attention layer {vit[1]!r}")  # fmt: skip
 
     def _decay_cnn_matrices(self, built: float) -> None:
-        """Rounds 33 and 35's rules, at the step that decides round 10's lrs for a CNN under a
+        """Rounds 33, 35 and 37's rules, at the step that decides round 10's lrs for a CNN under a
         softmax head: by the schedule (a constant lr: the lr at this step the built one; else a
         warm-up), the pair :data:`~muonflow.optim.NORMALIZED_CNN_DECAYS` gives the conv kernels
         and the other RegMuon matrices their decoupled decays from the next step on — one decay
@@ -726,7 +726,7 @@ class RegMuon(Optimizer):
         schedule = "a warm-up" if warm else "a constant lr"
         kernels, linear = NORMALIZED_CNN_DECAYS[schedule]
         why = (f"(a batch-norm CNN under a softmax head and {schedule}; "
-               f"docs/benchmark-training.md, rounds 33 and 35)")  # fmt: skip
+               f"docs/benchmark-training.md, rounds 33, 35 and 37)")  # fmt: skip
         if kernels == linear:
             if kernels:
                 for group in self.param_groups:
