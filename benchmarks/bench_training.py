@@ -2103,6 +2103,20 @@ OPTIONAL_VARIANTS["cnn_decays_paired"] = {
 #: 1 admissible at 0.215, 32 x 1 worse by 2 SE on four); under a constant lr today's (0 x 4).
 OPTIONAL_VARIANTS["cnn_kernel_paired"] = {
     "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [8.0, 1.0]}}}}
+#: Round 37's candidate passed its bar and went into the library; on the 23 warm-up CNNs seen,
+#: rerun on fresh seeds for the pass, it was mixed (better in ratio on 13, within 3% on 9 against
+#: 10). Round 40's comparison arm, ``cnn_kernel_off``: ``RegMuon(model)`` with round 37's rule off
+#: (the lever at round 35's warm-up pair 4 x 1; under a constant lr today's), for a withdrawal test
+#: on the four warm-up batch-norm CNNs of ROUND34 (never run: round 34's lever was rejected at its
+#: screen). Fixed here, before any of their runs, round 31's bar: round 37's rule stays only if,
+#: paired by seed on those four (test loss, evaluation seeds), it is worse by more than 2 paired SE
+#: on no more of them than it is better by more than 2 SE on, leaves no fewer within 1.03x of the
+#: best tuned baseline and no more worse than ``torch.optim.Muon``'s documented defaults by 2 SE;
+#: otherwise it is withdrawn (round 35's 4 x 1 again).
+OPTIONAL_VARIANTS["cnn_kernel_off"] = {
+    "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [4.0, 1.0]}}}}
+#: Round 40's set: ROUND34's warm-up batch-norm CNNs.
+ROUND40_TASKS = ("cnn_bn_c20_h40", "cnn_bn_c12_b32_cos", "cnn_photos_h80", "cnn_shapes_n05_cos")
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

@@ -2490,6 +2490,19 @@ def test_round37s_candidate_gives_each_warm_up_cnn_kernels_8(bench):
             assert got == want, task
 
 
+def test_round40s_arm_turns_round37s_rule_off_on_round34s_warm_up_cnns(bench):
+    """``cnn_kernel_off`` gives each warm-up CNN of ROUND40_TASKS (ROUND34's four, all under a
+    warm-up) round 35's pair 4 x 1 through the lever, and ROUND34's constant-lr CNNs the default
+    arm. Mutants caught: round 37's pair in the arm, a constant-lr CNN in the set."""
+    variant = bench.OPTIONAL_VARIANTS["cnn_kernel_off"]
+    prof = bench.PROFILES["round34"]
+    assert set(bench.ROUND40_TASKS) == {t for t, x in bench.ROUND34.items() if x.warmup}
+    for task, t in bench.ROUND34.items():
+        opt = bench._variant_opt(variant, "core", prof, task)
+        want = ("default_lever", {"cnn_decays": [4.0, 1.0]}) if t.warmup else ("default", None)
+        assert (opt["arm"], opt.get("levers")) == want, task
+
+
 def _cnn_decays_check(cls):
     """``cnn_decays = [c, l]``: at ``[0.5, 0]`` the kernels alone decay, at ``[0, 0.5]`` the hidden
     linear layer alone, at ``[0.5, 0.5]`` every matrix (:func:`_conv_decay_check`, each against
