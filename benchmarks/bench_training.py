@@ -1122,6 +1122,10 @@ ROUND36_BASELINES_FILE = Path(__file__).with_name("training_baselines_round36.js
 ROUND37_BASELINES_FILE = Path(__file__).with_name("training_baselines_round37.json")
 ROUND38_BASELINES_FILE = Path(__file__).with_name("training_baselines_round38.json")
 ROUND39_BASELINES_FILE = Path(__file__).with_name("training_baselines_round39.json")
+#: Round 40's set (a withdrawal test of round 37's rule): ROUND34's four warm-up batch-norm CNNs,
+#: never run before; its own profile (``--profile round40``), with its own baselines.
+ROUND40_TASKS = ("cnn_bn_c20_h40", "cnn_bn_c12_b32_cos", "cnn_photos_h80", "cnn_shapes_n05_cos")
+ROUND40_BASELINES_FILE = Path(__file__).with_name("training_baselines_round40.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1357,6 +1361,7 @@ PROFILES = {
     "round37": held_out_profile(ROUND37, ROUND37_BASELINES_FILE),
     "round38": held_out_profile(ROUND38, ROUND38_BASELINES_FILE),
     "round39": held_out_profile(ROUND39, ROUND39_BASELINES_FILE),
+    "round40": held_out_profile({t: ROUND34[t] for t in ROUND40_TASKS}, ROUND40_BASELINES_FILE),
 }
 
 
@@ -2115,8 +2120,6 @@ OPTIONAL_VARIANTS["cnn_kernel_paired"] = {
 #: otherwise it is withdrawn (round 35's 4 x 1 again).
 OPTIONAL_VARIANTS["cnn_kernel_off"] = {
     "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [4.0, 1.0]}}}}
-#: Round 40's set: ROUND34's warm-up batch-norm CNNs.
-ROUND40_TASKS = ("cnn_bn_c20_h40", "cnn_bn_c12_b32_cos", "cnn_photos_h80", "cnn_shapes_n05_cos")
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

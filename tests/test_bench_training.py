@@ -2497,6 +2497,7 @@ def test_round40s_arm_turns_round37s_rule_off_on_round34s_warm_up_cnns(bench):
     variant = bench.OPTIONAL_VARIANTS["cnn_kernel_off"]
     prof = bench.PROFILES["round34"]
     assert set(bench.ROUND40_TASKS) == {t for t, x in bench.ROUND34.items() if x.warmup}
+    assert bench.PROFILES["round40"].split()["held_out"] == sorted(bench.ROUND40_TASKS)
     for task, t in bench.ROUND34.items():
         opt = bench._variant_opt(variant, "core", prof, task)
         want = ("default_lever", {"cnn_decays": [4.0, 1.0]}) if t.warmup else ("default", None)
