@@ -2108,6 +2108,13 @@ OPTIONAL_VARIANTS["cnn_decays_paired"] = {
 #: 1 admissible at 0.215, 32 x 1 worse by 2 SE on four); under a constant lr today's (0 x 4).
 OPTIONAL_VARIANTS["cnn_kernel_paired"] = {
     "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [8.0, 1.0]}}}}
+#: Round 39's candidate, ``vit_decay_paired``: the paired rule's pick on the ``vitdecay`` screen
+#: over the 42 ViTs seen through round 25 (rule and test fixed at VIT_DECAY_CANDIDATES with
+#: ROUND39, before the screen): under a warm-up decay 1 on the matrices (mean log ratio 0.282 ->
+#: 0.204, better on 18 of 22, worse by 2 SE on none; 0.5 admissible at 0.223, 0.25 worse by 2 SE
+#: on three); under a constant lr none (every decay worse by 2 SE on four or five of 20).
+OPTIONAL_VARIANTS["vit_decay_paired"] = {
+    "schedule": {"constant": None, "warmup": {"levers": {"vit_decay": 1.0}}}}
 #: Round 37's candidate passed its bar and went into the library; on the 23 warm-up CNNs seen,
 #: rerun on fresh seeds for the pass, it was mixed (better in ratio on 13, within 3% on 9 against
 #: 10). Round 40's comparison arm, ``cnn_kernel_off``: ``RegMuon(model)`` with round 37's rule off

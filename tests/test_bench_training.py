@@ -2401,6 +2401,16 @@ def test_vit_decay_check_catches_its_mutants(levers):
             _vit_decay_check(mutant)
 
 
+def test_round39s_candidate_decays_the_warm_up_vits_only(bench):
+    """``vit_decay_paired`` gives each warm-up ViT of ROUND39 the ``vitdecay`` screen's pick, decay
+    1, and each constant-lr one the default arm. Mutant caught: the decay under every schedule."""
+    variant = bench.OPTIONAL_VARIANTS["vit_decay_paired"]
+    for task, t in bench.ROUND39.items():
+        opt = bench._variant_opt(variant, "core", bench.PROFILES["round39"], task)
+        want = ("default_lever", {"vit_decay": 1.0}) if t.warmup else ("default", None)
+        assert (opt["arm"], opt.get("levers")) == want, task
+
+
 def test_round39_is_vits_under_both_schedules(bench):
     """Every model of ROUND39 is a ViT of round 10's class (the models ``vit_decay`` changes), four
     under each schedule, three with 4x4 patches. Mutants caught: a batch-norm CNN in the set,
