@@ -2107,6 +2107,115 @@ def _cnn_decay_rule_checks(cls=RegMuon):
             mod.NORMALIZED_CNN_DECAYS = saved
 
 
+# -- a ViT classifier under a warm-up: decay on its matrices (round 39) --------------------------
+def _vit_decay_rule_check(cls=RegMuon):
+    """Round 39's rule: a ViT classifier (round 10's class with an attention layer) under a
+    warm-up (a ``LambdaLR`` that lowers the first step's lr) gets decoupled decay
+    ``ATTENTION_WARMUP_DECAY`` on its RegMuon matrices from the step after the one that reads its
+    softmax head, the AdamW part none; under a constant lr none; the routing says so. At the second
+    step each matrix moves by exactly ``-η d W`` more than with the rule off (``weight_decay=0``
+    given: the first step equal bit for bit) and every other parameter equals the rule-off run's
+    bit for bit. Under a warm-up a LayerNorm MLP, a ViT under a regression loss and a ViT with a
+    decay given by the user get none of it."""
+    o = mf.optim
+    x = torch.randn(12, 5, 4)
+    for warm in (False, True):
+        runs = []
+        for kw in ({}, {"weight_decay": 0.0}):
+            torch.manual_seed(12)
+            model = SmallViT(True)
+            opt = cls(model, **kw)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+            first = None
+            for _ in range(2):
+                opt.zero_grad()
+                _classify(model, x).backward()
+                lr = opt.param_groups[0]["lr"] * opt._lr_scale.get(0, 1.0)  # this step's
+                opt.step()
+                sched.step()
+                if first is None:
+                    first = [p.detach().clone() for p in model.parameters()]
+            runs.append((model, opt, first, lr))
+        (ruled, opt, first, lr), (plain, off, first_off, _) = runs
+        assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
+        d = o.ATTENTION_WARMUP_DECAY if warm else 0.0
+        assert [g["weight_decay"] for g in opt.param_groups] == [d, 0.0], warm
+        assert [g["weight_decay"] for g in off.param_groups] == [0.0, 0.0]
+        assert ("the matrices decay" in opt.routing.decay) == warm, opt.routing.decay
+        assert ("a ViT under a softmax head and a warm-up" in opt.routing.decay) == warm
+        mats = {id(p) for p in opt.param_groups[0]["params"]}
+        for p1, p0, w in zip(ruled.parameters(), plain.parameters(), first, strict=True):
+            if d and id(p1) in mats:
+                torch.testing.assert_close(p1 - p0, -lr * d * w, atol=1e-6, rtol=1e-4)
+            else:
+                torch.testing.assert_close(p1, p0, rtol=0, atol=0)
+    for make, xs, loss, kw in ((_ln_mlp, torch.randn(12, 6), _classify, {}),
+                               (lambda: SmallViT(True), x, lambda m, v: m(v).square().mean(), {}),
+                               (lambda: SmallViT(True), x, _classify, {"weight_decay": 0.5})):
+        torch.manual_seed(12)
+        model = make()
+        opt = cls(model, **kw)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm)
+        for _ in range(2):
+            opt.zero_grad()
+            loss(model, xs).backward()
+            opt.step()
+            sched.step()
+        matrices = {g["weight_decay"] for g in opt.param_groups if g["algorithm"] == "regmuon"}
+        assert matrices == {kw.get("weight_decay", 0.0)}, make
+        assert "a ViT under a softmax head" not in opt.routing.decay, make
+
+
+def test_a_vit_under_a_warm_up_decays_its_matrices():
+    """Round 39's rule (:func:`_vit_decay_rule_check`)."""
+    _vit_decay_rule_check()
+
+
+def test_vit_decay_rule_check_catches_its_mutants():
+    """Mutants kept as code, each failing :func:`_vit_decay_rule_check`: the decay under either
+    schedule, the decay on the AdamW part, attention not read (a LayerNorm MLP decayed), a decay
+    the user gave overridden, the decay from the deciding step on, the rule frozen."""
+
+    class EverySchedule(RegMuon):
+        def _decay_vit_matrices(self, built):
+            super()._decay_vit_matrices(float("inf"))  # every lr reads as a warm-up's
+
+    class OnThePart(RegMuon):
+        def _decay_vit_matrices(self, built):
+            super()._decay_vit_matrices(built)
+            for g in self.param_groups:
+                if g["weight_decay"]:
+                    g["weight_decay"] = {"regmuon": 0.0, "adamw": 1.0}[g["algorithm"]]
+
+    class AttentionBlind(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._mlp_pending is not None:
+                self._vit_pending = self._mlp_pending
+
+    class Overrides(RegMuon):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            if self._attention_pending is not None:
+                self._vit_pending = float(self.options.lr)
+
+    class Early(RegMuon):
+        def step(self, closure=None):
+            if self._vit_pending is not None and self.param_groups[0]["lr"] < self._vit_pending:
+                for g in self.param_groups:
+                    if g["algorithm"] == "regmuon":
+                        g["weight_decay"] = mf.optim.ATTENTION_WARMUP_DECAY
+            return super().step(closure)
+
+    class Frozen(RegMuon):
+        def _decay_vit_matrices(self, built):
+            pass
+
+    for mutant in (EverySchedule, OnThePart, AttentionBlind, Overrides, Early, Frozen):
+        with pytest.raises(AssertionError):
+            _vit_decay_rule_check(mutant)
+
+
 def _kernel_resume_check(cls=RegMuon):
     """A batch-norm CNN under a warm-up with the rule's table at (3, 0) (:data:`_CNN_TABLES`),
     checkpointed after the step that decides its matrices' own decays and resumed into a fresh

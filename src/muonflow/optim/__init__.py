@@ -28,6 +28,7 @@ from .kernel import adamw, kinetic_energy, mirror_map, regmuon
 from .kernel import orthogonalize as orthogonalize  # deprecated name of mirror_map
 from .optimizer import RegMuon
 from .options import (
+    ATTENTION_WARMUP_DECAY,
     ATTENTION_WARMUP_FACTOR,
     DEFAULTS,
     FEW_TOKENS,
@@ -66,6 +67,7 @@ RegMuonDefaults = RegMuonOptions  # the earlier name of the options type
 
 __all__ = [
     "ADJUST_LR",
+    "ATTENTION_WARMUP_DECAY",
     "ATTENTION_WARMUP_FACTOR",
     "DEFAULTS",
     "EMBEDDINGS",

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from .kernel import Work, adamw, commit, directions, kinetic_energy
 from .options import (
+    ATTENTION_WARMUP_DECAY,
     ATTENTION_WARMUP_FACTOR,
     DEFAULTS,
     FEW_TOKENS,
@@ -92,6 +93,7 @@ _EXTRA_ATTRS: dict[str, Callable[[], Any]] = {
     "_attention_tokens": lambda: None,
     "_mlp_pending": lambda: None,
     "_cnn_pending": lambda: None,
+    "_vit_pending": lambda: None,
     "_cnn_kernels": frozenset,
     "_matrix_decay": dict,
 }
@@ -216,6 +218,7 @@ class RegMuon(Optimizer):
         self._attention_tokens: int | None = None  # its tokens at the first forward
         self._mlp_pending: float | None = None  # a normalized MLP classifier: its built lr
         self._cnn_pending: float | None = None  # a batch-norm CNN, no decay given: its built lr
+        self._vit_pending: float | None = None  # a ViT, no decay given: its built lr
         self._cnn_kernels: frozenset[str] = frozenset()  # and its conv kernels' names
         self._matrix_decay: dict[Tensor, tuple[str, float]] = {}  # own decays: (name, λ)
         model_routing, watch_input = None, False
@@ -276,6 +279,8 @@ class RegMuon(Optimizer):
         attention, plain = attention_layer(model), not isinstance(self.options.lr, Tensor)
         if attention is not None and plain:
             self._attention_pending = (float(self.options.lr), attention)
+            if not decay_given:
+                self._vit_pending = float(self.options.lr)
         elif attention is None and convolution_layer(model) is None and plain:  # an MLP
             self._mlp_pending = float(self.options.lr)
         elif attention is None and plain and not decay_given:  # a CNN
@@ -603,8 +608,10 @@ class RegMuon(Optimizer):
             if scale is not None:
                 if scale[0] and self._cnn_pending is not None:  # from the next step on
                     self._decay_cnn_matrices(self._cnn_pending)
+                if scale[0] and self._vit_pending is not None:
+                    self._decay_vit_matrices(self._vit_pending)
                 self._scale_pending, self._attention_pending = None, None
-                self._mlp_pending, self._cnn_pending = None, None
+                self._mlp_pending, self._cnn_pending, self._vit_pending = None, None, None
                 self._cnn_kernels = frozenset()
                 self._lr_scale, self.routing.lr = scale
             if warm is not None:
@@ -714,6 +721,20 @@ class RegMuon(Optimizer):
             return 1.0, ""
         return ATTENTION_WARMUP_FACTOR, (f"; x {ATTENTION_WARMUP_FACTOR:g} {schedule}, "
                                          f"attention layer {vit[1]!r}")  # fmt: skip
+
+    def _decay_vit_matrices(self, built: float) -> None:
+        """Round 39's rule, at the step that decides round 10's lrs for a ViT under a softmax
+        head: under a warm-up (the lr at this step below the built one) its RegMuon matrices decay
+        :data:`~muonflow.optim.ATTENTION_WARMUP_DECAY` from the next step on (the groups'
+        ``weight_decay``); under a constant lr none. Said in the routing."""
+        if not self.param_groups[0]["lr"] < built:
+            return
+        for group in self.param_groups:
+            if group["algorithm"] == "regmuon":
+                group["weight_decay"] = ATTENTION_WARMUP_DECAY
+        self.routing.decay += (f"; the matrices decay {ATTENTION_WARMUP_DECAY:g} from the next "
+                               f"step on (a ViT under a softmax head and a warm-up; "
+                               f"docs/benchmark-training.md, round 39)")  # fmt: skip
 
     def _decay_cnn_matrices(self, built: float) -> None:
         """Rounds 33, 35 and 37's rules, at the step that decides round 10's lrs for a CNN under a

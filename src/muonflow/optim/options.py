@@ -300,6 +300,17 @@ REGRESSION_CAUTIOUS_DECAY = 0.25
 #: all three ViTs it changed, worse by 2 paired SE on none (``docs/benchmark-training.md``).
 ATTENTION_WARMUP_FACTOR = 3.0
 
+#: The decoupled decay ``RegMuon(model)`` gives a ViT's matrices (round 10's class with an
+#: attention layer, under a softmax head, no ``weight_decay=`` or ``lr=`` given) under a warm-up
+#: (the lr at the step that reads the head below the built one), from the next step on; none under
+#: a constant lr. A normalized network gets no decay by structure, and the tuned
+#: ``torch.optim.Muon`` decays the matrices of 26 of the 42 ViTs seen. Chosen after round 38 on
+#: those 42 (tuning seeds; the paired rule per schedule): under a warm-up decay 1 worse by 2 paired
+#: SE on none of 22 (mean log ratio 0.282 -> 0.204, better on 18), under a constant lr every decay
+#: of 0.25-1 worse by 2 SE on four or five of 20. Held out: round 39
+#: (``docs/benchmark-training.md``).
+ATTENTION_WARMUP_DECAY = 1.0
+
 #: A ViT "with few tokens": its first attention layer reads at most this many tokens at the
 #: model's first forward (a ViT with 4x4 patches on 8x8 images reads five, one with 2x2 patches
 #: seventeen; the benchmark has no ViT in between).
