@@ -1949,6 +1949,32 @@ def test_fitted_cnn_check_catches_its_mutants():
             _fitted_cnn_check(mutant)
 
 
+def _rule_on_and_off(cls, make, x, warm):
+    """Two classifying steps of ``cls(make())`` and of ``cls(make(), weight_decay=0.0)`` (the rules
+    by structure that decay off) from one seed, under a constant lr or a warm-up (``_warm``):
+    ``(model, optimizer, parameters after the first step, the second step's matrix lr)`` of the
+    first, ``(model, optimizer)`` of the second; the first steps are asserted equal bit for bit."""
+    runs = []
+    for kw in ({}, {"weight_decay": 0.0}):
+        torch.manual_seed(12)
+        model = make()
+        opt = cls(model, **kw)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
+        first = None
+        for _ in range(2):
+            opt.zero_grad()
+            _classify(model, x).backward()
+            lr = opt.param_groups[0]["lr"] * opt._lr_scale.get(0, 1.0)  # this step's
+            opt.step()
+            sched.step()
+            if first is None:
+                first = [p.detach().clone() for p in model.parameters()]
+        runs.append((model, opt, first, lr))
+    (ruled, opt, first, lr), (plain, off, first_off, _) = runs
+    assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
+    return (ruled, opt, first, lr), (plain, off)
+
+
 # -- a batch-norm CNN classifier under a constant lr: decay on its matrices (round 33) ------------
 def _cnn_decay_rule_check(cls=RegMuon):
     """Rounds 33 and 35's rules: a batch-norm CNN classifier's conv kernels and other RegMuon
@@ -1963,24 +1989,7 @@ def _cnn_decay_rule_check(cls=RegMuon):
     o = mf.optim
     x = torch.randn(12, 1, 8, 8)
     for warm in (False, True):
-        runs = []
-        for kw in ({}, {"weight_decay": 0.0}):
-            torch.manual_seed(12)
-            model = _bn_cnn_hidden()
-            opt = cls(model, **kw)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
-            first = None
-            for _ in range(2):
-                opt.zero_grad()
-                _classify(model, x).backward()
-                lr = opt.param_groups[0]["lr"] * opt._lr_scale.get(0, 1.0)  # this step's
-                opt.step()
-                sched.step()
-                if first is None:
-                    first = [p.detach().clone() for p in model.parameters()]
-            runs.append((model, opt, first, lr))
-        (ruled, opt, first, lr), (plain, off, first_off, _) = runs
-        assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
+        (ruled, opt, first, lr), (plain, off) = _rule_on_and_off(cls, _bn_cnn_hidden, x, warm)
         schedule = "a warm-up" if warm else "a constant lr"
         c, lin = o.NORMALIZED_CNN_DECAYS[schedule]
         assert [g["weight_decay"] for g in opt.param_groups] == [c if c == lin else 0.0, 0.0]
@@ -2120,24 +2129,8 @@ def _vit_decay_rule_check(cls=RegMuon):
     o = mf.optim
     x = torch.randn(12, 5, 4)
     for warm in (False, True):
-        runs = []
-        for kw in ({}, {"weight_decay": 0.0}):
-            torch.manual_seed(12)
-            model = SmallViT(True)
-            opt = cls(model, **kw)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm if warm else lambda t: 1.0)
-            first = None
-            for _ in range(2):
-                opt.zero_grad()
-                _classify(model, x).backward()
-                lr = opt.param_groups[0]["lr"] * opt._lr_scale.get(0, 1.0)  # this step's
-                opt.step()
-                sched.step()
-                if first is None:
-                    first = [p.detach().clone() for p in model.parameters()]
-            runs.append((model, opt, first, lr))
-        (ruled, opt, first, lr), (plain, off, first_off, _) = runs
-        assert all(torch.equal(a, b) for a, b in zip(first, first_off, strict=True))
+        runs = _rule_on_and_off(cls, lambda: SmallViT(True), x, warm)
+        (ruled, opt, first, lr), (plain, off) = runs
         d = o.ATTENTION_WARMUP_DECAY if warm else 0.0
         assert [g["weight_decay"] for g in opt.param_groups] == [d, 0.0], warm
         assert [g["weight_decay"] for g in off.param_groups] == [0.0, 0.0]
