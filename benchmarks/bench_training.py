@@ -68,6 +68,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                under a constant lr), on ``--tasks``; writes ``OUT/mlpsmall.md``.
 ``vitdecay``   :data:`VIT_DECAY_CANDIDATES` (decay on a ViT's matrices), on ``--tasks``; writes
                ``OUT/vitdecay.md``.
+``cnnstep``    :data:`CNN_STEP_CANDIDATES` (a batch-norm CNN's two lrs), on ``--tasks``; writes
+               ``OUT/cnnstep.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -85,8 +87,8 @@ Usage::
     python benchmarks/bench_training.py --profile full --stage final --out FINAL --jobs 2
     python benchmarks/bench_training.py --profile full --out OUT --report-only
 
-``--profile transfer``, ``round3`` ... ``round39``: later held-out sets (:data:`TRANSFER`,
-:data:`ROUND3` ... :data:`ROUND39`), every task held out, baselines tuned as the suite's are.
+``--profile transfer``, ``round3`` ... ``round41``: later held-out sets (:data:`TRANSFER`,
+:data:`ROUND3` ... :data:`ROUND41`), every task held out, baselines tuned as the suite's are.
 ``--profile smoke`` runs every stage on four tiny tasks in well under a minute. Reports:
 ``OUT/summary.md``, ``OUT/analysis.json`` and figures. Results: ``docs/benchmark-training.md``.
 """
@@ -1077,6 +1079,34 @@ ROUND39: dict[str, SuiteTask] = {
     "vit_p4_d40_h2": SuiteTask("vit", "vision", 300, "linear",
                                {"d_model": 40, "patch": 4, "n_heads": 2}),
 }  # fmt: skip
+#: Round 41's held-out set: eight batch-norm CNNs, all under warm-up and decay (four on the
+#: digits, four on round 31's images; two with batch 32), committed before any of their runs with
+#: the next lever (``cnn_split``: a batch-norm CNN's two lrs), its stage ``cnnstep``, rule and
+#: test, before the lever's screen on the 66 batch-norm CNNs seen (35 under a warm-up: rounds 8-11,
+#: 21, 29-32, 35, 37 and 40; 31 under a constant lr). Its constant-lr half is ROUND36, never run
+#: (round 36's stage was rejected at its screen): the test of the constant-lr pick.
+ROUND41: dict[str, SuiteTask] = {
+    "cnn_bn_c22_h64": SuiteTask("cnn", "vision", 300, "linear",
+                                {"channels": [22, 44], "hidden": 64, "norm": True}),
+    "cnn_bn_c12_h48_b32_cos": SuiteTask("cnn", "vision", 200, "cosine",
+                                        {"channels": [12, 24], "hidden": 48, "norm": True,
+                                         "batch": 32}),
+    "cnn_bn_h72_b64_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                    {"hidden": 72, "norm": True, "batch": 64}),
+    "cnn_bn_c40_h32": SuiteTask("cnn", "vision", 200, "linear",
+                                {"channels": [40, 80], "hidden": 32, "norm": True}),
+    "cnn_shapes_n03_b32": SuiteTask("cnn", "vision", 200, "linear",
+                                    {"images": "shapes", "noise": 0.3, "norm": True,
+                                     "batch": 32}),
+    "cnn_shapes_n06_h64": SuiteTask("cnn", "vision", 300, "linear",
+                                    {"images": "shapes", "noise": 0.6, "hidden": 64,
+                                     "norm": True}),
+    "cnn_teacher_flip12_cos": SuiteTask("cnn", "vision", 300, "cosine",
+                                        {"images": "teacher", "label_noise": 0.12,
+                                         "norm": True}),
+    "cnn_photos_c16_cos": SuiteTask("cnn", "vision", 200, "cosine",
+                                    {"images": "photos", "channels": [16, 32], "norm": True}),
+}  # fmt: skip
 #: The split's seed (the issue's number) and the seeds of the protocol: tuning seeds choose
 #: learning rates and defaults; evaluation seeds are fresh, used for the reported numbers only.
 SPLIT_SEED = 21
@@ -1126,6 +1156,7 @@ ROUND39_BASELINES_FILE = Path(__file__).with_name("training_baselines_round39.js
 #: never run before; its own profile (``--profile round40``), with its own baselines.
 ROUND40_TASKS = ("cnn_bn_c20_h40", "cnn_bn_c12_b32_cos", "cnn_photos_h80", "cnn_shapes_n05_cos")
 ROUND40_BASELINES_FILE = Path(__file__).with_name("training_baselines_round40.json")
+ROUND41_BASELINES_FILE = Path(__file__).with_name("training_baselines_round41.json")
 
 
 def split_suite(suite: dict[str, SuiteTask], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -1362,6 +1393,7 @@ PROFILES = {
     "round38": held_out_profile(ROUND38, ROUND38_BASELINES_FILE),
     "round39": held_out_profile(ROUND39, ROUND39_BASELINES_FILE),
     "round40": held_out_profile({t: ROUND34[t] for t in ROUND40_TASKS}, ROUND40_BASELINES_FILE),
+    "round41": held_out_profile(ROUND41, ROUND41_BASELINES_FILE),
 }
 
 
@@ -2899,6 +2931,23 @@ VIT_DECAY_CANDIDATES: dict[str, dict[str, Any]] = {
     **{f"vit decay {d:g}": {"levers": {"vit_decay": d}} for d in (0.25, 0.5, 1.0)},
 }  # fmt: skip
 
+#: The ``cnnstep`` stage's candidates: ``RegMuon(model)`` (a batch-norm CNN at round 10's lrs) and
+#: the same with the prototype lever ``cnn_split = [a, b]``: where ``RegMuon(model)`` decides
+#: round 10's lrs and the model has a convolution (no attention layer), its matrices' factor times
+#: ``a`` and its AdamW part's times ``b`` (rounds 33-37's decays follow the matrices' lr).
+#: Screened after round 40 on the 66 batch-norm CNNs seen (seeds :data:`LR_SEEDS`), with round
+#: 41's set committed before. Fixed before the screen's results, with this table: the **paired
+#: rule** of ``regression_screen.py --stage cnnstep --paired``, per schedule class. The test, per
+#: class the rule gives a pair: adopted in that class only if, paired by seed on its eight
+#: held-out CNNs (test loss, evaluation seeds) — ROUND41 under a warm-up, ROUND36 under a constant
+#: lr — better in the mean on at least six and worse by more than 2 paired SE on none (round 36's
+#: bar). If the rule admits no pair in either class there is no candidate.
+CNN_STEP_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"cnn split {a:g}x{b:g}": {"levers": {"cnn_split": [a, b]}}
+       for a, b in ((0.5, 0.5), (2.0, 1.0), (1.0, 2.0), (2.0, 2.0))},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2912,7 +2961,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "cnndecay": CNN_DECAY_CANDIDATES, "convdecay": CONV_DECAY_CANDIDATES,
     "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
     "cnnkernel": CNN_KERNEL_CANDIDATES, "mlpsmall": MLP_SMALL_CANDIDATES,
-    "vitdecay": VIT_DECAY_CANDIDATES,
+    "vitdecay": VIT_DECAY_CANDIDATES, "cnnstep": CNN_STEP_CANDIDATES,
 }  # fmt: skip
 
 

@@ -197,6 +197,14 @@ Each is built from RegMuon's public options, its ``adamw=`` predicate and one su
   none); the tuned ``torch.optim.Muon`` decays the matrices of 26 of the 42 ViTs seen through
   round 25 (by 0.1 on ten, 0.5 on nine, 2 on seven), and round 9's decay 2, at round 7's larger
   step, ruined every ViT.
+- ``cnn_split = [a, b]``: a batch-norm CNN's two lrs. Where ``RegMuon(model)`` decides round 10's
+  smaller lrs at the first step and the model has a convolution and no attention layer, the
+  matrices' factor times ``a`` and the AdamW part's times ``b`` (the decays of rounds 33-37 follow
+  the matrices' lr: ``W ← (1 − η d) W``); every other model as ``RegMuon(model)``. The tuned
+  ``torch.optim.Muon`` of the 35 warm-up batch-norm CNNs seen through round 40 takes a matrix lr
+  at least twice round 10's on 15 and an AdamW part at least twice round 10's on 23 (of the 31
+  constant-lr ones: 7 and 18); round 12's screen found twice both lrs worse on every batch-norm
+  CNN, before any of them decayed.
 """
 
 from __future__ import annotations
@@ -222,7 +230,7 @@ LEVERS = {"input_adamw": bool, "eps_adapt": dict, "cautious_wd": float, "guard":
           "attention_lr": float, "attention_split": list, "few_tokens": float,
           "few_rows": float, "mlp_split": list, "norm_part_decay": float,
           "fit_part_decay": list, "cnn_decay": float, "conv_decay": float,
-          "cnn_decays": list, "vit_decay": float}
+          "cnn_decays": list, "vit_decay": float, "cnn_split": list}
 #: ``regression_noise``'s averaging factor β (a window of about ten steps).
 NOISE_BETA = 0.9
 #: ``few_rows``'s bound: a table with at most this many distinct rows is small. Fixed with round
@@ -287,8 +295,9 @@ class LeverRegMuon(RegMuon):
     ``softmax_noise = a`` the steps of a normalized classifier reading raw inputs, and
     ``attention_lr = f`` a ViT's round-10 lrs times ``f``, ``attention_split = [a, b]`` its
     matrices' times ``a`` and its AdamW part's times ``b``, ``few_tokens = g`` a ViT with few
-    tokens' times ``g``, ``few_rows = f`` a regressor reading a small table's steps times ``f``
-    (the module docstring).
+    tokens' times ``g``, ``few_rows = f`` a regressor reading a small table's steps times ``f``,
+    ``cnn_split = [a, b]`` a batch-norm CNN's round-10 matrix lr times ``a`` and AdamW part times
+    ``b`` (the module docstring).
     """
 
     def __init__(
@@ -315,6 +324,7 @@ class LeverRegMuon(RegMuon):
         conv_decay: float | None = None,
         cnn_decays: list[float] | None = None,
         vit_decay: float = 0.0,
+        cnn_split: list[float] | None = None,
         **options: Any,
     ) -> None:
         if cautious_wd and options.get("weight_decay", 0.0):
@@ -335,7 +345,8 @@ class LeverRegMuon(RegMuon):
                 raise ValueError(f"{name} must be a finite exponent >= 0, got {value!r}")
         if attention_lr is not None and not (math.isfinite(attention_lr) and attention_lr > 0):
             raise ValueError(f"attention_lr must be a finite factor > 0, got {attention_lr!r}")
-        for name, pair in (("attention_split", attention_split), ("mlp_split", mlp_split)):
+        for name, pair in (("attention_split", attention_split), ("mlp_split", mlp_split),
+                           ("cnn_split", cnn_split)):
             if pair is not None and not (
                     len(pair) == 2
                     and all(isinstance(f, int | float) and math.isfinite(f) and f > 0
@@ -409,6 +420,7 @@ class LeverRegMuon(RegMuon):
         self._kernels = [m.weight for m in model.modules()
                          if isinstance(m, nn.modules.conv._ConvNd)]  # fmt: skip
         self.vit_decay = vit_decay
+        self.cnn_split = None if cnn_split is None else [*map(float, cnn_split)]
         self._conv_on = False  # decided: the matrices decay by kind from the next step on
         self._class = False  # round 10's lrs decided, no attention layer: the decays' models
         self._fit: tuple[float, float, int] | None = None  # (v, peak, t) of the head's gradient
@@ -462,6 +474,11 @@ class LeverRegMuon(RegMuon):
         if few:  # round 22's factor replaced
             self._attention_pending = None
         decided = super()._decide_scale()
+        if decided is not None and decided[0] and self._cnn and self.cnn_split is not None:
+            a, b = self.cnn_split
+            factors = {gi: f * (a if self.param_groups[gi]["algorithm"] == "regmuon" else b)
+                       for gi, f in decided[0].items()}  # fmt: skip
+            return factors, f"{decided[1]}; matrices x {a:g}, AdamW part x {b:g} (cnn_split)"
         if decided is not None and decided[0] and self._mlp and self.mlp_split is not None:
             a, b = self.mlp_split
             factors = {gi: f * (a if self.param_groups[gi]["algorithm"] == "regmuon" else b)

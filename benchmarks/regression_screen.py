@@ -52,12 +52,14 @@ decays of the linear layers (one panel, kernels 0), ``--stage cnnkernel`` the la
 the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay along the axis),
 ``--stage mlpsmall`` a normalized MLP classifier's two lrs below round 28's (as ``normmlp``) and
 ``--stage vitdecay`` the ``vitdecay`` tables (one column per decay ``d`` of a ViT's matrices, as
-``cnndecay``; the 4x4-patch ViTs marked).
+``cnndecay``; the 4x4-patch ViTs marked) and ``--stage cnnstep`` the ``cnnstep`` tables (pairs
+``a x b`` on a batch-norm CNN's round-10 matrix lr and AdamW part, as ``normmlp``; the CNNs on
+other images than the digits marked).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
 ``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``,
-``vitdecay``) picks by
+``vitdecay``, ``cnnstep``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -155,9 +157,12 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                               "decay c of a batch-norm CNN's conv kernels"),
                 "mlpsmall": ("mlp_split", "mlp split",
                              "factor b on round 10's AdamW part for a normalized MLP"),
-                "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)")}
+                "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)"),
+                "cnnstep": ("cnn_split", "cnn split",
+                            "factor b on round 10's AdamW part for a batch-norm CNN")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
-SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall")
+SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall",
+                "cnnstep")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -169,10 +174,11 @@ def setting_name(prefix: str, value: float | list[float]) -> str:
 
 
 def split_of(name: str) -> tuple[float, float] | None:
-    """``(a, b)`` of a ``vitsplit``, ``normmlp``, ``fitwd`` or ``cnnsplit`` column (``"attention
-    split 2x8"``, ``"mlp split 8x4"``, ``"fit part decay 1x0.1"``, ``"cnn decays 1x4"``);
-    ``None`` for today's."""
-    if not name.startswith(("attention split ", "mlp split ", "fit part decay ", "cnn decays ")):
+    """``(a, b)`` of a ``vitsplit``, ``normmlp``, ``fitwd``, ``cnnsplit`` or ``cnnstep`` column
+    (``"attention split 2x8"``, ``"mlp split 8x4"``, ``"fit part decay 1x0.1"``, ``"cnn decays
+    1x4"``, ``"cnn split 2x1"``); ``None`` for today's."""
+    if not name.startswith(("attention split ", "mlp split ", "fit part decay ", "cnn decays ",
+                            "cnn split ")):
         return None
     a, b = name.rsplit(" ", 1)[1].split("x")
     return float(a), float(b)
@@ -436,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cnndecay": "other images",
                     "convdecay": "warm-up", "cnnsplit": "other images",
                     "cnnlinear": "other images", "cnnkernel": "batch 32",
-                    "mlpsmall": "digits", "vitdecay": "4x4 patches"}.get(args.stage,
+                    "mlpsmall": "digits", "vitdecay": "4x4 patches",
+                    "cnnstep": "other images"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
@@ -444,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             "fitwd": "classifiers", "cnndecay": "batch-norm CNNs",
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
             "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs",
-            "mlpsmall": "LayerNorm MLPs", "vitdecay": "ViTs"}.get(args.stage,
+            "mlpsmall": "LayerNorm MLPs", "vitdecay": "ViTs",
+            "cnnstep": "batch-norm CNNs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -469,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cnnlinear": "images" in t.options,
                     "cnnkernel": t.options.get("batch") == 32,
                     "mlpsmall": t.builder == "digits",
-                    "vitdecay": t.options.get("patch") == 4}.get(args.stage,
+                    "vitdecay": t.options.get("patch") == 4,
+                    "cnnstep": "images" in t.options}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
