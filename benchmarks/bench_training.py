@@ -70,6 +70,8 @@ Stages (``--stage``; each resumable, every run saved as it finishes):
                ``OUT/vitdecay.md``.
 ``cnnstep``    :data:`CNN_STEP_CANDIDATES` (a batch-norm CNN's two lrs), on ``--tasks``; writes
                ``OUT/cnnstep.md``.
+``cnnmid``     :data:`CNN_MID_CANDIDATES` (a batch-norm CNN's matrix step between round 10's and
+               twice it), on ``--tasks``; writes ``OUT/cnnmid.md``.
 ``final``      fresh evaluation seeds, every task, test loss at the end of training:
                ``RegMuon(model)`` with no argument (whatever the library's defaults are when
                it runs), a prototype (:data:`PROTOTYPE`, a studied lever the core lacks),
@@ -2948,6 +2950,23 @@ CNN_STEP_CANDIDATES: dict[str, dict[str, Any]] = {
        for a, b in ((0.5, 0.5), (2.0, 1.0), (1.0, 2.0), (2.0, 2.0))},
 }  # fmt: skip
 
+#: The ``cnnmid`` stage's candidates: ``RegMuon(model)`` and the ``cnn_split`` lever with the
+#: matrices' factor between 1 and round 41's 2 (the AdamW part at 1, or halved). Round 41's screen
+#: (the 66 batch-norm CNNs seen) admitted no pair: 2 x 1 was better on 22 of 31 constant-lr CNNs
+#: (mean log ratio -0.025 -> -0.061) and 20 of 35 warm-up ones (0.159 -> 0.103) and worse by 2
+#: paired SE on one and two (``cnn_bn_c16_b32c``; the noisy-label strokes CNNs under a cosine); a
+#: larger AdamW part was worse on 9-16. Round 42 screens the smaller steps on the same 66, with the
+#: same rule and test fixed here before its results: the **paired rule** of
+#: ``regression_screen.py --stage cnnmid --paired``, per schedule class; adopted in a class only
+#: if, paired by seed on its eight held-out CNNs (ROUND41 under a warm-up, ROUND36 under a constant
+#: lr; neither run by ``RegMuon``: round 41 had no candidate), better in the mean on at least six
+#: and worse by more than 2 paired SE on none.
+CNN_MID_CANDIDATES: dict[str, dict[str, Any]] = {
+    "today's defaults": {"arm": "default"},
+    **{f"cnn split {a:g}x{b:g}": {"levers": {"cnn_split": [a, b]}}
+       for a, b in ((1.25, 1.0), (1.5, 1.0), (1.5, 0.5), (2.0, 0.5))},
+}  # fmt: skip
+
 #: The stages that run a table of candidates (``--stage NAME`` writes ``OUT/NAME.md``).
 CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "input": INPUT_CANDIDATES, "normlr": NORM_LR_CANDIDATES,
@@ -2962,6 +2981,7 @@ CANDIDATE_STAGES: dict[str, dict[str, dict[str, Any]]] = {
     "cnnsplit": CNN_SPLIT_CANDIDATES, "cnnlinear": CNN_LINEAR_CANDIDATES,
     "cnnkernel": CNN_KERNEL_CANDIDATES, "mlpsmall": MLP_SMALL_CANDIDATES,
     "vitdecay": VIT_DECAY_CANDIDATES, "cnnstep": CNN_STEP_CANDIDATES,
+    "cnnmid": CNN_MID_CANDIDATES,
 }  # fmt: skip
 
 

@@ -54,12 +54,13 @@ the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay
 ``--stage vitdecay`` the ``vitdecay`` tables (one column per decay ``d`` of a ViT's matrices, as
 ``cnndecay``; the 4x4-patch ViTs marked) and ``--stage cnnstep`` the ``cnnstep`` tables (pairs
 ``a x b`` on a batch-norm CNN's round-10 matrix lr and AdamW part, as ``normmlp``; the CNNs on
-other images than the digits marked).
+other images than the digits marked), ``--stage cnnmid`` the same for the matrices' factors
+between 1 and 2.
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
 ``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``,
-``vitdecay``, ``cnnstep``) picks by
+``vitdecay``, ``cnnstep``, ``cnnmid``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -159,10 +160,12 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                              "factor b on round 10's AdamW part for a normalized MLP"),
                 "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)"),
                 "cnnstep": ("cnn_split", "cnn split",
-                            "factor b on round 10's AdamW part for a batch-norm CNN")}
+                            "factor b on round 10's AdamW part for a batch-norm CNN"),
+                "cnnmid": ("cnn_split", "cnn split",
+                           "factor b on round 10's AdamW part for a batch-norm CNN")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall",
-                "cnnstep")
+                "cnnstep", "cnnmid")
 
 
 def setting_name(prefix: str, value: float | list[float]) -> str:
@@ -443,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                     "convdecay": "warm-up", "cnnsplit": "other images",
                     "cnnlinear": "other images", "cnnkernel": "batch 32",
                     "mlpsmall": "digits", "vitdecay": "4x4 patches",
-                    "cnnstep": "other images"}.get(args.stage,
+                    "cnnstep": "other images", "cnnmid": "other images"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
@@ -452,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
             "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs",
             "mlpsmall": "LayerNorm MLPs", "vitdecay": "ViTs",
-            "cnnstep": "batch-norm CNNs"}.get(args.stage,
+            "cnnstep": "batch-norm CNNs", "cnnmid": "batch-norm CNNs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -478,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cnnkernel": t.options.get("batch") == 32,
                     "mlpsmall": t.builder == "digits",
                     "vitdecay": t.options.get("patch") == 4,
-                    "cnnstep": "images" in t.options}.get(args.stage,
+                    "cnnstep": "images" in t.options,
+                    "cnnmid": "images" in t.options}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None

@@ -2697,19 +2697,21 @@ def _lever_columns(bench, root, stage, task, lever):
     ("cnnkernel", "cnn_decays", "linear", ["16x1", "32x1", "8x1"], "8x1"),
     ("cnnstep", "cnn_split", "constant", ["0.5x0.5", "1x2", "2x1", "2x2"], None),
     ("cnnstep", "cnn_split", "linear", ["0.5x0.5", "1x2", "2x1", "2x2"], None),
+    ("cnnmid", "cnn_split", "constant", ["1.25x1", "1.5x0.5", "1.5x1", "2x0.5"], None),
+    ("cnnmid", "cnn_split", "linear", ["1.25x1", "1.5x0.5", "1.5x1", "2x0.5"], None),
 ])  # fmt: skip
 def test_the_cnn_decay_stages_run_todays_defaults_and_each_setting(
         bench, tmp_path, monkeypatch, stage, lever, schedule, columns, todays):  # fmt: skip
     """The batch-norm CNN stages (CNN_DECAY_CANDIDATES, CONV_DECAY_CANDIDATES, CNN_SPLIT_CANDIDATES,
-    CNN_LINEAR_CANDIDATES, CNN_KERNEL_CANDIDATES, CNN_STEP_CANDIDATES): each setting of the stage's
-    lever run with its setting on a tiny batch-norm CNN on the strokes (the smoke profile with it
-    held out, under the schedule given: 6 steps at a constant lr, or 40 with a two-step warm-up):
-    every column's runs differ from each other's and from today's, except the column ``todays`` that
-    is the library's rule for that schedule (round 35's under a constant lr, round 37's under a
-    warm-up), which equals today's bit for bit (a regression check of library against lever); on the
-    smoke profile's Friedman MLP (a regressor) every column equals today's. Mutants caught: the
-    lever not passed (every CNN column today's), another lever in its place (the stored settings
-    differ), the library's pair not the lever's (its column apart from today's)."""
+    CNN_LINEAR_CANDIDATES, CNN_KERNEL_CANDIDATES, CNN_STEP_CANDIDATES, CNN_MID_CANDIDATES): each
+    setting of the stage's lever run with its setting on a tiny batch-norm CNN on the strokes (the
+    smoke profile with it held out, under the schedule given: 6 steps at a constant lr, or 40 with a
+    two-step warm-up): every column's runs differ from each other's and from today's, except the
+    column ``todays`` that is the library's rule for that schedule (round 35's under a constant lr,
+    round 37's under a warm-up), which equals today's bit for bit (a regression check of library
+    against lever); on the smoke profile's Friedman MLP (a regressor) every column equals today's.
+    Mutants caught: the lever not passed (every CNN column today's), another lever in its place (the
+    stored settings differ), the library's pair not the lever's (its column apart from today's)."""
     steps = 6 if schedule == "constant" else 40  # a warm-up of two steps (SuiteTask.warmup)
     task_spec = bench.SuiteTask("cnn", "vision", steps, schedule, {
         "images": "shapes", "channels": [4, 8], "hidden": 16, "batch": 16, "norm": True})

@@ -289,11 +289,13 @@ def test_the_mlpsmall_screen_reads_pairs_below_round_28s(screen, tmp_path):
     assert (out / "mlpsmall_paired.png").stat().st_size > 0
 
 
-def test_the_cnnstep_screen_reads_a_cnns_two_lrs_as_pairs(screen, tmp_path):
-    """``cnnstep``: columns ``"cnn split a x b"`` read as pairs, picked by the paired rule per
-    schedule (under a warm-up ``2x2`` harms ``cnn_bn_c40_cos`` on every seed: ``1x2`` picked;
-    under a constant lr ``2x2``), the figure drawn with today's pair at 1 x 1. Mutants caught: the
-    columns not read as pairs (``split_of``), the paired rule ignored (``2x2`` under a warm-up)."""
+@pytest.mark.parametrize("stage", ["cnnstep", "cnnmid"])
+def test_the_cnnstep_screen_reads_a_cnns_two_lrs_as_pairs(screen, tmp_path, stage):
+    """``cnnstep`` (and ``cnnmid``, its finer grid): columns ``"cnn split a x b"`` read as pairs,
+    picked by the paired rule per schedule (under a warm-up ``2x2`` harms ``cnn_bn_c40_cos`` on
+    every seed: ``1x2`` picked; under a constant lr ``2x2``), the figure drawn with today's pair at
+    1 x 1. Mutants caught: the columns not read as pairs (``split_of``), the paired rule ignored
+    (``2x2`` under a warm-up)."""
     names = ["today's defaults", "cnn split 1x2", "cnn split 2x2"]
     assert [screen.split_of(n) for n in names] == [None, (1.0, 2.0), (2.0, 2.0)]
     rows = {"cnn_shapes_c8_b32": [3.8, 3.0, 2.0], "cnn_bn_c40_cos": [1.06, 1.0, 1.2],
@@ -304,13 +306,13 @@ def test_the_cnnstep_screen_reads_a_cnns_two_lrs_as_pairs(screen, tmp_path):
     for task, profile in (("cnn_shapes_c8_b32", "round31"), ("cnn_bn_c40_cos", "round32"),
                           ("cnn_bn_h112c", "round33")):  # each task read where it lives
         root = tmp_path / profile
-        _pair_screen(root, "cnnstep", names, {task: rows[task]}, shift, "cnn_split",
+        _pair_screen(root, stage, names, {task: rows[task]}, shift, "cnn_split",
                      [[1.0, 2.0], [2.0, 2.0]])
         sets.append(f"{profile}={root}")
     out = tmp_path / "S"
-    assert screen.main(["--stage", "cnnstep", "--paired", "--out", str(out), *sets]) == 0
-    text = (out / "cnnstep_paired.md").read_text()
+    assert screen.main(["--stage", stage, "--paired", "--out", str(out), *sets]) == 0
+    text = (out / f"{stage}_paired.md").read_text()
     assert ("## warm-up and decay: 2 batch-norm CNNs; the paired rule picks **cnn split 1x2**"
             in text)
     assert "## constant: 1 batch-norm CNNs; the paired rule picks **cnn split 2x2**" in text
-    assert (out / "cnnstep_paired.png").stat().st_size > 0
+    assert (out / f"{stage}_paired.png").stat().st_size > 0
