@@ -2161,6 +2161,14 @@ OPTIONAL_VARIANTS["vit_decay_paired"] = {
 #: otherwise it is withdrawn (round 35's 4 x 1 again).
 OPTIONAL_VARIANTS["cnn_kernel_off"] = {
     "schedule": {"constant": None, "warmup": {"levers": {"cnn_decays": [4.0, 1.0]}}}}
+#: Round 42's candidate, ``cnn_mid_paired``: the paired rule's pick on the ``cnnmid`` screen over
+#: the 66 batch-norm CNNs seen through round 40 (rule and test fixed at CNN_MID_CANDIDATES, before
+#: the screen): under a constant lr the matrices' step times 1.5, the AdamW part's unchanged (mean
+#: log ratio -0.025 -> -0.047, better on 21 of 31, worse by 2 SE on none; 1.25 x 1 worse by 2 SE on
+#: one); under a warm-up today's (every pair worse by 2 SE on one to eleven of 35). Tested on
+#: ROUND36, the eight constant-lr CNNs never run.
+OPTIONAL_VARIANTS["cnn_mid_paired"] = {
+    "schedule": {"constant": {"levers": {"cnn_split": [1.5, 1.0]}}, "warmup": None}}
 
 
 def softmax_headed(prof: Profile, task: str) -> bool:

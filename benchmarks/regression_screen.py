@@ -159,10 +159,8 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                 "mlpsmall": ("mlp_split", "mlp split",
                              "factor b on round 10's AdamW part for a normalized MLP"),
                 "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)"),
-                "cnnstep": ("cnn_split", "cnn split",
-                            "factor b on round 10's AdamW part for a batch-norm CNN"),
-                "cnnmid": ("cnn_split", "cnn split",
-                           "factor b on round 10's AdamW part for a batch-norm CNN")}
+                "cnnstep": ("cnn_split", "cnn split", "AdamW part x b (round 10's)"),
+                "cnnmid": ("cnn_split", "cnn split", "AdamW part x b (round 10's)")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall",
                 "cnnstep", "cnnmid")

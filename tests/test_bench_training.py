@@ -2468,6 +2468,18 @@ def test_vit_decay_check_catches_its_mutants(levers):
             _vit_decay_check(mutant)
 
 
+def test_round42s_candidate_scales_the_constant_lr_cnns_matrices_only(bench):
+    """``cnn_mid_paired`` gives each model of ROUND36 (all under a constant lr) the ``cnnmid``
+    screen's pick, the matrices' step times 1.5, and a warm-up CNN of ROUND41 the default arm.
+    Mutant caught: the pair under every schedule."""
+    variant = bench.OPTIONAL_VARIANTS["cnn_mid_paired"]
+    for profile in ("round36", "round41"):
+        for task, t in getattr(bench, profile.upper()).items():
+            opt = bench._variant_opt(variant, "core", bench.PROFILES[profile], task)
+            want = ("default", None) if t.warmup else ("default_lever", {"cnn_split": [1.5, 1.0]})
+            assert (opt["arm"], opt.get("levers")) == want, task
+
+
 def test_round39s_candidate_decays_the_warm_up_vits_only(bench):
     """``vit_decay_paired`` gives each warm-up ViT of ROUND39 the ``vitdecay`` screen's pick, decay
     1, and each constant-lr one the default arm. Mutant caught: the decay under every schedule."""
