@@ -55,12 +55,13 @@ the conv kernels under a warm-up (one panel, linear layers 1, the kernels' decay
 ``cnndecay``; the 4x4-patch ViTs marked) and ``--stage cnnstep`` the ``cnnstep`` tables (pairs
 ``a x b`` on a batch-norm CNN's round-10 matrix lr and AdamW part, as ``normmlp``; the CNNs on
 other images than the digits marked), ``--stage cnnmid`` the same for the matrices' factors
-between 1 and 2.
+between 1 and 2, and ``--stage mlpbeta`` the ``mlpbeta`` tables (one column per β2 of a
+normalized MLP's AdamW part, as ``cnndecay``; today's 0.95 drawn at the left end).
 
 ``--paired`` (any one-lever stage: ``regdecay``, ``regcautious``, ``regnoise``, ``normnoise``,
 ``vitlr``, ``vitsplit``, ``vittokens``, ``fewrows``, ``normmlp``, ``normwd``, ``fitwd``,
 ``cnndecay``, ``convdecay``, ``cnnsplit``, ``cnnlinear``, ``cnnkernel``, ``mlpsmall``,
-``vitdecay``, ``cnnstep``, ``cnnmid``) picks by
+``vitdecay``, ``cnnstep``, ``cnnmid``, ``mlpbeta``) picks by
 the **paired rule** instead, fixed after round 17's test (decay 0.5 under a warm-up lost 3-4 SE on
 the held-out Friedman #3 models both times):
 the held-out test's own harm criterion applied to the seen tasks first. A decay is *admissible*
@@ -160,7 +161,8 @@ DECAY_STAGES = {"regdecay": ("regression_decay", "regression decay",
                              "factor b on round 10's AdamW part for a normalized MLP"),
                 "vitdecay": ("vit_decay", "vit decay", "decay d of a ViT's matrices (0: none)"),
                 "cnnstep": ("cnn_split", "cnn split", "AdamW part x b (round 10's)"),
-                "cnnmid": ("cnn_split", "cnn split", "AdamW part x b (round 10's)")}
+                "cnnmid": ("cnn_split", "cnn split", "AdamW part x b (round 10's)"),
+                "mlpbeta": ("mlp_beta2", "mlp beta2", "β2 of a normalized MLP's AdamW part")}
 #: The stages whose columns are pairs ``a x b`` (the matrices' factor, the AdamW part's).
 SPLIT_STAGES = ("vitsplit", "normmlp", "fitwd", "cnnsplit", "cnnlinear", "cnnkernel", "mlpsmall",
                 "cnnstep", "cnnmid")
@@ -444,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                     "convdecay": "warm-up", "cnnsplit": "other images",
                     "cnnlinear": "other images", "cnnkernel": "batch 32",
                     "mlpsmall": "digits", "vitdecay": "4x4 patches",
-                    "cnnstep": "other images", "cnnmid": "other images"}.get(args.stage,
+                    "cnnstep": "other images", "cnnmid": "other images",
+                    "mlpbeta": "digits"}.get(args.stage,
                                                                             "Friedman #3")
     noun = {"normnoise": "classifiers", "vitlr": "ViTs", "vitsplit": "ViTs",
             "vittokens": "4x4-patch ViTs", "fewrows": "diabetes MLPs",
@@ -453,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             "convdecay": "batch-norm CNNs", "cnnsplit": "batch-norm CNNs",
             "cnnlinear": "batch-norm CNNs", "cnnkernel": "batch-norm CNNs",
             "mlpsmall": "LayerNorm MLPs", "vitdecay": "ViTs",
-            "cnnstep": "batch-norm CNNs", "cnnmid": "batch-norm CNNs"}.get(args.stage,
+            "cnnstep": "batch-norm CNNs", "cnnmid": "batch-norm CNNs",
+            "mlpbeta": "LayerNorm MLPs"}.get(args.stage,
                                                                                "regressors")
     for spec in args.sets:
         profile, out = spec.split("=", 1)
@@ -480,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
                     "mlpsmall": t.builder == "digits",
                     "vitdecay": t.options.get("patch") == 4,
                     "cnnstep": "images" in t.options,
-                    "cnnmid": "images" in t.options}.get(args.stage,
+                    "cnnmid": "images" in t.options,
+                    "mlpbeta": t.builder == "digits"}.get(args.stage,
                                                           t.options.get("function") == 3):
                 marked.add(task)
     assert names is not None
@@ -520,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                      marked_label=marked_label, what=DECAY_STAGES[args.stage][2], noun=noun,
                      today=TODAY_TOKENS if args.stage == "vittokens"
                      else TODAY_CONV if args.stage == "convdecay"
-                     else "1" if args.stage in ("vitlr", "fewrows") else "0",
-                     today_x=1.0 if args.stage == "fewrows" else None)  # fmt: skip
+                     else "1" if args.stage in ("vitlr", "fewrows")
+                     else "today (0.95)" if args.stage == "mlpbeta" else "0",
+                     today_x=1.0 if args.stage == "fewrows"
+                     else 0.95 if args.stage == "mlpbeta" else None)  # fmt: skip
     print("\n".join(lines))
     return 0
 

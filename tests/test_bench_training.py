@@ -1334,6 +1334,66 @@ def test_cnn_split_check_catches_its_mutants(levers):
             _cnn_split_check(mutant)
 
 
+def _mlp_beta2_check(build):
+    """``build(model, {"mlp_beta2": 0.999})``'s AdamW part's β2: 0.999 on a LayerNorm MLP (round
+    10's class by structure, neither attention nor convolution), today's on a batch-norm CNN, a ViT
+    and an MLP without normalization; two steps of the LayerNorm MLP at β2 0.999 end elsewhere than
+    at 0.95 (the lever reaches the step; a first step is the same for any β2)."""
+    models = {"mlp": lambda: MLP(6, 16, 3, depth=2, norm=True),
+              "cnn": lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
+              "vit": lambda: SmallViT(True), "plain": lambda: MLP(6, 16, 3, depth=2)}
+    for kind, make in models.items():
+        opt = build(make(), {"mlp_beta2": 0.999})
+        want = 0.999 if kind == "mlp" else DEFAULTS.adamw_betas[1]
+        parts = [g for g in opt.param_groups if g["algorithm"] == "adamw"]
+        assert parts and all(g["betas"] == (DEFAULTS.adamw_betas[0], want) for g in parts), kind
+    torch.manual_seed(9)
+    x, labels = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    losses = []
+    for b2 in (0.95, 0.999):
+        torch.manual_seed(10)
+        model = models["mlp"]()
+        opt = build(model, {"mlp_beta2": b2})
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), labels).backward()
+            opt.step()
+        with torch.no_grad():
+            losses.append(float(nn.functional.cross_entropy(model(x), labels)))
+    assert losses[0] != losses[1]
+
+
+def test_mlp_beta2_sets_a_normalized_mlps_part_beta2(levers):
+    """``mlp_beta2``: a LayerNorm MLP's AdamW part at β2 ``b``; other models as ``RegMuon(model)``;
+    bad β2 refused."""
+    _mlp_beta2_check(lambda m, lv: levers.build_lever_regmuon(m, {}, lv))
+    for bad in (1.0, -0.1, math.nan, "0.9"):
+        with pytest.raises(ValueError, match="mlp_beta2"):
+            levers.build_lever_regmuon(MLP(6, 8, 3, norm=True), {}, {"mlp_beta2": bad})
+
+
+def test_mlp_beta2_check_catches_its_mutants(levers):
+    """Mutants kept as code, each failing :func:`_mlp_beta2_check`: every model's part changed
+    (the class not read), β1 changed in place of β2, the lever frozen."""
+
+    def every_model(m, lv):
+        return levers.RegMuon(m, adamw_betas=(0.9, lv["mlp_beta2"]))
+
+    def beta1(m, lv):
+        opt = levers.build_lever_regmuon(m, {}, lv)
+        for g in opt.param_groups:
+            if g["algorithm"] == "adamw" and g["betas"][1] != DEFAULTS.adamw_betas[1]:
+                g["betas"] = (g["betas"][1], DEFAULTS.adamw_betas[1])
+        return opt
+
+    def frozen(m, lv):
+        return levers.build_lever_regmuon(m, {}, {})
+
+    for mutant in (every_model, beta1, frozen):
+        with pytest.raises(AssertionError):
+            _mlp_beta2_check(mutant)
+
+
 def _part_decay_cases():
     """The labels and the models the two part-decay checks step, each ``(kind, make, input,
     classify, in the class)``: a LayerNorm MLP and a batch-norm CNN classifier (round 10's class
@@ -2153,6 +2213,22 @@ def test_vitdecay_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, mon
         assert sorted(per) == ["0.25", "0.5", "1", "today"]
         assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
         assert len({tuple(v) for v in per.values()}) == (1 if same else 4), task
+
+
+def test_mlpbeta_stage_runs_todays_defaults_and_each_beta2(bench, tmp_path, monkeypatch):
+    """MLP_BETA_CANDIDATES: the ``mlp_beta2`` lever at 0.99 and 0.999 on a tiny LayerNorm digits
+    MLP under a constant lr (the smoke profile with it held out), each changing its result and
+    differing from the other; on the smoke profile's Friedman MLP (no normalization) every column
+    equals today's. Mutants caught: the lever frozen (every column today's), another lever in its
+    place (the stored settings differ)."""
+    tiny = bench.SuiteTask("digits", "tabular", 6, "constant",
+                           {"hidden": 16, "batch": 16, "norm": True})  # fmt: skip
+    _held_out_in_smoke(bench, monkeypatch, "digits_ln_tiny", tiny)
+    for task, same in (("digits_ln_tiny", False), ("friedman_tiny", True)):
+        per = _lever_columns(bench, tmp_path / task, "mlpbeta", task, "mlp_beta2")
+        assert sorted(per) == ["0.99", "0.999", "today"]
+        assert all(len(v) == len(bench.LR_SEEDS) for v in per.values())
+        assert len({tuple(v) for v in per.values()}) == (1 if same else 3), task
 
 
 def test_normwd_stage_runs_todays_defaults_and_each_decay(bench, tmp_path, monkeypatch):

@@ -316,3 +316,30 @@ def test_the_cnnstep_screen_reads_a_cnns_two_lrs_as_pairs(screen, tmp_path, stag
             in text)
     assert "## constant: 1 batch-norm CNNs; the paired rule picks **cnn split 2x2**" in text
     assert (out / f"{stage}_paired.png").stat().st_size > 0
+
+
+def test_the_mlpbeta_screen_reads_a_beta2_per_column(screen, tmp_path):
+    """``mlpbeta``: columns ``"mlp beta2 b"`` read as one-lever settings, picked by the paired rule
+    per schedule (under a constant lr 0.999 harms the still-fitting ``digits_ln_h32`` on every
+    seed: 0.99 picked; under a warm-up 0.999), the figure drawn. Mutant caught: the paired rule
+    ignored (0.999 under a constant lr)."""
+    names = ["today's defaults", "mlp beta2 0.99", "mlp beta2 0.999"]
+    assert [screen.decay_of(n) for n in names] == [0.0, 0.99, 0.999]
+    rows = {"cancer_ln_wide": [1.5, 1.3, 1.1], "digits_ln_h32": [1.1, 1.09, 1.3],
+            "cancer_ln_d3": [1.8, 1.6, 1.4]}
+    shift = {"cancer_ln_wide": {1: -0.02, 2: -0.04}, "digits_ln_h32": {1: -0.001, 2: +0.03},
+             "cancer_ln_d3": {1: -0.01, 2: -0.03}}
+    sets = []
+    for task, profile in (("cancer_ln_wide", "round10"), ("digits_ln_h32", "round11"),
+                          ("cancer_ln_d3", "round11")):
+        root = tmp_path / f"{profile}_{task}"
+        _pair_screen(root, "mlpbeta", names, {task: rows[task]}, shift, "mlp_beta2",
+                     [0.99, 0.999])
+        sets.append(f"{profile}={root}")
+    out = tmp_path / "S"
+    assert screen.main(["--stage", "mlpbeta", "--paired", "--out", str(out), *sets]) == 0
+    text = (out / "mlpbeta_paired.md").read_text()
+    assert "## constant: 2 LayerNorm MLPs; the paired rule picks **mlp beta2 0.99**" in text
+    assert ("## warm-up and decay: 1 LayerNorm MLPs; the paired rule picks **mlp beta2 0.999**"
+            in text)
+    assert (out / "mlpbeta_paired.png").stat().st_size > 0
