@@ -1708,8 +1708,8 @@ def test_guard_resets_momentum_after_an_uphill_step(levers):
 
 
 #: Every set of the benchmark in the order it was committed (each later one new to all before it;
-#: round 40's is four models of ROUND34's, not a set of its own).
-SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 42) if i != 40))
+#: round 40's is four models of ROUND34's, and rounds 42 and 43 tested on earlier sets).
+SETS = ("SUITE", "TRANSFER", *(f"ROUND{i}" for i in range(3, 45) if i not in (40, 42, 43)))
 
 
 @pytest.mark.parametrize("profile, name, earlier",
@@ -2556,6 +2556,18 @@ def test_round42s_candidate_scales_the_constant_lr_cnns_matrices_only(bench):
             assert (opt["arm"], opt.get("levers")) == want, task
 
 
+def test_round43s_pick_sets_the_warm_up_mlps_beta2_only(bench):
+    """``mlp_beta_warmup`` gives each model of ROUND44 (all under a warm-up) the ``mlpbeta``
+    screen's warm-up pick, β2 0.999, and a constant-lr MLP of ROUND38 the default arm. Mutant
+    caught: the pick under every schedule."""
+    variant = bench.OPTIONAL_VARIANTS["mlp_beta_warmup"]
+    for profile in ("round38", "round44"):
+        for task, t in getattr(bench, profile.upper()).items():
+            opt = bench._variant_opt(variant, "core", bench.PROFILES[profile], task)
+            want = ("default_lever", {"mlp_beta2": 0.999}) if t.warmup else ("default", None)
+            assert (opt["arm"], opt.get("levers")) == want, task
+
+
 def test_round39s_candidate_decays_the_warm_up_vits_only(bench):
     """``vit_decay_paired`` gives each warm-up ViT of ROUND39 the ``vitdecay`` screen's pick, decay
     1, and each constant-lr one the default arm. Mutant caught: the decay under every schedule."""
@@ -2814,13 +2826,14 @@ def test_the_cnn_decay_stages_run_todays_defaults_and_each_setting(
         assert same or todays is None or per[todays] == per["today"], task
 
 
-@pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0), ("round38", 0)])
-def test_rounds_27_28_and_38_are_normalized_mlp_classifiers(bench, profile, warm):
-    """Every model of ROUND27 (ROUND28, ROUND38) is of round 10's class (normalization, a first
-    matrix layer reading raw inputs, a softmax head) with neither an attention layer nor a
-    convolution (the models ``mlp_split`` changes); ROUND27 under both schedule regimes, ROUND28
-    and ROUND38 under a constant lr only (the one their candidates change). Mutants caught: a
-    batch-norm CNN in the set, a warm-up model in round 28's or 38's."""
+@pytest.mark.parametrize(("profile", "warm"), [("round27", 4), ("round28", 0), ("round38", 0),
+                                               ("round44", 8)])
+def test_rounds_27_28_38_and_44_are_normalized_mlp_classifiers(bench, profile, warm):
+    """Every model of ROUND27 (ROUND28, ROUND38, ROUND44: all under a warm-up) is of round 10's
+    class (normalization, a first matrix layer reading raw inputs, a softmax head) with neither an
+    attention layer nor a convolution (the models ``mlp_split`` changes); ROUND27 under both
+    schedule regimes, ROUND28 and ROUND38 under a constant lr only (the one their candidates
+    change). Mutants caught: a batch-norm CNN in the set, a warm-up model in round 28's or 38's."""
     from muonflow.optim import lr_by_structure
     from muonflow.optim.routing import attention_layer, convolution_layer
     from muonflow.training import make_task
