@@ -1238,21 +1238,26 @@ def test_few_rows_check_catches_its_mutants(levers):
             _few_rows_check(mutant)
 
 
-def _mlp_split_check(cls):
-    """One step of ``cls(model, mlp_split=[8, 4])`` against ``cls(model, mlp_split=[1, 1])``
-    (round 10's step) under a softmax head: on a LayerNorm MLP the matrices' factor is 8 times and
-    the AdamW part's 4 times round 10's; on a batch-norm CNN and on a ViT the same as round 10's;
-    under a regression loss there are none."""
+def _class_split_check(cls, lever: str, scaled: str) -> None:
+    """One step of ``cls(model, **{lever: [8, 4]})`` against ``cls(model, **{lever: [1, 1]})``
+    (round 10's step) under a softmax head, on a LayerNorm MLP, a batch-norm CNN and a ViT: on the
+    ``scaled`` kind the matrices' factor is 8 times and the AdamW part's 4 times round 10's, on
+    the others the same as round 10's; under a regression loss there are none."""
     torch.manual_seed(9)
     labels = torch.randint(0, 3, (8,))
     models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
               "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
                       torch.randn(8, 64)),
               "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4))}  # fmt: skip
-    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), ("mlp", False)):
+    for kind, classify in (("mlp", True), ("cnn", True), ("vit", True), (scaled, False)):
         make, x = models[kind]
-        _pair_check(cls, make, x, labels if classify else None, "mlp_split", [8.0, 4.0],
-                    scaled=kind == "mlp")  # fmt: skip
+        _pair_check(cls, make, x, labels if classify else None, lever, [8.0, 4.0],
+                    scaled=kind == scaled)  # fmt: skip
+
+
+def _mlp_split_check(cls):
+    """``mlp_split`` (:func:`_class_split_check`): a LayerNorm MLP's two factors scaled."""
+    _class_split_check(cls, "mlp_split", "mlp")
 
 
 def test_mlp_split_scales_a_normalized_mlps_two_lrs(levers):
@@ -1287,20 +1292,8 @@ def test_mlp_split_check_catches_its_mutants(levers):
 
 
 def _cnn_split_check(cls):
-    """One step of ``cls(model, cnn_split=[8, 4])`` against ``cls(model, cnn_split=[1, 1])`` (round
-    10's step) under a softmax head: on a batch-norm CNN the matrices' factor is 8 times and the
-    AdamW part's 4 times round 10's; on a LayerNorm MLP and on a ViT the same as round 10's; under
-    a regression loss there are none."""
-    torch.manual_seed(9)
-    labels = torch.randint(0, 3, (8,))
-    models = {"mlp": (lambda: MLP(6, 16, 3, depth=2, norm=True), torch.randn(8, 6)),
-              "cnn": (lambda: SmallCNN(channels=(4, 8), hidden=16, n_classes=3, norm=True),
-                      torch.randn(8, 64)),
-              "vit": (lambda: SmallViT(True), torch.randn(8, 12, 4))}  # fmt: skip
-    for kind, classify in (("cnn", True), ("mlp", True), ("vit", True), ("cnn", False)):
-        make, x = models[kind]
-        _pair_check(cls, make, x, labels if classify else None, "cnn_split", [8.0, 4.0],
-                    scaled=kind == "cnn")  # fmt: skip
+    """``cnn_split`` (:func:`_class_split_check`): a batch-norm CNN's two factors scaled."""
+    _class_split_check(cls, "cnn_split", "cnn")
 
 
 def test_cnn_split_scales_a_batch_norm_cnns_two_lrs(levers):
